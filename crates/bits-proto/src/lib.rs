@@ -1,0 +1,24 @@
+//! The BITS Upload Protocol ([MC-BUP]) as pure data and functions.
+//!
+//! Nothing in this crate performs I/O or depends on an async runtime: it turns request
+//! method + headers into a typed [`Packet`], parses and formats the protocol's header values,
+//! and describes responses as [`Ack`] values that the HTTP layer renders. That keeps every
+//! parser here reachable from property tests and fuzzers.
+
+pub mod ack;
+pub mod headers;
+pub mod hresult;
+pub mod packet;
+pub mod protocol;
+pub mod range;
+pub mod session_id;
+
+pub use ack::{Ack, AckError};
+pub use hresult::{ErrorContext, HResult};
+pub use packet::{classify, Packet, PacketType, ProtoError, MAX_HEADER_VALUE_LEN};
+pub use protocol::{negotiate, ProtocolId, UPLOAD_PROTOCOL_1_5};
+pub use range::{ContentRange, RangeError};
+pub use session_id::SessionId;
+
+/// The extension method every upload message uses.
+pub const BITS_POST: &str = "BITS_POST";
