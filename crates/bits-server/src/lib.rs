@@ -1,1 +1,51 @@
-pub fn placeholder() {}
+//! The BITS upload server: session engine, storage, and HTTP layer.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod store;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{ServerConfig, VdirConfig};
+pub use engine::Engine;
+pub use error::BitsError;
+
+/// Builds an engine over the local file system backend, running start-up recovery.
+pub async fn open_fs_engine(
+    config: Arc<ServerConfig>,
+) -> Result<(Arc<Engine>, engine::RecoveryReport), std::io::Error> {
+    let store = Arc::new(store::fs::FsStore::open(&config.spool_dir, config.fsync)?);
+    for v in config.vdirs.iter().filter(|v| v.upload_enabled) {
+        std::fs::create_dir_all(&v.root)?;
+    }
+    let engine = Arc::new(Engine::new(config, store.clone(), store));
+    let report = engine.recover().await.map_err(std::io::Error::other)?;
+    Ok((engine, report))
+}
+
+/// Runs the cleanup sweep every `interval` until the engine is dropped elsewhere.
+pub fn spawn_cleanup(engine: Arc<Engine>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match engine.sweep().await {
+                Ok(r) if r.expired + r.tombstones_removed > 0 => {
+                    tracing::info!(
+                        expired = r.expired,
+                        tombstones_removed = r.tombstones_removed,
+                        "cleanup pass"
+                    )
+                }
+                Ok(_) => tracing::debug!("cleanup pass: nothing to do"),
+                Err(e) => tracing::error!(error = %e, "cleanup pass failed"),
+            }
+        }
+    })
+}

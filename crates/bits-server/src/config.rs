@@ -1,0 +1,236 @@
+//! Server and virtual-directory configuration. Every knob has a default, so an empty config runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// IIS's default `BITSSessionTimeout`: 14 days.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(1_209_600);
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP listener.
+    pub listen: SocketAddr,
+    /// Where session metadata and partial uploads live. Never inside a vdir root.
+    pub spool_dir: PathBuf,
+    /// How often expired sessions and old tombstones are swept (IIS: every 12 hours).
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    /// How long a closed or cancelled session id keeps answering a repeated Close/Cancel with 200.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
+    /// `true` (default): data and metadata are on stable storage before a fragment is acknowledged.
+    /// `false` is UNSAFE: a crash or power loss can lose acknowledged bytes.
+    pub fsync: bool,
+    /// A request body that delivers no bytes for this long is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// How long a request waits for another request of the same session to finish (then 503).
+    #[serde(with = "humantime_serde")]
+    pub session_lock_timeout: Duration,
+    /// After SIGINT/SIGTERM, in-flight requests get this long to finish before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Unread request bodies up to this size are drained after an error Ack so the connection
+    /// stays usable; larger ones close the connection.
+    pub drain_limit: u64,
+    #[serde(rename = "vdir")]
+    pub vdirs: Vec<VdirConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            spool_dir: PathBuf::from("bits-data/spool"),
+            cleanup_interval: Duration::from_secs(12 * 3600),
+            tombstone_ttl: DEFAULT_SESSION_TIMEOUT,
+            fsync: true,
+            body_idle_timeout: Duration::from_secs(120),
+            session_lock_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            drain_limit: 64 << 20,
+            vdirs: vec![VdirConfig::default()],
+        }
+    }
+}
+
+/// Status of the Ack when the destination already exists and overwrites are off (spec §17 item 5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictStatus {
+    /// 403 + E_ACCESSDENIED, as [MC-BUP] says: permanent for the client.
+    #[default]
+    Forbidden,
+    /// 409 Conflict, as the Win32 docs say: the client treats it as transient and retries.
+    Conflict,
+}
+
+impl ConflictStatus {
+    pub const fn status(self) -> u16 {
+        match self {
+            ConflictStatus::Forbidden => 403,
+            ConflictStatus::Conflict => 409,
+        }
+    }
+}
+
+/// One upload virtual directory: a URL prefix mapped onto a storage root.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VdirConfig {
+    /// URL path prefix, e.g. `/upload/`. Always starts and ends with `/`.
+    pub prefix: String,
+    /// Directory that completed uploads are published into.
+    pub root: PathBuf,
+    /// `BITSUploadEnabled`. Turning it off deletes the vdir's sessions at the next start.
+    pub upload_enabled: bool,
+    /// `BITSMaximumUploadSize` in bytes; absent means unlimited.
+    pub max_upload_size: Option<u64>,
+    /// `BITSSessionTimeout`: a session with no successful request for this long is deleted.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// `BITSAllowOverwrites`.
+    pub allow_overwrites: bool,
+    pub conflict_status: ConflictStatus,
+    /// Largest fragment body accepted in one request; larger ones get 413 so the client shrinks.
+    pub max_fragment_size: u64,
+}
+
+impl Default for VdirConfig {
+    fn default() -> Self {
+        VdirConfig {
+            prefix: "/upload/".into(),
+            root: PathBuf::from("bits-data/uploads"),
+            upload_enabled: true,
+            max_upload_size: None,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            allow_overwrites: false,
+            conflict_status: ConflictStatus::default(),
+            max_fragment_size: 32 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("vdir.prefix {0:?} must start and end with '/' and contain no '..', '%' or '\\'")]
+    BadPrefix(String),
+    #[error("vdir.prefix {0:?} is configured twice")]
+    DuplicatePrefix(String),
+    #[error("vdir.max_fragment_size must be at least 1")]
+    ZeroFragmentSize,
+    #[error("spool_dir {spool:?} and vdir.root {root:?} must not contain one another")]
+    SpoolOverlapsRoot { spool: PathBuf, root: PathBuf },
+    #[error("cleanup_interval must be at least 1s")]
+    CleanupInterval,
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cleanup_interval < Duration::from_secs(1) {
+            return Err(ConfigError::CleanupInterval);
+        }
+        let spool = normalize(&self.spool_dir);
+        for (i, v) in self.vdirs.iter().enumerate() {
+            let p = &v.prefix;
+            if !p.starts_with('/')
+                || !p.ends_with('/')
+                || p.contains("..")
+                || p.contains('%')
+                || p.contains('\\')
+            {
+                return Err(ConfigError::BadPrefix(p.clone()));
+            }
+            if self.vdirs[..i]
+                .iter()
+                .any(|o| o.prefix.eq_ignore_ascii_case(p))
+            {
+                return Err(ConfigError::DuplicatePrefix(p.clone()));
+            }
+            if v.max_fragment_size == 0 {
+                return Err(ConfigError::ZeroFragmentSize);
+            }
+            let root = normalize(&v.root);
+            if root.starts_with(&spool) || spool.starts_with(&root) {
+                return Err(ConfigError::SpoolOverlapsRoot {
+                    spool: self.spool_dir.clone(),
+                    root: v.root.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Absolute, lexically normalised path (no file system access, so it works before dirs exist).
+fn normalize(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_valid_default() {
+        let c: ServerConfig = toml::from_str("").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vdirs.len(), 1);
+        assert_eq!(c.vdirs[0].prefix, "/upload/");
+    }
+
+    #[test]
+    fn parses_full_config() {
+        let c: ServerConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:0"
+            spool_dir = "/tmp/x/spool"
+            cleanup_interval = "1s"
+            [[vdir]]
+            prefix = "/logs/"
+            root = "/tmp/x/logs"
+            session_timeout = "2s"
+            max_upload_size = 1000
+            allow_overwrites = true
+            conflict_status = "conflict"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vdirs[0].session_timeout, Duration::from_secs(2));
+        assert_eq!(c.vdirs[0].conflict_status.status(), 409);
+    }
+
+    #[test]
+    fn rejects_overlap_and_bad_prefix() {
+        let mut c = ServerConfig::default();
+        c.vdirs[0].root = c.spool_dir.join("x");
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::SpoolOverlapsRoot { .. })
+        ));
+        let mut c = ServerConfig::default();
+        c.vdirs[0].prefix = "upload".into();
+        assert!(matches!(c.validate(), Err(ConfigError::BadPrefix(_))));
+        assert!(toml::from_str::<ServerConfig>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! Session lifecycle outside of requests: idle expiry, tombstone removal, and start-up recovery.
+
+use bits_proto::SessionId;
+
+use super::{now_ms, Engine};
+use crate::error::BitsError;
+use crate::store::{SessionRecord, SessionState};
+
+/// What one cleanup pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: usize,
+    pub tombstones_removed: usize,
+    pub busy: usize,
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub sessions: usize,
+    /// Sessions whose recorded length exceeded the data on disk and was lowered to it.
+    pub reconciled: usize,
+    /// Complete uploads whose publication was interrupted and has now been finished.
+    pub published: usize,
+    /// Sessions of vdirs that are gone or no longer upload-enabled, deleted.
+    pub removed: usize,
+    pub unreadable: usize,
+}
+
+impl Engine {
+    pub(super) fn is_expired(&self, rec: &SessionRecord, now: u64) -> bool {
+        let timeout = self
+            .vdir_of(rec)
+            .map(|v| v.session_timeout.as_millis() as u64)
+            .unwrap_or(0);
+        now.saturating_sub(rec.last_activity) > timeout
+    }
+
+    /// Deletes an idle session's data; a published upload stays and its id answers a late
+    /// Close-Session with 200, an unfinished one becomes SESSION_NOT_FOUND.
+    pub(super) async fn expire(&self, rec: &mut SessionRecord) -> Result<(), BitsError> {
+        self.data.discard(rec.id).await?;
+        rec.state = match rec.state {
+            SessionState::Committed => SessionState::Closed,
+            _ => SessionState::Expired,
+        };
+        rec.ended_at = Some(now_ms());
+        self.sessions.save(rec).await?;
+        self.forget_destination(rec);
+        tracing::info!(session = %rec.id, destination = %rec.destination.path, "session expired");
+        Ok(())
+    }
+
+    /// One cleanup pass: expires idle sessions, forgets old tombstones. Sessions busy with a
+    /// request are skipped (they are not idle).
+    pub async fn sweep(&self) -> Result<SweepReport, BitsError> {
+        let mut report = SweepReport::default();
+        let now = now_ms();
+        let ttl = self.config.tombstone_ttl.as_millis() as u64;
+        for id in self.sessions.list().await? {
+            let Some(_guard) = self.locks.try_lock(id) else {
+                report.busy += 1;
+                continue;
+            };
+            let mut rec = match self.sessions.load(id).await {
+                Ok(Some(rec)) => rec,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "cleanup skipped an unreadable session");
+                    continue;
+                }
+            };
+            if rec.state.is_open() {
+                if self.is_expired(&rec, now) {
+                    self.expire(&mut rec).await?;
+                    report.expired += 1;
+                }
+            } else if now.saturating_sub(rec.ended_at.unwrap_or(0)) > ttl {
+                self.sessions.remove(id).await?;
+                report.tombstones_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Start-up: reconcile every session with the data actually held, finish interrupted
+    /// publications, drop sessions of disabled vdirs, and rebuild the destination index.
+    pub async fn recover(&self) -> Result<RecoveryReport, BitsError> {
+        let mut report = RecoveryReport::default();
+        for id in self.sessions.list().await? {
+            report.sessions += 1;
+            match self.recover_one(id, &mut report).await {
+                Ok(()) => {}
+                Err(e) => {
+                    report.unreadable += 1;
+                    tracing::error!(session = %id, error = %e, "recovery could not restore session");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn recover_one(
+        &self,
+        id: SessionId,
+        report: &mut RecoveryReport,
+    ) -> Result<(), BitsError> {
+        let Some(mut rec) = self.sessions.load(id).await? else {
+            return Ok(());
+        };
+        let Some(vdir) = self.vdir_of(&rec).filter(|v| v.upload_enabled) else {
+            self.data.discard(id).await?;
+            self.sessions.remove(id).await?;
+            report.removed += 1;
+            tracing::info!(session = %id, vdir = %rec.vdir, "deleted session of a vdir without uploads");
+            return Ok(());
+        };
+        if rec.state != SessionState::Receiving {
+            if rec.state.is_open() {
+                self.destination_index().insert(rec.destination.clone(), id);
+            }
+            return Ok(());
+        }
+        let held = self.data.held(id).await?;
+        if held < rec.received {
+            tracing::warn!(session = %id, recorded = rec.received, held, "recorded length exceeds data held; lowered");
+            rec.received = held;
+            self.sessions.save(&rec).await?;
+            report.reconciled += 1;
+        }
+        self.destination_index().insert(rec.destination.clone(), id);
+        if rec.total == Some(rec.received) {
+            let vdir = vdir.clone();
+            self.publish(&mut rec, &vdir).await?;
+            report.published += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,53 @@
+//! Every protocol-visible failure, one variant each. `http::ack::error_ack` is the only place
+//! that turns these into Acks.
+
+use bits_proto::{ProtoError, SessionId};
+
+use crate::store::StoreError;
+use crate::target::TargetError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BitsError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("uploads are not enabled for this URL")]
+    UploadsDisabled,
+    #[error("invalid destination path: {0}")]
+    BadPath(TargetError),
+    #[error("the destination is a directory")]
+    DestinationIsDirectory,
+    #[error("a parent directory of the destination does not exist")]
+    ParentMissing,
+    #[error("the destination already exists and overwrites are off")]
+    DestinationExists { status: u16 },
+    #[error("session {0} not found")]
+    SessionNotFound(SessionId),
+    #[error("session belongs to another user")]
+    NotOwner,
+    #[error("fragment starts past the {received} bytes held")]
+    RangeGap { received: u64 },
+    #[error("total length {got} differs from the {expected} fixed by the first fragment")]
+    TotalChanged { expected: u64, got: u64 },
+    #[error("upload of {total} bytes exceeds the maximum of {limit}")]
+    UploadTooLarge { total: u64, limit: u64 },
+    #[error("fragment of {len} bytes exceeds the per-request limit of {limit}")]
+    FragmentTooLarge { len: u64, limit: u64 },
+    #[error("another request of this session is still in progress")]
+    SessionBusy,
+    #[error("the request body was cut off: {0}")]
+    BodyAborted(std::io::Error),
+    #[error("no space left for upload data")]
+    DiskFull,
+    #[error("storage failed: {0}")]
+    Storage(StoreError),
+}
+
+impl From<StoreError> for BitsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::DiskFull => BitsError::DiskFull,
+            StoreError::Body(io) => BitsError::BodyAborted(io),
+            other => BitsError::Storage(other),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The one place where errors become Acks, and Acks become HTTP responses.
+
+use axum::body::Body;
+use axum::response::Response;
+use bits_proto::{Ack, ErrorContext, HResult, ProtoError};
+use http::header::{CONNECTION, CONTENT_LENGTH};
+use http::{HeaderValue, StatusCode};
+
+use crate::error::BitsError;
+use crate::target::TargetError;
+
+/// Maps every failure to its protocol answer (spec §10.2; choices in docs/decisions.md).
+pub fn error_ack(err: &BitsError) -> Ack {
+    const FILE: ErrorContext = ErrorContext::RemoteFile;
+    match err {
+        BitsError::Proto(ProtoError::ForeignSessionId) | BitsError::SessionNotFound(_) => {
+            Ack::error(500, HResult::BG_E_SESSION_NOT_FOUND, FILE)
+        }
+        BitsError::Proto(_)
+        | BitsError::BadPath(TargetError::Directory | TargetError::Unsafe(_))
+        | BitsError::DestinationIsDirectory
+        | BitsError::TotalChanged { .. }
+        | BitsError::BodyAborted(_) => Ack::error(400, HResult::E_INVALIDARG, FILE),
+        BitsError::UploadsDisabled | BitsError::BadPath(TargetError::NoVdir) => {
+            Ack::error(501, HResult::E_ACCESSDENIED, FILE)
+        }
+        BitsError::ParentMissing => Ack::error(404, HResult::E_PATH_NOT_FOUND, FILE),
+        BitsError::DestinationExists { status } => {
+            Ack::error(*status, HResult::E_ACCESSDENIED, FILE)
+        }
+        BitsError::NotOwner => Ack::error(403, HResult::E_ACCESSDENIED, FILE),
+        // Status and BITS-Received-Content-Range say it all; the spec's HRESULT "0" is omitted.
+        BitsError::RangeGap { received } => Ack::status_only(416).with_received(*received),
+        BitsError::UploadTooLarge { .. } => Ack::error(500, HResult::BG_E_TOO_LARGE, FILE),
+        BitsError::FragmentTooLarge { .. } => Ack::error(413, HResult::http_error(413), FILE),
+        BitsError::SessionBusy => Ack::error(503, HResult::http_error(503), FILE),
+        BitsError::DiskFull => Ack::error(500, HResult::E_DISK_FULL, FILE),
+        BitsError::Storage(_) => Ack::error(500, HResult::E_FAIL, FILE),
+    }
+}
+
+/// Renders an Ack: status, BITS headers, `Content-Length: 0`, empty body.
+pub fn render(ack: &Ack, close: bool) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() =
+        StatusCode::from_u16(ack.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = resp.headers_mut();
+    for (name, value) in ack.header_pairs() {
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                headers.insert(name, v);
+            }
+            Err(_) => tracing::error!(
+                header = name,
+                "dropped a header value that HTTP cannot carry"
+            ),
+        }
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if close {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

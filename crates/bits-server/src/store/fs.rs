@@ -1,0 +1,414 @@
+//! Local file system backend: one directory per session under the spool, published by an
+//! atomic rename (or a no-replace hard link) into the vdir root.
+//!
+//! ```text
+//! <spool>/sessions/<uuid>/meta.json   the SessionRecord, replaced by write-temp + fsync + rename
+//! <spool>/sessions/<uuid>/data        the partial upload, written in place at the received offset
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bits_proto::SessionId;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::task::{spawn_blocking, JoinHandle};
+
+use super::{
+    BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionStore, StoreError,
+    WriteOutcome,
+};
+
+/// Bytes gathered from the network before one positioned write; two such buffers are in flight
+/// at most (one being filled, one being written), which bounds memory per request.
+const WRITE_CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    sessions: PathBuf,
+    fsync: bool,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) the spool directory. `fsync = false` is the unsafe fast mode.
+    pub fn open(spool: &Path, fsync: bool) -> io::Result<FsStore> {
+        let sessions = spool.join("sessions");
+        fs::create_dir_all(&sessions)?;
+        Ok(FsStore { sessions, fsync })
+    }
+
+    fn dir(&self, id: SessionId) -> PathBuf {
+        self.sessions.join(id.as_uuid().hyphenated().to_string())
+    }
+
+    fn meta(&self, id: SessionId) -> PathBuf {
+        self.dir(id).join("meta.json")
+    }
+
+    fn data(&self, id: SessionId) -> PathBuf {
+        self.dir(id).join("data")
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.fsync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn write_meta(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(rec)
+            .map_err(|e| StoreError::Corrupt(rec.id.to_string(), e.to_string()))?;
+        let dir = self.dir(rec.id);
+        let tmp = dir.join("meta.json.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&json)?;
+        if self.fsync {
+            f.sync_all()?;
+        }
+        drop(f);
+        fs::rename(&tmp, dir.join("meta.json"))?;
+        self.sync_dir(&dir)?;
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(e)))?
+}
+
+#[async_trait]
+impl SessionStore for FsStore {
+    async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        let (me, rec) = (self.clone(), rec.clone());
+        blocking(move || {
+            fs::create_dir(me.dir(rec.id))?;
+            me.write_meta(&rec)?;
+            me.sync_dir(&me.sessions)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let path = self.meta(id);
+        blocking(move || match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        let (me, rec) = (self.clone(), rec.clone());
+        blocking(move || me.write_meta(&rec)).await
+    }
+
+    async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
+        let me = self.clone();
+        blocking(move || match fs::remove_dir_all(me.dir(id)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(me.sync_dir(&me.sessions)?),
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<SessionId>, StoreError> {
+        let dir = self.sessions.clone();
+        blocking(move || {
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(dir)? {
+                let name = entry?.file_name();
+                if let Some(id) = name.to_str().and_then(|n| SessionId::parse(n).ok()) {
+                    ids.push(id);
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
+}
+
+fn dest_path(dest: &Destination) -> PathBuf {
+    Path::new(&dest.root).join(&dest.path)
+}
+
+fn inspect_blocking(dest: &Destination) -> Result<DestinationState, StoreError> {
+    let path = dest_path(dest);
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => return Ok(DestinationState::Directory),
+        Ok(_) => return Ok(DestinationState::File),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Ok(DestinationState::ParentMissing)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let Some(parent) = path.parent() else {
+        return Ok(DestinationState::ParentMissing);
+    };
+    match fs::metadata(parent) {
+        Ok(m) if m.is_dir() => Ok(DestinationState::Absent),
+        Ok(_) => Ok(DestinationState::ParentMissing),
+        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            Ok(DestinationState::ParentMissing)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Positioned writes of `chunk` at `pos`, on the blocking pool.
+fn spawn_write(file: Arc<File>, pos: u64, chunk: bytes::Bytes) -> JoinHandle<io::Result<u64>> {
+    spawn_blocking(move || file.write_all_at(&chunk, pos).map(|()| chunk.len() as u64))
+}
+
+async fn finish(pending: Option<JoinHandle<io::Result<u64>>>) -> io::Result<u64> {
+    match pending {
+        None => Ok(0),
+        Some(h) => h.await.map_err(io::Error::other)?,
+    }
+}
+
+#[async_trait]
+impl DataStore for FsStore {
+    async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
+        let dest = dest.clone();
+        blocking(move || inspect_blocking(&dest)).await
+    }
+
+    async fn allocate(&self, id: SessionId) -> Result<(), StoreError> {
+        let me = self.clone();
+        blocking(move || {
+            fs::create_dir_all(me.dir(id))?;
+            File::create(me.data(id))?;
+            me.sync_dir(&me.dir(id))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        mut body: BodyStream<'_>,
+    ) -> WriteOutcome {
+        let path = self.data(id);
+        let opened = blocking(move || {
+            Ok(OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?)
+        })
+        .await;
+        let file = match opened {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                return WriteOutcome {
+                    durable: 0,
+                    error: Some(e),
+                }
+            }
+        };
+        let mut buf = BytesMut::new();
+        let mut pending: Option<JoinHandle<io::Result<u64>>> = None;
+        let mut queued = 0u64; // bytes handed to writes so far
+        let mut written = 0u64; // bytes whose writes completed
+        let mut error: Option<StoreError> = None;
+        while queued + (buf.len() as u64) < len {
+            match body.next().await {
+                Some(Ok(mut chunk)) => {
+                    let room = (len - queued - buf.len() as u64) as usize;
+                    chunk.truncate(room);
+                    buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => {
+                    error = Some(StoreError::Body(e));
+                    break;
+                }
+                None => {
+                    error = Some(StoreError::Body(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "body ended early",
+                    )));
+                    break;
+                }
+            }
+            if buf.len() >= WRITE_CHUNK {
+                match finish(pending.take()).await {
+                    Ok(n) => written += n,
+                    Err(e) => {
+                        error = Some(e.into());
+                        break;
+                    }
+                }
+                let chunk = buf.split().freeze();
+                let n = chunk.len() as u64;
+                pending = Some(spawn_write(file.clone(), offset + queued, chunk));
+                queued += n;
+            }
+        }
+        match finish(pending.take()).await {
+            Ok(n) => written += n,
+            Err(e) => error = error.or(Some(e.into())),
+        }
+        // Whatever arrived before a body error is still good data: keep it.
+        if written == queued
+            && !buf.is_empty()
+            && !matches!(error, Some(StoreError::DiskFull | StoreError::Io(_)))
+        {
+            match finish(Some(spawn_write(
+                file.clone(),
+                offset + queued,
+                buf.split().freeze(),
+            )))
+            .await
+            {
+                Ok(n) => written += n,
+                Err(e) => error = error.or(Some(e.into())),
+            }
+        }
+        if written > 0 && self.fsync {
+            let f = file.clone();
+            if let Err(e) = blocking(move || Ok(f.sync_data()?)).await {
+                return WriteOutcome {
+                    durable: 0,
+                    error: Some(e),
+                };
+            }
+        }
+        WriteOutcome {
+            durable: written,
+            error,
+        }
+    }
+
+    async fn held(&self, id: SessionId) -> Result<u64, StoreError> {
+        let path = self.data(id);
+        blocking(move || match fs::metadata(path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        id: SessionId,
+        total: u64,
+        dest: &Destination,
+        overwrite: bool,
+    ) -> Result<(), StoreError> {
+        let (me, dest) = (self.clone(), dest.clone());
+        blocking(move || me.commit_blocking(id, total, &dest, overwrite)).await
+    }
+
+    async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
+        let path = self.data(id);
+        blocking(move || match fs::remove_file(path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        })
+        .await
+    }
+}
+
+impl FsStore {
+    fn commit_blocking(
+        &self,
+        id: SessionId,
+        total: u64,
+        dest: &Destination,
+        overwrite: bool,
+    ) -> Result<(), StoreError> {
+        let data = self.data(id);
+        let target = dest_path(dest);
+        let parent = target
+            .parent()
+            .ok_or(StoreError::DataMissing)?
+            .to_path_buf();
+        let data_meta = match fs::metadata(&data) {
+            Ok(m) => m,
+            // Published by an earlier attempt that crashed before recording it.
+            Err(e) if e.kind() == ErrorKind::NotFound && fs::symlink_metadata(&target).is_ok() => {
+                return Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::DataMissing),
+            Err(e) => return Err(e.into()),
+        };
+        if data_meta.len() != total {
+            // Bytes past `total` can only be unacknowledged leftovers of an interrupted write.
+            let f = OpenOptions::new().write(true).open(&data)?;
+            f.set_len(total)?;
+            if self.fsync {
+                f.sync_all()?;
+            }
+        }
+        // Same file system: publish the spool file itself. Otherwise copy next to the target first.
+        let source = if same_device(&data_meta, &parent)? {
+            data.clone()
+        } else {
+            let tmp = parent.join(format!(".bits-partial-{}", id.as_uuid().simple()));
+            let mut out = File::create(&tmp)?;
+            io::copy(&mut File::open(&data)?, &mut out)?;
+            if self.fsync {
+                out.sync_all()?;
+            }
+            tmp
+        };
+        let published = if overwrite {
+            fs::rename(&source, &target).map_err(StoreError::from)
+        } else {
+            match fs::hard_link(&source, &target) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && same_inode(&source, &target) => {
+                    Ok(())
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    Err(StoreError::DestinationExists)
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+        if published.is_err() && source != data {
+            let _ = fs::remove_file(&source);
+        }
+        published?;
+        self.sync_dir(&parent)?;
+        if source != data || !overwrite {
+            match fs::remove_file(&source) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+            if source != data {
+                let _ = fs::remove_file(&data);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_device(data: &fs::Metadata, dir: &Path) -> Result<bool, StoreError> {
+    Ok(fs::metadata(dir)?.dev() == data.dev())
+}
+
+fn same_inode(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}

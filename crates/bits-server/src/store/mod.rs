@@ -1,0 +1,171 @@
+//! Storage behind two small traits: session metadata ([`SessionStore`]) and upload data
+//! ([`DataStore`]). The engine sees nothing else, so an object-storage backend fits beside
+//! the local file system one.
+
+pub mod fs;
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bits_proto::SessionId;
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+/// A request body as the engine sees it: a stream of byte chunks.
+pub type BodyStream<'a> = Pin<&'a mut (dyn Stream<Item = Result<Bytes, io::Error>> + Send)>;
+
+/// Where a completed upload is published: a storage root (a directory for the file system
+/// backend) and a validated relative path below it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Destination {
+    pub root: String,
+    pub path: String,
+}
+
+/// Lifecycle of a session (spec §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// RECEIVE_FRAGMENTS: bytes still missing (or all held but not yet published).
+    Receiving,
+    /// WAIT_FOR_CLOSE: every byte held and published; retransmits are answered from the record.
+    Committed,
+    /// Tombstone after Close-Session (or expiry after commit): a repeated Close/Cancel gets 200.
+    Closed,
+    /// Tombstone after Cancel-Session.
+    Cancelled,
+    /// Tombstone after expiry of an incomplete session: everything answers SESSION_NOT_FOUND.
+    Expired,
+}
+
+impl SessionState {
+    pub const fn is_open(self) -> bool {
+        matches!(self, SessionState::Receiving | SessionState::Committed)
+    }
+}
+
+/// Everything the server persists about one session (spec §6.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    #[serde(with = "session_id_text")]
+    pub id: SessionId,
+    /// Prefix of the vdir the session was created under.
+    pub vdir: String,
+    /// Request target of the Create-Session (path and query), as received.
+    pub url: String,
+    pub destination: Destination,
+    /// Authenticated identity that created the session; `None` for anonymous.
+    pub owner: Option<String>,
+    /// Fixed by the first fragment.
+    pub total: Option<u64>,
+    /// Contiguous bytes held from offset 0, all of them durable.
+    pub received: u64,
+    pub state: SessionState,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last successful session-bound request.
+    pub last_activity: u64,
+    /// Unix seconds when the session became a tombstone.
+    pub ended_at: Option<u64>,
+}
+
+mod session_id_text {
+    use bits_proto::SessionId;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &SessionId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SessionId, D::Error> {
+        let s = String::deserialize(d)?;
+        SessionId::parse(&s).map_err(D::Error::custom)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no space left on the storage device")]
+    DiskFull,
+    #[error("destination already exists")]
+    DestinationExists,
+    #[error("the request body failed: {0}")]
+    Body(io::Error),
+    #[error("session data is missing")]
+    DataMissing,
+    #[error("corrupt session record {0}: {1}")]
+    Corrupt(String, String),
+    #[error("storage I/O failed: {0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            StoreError::DiskFull
+        } else {
+            StoreError::Io(e)
+        }
+    }
+}
+
+/// What is at a destination before an upload starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestinationState {
+    Absent,
+    File,
+    Directory,
+    /// A parent directory does not exist (uploads never create directories).
+    ParentMissing,
+}
+
+/// The result of streaming a fragment body into storage: how many bytes were made durable,
+/// and the error that stopped the stream early, if any. Bytes counted in `durable` are kept
+/// even when `error` is set.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub durable: u64,
+    pub error: Option<StoreError>,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Persists a new record; fails if the id exists.
+    async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError>;
+    async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// Atomically replaces the record: a crash leaves either the old or the new one.
+    async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError>;
+    /// Forgets the record entirely.
+    async fn remove(&self, id: SessionId) -> Result<(), StoreError>;
+    async fn list(&self) -> Result<Vec<SessionId>, StoreError>;
+}
+
+#[async_trait]
+pub trait DataStore: Send + Sync + 'static {
+    async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError>;
+    /// Prepares empty temporary storage for a session's upload.
+    async fn allocate(&self, id: SessionId) -> Result<(), StoreError>;
+    /// Streams `body` into the session's data at `offset`, stopping after `len` bytes.
+    async fn write(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        body: BodyStream<'_>,
+    ) -> WriteOutcome;
+    /// Bytes physically present for the session (for crash recovery).
+    async fn held(&self, id: SessionId) -> Result<u64, StoreError>;
+    /// Publishes the first `total` bytes atomically at `dest`. Idempotent: calling it again after
+    /// a crash between publishing and recording it succeeds without publishing twice.
+    async fn commit(
+        &self,
+        id: SessionId,
+        total: u64,
+        dest: &Destination,
+        overwrite: bool,
+    ) -> Result<(), StoreError>;
+    /// Deletes the session's temporary data (never the published file).
+    async fn discard(&self, id: SessionId) -> Result<(), StoreError>;
+}
