@@ -1,0 +1,434 @@
+//! Test harness: a real `bitsd` process on a free loopback port with its own temp dir, and a
+//! tiny blocking HTTP/1.1 client that can send exactly the bytes a test wants.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
+
+/// A running `bitsd`. Killed on drop, even when the test panics.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    extra_config: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts with the default vdir `/upload/` -> `<tmp>/uploads`; `extra` is appended to the
+    /// generated TOML (top-level keys must come before any `[[vdir]]` table in `extra`).
+    pub fn start(extra: &str) -> Server {
+        Self::start_with(extra, true)
+    }
+
+    /// `default_vdir = false` leaves all `[[vdir]]` tables to `extra`; use `{root}` in it for
+    /// the temp dir.
+    pub fn start_with(extra: &str, default_vdir: bool) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra = if default_vdir {
+            format!(
+                "{}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n{}",
+                top_level(extra),
+                vdir_level(extra)
+            )
+        } else {
+            extra.to_string()
+        };
+        let mut s = Server {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log: dir.path().join("bitsd.log"),
+            dir,
+            extra_config: extra,
+            child: None,
+        };
+        s.launch();
+        s
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("uploads")
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn upload_path(&self, name: &str) -> PathBuf {
+        self.root().join(name)
+    }
+
+    fn launch(&mut self) {
+        let root = self.dir.path().display().to_string();
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\nspool_dir = \"{root}/spool\"\n{}",
+            self.extra_config.replace("{root}", &root),
+            port = self.addr.port(),
+        );
+        let config_path = self.dir.path().join("bitsd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bitsd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("BITSD_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bitsd");
+        let stdout = child.stdout.take().expect("stdout");
+        self.child = Some(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "bitsd did not start; log:\n{}",
+                self.log_text()
+            );
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("bitsd listening on ") {
+                        self.addr = addr.trim().parse().expect("listen addr");
+                        break;
+                    }
+                }
+                _ => panic!("bitsd exited before listening; log:\n{}", self.log_text()),
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Rewrites the extra config (e.g. to disable uploads) for the next restart.
+    pub fn set_extra_config(&mut self, extra: &str) {
+        self.extra_config = extra.to_string();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL then start again on the same port with the same directories.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn::new(self.addr)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Splits `extra` into lines before the first `[` table header (top level) and the rest.
+fn top_level(extra: &str) -> String {
+    extra
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn vdir_level(extra: &str) -> String {
+    extra
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    pub fn received(&self) -> Option<u64> {
+        self.header("bits-received-content-range")
+            .map(|v| v.parse().expect("numeric received"))
+    }
+
+    pub fn session(&self) -> String {
+        self.header("bits-session-id")
+            .expect("BITS-Session-Id")
+            .to_string()
+    }
+
+    /// Asserts an Ack with the given status and (for errors) code and context.
+    #[track_caller]
+    pub fn assert_ack(&self, status: u16, error: Option<(&str, &str)>) {
+        assert_eq!(self.status, status, "status; headers {:?}", self.headers);
+        assert_eq!(
+            self.header("bits-packet-type"),
+            Some("Ack"),
+            "{:?}",
+            self.headers
+        );
+        assert_eq!(self.header("content-length"), Some("0"));
+        assert!(self.body.is_empty());
+        match error {
+            Some((code, ctx)) => {
+                assert_eq!(
+                    self.header("bits-error-code"),
+                    Some(code),
+                    "{:?}",
+                    self.headers
+                );
+                assert_eq!(
+                    self.header("bits-error-context"),
+                    Some(ctx),
+                    "{:?}",
+                    self.headers
+                );
+            }
+            None => {
+                assert!(!self.has("bits-error-code"), "{:?}", self.headers);
+                assert!(!self.has("bits-error-context"), "{:?}", self.headers);
+            }
+        }
+    }
+}
+
+/// One keep-alive connection.
+pub struct Conn {
+    stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            stream: BufReader::new(s),
+        }
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// Sends a request; `Content-Length` is added from `body` unless a header of that name is given.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.write_raw(&request_bytes(method, path, headers, body));
+        self.read_response(method == "HEAD")
+    }
+
+    pub fn bits(
+        &mut self,
+        path: &str,
+        packet: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut h = vec![("BITS-Packet-Type", packet)];
+        h.extend_from_slice(headers);
+        self.send("BITS_POST", path, &h, body)
+    }
+
+    pub fn create(&mut self, path: &str) -> Response {
+        self.bits(
+            path,
+            "Create-Session",
+            &[("BITS-Supported-Protocols", PROTOCOL)],
+            b"",
+        )
+    }
+
+    pub fn fragment(
+        &mut self,
+        path: &str,
+        session: &str,
+        first: u64,
+        data: &[u8],
+        total: u64,
+    ) -> Response {
+        let range = format!(
+            "bytes {}-{}/{}",
+            first,
+            first + data.len() as u64 - 1,
+            total
+        );
+        self.bits(
+            path,
+            "Fragment",
+            &[("BITS-Session-Id", session), ("Content-Range", &range)],
+            data,
+        )
+    }
+
+    pub fn close(&mut self, path: &str, session: &str) -> Response {
+        self.bits(path, "Close-Session", &[("BITS-Session-Id", session)], b"")
+    }
+
+    pub fn cancel(&mut self, path: &str, session: &str) -> Response {
+        self.bits(path, "Cancel-Session", &[("BITS-Session-Id", session)], b"")
+    }
+
+    pub fn read_response(&mut self, head: bool) -> Response {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).expect("status line");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("bad status line {line:?}"))
+            .parse()
+            .expect("status");
+        let mut headers = Vec::new();
+        loop {
+            let mut l = String::new();
+            self.stream.read_line(&mut l).expect("header line");
+            let l = l.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').expect("header colon");
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse().expect("content-length"))
+            .unwrap_or(0);
+        let mut body = vec![0; if head { 0 } else { len }];
+        self.stream.read_exact(&mut body).expect("body");
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// True when the server has closed the connection (EOF on read).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Microsoft BITS/7.8\r\n"
+    );
+    let mut has_len = false;
+    for (k, v) in headers {
+        has_len |= k.eq_ignore_ascii_case("content-length");
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_len {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Creates a session and uploads `data` in fragments of `frag` bytes; returns the session id.
+pub fn upload(conn: &mut Conn, path: &str, data: &[u8], frag: usize) -> String {
+    let r = conn.create(path);
+    r.assert_ack(200, None);
+    let sid = r.session();
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + frag).min(data.len());
+        let r = conn.fragment(path, &sid, off as u64, &data[off..end], data.len() as u64);
+        r.assert_ack(200, None);
+        assert_eq!(r.received(), Some(end as u64));
+        off = end;
+    }
+    sid
+}
+
+pub fn session_dirs(spool: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(spool.join("sessions")) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Files (not dirs) anywhere below `dir`.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_below(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn header_map(pairs: &[(String, String)]) -> HashMap<String, String> {
+    pairs.iter().cloned().collect()
+}
