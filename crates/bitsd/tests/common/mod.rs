@@ -21,8 +21,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts with the default vdir `/upload/` -> `<tmp>/uploads`; `extra` is appended to the
-    /// generated TOML (top-level keys must come before any `[[vdir]]` table in `extra`).
+    /// Starts with the default vdir `/upload/` -> `<tmp>/uploads`. `extra` holds top-level TOML
+    /// keys, optionally followed by a `[[vdir]]` line whose keys are merged into that default vdir,
+    /// e.g. `"cleanup_interval = \"1s\"\n[[vdir]]\nsession_timeout = \"2s\""`.
     pub fn start(extra: &str) -> Server {
         Self::start_with(extra, true)
     }
@@ -164,6 +165,7 @@ fn vdir_level(extra: &str) -> String {
     extra
         .lines()
         .skip_while(|l| !l.trim_start().starts_with('['))
+        .skip(1)
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -432,3 +434,103 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
 pub fn header_map(pairs: &[(String, String)]) -> HashMap<String, String> {
     pairs.iter().cloned().collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers added for the conformance-checklist tests (spec §18, §16).
+
+/// A full config (for `Server::start_with(.., false)` or `Server::set_extra_config`) with the
+/// default vdir `/upload/` -> `{root}/uploads`: `top` holds top-level keys, `vdir` keys of that
+/// vdir (e.g. `session_timeout = "2s"`).
+pub fn vdir_config(top: &str, vdir: &str) -> String {
+    format!("{top}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n{vdir}\n")
+}
+
+impl Server {
+    /// Like `start`, but with separate top-level and vdir-level config keys.
+    pub fn start_vdir(top: &str, vdir: &str) -> Server {
+        Self::start_with(&vdir_config(top, vdir), false)
+    }
+
+    /// The spool directory of a session (as named by its `BITS-Session-Id`).
+    pub fn session_dir(&self, sid: &str) -> PathBuf {
+        self.spool().join("sessions").join(spool_name(sid))
+    }
+
+    /// The partial-upload file of a session in the spool, if present.
+    pub fn session_data(&self, sid: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.session_dir(sid).join("data")).ok()
+    }
+}
+
+/// Spool directory name of a session id: the hyphenated lower-case GUID without braces.
+pub fn spool_name(sid: &str) -> String {
+    sid.trim_start_matches('{')
+        .trim_end_matches('}')
+        .to_ascii_lowercase()
+}
+
+/// `^\{[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}$`
+pub fn is_braced_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 38 || b[0] != b'{' || b[37] != b'}' {
+        return false;
+    }
+    b[1..37].iter().enumerate().all(|(i, &c)| match i {
+        8 | 13 | 18 | 23 => c == b'-',
+        _ => c.is_ascii_hexdigit(),
+    })
+}
+
+impl Conn {
+    /// Like `write_raw`, but reports errors (a server may close instead of draining a body).
+    pub fn try_write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes)
+    }
+
+    /// Half-closes the connection: no more request bytes will follow.
+    pub fn shutdown_write(&mut self) {
+        self.stream
+            .get_mut()
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+    }
+
+    /// Fragment with an explicit `Content-Range` header value (the body is sent as given).
+    pub fn fragment_raw_range(
+        &mut self,
+        path: &str,
+        session: &str,
+        range: &str,
+        body: &[u8],
+    ) -> Response {
+        self.bits(
+            path,
+            "Fragment",
+            &[("BITS-Session-Id", session), ("Content-Range", range)],
+            body,
+        )
+    }
+}
+
+impl Response {
+    /// Asserts the 416 range-resync Ack: `BITS-Received-Content-Range`, `BITS-Session-Id`, and
+    /// no error headers.
+    #[track_caller]
+    pub fn assert_416(&self, session: &str, received: u64) {
+        self.assert_ack(416, None);
+        assert_eq!(self.received(), Some(received), "{:?}", self.headers);
+        assert_eq!(
+            self.header("bits-session-id"),
+            Some(session),
+            "{:?}",
+            self.headers
+        );
+    }
+}
+
+pub const E_INVALIDARG: (&str, &str) = ("0x80070057", "0x5");
+pub const E_ACCESSDENIED: (&str, &str) = ("0x80070005", "0x5");
+pub const E_PATH_NOT_FOUND: (&str, &str) = ("0x80070003", "0x5");
+pub const SESSION_NOT_FOUND: (&str, &str) = ("0x8020001F", "0x5");
+pub const TOO_LARGE: (&str, &str) = ("0x80200020", "0x5");
+pub const HTTP_413: (&str, &str) = ("0x8019019D", "0x5");
