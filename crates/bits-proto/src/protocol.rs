@@ -101,7 +101,7 @@ mod tests {
             let sep = if comma { "," } else { " " };
             let mut items = vec![OTHER.to_string(); before];
             items.push(P.to_uppercase());
-            items.extend(std::iter::repeat(OTHER.to_string()).take(after));
+            items.extend(std::iter::repeat_n(OTHER.to_string(), after));
             prop_assert_eq!(negotiate(&items.join(sep), &[UPLOAD_PROTOCOL_1_5]), Some(UPLOAD_PROTOCOL_1_5));
         }
 

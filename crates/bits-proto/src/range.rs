@@ -150,7 +150,7 @@ mod tests {
         #[test]
         fn display_round_trips(first in 0u64..u64::MAX - 2, extra in 0u64..1 << 40, tail in 1u64..1 << 40) {
             let last = first.saturating_add(extra).min(u64::MAX - 2);
-            let total = last.saturating_add(tail).min(u64::MAX);
+            let total = last.saturating_add(tail);
             let r = ContentRange::new(first, last, total).unwrap();
             prop_assert_eq!(ContentRange::parse(&r.to_string()), Ok(r));
         }

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// `true` (default): data and metadata are on stable storage before a fragment is acknowledged.
     /// `false` is UNSAFE: a crash or power loss can lose acknowledged bytes.
     pub fsync: bool,
+    /// A client must send a complete request head within this time (slow-loris defence).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// A request body that delivers no bytes for this long is abandoned.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
@@ -37,6 +40,13 @@ pub struct ServerConfig {
     /// Unread request bodies up to this size are drained after an error Ack so the connection
     /// stays usable; larger ones close the connection.
     pub drain_limit: u64,
+    /// Create-Session is refused with 503 while this many sessions are open.
+    pub max_open_sessions: u64,
+    /// Open sessions per authenticated identity (IIS `BITSNumberOfSessionsLimit`); anonymous
+    /// sessions count only against `max_open_sessions`. Absent: no per-identity limit.
+    pub max_sessions_per_identity: Option<u64>,
+    /// Bytes of unfinished uploads the spool may hold; beyond it fragments get the disk-full Ack.
+    pub spool_quota: Option<u64>,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
 }
@@ -49,10 +59,14 @@ impl Default for ServerConfig {
             cleanup_interval: Duration::from_secs(12 * 3600),
             tombstone_ttl: DEFAULT_SESSION_TIMEOUT,
             fsync: true,
+            header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(120),
             session_lock_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             drain_limit: 64 << 20,
+            max_open_sessions: 100_000,
+            max_sessions_per_identity: Some(50),
+            spool_quota: None,
             vdirs: vec![VdirConfig::default()],
         }
     }

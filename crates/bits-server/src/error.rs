@@ -34,6 +34,10 @@ pub enum BitsError {
     FragmentTooLarge { len: u64, limit: u64 },
     #[error("another request of this session is still in progress")]
     SessionBusy,
+    #[error("a newer request for this session took over")]
+    Preempted,
+    #[error("too many open sessions")]
+    SessionLimit,
     #[error("the request body was cut off: {0}")]
     BodyAborted(std::io::Error),
     #[error("no space left for upload data")]

@@ -17,7 +17,10 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn large_upload_is_identical_and_memory_stays_flat() {
-    let mib: u64 = std::env::var("BITS_LARGE_UPLOAD_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let mib: u64 = std::env::var("BITS_LARGE_UPLOAD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     const FRAG: usize = 8 << 20;
     let total = mib << 20;
     let s = Server::start("[[vdir]]\nmax_fragment_size = 16777216");

@@ -39,14 +39,11 @@ impl Engine {
     /// Deletes an idle session's data; a published upload stays and its id answers a late
     /// Close-Session with 200, an unfinished one becomes SESSION_NOT_FOUND.
     pub(super) async fn expire(&self, rec: &mut SessionRecord) -> Result<(), BitsError> {
-        self.data.discard(rec.id).await?;
-        rec.state = match rec.state {
+        let to = match rec.state {
             SessionState::Committed => SessionState::Closed,
             _ => SessionState::Expired,
         };
-        rec.ended_at = Some(now_ms());
-        self.sessions.save(rec).await?;
-        self.forget_destination(rec);
+        self.finish(rec, to).await?;
         tracing::info!(session = %rec.id, destination = %rec.destination.path, "session expired");
         Ok(())
     }
@@ -106,6 +103,10 @@ impl Engine {
         report: &mut RecoveryReport,
     ) -> Result<(), BitsError> {
         let Some(mut rec) = self.sessions.load(id).await? else {
+            // Created on disk but never recorded (a crash inside Create-Session): nobody got an Ack.
+            self.data.discard(id).await?;
+            self.sessions.remove(id).await?;
+            report.removed += 1;
             return Ok(());
         };
         let Some(vdir) = self.vdir_of(&rec).filter(|v| v.upload_enabled) else {
@@ -116,8 +117,10 @@ impl Engine {
             return Ok(());
         };
         if rec.state != SessionState::Receiving {
+            // Published or ended: any spool copy left by a crash after publishing is garbage.
+            self.data.discard(id).await?;
             if rec.state.is_open() {
-                self.destination_index().insert(rec.destination.clone(), id);
+                self.registry().insert(&rec);
             }
             return Ok(());
         }
@@ -128,7 +131,7 @@ impl Engine {
             self.sessions.save(&rec).await?;
             report.reconciled += 1;
         }
-        self.destination_index().insert(rec.destination.clone(), id);
+        self.registry().insert(&rec);
         if rec.total == Some(rec.received) {
             let vdir = vdir.clone();
             self.publish(&mut rec, &vdir).await?;

@@ -1,43 +1,96 @@
 //! One in-flight request per session: a per-session async mutex, created on demand and
 //! forgotten when nobody holds or waits for it.
+//!
+//! A BITS client sends one request per session at a time, so a second request for a session
+//! means the client gave up on the first (its connection may be half-dead, still "sending").
+//! The newcomer therefore asks the holder to stop early; the holder keeps what it has made
+//! durable, releases the lock, and the newcomer goes on from the stored length.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bits_proto::SessionId;
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::sync::{watch, Mutex as AsyncMutex, OwnedMutexGuard};
+
+struct Slot {
+    mutex: Arc<AsyncMutex<()>>,
+    /// Bumped by every request that has to wait for this session.
+    preempt: watch::Sender<u64>,
+}
 
 #[derive(Default)]
 pub struct SessionLocks {
-    map: Mutex<HashMap<SessionId, Weak<AsyncMutex<()>>>>,
+    map: Mutex<HashMap<SessionId, Weak<Slot>>>,
 }
 
-pub type SessionGuard = OwnedMutexGuard<()>;
+/// Holding this is holding the session.
+pub struct SessionGuard {
+    _held: OwnedMutexGuard<()>,
+    _slot: Arc<Slot>,
+    preempt: watch::Receiver<u64>,
+    generation: u64,
+}
+
+impl SessionGuard {
+    /// Resolves when a newer request for the same session is waiting.
+    pub async fn preempted(&mut self) {
+        if self.preempt.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    pub fn was_preempted(&self) -> bool {
+        *self.preempt.borrow() != self.generation
+    }
+}
 
 impl SessionLocks {
-    fn entry(&self, id: SessionId) -> Arc<AsyncMutex<()>> {
+    fn slot(&self, id: SessionId) -> Arc<Slot> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(lock) = map.get(&id).and_then(Weak::upgrade) {
-            return lock;
+        if let Some(slot) = map.get(&id).and_then(Weak::upgrade) {
+            return slot;
         }
         if map.len() >= 1024 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
-        let lock = Arc::new(AsyncMutex::new(()));
-        map.insert(id, Arc::downgrade(&lock));
-        lock
+        let slot = Arc::new(Slot {
+            mutex: Arc::new(AsyncMutex::new(())),
+            preempt: watch::channel(0).0,
+        });
+        map.insert(id, Arc::downgrade(&slot));
+        slot
     }
 
-    /// Waits up to `timeout` for the session; `None` if another request still holds it.
+    fn guard(slot: Arc<Slot>, held: OwnedMutexGuard<()>) -> SessionGuard {
+        let mut preempt = slot.preempt.subscribe();
+        let generation = *preempt.borrow_and_update();
+        SessionGuard {
+            _held: held,
+            _slot: slot,
+            preempt,
+            generation,
+        }
+    }
+
+    /// Takes the session, asking a current holder to stop early; gives up after `timeout`.
     pub async fn lock(&self, id: SessionId, timeout: Duration) -> Option<SessionGuard> {
-        tokio::time::timeout(timeout, self.entry(id).lock_owned())
+        let slot = self.slot(id);
+        if let Ok(held) = slot.mutex.clone().try_lock_owned() {
+            return Some(Self::guard(slot, held));
+        }
+        slot.preempt.send_modify(|g| *g += 1);
+        let held = tokio::time::timeout(timeout, slot.mutex.clone().lock_owned())
             .await
-            .ok()
+            .ok()?;
+        Some(Self::guard(slot, held))
     }
 
+    /// Takes the session only if nobody holds it (background work never preempts requests).
     pub fn try_lock(&self, id: SessionId) -> Option<SessionGuard> {
-        self.entry(id).try_lock_owned().ok()
+        let slot = self.slot(id);
+        let held = slot.mutex.clone().try_lock_owned().ok()?;
+        Some(Self::guard(slot, held))
     }
 }
 
@@ -54,5 +107,23 @@ mod tests {
         assert!(locks.try_lock(b).is_some());
         drop(held);
         assert!(locks.lock(a, Duration::from_millis(20)).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_preempts_the_holder() {
+        let locks = Arc::new(SessionLocks::default());
+        let id = SessionId::random();
+        let mut held = locks.lock(id, Duration::from_secs(1)).await.unwrap();
+        assert!(!held.was_preempted());
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.lock(id, Duration::from_secs(5)).await.is_some() })
+        };
+        tokio::time::timeout(Duration::from_secs(5), held.preempted())
+            .await
+            .unwrap();
+        assert!(held.was_preempted());
+        drop(held);
+        assert!(waiter.await.unwrap());
     }
 }

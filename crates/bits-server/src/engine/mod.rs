@@ -4,9 +4,9 @@
 
 mod lifecycle;
 mod locks;
+mod registry;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bits_proto::{Ack, ContentRange, Packet, ProtocolId, SessionId};
@@ -15,12 +15,14 @@ use futures_util::StreamExt;
 use crate::config::{ServerConfig, VdirConfig};
 use crate::error::BitsError;
 use crate::store::{
-    BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionState, SessionStore,
+    BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionState,
+    SessionStore, StoreError,
 };
 use crate::target::UploadTarget;
 
 pub use lifecycle::{RecoveryReport, SweepReport};
 use locks::{SessionGuard, SessionLocks};
+use registry::Registry;
 
 /// One request as the engine sees it.
 pub struct EngineRequest<'a> {
@@ -38,8 +40,7 @@ pub struct Engine {
     sessions: Arc<dyn SessionStore>,
     data: Arc<dyn DataStore>,
     locks: SessionLocks,
-    /// Open sessions by destination, for the one-upload-per-destination rule.
-    destinations: Mutex<HashMap<Destination, SessionId>>,
+    registry: Mutex<Registry>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -50,6 +51,8 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Engine {
+    pub const SUPPORTED_PROTOCOLS: [ProtocolId; 1] = [bits_proto::UPLOAD_PROTOCOL_1_5];
+
     pub fn new(
         config: Arc<ServerConfig>,
         sessions: Arc<dyn SessionStore>,
@@ -60,7 +63,7 @@ impl Engine {
             sessions,
             data,
             locks: SessionLocks::default(),
-            destinations: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
         }
     }
 
@@ -68,7 +71,10 @@ impl Engine {
         &self.config
     }
 
-    pub const SUPPORTED_PROTOCOLS: [ProtocolId; 1] = [bits_proto::UPLOAD_PROTOCOL_1_5];
+    /// Number of open (not yet closed, cancelled or expired) sessions.
+    pub fn open_sessions(&self) -> u64 {
+        self.registry().open_count()
+    }
 
     pub async fn handle(&self, req: EngineRequest<'_>) -> Result<Ack, BitsError> {
         let EngineRequest {
@@ -86,30 +92,17 @@ impl Engine {
         if !vdir.upload_enabled {
             return Err(BitsError::UploadsDisabled);
         }
+        let who = identity.as_deref();
         match packet {
             Packet::Ping => Ok(Ack::ok()),
             Packet::CreateSession { protocol } => {
                 self.create(vdir, &target, url, identity, protocol).await
             }
-            Packet::Fragment { session, range } => {
-                self.fragment(session, range, identity.as_deref(), body)
-                    .await
-            }
-            Packet::CloseSession { session } => {
-                self.end(session, identity.as_deref(), SessionState::Closed)
-                    .await
-            }
+            Packet::Fragment { session, range } => self.fragment(session, range, who, body).await,
+            Packet::CloseSession { session } => self.end(session, who, SessionState::Closed).await,
             Packet::CancelSession { session } => {
-                self.end(session, identity.as_deref(), SessionState::Cancelled)
-                    .await
+                self.end(session, who, SessionState::Cancelled).await
             }
-        }
-    }
-
-    fn destination(vdir: &VdirConfig, rel_path: &str) -> Destination {
-        Destination {
-            root: vdir.root.to_string_lossy().into_owned(),
-            path: rel_path.to_string(),
         }
     }
 
@@ -117,8 +110,8 @@ impl Engine {
         self.config.vdirs.iter().find(|v| v.prefix == rec.vdir)
     }
 
-    fn destination_index(&self) -> std::sync::MutexGuard<'_, HashMap<Destination, SessionId>> {
-        self.destinations.lock().unwrap_or_else(|p| p.into_inner())
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn create(
@@ -129,27 +122,22 @@ impl Engine {
         owner: Option<String>,
         protocol: ProtocolId,
     ) -> Result<Ack, BitsError> {
-        let destination = Self::destination(vdir, &target.rel_path);
-        let conflict = BitsError::DestinationExists {
+        let destination = Destination {
+            root: vdir.root.to_string_lossy().into_owned(),
+            path: target.rel_path.clone(),
+        };
+        let conflict = || BitsError::DestinationExists {
             status: vdir.conflict_status.status(),
         };
         match self.data.inspect(&destination).await? {
             DestinationState::Directory => return Err(BitsError::DestinationIsDirectory),
             DestinationState::ParentMissing => return Err(BitsError::ParentMissing),
-            DestinationState::File if !vdir.allow_overwrites => return Err(conflict),
+            DestinationState::File if !vdir.allow_overwrites => return Err(conflict()),
             DestinationState::File | DestinationState::Absent => {}
-        }
-        let id = SessionId::random();
-        {
-            let mut index = self.destination_index();
-            if !vdir.allow_overwrites && index.contains_key(&destination) {
-                return Err(conflict);
-            }
-            index.insert(destination.clone(), id);
         }
         let now = now_ms();
         let rec = SessionRecord {
-            id,
+            id: SessionId::random(),
             vdir: vdir.prefix.clone(),
             url,
             destination,
@@ -161,25 +149,37 @@ impl Engine {
             last_activity: now,
             ended_at: None,
         };
+        {
+            let mut registry = self.registry();
+            if !vdir.allow_overwrites && registry.holder_of(&rec.destination).is_some() {
+                return Err(conflict());
+            }
+            if registry.open_count() >= self.config.max_open_sessions {
+                return Err(BitsError::SessionLimit);
+            }
+            if let Some(limit) = self
+                .config
+                .max_sessions_per_identity
+                .filter(|_| rec.owner.is_some())
+            {
+                if registry.owned_by(&rec.owner) >= limit {
+                    return Err(BitsError::SessionLimit);
+                }
+            }
+            registry.insert(&rec);
+        }
         let stored = async {
             self.sessions.create(&rec).await?;
-            self.data.allocate(id).await
+            self.data.allocate(rec.id).await
         }
         .await;
         if let Err(e) = stored {
-            self.forget_destination(&rec);
-            let _ = self.sessions.remove(id).await;
+            self.registry().remove(rec.id);
+            let _ = self.sessions.remove(rec.id).await;
             return Err(e.into());
         }
-        tracing::debug!(session = %id, destination = %rec.destination.path, "session created");
-        Ok(Ack::session_created(id, protocol, None))
-    }
-
-    fn forget_destination(&self, rec: &SessionRecord) {
-        let mut index = self.destination_index();
-        if index.get(&rec.destination) == Some(&rec.id) {
-            index.remove(&rec.destination);
-        }
+        tracing::debug!(session = %rec.id, destination = %rec.destination.path, "session created");
+        Ok(Ack::session_created(rec.id, protocol, None))
     }
 
     async fn lock(&self, id: SessionId) -> Result<SessionGuard, BitsError> {
@@ -216,7 +216,7 @@ impl Engine {
         identity: Option<&str>,
         mut body: BodyStream<'_>,
     ) -> Result<Ack, BitsError> {
-        let _guard = self.lock(id).await?;
+        let mut guard = self.lock(id).await?;
         let mut rec = self.load_checked(id, identity).await?;
         let vdir = self.vdir_of(&rec).ok_or(BitsError::SessionNotFound(id))?;
         if range.len > vdir.max_fragment_size {
@@ -225,7 +225,6 @@ impl Engine {
                 limit: vdir.max_fragment_size,
             });
         }
-        let ack = |rec: &SessionRecord| Ack::ok().with_session(id).with_received(rec.received);
         match rec.state {
             SessionState::Receiving => {}
             // WAIT_FOR_CLOSE: a retransmit is answered from the record, data untouched.
@@ -233,20 +232,17 @@ impl Engine {
                 drain(body.as_mut()).await;
                 rec.last_activity = now_ms();
                 self.sessions.save(&rec).await?;
-                return Ok(ack(&rec));
+                return Ok(Ack::ok().with_session(id).with_received(rec.received));
             }
             SessionState::Closed | SessionState::Cancelled | SessionState::Expired => {
                 return Err(BitsError::SessionNotFound(id))
             }
         }
-        match rec.total {
-            Some(expected) if expected != range.total => {
-                return Err(BitsError::TotalChanged {
-                    expected,
-                    got: range.total,
-                })
-            }
-            _ => {}
+        if let Some(expected) = rec.total.filter(|&t| t != range.total) {
+            return Err(BitsError::TotalChanged {
+                expected,
+                got: range.total,
+            });
         }
         if let Some(limit) = vdir.max_upload_size.filter(|&l| range.total > l) {
             return Err(BitsError::UploadTooLarge {
@@ -259,45 +255,55 @@ impl Engine {
                 received: rec.received,
             });
         }
-        let fixes_total = rec.total.is_none();
         rec.total = Some(range.total);
         rec.last_activity = now_ms();
         if range.end() <= rec.received {
             drain(body.as_mut()).await;
         } else {
+            let len = range.end() - rec.received;
+            if let Some(quota) = self.config.spool_quota {
+                if self.registry().spooled().saturating_add(len) > quota {
+                    return Err(BitsError::DiskFull);
+                }
+            }
             // Bytes before `received` are acknowledged already: read past them, never rewrite them.
             let mut skip = rec.received - range.first;
-            let fresh = body.as_mut().filter_map(move |item| {
-                let item = match item {
-                    Ok(mut chunk) => {
-                        let n = skip.min(chunk.len() as u64) as usize;
-                        skip -= n as u64;
-                        let _ = chunk.split_to(n);
-                        (!chunk.is_empty()).then_some(Ok(chunk))
-                    }
-                    Err(e) => Some(Err(e)),
-                };
-                std::future::ready(item)
-            });
-            let len = range.end() - rec.received;
+            let fresh = body
+                .as_mut()
+                .filter_map(move |item| {
+                    let item = match item {
+                        Ok(mut chunk) => {
+                            let n = skip.min(chunk.len() as u64) as usize;
+                            skip -= n as u64;
+                            let _ = chunk.split_to(n);
+                            (!chunk.is_empty()).then_some(Ok(chunk))
+                        }
+                        Err(e) => Some(Err(e)),
+                    };
+                    std::future::ready(item)
+                })
+                .take_until(guard.preempted());
             let outcome = self
                 .data
                 .write(id, rec.received, len, std::pin::pin!(fresh))
                 .await;
             rec.received += outcome.durable;
-            if outcome.durable > 0 || fixes_total {
+            self.registry().set_spooled(id, rec.received);
+            if outcome.error.is_some() && guard.was_preempted() {
                 self.sessions.save(&rec).await?;
+                return Err(BitsError::Preempted);
             }
             if let Some(e) = outcome.error {
+                self.sessions.save(&rec).await?;
                 return Err(e.into());
             }
         }
+        // Data is durable; now the length that claims it (data before metadata).
+        self.sessions.save(&rec).await?;
         if rec.total == Some(rec.received) {
             self.publish(&mut rec, vdir).await?;
-        } else if fixes_total || range.end() <= rec.received {
-            self.sessions.save(&rec).await?;
         }
-        Ok(ack(&rec))
+        Ok(Ack::ok().with_session(id).with_received(rec.received))
     }
 
     /// All bytes held: make the upload visible at its destination (spec §8.1, commit at the
@@ -311,7 +317,7 @@ impl Engine {
             .await
         {
             Ok(()) => {}
-            Err(crate::store::StoreError::DestinationExists) => {
+            Err(StoreError::DestinationExists) => {
                 return Err(BitsError::DestinationExists {
                     status: vdir.conflict_status.status(),
                 })
@@ -320,6 +326,7 @@ impl Engine {
         }
         rec.state = SessionState::Committed;
         self.sessions.save(rec).await?;
+        self.registry().set_spooled(rec.id, 0);
         tracing::info!(session = %rec.id, destination = %rec.destination.path, bytes = total, "upload published");
         Ok(())
     }
@@ -339,13 +346,18 @@ impl Engine {
             SessionState::Closed | SessionState::Cancelled => return Ok(Ack::ok().with_session(id)),
             SessionState::Expired => return Err(BitsError::SessionNotFound(id)),
         }
-        self.data.discard(id).await?;
+        self.finish(&mut rec, to).await?;
+        Ok(Ack::ok().with_session(id))
+    }
+
+    /// Deletes a session's temporary data and turns its record into a tombstone in state `to`.
+    async fn finish(&self, rec: &mut SessionRecord, to: SessionState) -> Result<(), BitsError> {
+        self.data.discard(rec.id).await?;
         rec.state = to;
         rec.ended_at = Some(now_ms());
-        rec.last_activity = now_ms();
-        self.sessions.save(&rec).await?;
-        self.forget_destination(&rec);
-        Ok(Ack::ok().with_session(id))
+        self.sessions.save(rec).await?;
+        self.registry().remove(rec.id);
+        Ok(())
     }
 }
 

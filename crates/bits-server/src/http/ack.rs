@@ -33,7 +33,9 @@ pub fn error_ack(err: &BitsError) -> Ack {
         BitsError::RangeGap { received } => Ack::status_only(416).with_received(*received),
         BitsError::UploadTooLarge { .. } => Ack::error(500, HResult::BG_E_TOO_LARGE, FILE),
         BitsError::FragmentTooLarge { .. } => Ack::error(413, HResult::http_error(413), FILE),
-        BitsError::SessionBusy => Ack::error(503, HResult::http_error(503), FILE),
+        BitsError::SessionBusy | BitsError::Preempted | BitsError::SessionLimit => {
+            Ack::error(503, HResult::http_error(503), FILE)
+        }
         BitsError::DiskFull => Ack::error(500, HResult::E_DISK_FULL, FILE),
         BitsError::Storage(_) => Ack::error(500, HResult::E_FAIL, FILE),
     }

@@ -25,6 +25,8 @@ pub fn idle_limited(
             )),
         }
     })
+    // Fused: the engine and then the drain may both read to the end.
+    .fuse()
 }
 
 /// Reads and drops what is left of a body, up to `limit` bytes. Returns whether the body ended

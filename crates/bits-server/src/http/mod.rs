@@ -5,6 +5,8 @@ mod body;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,9 +15,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
-use bits_proto::{classify, content_length, Ack, PacketType};
+use bits_proto::{classify, content_length, Ack, ErrorContext, HResult, PacketType};
+use futures_util::FutureExt;
 use http::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tower_service::Service;
 
 use crate::engine::{Engine, EngineRequest};
 use crate::error::BitsError;
@@ -30,15 +36,74 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new().fallback(dispatch).with_state(App { engine })
 }
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests.
+/// The client's address, available to handlers as a request extension.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Serves until `shutdown` resolves, then waits for in-flight requests (the caller bounds how
+/// long). Connections are HTTP/1.1 with keep-alive and pipelining; a client that half-closes
+/// after its request still gets the answer.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, router(engine))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_read_timeout = engine.config().header_read_timeout;
+    let app = router(engine);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let mut app = app.clone();
+                async move {
+                    // A bug must cost one request an error Ack, never the connection or the process.
+                    match AssertUnwindSafe(app.call(req.map(Body::new)))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(resp) => resp,
+                        Err(_) => {
+                            tracing::error!(%peer, "request handler panicked");
+                            Ok(ack::render(
+                                &Ack::error(500, HResult::E_FAIL, ErrorContext::RemoteFile),
+                                true,
+                            ))
+                        }
+                    }
+                }
+            });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn dispatch(State(app): State<App>, req: Request) -> Response {

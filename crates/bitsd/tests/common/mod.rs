@@ -487,6 +487,15 @@ impl Conn {
         self.stream.get_mut().write_all(bytes)
     }
 
+    /// `read_response` for a non-HEAD request, but `None` when the server closed the
+    /// connection before sending a status line.
+    pub fn try_read_response(&mut self) -> Option<Response> {
+        if self.stream.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+            return None;
+        }
+        Some(self.read_response(false))
+    }
+
     /// Half-closes the connection: no more request bytes will follow.
     pub fn shutdown_write(&mut self) {
         self.stream
