@@ -159,9 +159,9 @@ fn reference_resync_after_lost_ack() {
 
 #[test]
 fn reference_resync_after_lost_ack_with_new_connection_per_request() {
-    // Same exchange as above, but the duplicate is sent on its own connection so that the
-    // known connection-drop bug (see the ignored test) does not mask the protocol answers
-    // of the remaining steps.
+    // Same exchange as above, but the duplicate is sent on its own connection that the client
+    // abandons without reading: a duplicate the server processes for a vanished client must
+    // not disturb the stored data or the remaining steps.
     let s = Server::start("");
     let data = pattern(200_000, 162);
     let mut c = s.conn();

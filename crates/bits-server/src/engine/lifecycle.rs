@@ -4,7 +4,7 @@ use bits_proto::SessionId;
 
 use super::{now_ms, Engine};
 use crate::error::BitsError;
-use crate::store::{SessionRecord, SessionState};
+use crate::store::{SessionRecord, SessionState, StoreError};
 
 /// What one cleanup pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -124,18 +124,27 @@ impl Engine {
             }
             return Ok(());
         }
+        self.registry().insert(&rec);
+        // Complete: the crash came between recording the last bytes and publishing them, or
+        // between publishing and recording that. Publishing is idempotent, so finish it.
+        if rec.total == Some(rec.received) {
+            let vdir = vdir.clone();
+            match self.publish(&mut rec, &vdir).await {
+                Ok(()) => {
+                    report.published += 1;
+                    return Ok(());
+                }
+                Err(BitsError::Storage(StoreError::DataMissing)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let held = self.data.held(id).await?;
         if held < rec.received {
             tracing::warn!(session = %id, recorded = rec.received, held, "recorded length exceeds data held; lowered");
             rec.received = held;
             self.sessions.save(&rec).await?;
+            self.registry().set_spooled(id, held);
             report.reconciled += 1;
-        }
-        self.registry().insert(&rec);
-        if rec.total == Some(rec.received) {
-            let vdir = vdir.clone();
-            self.publish(&mut rec, &vdir).await?;
-            report.published += 1;
         }
         Ok(())
     }

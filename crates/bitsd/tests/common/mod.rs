@@ -318,37 +318,72 @@ impl Conn {
     }
 
     pub fn read_response(&mut self, head: bool) -> Response {
+        self.try_read(head).expect("read response")
+    }
+
+    /// Reads one response, reporting I/O errors and EOF instead of panicking.
+    pub fn try_read(&mut self, head: bool) -> std::io::Result<Response> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
         let mut line = String::new();
-        self.stream.read_line(&mut line).expect("status line");
+        if self.stream.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let status: u16 = line
             .split_whitespace()
             .nth(1)
-            .unwrap_or_else(|| panic!("bad status line {line:?}"))
-            .parse()
-            .expect("status");
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
         let mut headers = Vec::new();
         loop {
             let mut l = String::new();
-            self.stream.read_line(&mut l).expect("header line");
+            if self.stream.read_line(&mut l)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             let l = l.trim_end_matches(['\r', '\n']);
             if l.is_empty() {
                 break;
             }
-            let (k, v) = l.split_once(':').expect("header colon");
+            let (k, v) = l
+                .split_once(':')
+                .ok_or_else(|| bad(format!("bad header {l:?}")))?;
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .map(|(_, v)| v.parse().expect("content-length"))
-            .unwrap_or(0);
+        let len: usize = match headers.iter().find(|(k, _)| k == "content-length") {
+            Some((_, v)) => v
+                .parse()
+                .map_err(|_| bad(format!("bad content-length {v:?}")))?,
+            None => 0,
+        };
         let mut body = vec![0; if head { 0 } else { len }];
-        self.stream.read_exact(&mut body).expect("body");
-        Response {
+        self.stream.read_exact(&mut body)?;
+        Ok(Response {
             status,
             headers,
             body,
-        }
+        })
+    }
+
+    /// Sends a request and reads its response, reporting any I/O failure.
+    pub fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        self.stream
+            .get_mut()
+            .write_all(&request_bytes(method, path, headers, body))?;
+        self.try_read(method == "HEAD")
+    }
+
+    pub fn try_new(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            stream: BufReader::new(s),
+        })
     }
 
     /// True when the server has closed the connection (EOF on read).
