@@ -31,7 +31,13 @@ impl Server {
     /// `default_vdir = false` leaves all `[[vdir]]` tables to `extra`; use `{root}` in it for
     /// the temp dir.
     pub fn start_with(extra: &str, default_vdir: bool) -> Server {
+        Self::start_prepared(extra, default_vdir, |_| {})
+    }
+
+    /// Like `start_with`, running `setup` on the fresh temp dir before the server starts.
+    pub fn start_prepared(extra: &str, default_vdir: bool, setup: impl FnOnce(&Path)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
+        setup(dir.path());
         let extra = if default_vdir {
             format!(
                 "{}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n{}",

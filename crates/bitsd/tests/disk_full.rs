@@ -1,0 +1,123 @@
+//! Running out of space: an error Ack (500 + ERROR_DISK_FULL), no file at the destination, and a
+//! session that completes once space is back.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DISK_FULL: (&str, &str) = ("0x80070070", "0x5");
+const FRAG: usize = 256 << 10;
+
+/// Uploads `data` in fragments until the first error Ack, which it returns with the offset.
+fn upload_until_error(
+    c: &mut Conn,
+    sid: &str,
+    data: &[u8],
+    from: usize,
+) -> Option<(usize, Response)> {
+    let mut off = from;
+    while off < data.len() {
+        let end = (off + FRAG).min(data.len());
+        let r = c.fragment(
+            "/upload/big.bin",
+            sid,
+            off as u64,
+            &data[off..end],
+            data.len() as u64,
+        );
+        if r.status != 200 {
+            return Some((off, r));
+        }
+        off = r.received().expect("received") as usize;
+    }
+    None
+}
+
+#[test]
+fn spool_quota_gives_disk_full_and_resumes_after_raise() {
+    let mut s = Server::start("spool_quota = 1048576");
+    let data = pattern(3 << 20, 7);
+    let mut c = s.conn();
+    let r = c.create("/upload/big.bin");
+    r.assert_ack(200, None);
+    let sid = r.session();
+    let (at, r) = upload_until_error(&mut c, &sid, &data, 0).expect("quota must stop the upload");
+    r.assert_ack(500, Some(DISK_FULL));
+    assert_eq!(r.header("bits-session-id"), Some(sid.as_str()));
+    assert!(at <= 1 << 20, "stopped at {at}");
+    assert!(
+        !s.upload_path("big.bin").exists(),
+        "no partial file at the destination"
+    );
+
+    s.set_extra_config(
+        "spool_quota = 16777216\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"",
+    );
+    s.restart();
+    let mut c = s.conn();
+    assert!(upload_until_error(&mut c, &sid, &data, at).is_none());
+    c.close("/upload/big.bin", &sid).assert_ack(200, None);
+    assert_eq!(std::fs::read(s.upload_path("big.bin")).unwrap(), data);
+}
+
+/// A real ENOSPC: the spool is a 4 MiB tmpfs. Skipped (with a note) where mounting is not allowed.
+#[test]
+fn enospc_on_a_small_tmpfs_gives_disk_full_and_resumes_after_space_is_freed() {
+    struct Mount(PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let mut mount = None;
+    let s = Server::start_prepared("", true, |dir: &Path| {
+        let spool = dir.join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&spool)
+            .status()
+            .map(|st| st.success())
+            .unwrap_or(false);
+        if ok {
+            mount = Some(Mount(spool));
+        }
+    });
+    let Some(_mount) = mount else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    // Fill most of the spool so the upload runs out of space part-way.
+    let filler = s.spool().join("filler");
+    std::fs::write(&filler, vec![0u8; 3 << 20]).unwrap();
+
+    let data = pattern(2 << 20, 11);
+    let mut c = s.conn();
+    let r = c.create("/upload/big.bin");
+    r.assert_ack(200, None);
+    let sid = r.session();
+    let (at, r) = upload_until_error(&mut c, &sid, &data, 0).expect("the tmpfs must fill up");
+    r.assert_ack(500, Some(DISK_FULL));
+    assert!(
+        !s.upload_path("big.bin").exists(),
+        "no partial file at the destination"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    // The client resumes from where it was refused; the server keeps what it had made durable.
+    let mut c = s.conn();
+    if let Some((off, r)) = upload_until_error(&mut c, &sid, &data, at) {
+        panic!(
+            "after freeing space, fragment at {off} got {} {:?}",
+            r.status, r.headers
+        );
+    }
+    c.close("/upload/big.bin", &sid).assert_ack(200, None);
+    // Published across file systems (tmpfs spool -> disk root), byte for byte.
+    assert_eq!(std::fs::read(s.upload_path("big.bin")).unwrap(), data);
+    assert!(files_below(&s.root())
+        .iter()
+        .all(|p| !p.to_string_lossy().contains(".bits-partial-")));
+}
