@@ -1,0 +1,222 @@
+//! Benchmarks that report ratios against a baseline measured in the same run.
+//!
+//! `cargo run --release -p bench -- durability` uploads one large file in 8 MiB fragments to a
+//! freshly started `bitsd` in the safe (fsync) and the unsafe (no fsync) mode, and compares both
+//! with `dd ... conv=fsync` of the same size on the same file system.
+
+mod server;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use server::Bitsd;
+
+#[derive(Parser)]
+#[command(about = "bitsd benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Large upload: safe mode vs unsafe mode vs dd conv=fsync.
+    Durability {
+        /// Upload size in MiB.
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+        /// Fragment size in MiB.
+        #[arg(long, default_value_t = 8)]
+        fragment_mib: u64,
+        /// Repetitions; the median of each figure is reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Directory on the file system to measure (default: a temp dir under ./target).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Durability {
+            mib,
+            fragment_mib,
+            runs,
+            dir,
+        } => durability(mib, fragment_mib, runs, dir),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn durability(
+    mib: u64,
+    fragment_mib: u64,
+    runs: usize,
+    dir: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let base = dir.unwrap_or_else(|| Path::new("target").join("bench-data"));
+    std::fs::create_dir_all(&base)?;
+    let (mut dd, mut safe, mut unsafe_) = (vec![], vec![], vec![]);
+    for run in 0..runs.max(1) {
+        let work = tempfile::tempdir_in(&base)?;
+        dd.push(dd_fsync(work.path(), mib)?);
+        safe.push(upload_run(work.path(), mib, fragment_mib, true)?);
+        unsafe_.push(upload_run(work.path(), mib, fragment_mib, false)?);
+        eprintln!(
+            "run {}: dd {:.0} MiB/s, safe {:.0} MiB/s, unsafe {:.0} MiB/s",
+            run + 1,
+            dd[run],
+            safe[run],
+            unsafe_[run]
+        );
+    }
+    let (dd, safe, unsafe_) = (median(dd), median(safe), median(unsafe_));
+    println!("| mode | MiB/s | ratio vs dd conv=fsync |");
+    println!("|---|---|---|");
+    println!("| dd bs=8M conv=fsync | {dd:.0} | 1.00 |");
+    println!("| bitsd safe (fsync) | {safe:.0} | {:.2} |", safe / dd);
+    println!(
+        "| bitsd unsafe (fsync = false) | {unsafe_:.0} | {:.2} |",
+        unsafe_ / dd
+    );
+    println!(
+        "({mib} MiB upload, {fragment_mib} MiB fragments, median of {} run(s), dir {})",
+        runs.max(1),
+        base.display()
+    );
+    Ok(())
+}
+
+/// `dd if=/dev/zero bs=8M count=N conv=fsync` into `dir`, in MiB/s.
+fn dd_fsync(dir: &Path, mib: u64) -> Result<f64> {
+    let out = dir.join("dd.bin");
+    let started = Instant::now();
+    let status = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", out.display()))
+        .arg("bs=8M")
+        .arg(format!("count={}", mib / 8))
+        .arg("conv=fsync")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running dd")?;
+    let secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("dd failed: {status}");
+    }
+    std::fs::remove_file(out)?;
+    Ok((mib / 8 * 8) as f64 / secs)
+}
+
+/// Uploads `mib` MiB in `fragment_mib` fragments to a fresh bitsd; MiB/s from the first
+/// fragment to the Ack of the last one (which includes publishing the file).
+fn upload_run(dir: &Path, mib: u64, fragment_mib: u64, fsync: bool) -> Result<f64> {
+    let frag = (fragment_mib << 20) as usize;
+    let config = format!(
+        "fsync = {fsync}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\nmax_fragment_size = {max}\n",
+        root = dir.display(),
+        max = frag * 2
+    );
+    let server = Bitsd::start(dir, &config)?;
+    let total = mib << 20;
+    let body: Vec<u8> = (0..frag)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+    let mut conn = TcpStream::connect(server.addr)?;
+    conn.set_nodelay(true)?;
+    let path = "/upload/bench.bin";
+    let created = request(
+        &mut conn,
+        path,
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            (
+                "BITS-Supported-Protocols",
+                "{7df0354d-249b-430f-820d-3d2a9bef4931}",
+            ),
+        ],
+        &[],
+    )?;
+    let sid = header(&created, "bits-session-id")
+        .context("no session id")?
+        .to_string();
+    let started = Instant::now();
+    let mut off = 0u64;
+    while off < total {
+        let len = (frag as u64).min(total - off);
+        let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
+        let resp = request(
+            &mut conn,
+            path,
+            &[
+                ("BITS-Packet-Type", "Fragment"),
+                ("BITS-Session-Id", &sid),
+                ("Content-Range", &range),
+            ],
+            &body[..len as usize],
+        )?;
+        if !resp.starts_with("HTTP/1.1 200") {
+            bail!("fragment at {off}: {resp}");
+        }
+        off += len;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    request(
+        &mut conn,
+        path,
+        &[
+            ("BITS-Packet-Type", "Close-Session"),
+            ("BITS-Session-Id", &sid),
+        ],
+        &[],
+    )?;
+    drop(server);
+    std::fs::remove_dir_all(dir.join("uploads"))?;
+    std::fs::remove_dir_all(dir.join("spool"))?;
+    Ok(mib as f64 / secs)
+}
+
+/// Sends one BITS_POST and returns the response head (Acks have no body).
+fn request(
+    conn: &mut TcpStream,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<String> {
+    let mut head = format!(
+        "BITS_POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
+    let mut resp = Vec::new();
+    let mut byte = [0u8; 1];
+    while !resp.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte)? == 0 {
+            bail!("connection closed");
+        }
+        resp.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&resp).into_owned())
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
