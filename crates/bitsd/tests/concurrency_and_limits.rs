@@ -1,0 +1,144 @@
+//! Concurrent requests for one session, session limits, and graceful shutdown.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+const URL: &str = "/upload/a.bin";
+
+/// A client retry on a new connection while the first attempt is still "sending" (a half-dead
+/// connection) must not wait for the stale request's timeouts: the stale request is stopped,
+/// keeps what it stored, and the retry continues from there.
+#[test]
+fn retry_preempts_a_stalled_fragment_and_keeps_its_bytes() {
+    let s = Server::start("session_lock_timeout = \"20s\"\nbody_idle_timeout = \"60s\"");
+    let data = pattern(200_000, 3);
+    let mut c = s.conn();
+    let r = c.create(URL);
+    r.assert_ack(200, None);
+    let sid = r.session();
+
+    // First attempt: headers for the whole file, then only half the body, then silence.
+    let mut stale = s.conn();
+    let head = request_bytes(
+        "BITS_POST",
+        URL,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", "bytes 0-199999/200000"),
+            ("Content-Length", "200000"),
+        ],
+        b"",
+    );
+    stale.write_raw(&head);
+    stale.write_raw(&data[..100_000]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The retry: from 0 again, as a client that never saw an Ack would.
+    let started = Instant::now();
+    let mut retry = s.conn();
+    let r = retry.fragment(URL, &sid, 0, &data, 200_000);
+    r.assert_ack(200, None);
+    assert_eq!(r.received(), Some(200_000));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "retry waited {:?}",
+        started.elapsed()
+    );
+    retry.close(URL, &sid).assert_ack(200, None);
+    assert_eq!(std::fs::read(s.upload_path("a.bin")).unwrap(), data);
+}
+
+#[test]
+fn concurrent_fragments_of_one_session_never_interleave() {
+    let s = Server::start("");
+    let data = pattern(1 << 20, 5);
+    let mut c = s.conn();
+    let r = c.create(URL);
+    r.assert_ack(200, None);
+    let sid = r.session();
+    // Eight connections race to send the same fragments; every Ack is consistent and the
+    // result is exact.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, sid, data) = (s.addr, sid.clone(), data.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr);
+                let mut off = 0usize;
+                while off < data.len() {
+                    let end = (off + 65536).min(data.len());
+                    let r = c.fragment(URL, &sid, off as u64, &data[off..end], data.len() as u64);
+                    match r.status {
+                        200 | 416 => off = r.received().unwrap() as usize,
+                        503 => {}
+                        other => panic!("unexpected {other} {:?}", r.headers),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    c.close(URL, &sid).assert_ack(200, None);
+    assert_eq!(std::fs::read(s.upload_path("a.bin")).unwrap(), data);
+}
+
+#[test]
+fn open_session_limit_gives_503_until_a_session_ends() {
+    let s = Server::start("max_open_sessions = 2");
+    let mut c = s.conn();
+    let a = c.create("/upload/a.bin").session();
+    c.create("/upload/b.bin").assert_ack(200, None);
+    c.create("/upload/c.bin")
+        .assert_ack(503, Some(("0x801901F7", "0x5")));
+    c.cancel("/upload/a.bin", &a).assert_ack(200, None);
+    c.create("/upload/c.bin").assert_ack(200, None);
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_fragment_finish() {
+    let mut s = Server::start("shutdown_grace = \"10s\"");
+    let data = pattern(300_000, 9);
+    let mut c = s.conn();
+    let r = c.create(URL);
+    r.assert_ack(200, None);
+    let sid = r.session();
+    let head = request_bytes(
+        "BITS_POST",
+        URL,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", "bytes 0-299999/300000"),
+            ("Content-Length", "300000"),
+        ],
+        b"",
+    );
+    c.write_raw(&head);
+    c.write_raw(&data[..150_000]);
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: plain kill(2) on the child we started.
+    assert_eq!(unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    if let Err(e) = c.try_write_raw(&data[150_000..]) {
+        panic!(
+            "connection dropped during shutdown ({e}); log:\n{}",
+            s.log_text()
+        );
+    }
+    let r = c.read_response(false);
+    r.assert_ack(200, None);
+    assert_eq!(r.received(), Some(300_000));
+    assert_eq!(std::fs::read(s.upload_path("a.bin")).unwrap(), data);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "bitsd did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
