@@ -102,6 +102,8 @@ pub struct VdirConfig {
     pub root: PathBuf,
     /// `BITSUploadEnabled`. Turning it off deletes the vdir's sessions at the next start.
     pub upload_enabled: bool,
+    /// Answer GET/HEAD for published files (never for uploads in progress), as IIS does.
+    pub download_enabled: bool,
     /// `BITSMaximumUploadSize` in bytes; absent means unlimited.
     pub max_upload_size: Option<u64>,
     /// `BITSSessionTimeout`: a session with no successful request for this long is deleted.
@@ -120,6 +122,7 @@ impl Default for VdirConfig {
             prefix: "/upload/".into(),
             root: PathBuf::from("bits-data/uploads"),
             upload_enabled: true,
+            download_enabled: true,
             max_upload_size: None,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             allow_overwrites: false,

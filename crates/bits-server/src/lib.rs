@@ -49,3 +49,4 @@ pub fn spawn_cleanup(engine: Arc<Engine>, interval: Duration) -> tokio::task::Jo
         }
     })
 }
+pub mod download;

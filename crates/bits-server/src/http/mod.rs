@@ -107,16 +107,71 @@ pub async fn serve(
 }
 
 async fn dispatch(State(app): State<App>, req: Request) -> Response {
-    if req.method().as_str() == bits_proto::BITS_POST {
+    let method = req.method().clone();
+    if method.as_str() == bits_proto::BITS_POST {
         bits_post(&app.engine, req).await
-    } else {
-        let mut resp = Response::new(Body::empty());
-        *resp.status_mut() = if req.method() == Method::GET || req.method() == Method::HEAD {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::METHOD_NOT_ALLOWED
-        };
+    } else if method == Method::GET || method == Method::HEAD {
+        let started = Instant::now();
+        let (parts, _) = req.into_parts();
+        let resp = get(&app.engine, &parts).await;
+        tracing::info!(method = %method, path = %parts.uri.path(), status = resp.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "download");
         resp
+    } else {
+        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED);
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD, BITS_POST"),
+        );
+        resp
+    }
+}
+
+fn plain(status: StatusCode) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from_static("0"),
+    );
+    resp
+}
+
+/// GET/HEAD of a published file below a vdir that allows downloads.
+async fn get(engine: &Engine, req: &http::request::Parts) -> Response {
+    let config = engine.config();
+    let Ok(target) = resolve(req.uri.path(), &config.vdirs) else {
+        return plain(StatusCode::NOT_FOUND);
+    };
+    let vdir = &config.vdirs[target.vdir];
+    if !vdir.download_enabled || crate::store::fs::is_internal_name(&target.rel_path) {
+        return plain(StatusCode::NOT_FOUND);
+    }
+    let path = match crate::store::fs::contained(&vdir.root, &target.rel_path).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return plain(StatusCode::NOT_FOUND),
+        Err(e) => {
+            tracing::error!(error = %e, "download path check failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    let head = req.method == Method::HEAD;
+    let served = async {
+        match crate::download::representation(&path).await? {
+            Some(rep) => crate::download::respond(&path, &rep, &req.headers, head)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+    .await;
+    match served {
+        Ok(Some(resp)) => resp,
+        Ok(None) => plain(StatusCode::NOT_FOUND),
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "download failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR)
+        }
     }
 }
 

@@ -140,6 +140,38 @@ impl SessionStore for FsStore {
     }
 }
 
+/// Prefix of the temporary copy made next to a destination when the spool is on another
+/// file system; such files are never served.
+const PARTIAL_PREFIX: &str = ".bits-partial-";
+
+/// Whether a relative path names one of the server's own temporary files.
+pub fn is_internal_name(rel_path: &str) -> bool {
+    rel_path
+        .split('/')
+        .any(|seg| seg.starts_with(PARTIAL_PREFIX))
+}
+
+/// `root/rel_path` if, with every symbolic link resolved, it still lies inside `root`;
+/// `None` if it does not exist or escapes.
+pub async fn contained(root: &Path, rel_path: &str) -> io::Result<Option<PathBuf>> {
+    let (root, path) = (root.to_path_buf(), root.join(rel_path));
+    spawn_blocking(move || {
+        let canonical_root = fs::canonicalize(&root)?;
+        match fs::canonicalize(&path) {
+            Ok(p) if p.starts_with(&canonical_root) => Ok(Some(p)),
+            Ok(_) => Ok(None),
+            Err(e)
+                if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 fn dest_path(dest: &Destination) -> PathBuf {
     Path::new(&dest.root).join(&dest.path)
 }
@@ -362,7 +394,7 @@ impl FsStore {
         let source = if same_device(&data_meta, &parent)? {
             data.clone()
         } else {
-            let tmp = parent.join(format!(".bits-partial-{}", id.as_uuid().simple()));
+            let tmp = parent.join(format!("{PARTIAL_PREFIX}{}", id.as_uuid().simple()));
             let mut out = File::create(&tmp)?;
             io::copy(&mut File::open(&data)?, &mut out)?;
             if self.fsync {

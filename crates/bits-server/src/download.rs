@@ -1,0 +1,380 @@
+//! GET and HEAD of files, to the rules BITS download jobs depend on (spec §15): `Content-Length`
+//! on every answer, single ranges as 206, multiple ranges as `multipart/byteranges` in request
+//! order, 416 with `Content-Range: bytes */len`, a stable second-accurate `Last-Modified`, a
+//! strong `ETag`, `If-Range` / `If-None-Match` / `If-Modified-Since`, never a content coding.
+//!
+//! Range syntax is parsed by `http-range-header`; satisfiability is decided here, because that
+//! crate rejects overlapping ranges and over-long suffixes that RFC 9110 says to serve.
+
+use std::io::{self, SeekFrom};
+use std::ops::Range;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{stream, Stream, StreamExt, TryStreamExt};
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_range_header::{EndPosition, StartPosition};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// More ranges than this in one request are answered with the whole file instead.
+const MAX_RANGES: usize = 32;
+const OCTET_STREAM: &str = "application/octet-stream";
+const READ_CHUNK: usize = 64 << 10;
+
+/// What is being served: size and version identity of one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Representation {
+    pub len: u64,
+    /// Whole seconds: HTTP dates cannot carry more, and BITS compares them for equality.
+    pub modified: SystemTime,
+    pub etag: String,
+}
+
+impl Representation {
+    pub fn of(meta: &std::fs::Metadata) -> Representation {
+        use std::os::unix::fs::MetadataExt;
+        let secs = meta.mtime().max(0) as u64;
+        Representation {
+            len: meta.len(),
+            modified: UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            etag: format!(
+                "\"{:x}-{:x}-{:x}-{:x}\"",
+                meta.ino(),
+                meta.len(),
+                secs,
+                meta.mtime_nsec()
+            ),
+        }
+    }
+
+    fn last_modified(&self) -> String {
+        httpdate::fmt_http_date(self.modified)
+    }
+}
+
+/// The answer to one GET/HEAD, before any byte is read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    NotModified,
+    Full,
+    Single(Range<u64>),
+    Multi(Vec<Range<u64>>),
+    Unsatisfiable,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: http::header::HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+}
+
+/// Decides what to send for `headers` against `rep`.
+pub fn plan(headers: &HeaderMap, rep: &Representation) -> Plan {
+    if let Some(inm) = header(headers, IF_NONE_MATCH) {
+        if etag_matches(inm, &rep.etag) {
+            return Plan::NotModified;
+        }
+    } else if let Some(since) =
+        header(headers, IF_MODIFIED_SINCE).and_then(|d| httpdate::parse_http_date(d).ok())
+    {
+        if rep.modified <= since {
+            return Plan::NotModified;
+        }
+    }
+    let Some(range) = header(headers, RANGE) else {
+        return Plan::Full;
+    };
+    if let Some(if_range) = header(headers, IF_RANGE) {
+        let current = if if_range.starts_with('"') || if_range.starts_with("W/") {
+            if_range == rep.etag
+        } else {
+            httpdate::parse_http_date(if_range)
+                .map(|d| d == rep.modified)
+                .unwrap_or(false)
+        };
+        if !current {
+            return Plan::Full;
+        }
+    }
+    // A Range header we cannot parse is ignored, as RFC 9110 allows.
+    let Ok(parsed) = http_range_header::parse_range_header(range) else {
+        return Plan::Full;
+    };
+    if parsed.ranges.len() > MAX_RANGES {
+        return Plan::Full;
+    }
+    let len = rep.len;
+    let mut out: Vec<Range<u64>> = parsed
+        .ranges
+        .iter()
+        .filter_map(|r| {
+            let (start, end) = match (r.start, r.end) {
+                (StartPosition::Index(s), EndPosition::Index(e)) => (s, e.min(len.checked_sub(1)?)),
+                (StartPosition::Index(s), EndPosition::LastByte) => (s, len.checked_sub(1)?),
+                (StartPosition::FromLast(n), _) if n > 0 => {
+                    (len.saturating_sub(n), len.checked_sub(1)?)
+                }
+                (StartPosition::FromLast(_), _) => return None,
+            };
+            (start <= end && start < len).then_some(start..end + 1)
+        })
+        .collect();
+    match out.len() {
+        0 => Plan::Unsatisfiable,
+        1 => Plan::Single(out.remove(0)),
+        _ => Plan::Multi(out),
+    }
+}
+
+async fn file_range(
+    path: &Path,
+    range: Range<u64>,
+) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send> {
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(SeekFrom::Start(range.start)).await?;
+    Ok(ReaderStream::with_capacity(
+        file.take(range.end - range.start),
+        READ_CHUNK,
+    ))
+}
+
+fn base_response(status: StatusCode, rep: &Representation) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&rep.last_modified()) {
+        h.insert(LAST_MODIFIED, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&rep.etag) {
+        h.insert(ETAG, v);
+    }
+    resp
+}
+
+fn set(resp: &mut Response, name: http::header::HeaderName, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// Serves the file at `path`, described by `rep`, for a GET (`head = false`) or HEAD.
+pub async fn respond(
+    path: &Path,
+    rep: &Representation,
+    headers: &HeaderMap,
+    head: bool,
+) -> io::Result<Response> {
+    let len = rep.len;
+    let (mut resp, body_len, body): (Response, u64, Option<Body>) = match plan(headers, rep) {
+        Plan::NotModified => {
+            let resp = base_response(StatusCode::NOT_MODIFIED, rep);
+            return Ok(resp);
+        }
+        Plan::Unsatisfiable => {
+            let mut resp = base_response(StatusCode::RANGE_NOT_SATISFIABLE, rep);
+            set(&mut resp, CONTENT_RANGE, format!("bytes */{len}"));
+            (resp, 0, None)
+        }
+        Plan::Full => {
+            let mut resp = base_response(StatusCode::OK, rep);
+            set(&mut resp, CONTENT_TYPE, OCTET_STREAM.into());
+            let body = if head {
+                None
+            } else {
+                Some(Body::from_stream(file_range(path, 0..len).await?))
+            };
+            (resp, len, body)
+        }
+        Plan::Single(r) => {
+            let mut resp = base_response(StatusCode::PARTIAL_CONTENT, rep);
+            set(&mut resp, CONTENT_TYPE, OCTET_STREAM.into());
+            set(
+                &mut resp,
+                CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end - 1),
+            );
+            let n = r.end - r.start;
+            let body = if head {
+                None
+            } else {
+                Some(Body::from_stream(file_range(path, r).await?))
+            };
+            (resp, n, body)
+        }
+        Plan::Multi(ranges) => {
+            let boundary = format!("BITS{}", uuid::Uuid::new_v4().simple());
+            let part_head = |i: usize, r: &Range<u64>| {
+                let lead = if i == 0 { "" } else { "\r\n" };
+                format!(
+                    "{lead}--{boundary}\r\nContent-Type: {OCTET_STREAM}\r\nContent-Range: bytes {}-{}/{len}\r\n\r\n",
+                    r.start,
+                    r.end - 1
+                )
+            };
+            let tail = format!("\r\n--{boundary}--\r\n");
+            let total: u64 = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, r)| part_head(i, r).len() as u64 + (r.end - r.start))
+                .sum::<u64>()
+                + tail.len() as u64;
+            let mut resp = base_response(StatusCode::PARTIAL_CONTENT, rep);
+            set(
+                &mut resp,
+                CONTENT_TYPE,
+                format!("multipart/byteranges; boundary={boundary}"),
+            );
+            let body = if head {
+                None
+            } else {
+                let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
+                for (i, r) in ranges.iter().enumerate() {
+                    parts.push(
+                        stream::once(std::future::ready(Ok(Bytes::from(part_head(i, r))))).boxed(),
+                    );
+                    parts.push(file_range(path, r.clone()).await?.boxed());
+                }
+                parts.push(stream::once(std::future::ready(Ok(Bytes::from(tail)))).boxed());
+                Some(Body::from_stream(
+                    stream::iter(parts).flatten().map_err(io::Error::other),
+                ))
+            };
+            (resp, total, body)
+        }
+    };
+    set(&mut resp, CONTENT_LENGTH, body_len.to_string());
+    if let Some(body) = body {
+        *resp.body_mut() = body;
+    }
+    Ok(resp)
+}
+
+/// Opens `path` for serving: `None` if it is missing or not a regular file.
+pub async fn representation(path: &Path) -> io::Result<Option<Representation>> {
+    match tokio::fs::metadata(path).await {
+        Ok(m) if m.is_file() => Ok(Some(Representation::of(&m))),
+        Ok(_) => Ok(None),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(len: u64) -> Representation {
+        Representation {
+            len,
+            modified: UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            etag: "\"abc\"".into(),
+        }
+    }
+
+    fn with(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn range_plans() {
+        let r = rep(10_000);
+        assert_eq!(plan(&with(&[]), &r), Plan::Full);
+        assert_eq!(
+            plan(&with(&[("range", "bytes=0-99")]), &r),
+            Plan::Single(0..100)
+        );
+        assert_eq!(
+            plan(&with(&[("range", "bytes=9990-")]), &r),
+            Plan::Single(9990..10_000)
+        );
+        assert_eq!(
+            plan(&with(&[("range", "bytes=-20000")]), &r),
+            Plan::Single(0..10_000)
+        );
+        assert_eq!(
+            plan(&with(&[("range", "bytes=9990-20000")]), &r),
+            Plan::Single(9990..10_000)
+        );
+        assert_eq!(
+            plan(&with(&[("range", "bytes=20000-20010")]), &r),
+            Plan::Unsatisfiable
+        );
+        assert_eq!(
+            plan(&with(&[("range", "bytes=20-29,0-9")]), &r),
+            Plan::Multi(vec![20..30, 0..10])
+        );
+        assert_eq!(
+            plan(&with(&[("range", "bytes=0-9,5-14")]), &r),
+            Plan::Multi(vec![0..10, 5..15])
+        );
+        assert_eq!(plan(&with(&[("range", "items=0-9")]), &r), Plan::Full);
+        assert_eq!(
+            plan(&with(&[("range", "bytes=0-0")]), &rep(0)),
+            Plan::Unsatisfiable
+        );
+    }
+
+    #[test]
+    fn conditionals() {
+        let r = rep(10);
+        assert_eq!(
+            plan(&with(&[("if-none-match", "\"abc\"")]), &r),
+            Plan::NotModified
+        );
+        assert_eq!(plan(&with(&[("if-none-match", "\"x\"")]), &r), Plan::Full);
+        let lm = r.last_modified();
+        assert_eq!(
+            plan(&with(&[("if-modified-since", &lm)]), &r),
+            Plan::NotModified
+        );
+        assert_eq!(
+            plan(
+                &with(&[("range", "bytes=0-1"), ("if-range", "\"abc\"")]),
+                &r
+            ),
+            Plan::Single(0..2)
+        );
+        assert_eq!(
+            plan(
+                &with(&[("range", "bytes=0-1"), ("if-range", "\"old\"")]),
+                &r
+            ),
+            Plan::Full
+        );
+        assert_eq!(
+            plan(&with(&[("range", "bytes=0-1"), ("if-range", &lm)]), &r),
+            Plan::Single(0..2)
+        );
+        assert_eq!(
+            plan(
+                &with(&[
+                    ("range", "bytes=0-1"),
+                    ("if-range", "Mon, 01 Jan 2001 00:00:00 GMT")
+                ]),
+                &r
+            ),
+            Plan::Full
+        );
+    }
+}
