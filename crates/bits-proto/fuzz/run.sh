@@ -5,7 +5,8 @@
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer, coverage instrumentation); with only a
 # stable toolchain, RUSTC_BOOTSTRAP=1 unlocks them. Corpora grow under fuzz/corpus/<target>
-# (seeded from fuzz/seeds/<target>); crashes land in fuzz/artifacts/<target>. Both are gitignored.
+# (seeded from fuzz/seeds/<target>, with fuzz/<target>.dict); crashes land in
+# fuzz/artifacts/<target>. Corpus and artifacts are gitignored.
 set -euo pipefail
 
 secs="${1:-60}"
@@ -29,8 +30,10 @@ for target in parse_headers classify; do
   mkdir -p "$corpus"
   dirs=("$corpus")
   [ -d "fuzz/seeds/$target" ] && dirs+=("fuzz/seeds/$target")
+  # 8 KiB inputs let classify reach the 4096-byte header value limit.
+  flags=(-max_total_time="$secs" -max_len=8192 -dict="fuzz/$target.dict")
   echo "== $target for ${secs}s" >&2
-  if ! cargo fuzz run "$target" "${dirs[@]}" -- -max_total_time="$secs"; then
+  if ! cargo fuzz run "$target" "${dirs[@]}" -- "${flags[@]}"; then
     echo "== $target FAILED: see fuzz/artifacts/$target" >&2
     status=1
   fi

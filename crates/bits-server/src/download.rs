@@ -70,7 +70,7 @@ pub enum Plan {
     Unsatisfiable,
 }
 
-fn header<'a>(h: &'a HeaderMap, name: http::header::HeaderName) -> Option<&'a str> {
+fn header(h: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
