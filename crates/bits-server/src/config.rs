@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// Open sessions per authenticated identity (IIS `BITSNumberOfSessionsLimit`); anonymous
     /// sessions count only against `max_open_sessions`. Absent: no per-identity limit.
     pub max_sessions_per_identity: Option<u64>,
+    /// Scheme and authority clients use to reach this server (e.g. behind a TLS proxy),
+    /// for reply URLs. Default: `http://` + the request's Host header.
+    pub public_url: Option<String>,
     /// Bytes of unfinished uploads the spool may hold; beyond it fragments get the disk-full Ack.
     pub spool_quota: Option<u64>,
     #[serde(rename = "vdir")]
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             max_open_sessions: 100_000,
             max_sessions_per_identity: Some(50),
             spool_quota: None,
+            public_url: None,
             vdirs: vec![VdirConfig::default()],
         }
     }
@@ -114,6 +118,28 @@ pub struct VdirConfig {
     pub conflict_status: ConflictStatus,
     /// Largest fragment body accepted in one request; larger ones get 413 so the client shrinks.
     pub max_fragment_size: u64,
+    /// `BITSServerNotificationType`: tell a server application about each completed upload
+    /// (upload-reply jobs get its answer as their reply).
+    pub notification_type: NotificationType,
+    /// `BITSServerNotificationURL`: absolute `http://` URL, or relative to the upload URL's
+    /// directory on this server. The upload URL's query string is appended.
+    pub notification_url: Option<String>,
+    /// How long the server application may take to answer (IIS: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub notification_timeout: Duration,
+}
+
+/// `BITSServerNotificationType`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationType {
+    /// 0: the upload is published at its destination; no reply.
+    #[default]
+    None,
+    /// 1: the application gets the paths of the upload and of the reply file to write.
+    ByReference,
+    /// 2: the application gets the upload as the request body and answers with the reply.
+    ByValue,
 }
 
 impl Default for VdirConfig {
@@ -128,6 +154,9 @@ impl Default for VdirConfig {
             allow_overwrites: false,
             conflict_status: ConflictStatus::default(),
             max_fragment_size: 32 << 20,
+            notification_type: NotificationType::None,
+            notification_url: None,
+            notification_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -144,12 +173,26 @@ pub enum ConfigError {
     SpoolOverlapsRoot { spool: PathBuf, root: PathBuf },
     #[error("cleanup_interval must be at least 1s")]
     CleanupInterval,
+    #[error("vdir {0:?}: notification_type needs a notification_url")]
+    MissingNotificationUrl(String),
+    #[error("vdir {0:?}: notification_url must be an http:// URL or a relative path, at most 2200 characters")]
+    BadNotificationUrl(String),
+    #[error("public_url must look like http://host[:port] or https://host[:port], without a path")]
+    BadPublicUrl,
 }
 
 impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cleanup_interval < Duration::from_secs(1) {
             return Err(ConfigError::CleanupInterval);
+        }
+        if let Some(url) = &self.public_url {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+                return Err(ConfigError::BadPublicUrl);
+            }
         }
         let spool = normalize(&self.spool_dir);
         for (i, v) in self.vdirs.iter().enumerate() {
@@ -167,6 +210,19 @@ impl ServerConfig {
                 .any(|o| o.prefix.eq_ignore_ascii_case(p))
             {
                 return Err(ConfigError::DuplicatePrefix(p.clone()));
+            }
+            match (&v.notification_type, &v.notification_url) {
+                (NotificationType::None, _) => {}
+                (_, None) => return Err(ConfigError::MissingNotificationUrl(p.clone())),
+                (_, Some(url)) => {
+                    let lower = url.to_ascii_lowercase();
+                    if url.len() > 2200
+                        || lower.starts_with("https://")
+                        || (lower.contains("://") && !lower.starts_with("http://"))
+                    {
+                        return Err(ConfigError::BadNotificationUrl(p.clone()));
+                    }
+                }
             }
             if v.max_fragment_size == 0 {
                 return Err(ConfigError::ZeroFragmentSize);

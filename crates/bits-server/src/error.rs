@@ -42,6 +42,14 @@ pub enum BitsError {
     BodyAborted(std::io::Error),
     #[error("no space left for upload data")]
     DiskFull,
+    #[error("the server application answered {status}")]
+    App { status: u16 },
+    #[error("the server application did not answer in time")]
+    AppTimeout,
+    #[error("the server application is unreachable: {0}")]
+    AppUnreachable(String),
+    #[error("the reply URL is longer than 2200 characters")]
+    ReplyUrlTooLong,
     #[error("storage failed: {0}")]
     Storage(StoreError),
 }

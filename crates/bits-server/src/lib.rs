@@ -4,6 +4,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod notify;
 pub mod store;
 pub mod target;
 

@@ -127,7 +127,11 @@ impl Engine {
         self.registry().insert(&rec);
         // Complete: the crash came between recording the last bytes and publishing them, or
         // between publishing and recording that. Publishing is idempotent, so finish it.
-        if rec.total == Some(rec.received) {
+        // With notification, completion waits for the client's retransmit: the application must
+        // be told while a client is there to receive its answer.
+        if rec.total == Some(rec.received)
+            && vdir.notification_type == crate::config::NotificationType::None
+        {
             let vdir = vdir.clone();
             match self.publish(&mut rec, &vdir).await {
                 Ok(()) => {

@@ -5,6 +5,7 @@
 mod lifecycle;
 mod locks;
 mod registry;
+mod reply;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,6 +24,7 @@ use crate::target::UploadTarget;
 pub use lifecycle::{RecoveryReport, SweepReport};
 use locks::{SessionGuard, SessionLocks};
 use registry::Registry;
+pub use reply::parse_reply_path;
 
 /// One request as the engine sees it.
 pub struct EngineRequest<'a> {
@@ -32,6 +34,10 @@ pub struct EngineRequest<'a> {
     pub url: String,
     /// Authenticated principal, `None` for anonymous.
     pub identity: Option<String>,
+    /// Scheme and authority the client used (for reply URLs), e.g. `http://host:8080`.
+    pub public_base: String,
+    /// Scheme and authority of this server as seen locally (for relative notification URLs).
+    pub local_base: String,
     pub body: BodyStream<'a>,
 }
 
@@ -41,6 +47,13 @@ pub struct Engine {
     data: Arc<dyn DataStore>,
     locks: SessionLocks,
     registry: Mutex<Registry>,
+    notifier: crate::notify::Notifier,
+}
+
+/// Where this request reached the server: for building reply and notification URLs.
+pub(crate) struct Bases<'a> {
+    pub public: &'a str,
+    pub local: &'a str,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -64,6 +77,7 @@ impl Engine {
             data,
             locks: SessionLocks::default(),
             registry: Mutex::new(Registry::default()),
+            notifier: crate::notify::Notifier::default(),
         }
     }
 
@@ -82,6 +96,8 @@ impl Engine {
             target,
             url,
             identity,
+            public_base,
+            local_base,
             body,
         } = req;
         let vdir = self
@@ -98,7 +114,13 @@ impl Engine {
             Packet::CreateSession { protocol } => {
                 self.create(vdir, &target, url, identity, protocol).await
             }
-            Packet::Fragment { session, range } => self.fragment(session, range, who, body).await,
+            Packet::Fragment { session, range } => {
+                let bases = Bases {
+                    public: &public_base,
+                    local: &local_base,
+                };
+                self.fragment(session, range, who, &bases, body).await
+            }
             Packet::CloseSession { session } => self.end(session, who, SessionState::Closed).await,
             Packet::CancelSession { session } => {
                 self.end(session, who, SessionState::Cancelled).await
@@ -126,6 +148,11 @@ impl Engine {
             root: vdir.root.to_string_lossy().into_owned(),
             path: target.rel_path.clone(),
         };
+        if target.rel_path.split('/').next() == Some("BITS-Sessions") {
+            return Err(BitsError::BadPath(crate::target::TargetError::Unsafe(
+                "reserved name",
+            )));
+        }
         let conflict = || BitsError::DestinationExists {
             status: vdir.conflict_status.status(),
         };
@@ -148,6 +175,8 @@ impl Engine {
             created_at: now,
             last_activity: now,
             ended_at: None,
+            reply_url: None,
+            app_forbidden: false,
         };
         {
             let mut registry = self.registry();
@@ -214,6 +243,7 @@ impl Engine {
         id: SessionId,
         range: ContentRange,
         identity: Option<&str>,
+        bases: &Bases<'_>,
         mut body: BodyStream<'_>,
     ) -> Result<Ack, BitsError> {
         let mut guard = self.lock(id).await?;
@@ -232,7 +262,10 @@ impl Engine {
                 drain(body.as_mut()).await;
                 rec.last_activity = now_ms();
                 self.sessions.save(&rec).await?;
-                return Ok(Ack::ok().with_session(id).with_received(rec.received));
+                return Ok(Ack::ok()
+                    .with_session(id)
+                    .with_received(rec.received)
+                    .with_reply_url(rec.reply_url.clone()));
             }
             SessionState::Closed | SessionState::Cancelled | SessionState::Expired => {
                 return Err(BitsError::SessionNotFound(id))
@@ -301,9 +334,12 @@ impl Engine {
         // Data is durable; now the length that claims it (data before metadata).
         self.sessions.save(&rec).await?;
         if rec.total == Some(rec.received) {
-            self.publish(&mut rec, vdir).await?;
+            self.complete(&mut rec, vdir, bases).await?;
         }
-        Ok(Ack::ok().with_session(id).with_received(rec.received))
+        Ok(Ack::ok()
+            .with_session(id)
+            .with_received(rec.received)
+            .with_reply_url(rec.reply_url.clone()))
     }
 
     /// All bytes held: make the upload visible at its destination (spec §8.1, commit at the

@@ -110,6 +110,8 @@ mod tests {
             created_at: 0,
             last_activity: 0,
             ended_at: None,
+            reply_url: None,
+            app_forbidden: false,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::target::TargetError;
 /// Maps every failure to its protocol answer (spec §10.2; choices in docs/decisions.md).
 pub fn error_ack(err: &BitsError) -> Ack {
     const FILE: ErrorContext = ErrorContext::RemoteFile;
+    const APP: ErrorContext = ErrorContext::RemoteApplication;
     match err {
         BitsError::Proto(ProtoError::ForeignSessionId) | BitsError::SessionNotFound(_) => {
             Ack::error(500, HResult::BG_E_SESSION_NOT_FOUND, FILE)
@@ -38,6 +39,11 @@ pub fn error_ack(err: &BitsError) -> Ack {
         }
         BitsError::DiskFull => Ack::error(500, HResult::E_DISK_FULL, FILE),
         BitsError::Storage(_) => Ack::error(500, HResult::E_FAIL, FILE),
+        BitsError::ReplyUrlTooLong => Ack::error(400, HResult::E_INVALIDARG, FILE),
+        // The application's own status is relayed so the client can judge transient vs fatal.
+        BitsError::App { status } => Ack::error(*status, HResult::http_error(*status), APP),
+        BitsError::AppTimeout => Ack::error(408, HResult::E_TIMEOUT, APP),
+        BitsError::AppUnreachable(_) => Ack::error(502, HResult::http_error(502), APP),
     }
 }
 

@@ -40,6 +40,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The local address a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddr(pub SocketAddr);
+
 /// Serves until `shutdown` resolves, then waits for in-flight requests (the caller bounds how
 /// long). Connections are HTTP/1.1 with keep-alive and pipelining; a client that half-closes
 /// after its request still gets the answer.
@@ -66,10 +70,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
         let app = app.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
+                req.extensions_mut().insert(LocalAddr(local));
                 let mut app = app.clone();
                 async move {
                     // A bug must cost one request an error Ack, never the connection or the process.
@@ -144,6 +150,12 @@ async fn get(engine: &Engine, req: &http::request::Parts) -> Response {
         return plain(StatusCode::NOT_FOUND);
     };
     let vdir = &config.vdirs[target.vdir];
+    if let Some(id) = crate::engine::parse_reply_path(&target.rel_path) {
+        return match engine.reply_file(&vdir.prefix, id, None).await {
+            Some(path) => serve_file(&path, req).await,
+            None => plain(StatusCode::NOT_FOUND),
+        };
+    }
     if !vdir.download_enabled || crate::store::fs::is_internal_name(&target.rel_path) {
         return plain(StatusCode::NOT_FOUND);
     }
@@ -155,10 +167,14 @@ async fn get(engine: &Engine, req: &http::request::Parts) -> Response {
             return plain(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
+    serve_file(&path, req).await
+}
+
+async fn serve_file(path: &std::path::Path, req: &http::request::Parts) -> Response {
     let head = req.method == Method::HEAD;
     let served = async {
-        match crate::download::representation(&path).await? {
-            Some(rep) => crate::download::respond(&path, &rep, &req.headers, head)
+        match crate::download::representation(path).await? {
+            Some(rep) => crate::download::respond(path, &rep, &req.headers, head)
                 .await
                 .map(Some),
             None => Ok(None),
@@ -172,6 +188,34 @@ async fn get(engine: &Engine, req: &http::request::Parts) -> Response {
             tracing::error!(error = %e, path = %path.display(), "download failed");
             plain(StatusCode::INTERNAL_SERVER_ERROR)
         }
+    }
+}
+
+/// `http://` + the local address of the connection: how this server reaches itself.
+fn local_base(parts: &http::request::Parts) -> String {
+    match parts.extensions.get::<LocalAddr>() {
+        Some(LocalAddr(addr)) => format!("http://{addr}"),
+        None => "http://127.0.0.1".to_string(),
+    }
+}
+
+/// How the client reaches this server: `public_url` if configured, else the Host it used.
+fn public_base(config: &crate::ServerConfig, parts: &http::request::Parts) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@')
+        });
+    match host {
+        Some(h) => format!("http://{h}"),
+        None => local_base(parts),
     }
 }
 
@@ -194,6 +238,8 @@ async fn bits_post(engine: &Engine, req: Request) -> Response {
         let packet = packet.clone()?;
         engine
             .handle(EngineRequest {
+                public_base: public_base(config, &parts),
+                local_base: local_base(&parts),
                 packet,
                 target,
                 url: url.clone(),

@@ -53,6 +53,10 @@ impl FsStore {
         self.dir(id).join("data")
     }
 
+    fn reply(&self, id: SessionId) -> PathBuf {
+        self.dir(id).join("reply")
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         if self.fsync {
             File::open(dir)?.sync_all()?;
@@ -350,12 +354,77 @@ impl DataStore for FsStore {
     }
 
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
-        let path = self.data(id);
-        blocking(move || match fs::remove_file(path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        let paths = [
+            self.data(id),
+            self.reply(id),
+            self.dir(id).join("reply.tmp"),
+        ];
+        blocking(move || {
+            for path in paths {
+                match fs::remove_file(path) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            Ok(())
         })
         .await
+    }
+
+    async fn read_upload(&self, id: SessionId) -> Result<(u64, super::ByteStream), StoreError> {
+        let file = tokio::fs::File::open(self.data(id))
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => StoreError::DataMissing,
+                _ => e.into(),
+            })?;
+        let len = file.metadata().await?.len();
+        Ok((
+            len,
+            Box::new(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)),
+        ))
+    }
+
+    async fn store_reply(
+        &self,
+        id: SessionId,
+        mut body: BodyStream<'_>,
+    ) -> Result<u64, StoreError> {
+        use tokio::io::AsyncWriteExt;
+        let tmp = self.dir(id).join("reply.tmp");
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut len = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(StoreError::Body)?;
+            file.write_all(&chunk).await?;
+            len += chunk.len() as u64;
+        }
+        file.flush().await?;
+        if self.fsync {
+            file.sync_all().await?;
+        }
+        drop(file);
+        tokio::fs::rename(&tmp, self.reply(id)).await?;
+        let dir = self.dir(id);
+        let me = self.clone();
+        blocking(move || Ok(me.sync_dir(&dir)?)).await?;
+        Ok(len)
+    }
+
+    async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError> {
+        let (path, dir, me) = (self.reply(id), self.dir(id), self.clone());
+        blocking(move || {
+            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            if me.fsync {
+                f.sync_all()?;
+            }
+            Ok(me.sync_dir(&dir)?)
+        })
+        .await
+    }
+
+    fn local_files(&self, id: SessionId) -> Option<(PathBuf, PathBuf)> {
+        Some((self.data(id), self.reply(id)))
     }
 }
 

@@ -69,6 +69,12 @@ pub struct SessionRecord {
     pub last_activity: u64,
     /// Unix seconds when the session became a tombstone.
     pub ended_at: Option<u64>,
+    /// The `BITS-Reply-URL` sent with the completing Ack, once the server application answered.
+    #[serde(default)]
+    pub reply_url: Option<String>,
+    /// The application answered 403: never post this upload to it again.
+    #[serde(default)]
+    pub app_forbidden: bool,
 }
 
 mod session_id_text {
@@ -97,6 +103,8 @@ pub enum StoreError {
     DataMissing,
     #[error("corrupt session record {0}: {1}")]
     Corrupt(String, String),
+    #[error("this storage backend does not support {0}")]
+    Unsupported(&'static str),
     #[error("storage I/O failed: {0}")]
     Io(io::Error),
 }
@@ -166,6 +174,18 @@ pub trait DataStore: Send + Sync + 'static {
         dest: &Destination,
         overwrite: bool,
     ) -> Result<(), StoreError>;
-    /// Deletes the session's temporary data (never the published file).
+    /// Deletes the session's temporary data and reply (never the published file).
     async fn discard(&self, id: SessionId) -> Result<(), StoreError>;
+    /// The complete upload, for a by-value notification.
+    async fn read_upload(&self, id: SessionId) -> Result<(u64, ByteStream), StoreError>;
+    /// Stores the server application's reply (replacing any earlier one), durably.
+    async fn store_reply(&self, id: SessionId, body: BodyStream<'_>) -> Result<u64, StoreError>;
+    /// Makes sure a reply exists (empty if the application wrote none) and is durable.
+    async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError>;
+    /// Local paths of the upload and of the reply, for by-reference notification and for
+    /// serving the reply; `None` for backends without local files.
+    fn local_files(&self, id: SessionId) -> Option<(std::path::PathBuf, std::path::PathBuf)>;
 }
+
+/// An owned byte stream read from storage.
+pub type ByteStream = Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send + Sync + Unpin>;
