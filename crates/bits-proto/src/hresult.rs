@@ -54,7 +54,7 @@ impl HResult {
             .strip_prefix("0x")
             .or_else(|| s.strip_prefix("0X"))
             .unwrap_or(s);
-        if hex.is_empty() || hex.len() > 8 {
+        if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         u32::from_str_radix(hex, 16).ok().map(HResult)
@@ -125,6 +125,8 @@ mod tests {
         }
         assert_eq!(HResult::parse("x"), None);
         assert_eq!(HResult::parse("0x123456789"), None);
+        assert_eq!(HResult::parse("+5"), None);
+        assert_eq!(HResult::parse("0x+7"), None);
         assert_eq!(
             ErrorContext::parse("0x7"),
             Some(ErrorContext::RemoteApplication)

@@ -77,18 +77,31 @@ fuzz_target!(|data: &[u8]| {
         // reaches.
         match &result {
             Ok(p) => eprintln!("outcome: Ok({:?})", p.packet_type()),
-            Err(e) => eprintln!("outcome: Err({})", format!("{e:?}").split(['(', ' ']).next().unwrap()),
+            Err(e) => eprintln!(
+                "outcome: Err({})",
+                format!("{e:?}").split(['(', ' ']).next().unwrap()
+            ),
         }
     }
     let Ok(packet) = result else { return };
 
     assert_eq!(method.as_str(), bits_proto::BITS_POST);
     let declared = declared_length(&headers);
-    assert!(declared.is_some(), "accepted {packet:?} without one valid Content-Length");
-    assert_eq!(PacketType::from_headers(&headers), Some(packet.packet_type()));
+    assert!(
+        declared.is_some(),
+        "accepted {packet:?} without one valid Content-Length"
+    );
+    assert_eq!(
+        PacketType::from_headers(&headers),
+        Some(packet.packet_type())
+    );
     match packet {
         Packet::Fragment { range, .. } => {
-            assert_eq!(Some(range.len), declared, "Fragment range {range:?} vs Content-Length");
+            assert_eq!(
+                Some(range.len),
+                declared,
+                "Fragment range {range:?} vs Content-Length"
+            );
             assert!(range.end() <= range.total, "{range:?}");
             assert!(range.len > 0 || range.total == 0, "{range:?}");
         }
