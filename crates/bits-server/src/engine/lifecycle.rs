@@ -116,13 +116,18 @@ impl Engine {
             tracing::info!(session = %id, vdir = %rec.vdir, "deleted session of a vdir without uploads");
             return Ok(());
         };
-        if rec.state != SessionState::Receiving {
-            // Published or ended: any spool copy left by a crash after publishing is garbage.
-            self.data.discard(id).await?;
-            if rec.state.is_open() {
+        match rec.state {
+            SessionState::Receiving => {}
+            // WAIT_FOR_CLOSE: the reply must stay servable until Close/Cancel/expiry.
+            SessionState::Committed => {
                 self.registry().insert(&rec);
+                return Ok(());
             }
-            return Ok(());
+            // Ended: whatever a crash left in the spool is garbage.
+            SessionState::Closed | SessionState::Cancelled | SessionState::Expired => {
+                self.data.discard(id).await?;
+                return Ok(());
+            }
         }
         self.registry().insert(&rec);
         // Complete: the crash came between recording the last bytes and publishing them, or

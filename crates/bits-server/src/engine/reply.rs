@@ -38,8 +38,11 @@ impl Engine {
         let configured = vdir.notification_url.as_deref().unwrap_or_default();
         let url = notification_url(configured, &rec.url, bases.local);
         let original_url = format!("{}{}", bases.public, rec.url);
+        tracing::debug!(session = %rec.id, url = %url, "notifying the server application");
         let payload = match vdir.notification_type {
             NotificationType::ByReference => {
+                // A failed earlier attempt may have left a reply behind: start without one.
+                self.data.remove_reply(rec.id).await?;
                 let (request_file, response_file) = self.data.local_files(rec.id).ok_or(
                     BitsError::Storage(StoreError::Unsupported("by-reference notification")),
                 )?;
@@ -64,6 +67,12 @@ impl Engine {
                 self.sessions.save(rec).await?;
                 return Err(BitsError::App { status: 403 });
             }
+            // Only 200 is success; another 2xx must not reach the client as one.
+            Err(NotifyError::Status(status)) if (201..300).contains(&status) => {
+                return Err(BitsError::AppUnreachable(format!(
+                    "unexpected status {status}"
+                )))
+            }
             Err(NotifyError::Status(status)) => return Err(BitsError::App { status }),
             Err(NotifyError::Timeout) => return Err(BitsError::AppTimeout),
             Err(e @ (NotifyError::Unreachable(_) | NotifyError::BadUrl(_))) => {
@@ -72,7 +81,11 @@ impl Engine {
         };
         let reply_url = match answer.static_url {
             Some(url) if url.len() > MAX_REPLY_URL => return Err(BitsError::ReplyUrlTooLong),
-            Some(url) => url,
+            Some(url) => {
+                // The reply lives elsewhere: nothing of ours to serve.
+                self.data.remove_reply(rec.id).await?;
+                url
+            }
             None => {
                 if vdir.notification_type == NotificationType::ByValue {
                     let body = BodyDataStream::new(answer.body).map_err(io::Error::other);

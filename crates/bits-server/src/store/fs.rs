@@ -411,6 +411,15 @@ impl DataStore for FsStore {
         Ok(len)
     }
 
+    async fn remove_reply(&self, id: SessionId) -> Result<(), StoreError> {
+        let path = self.reply(id);
+        blocking(move || match fs::remove_file(path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        })
+        .await
+    }
+
     async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError> {
         let (path, dir, me) = (self.reply(id), self.dir(id), self.clone());
         blocking(move || {

@@ -180,6 +180,8 @@ pub trait DataStore: Send + Sync + 'static {
     async fn read_upload(&self, id: SessionId) -> Result<(u64, ByteStream), StoreError>;
     /// Stores the server application's reply (replacing any earlier one), durably.
     async fn store_reply(&self, id: SessionId, body: BodyStream<'_>) -> Result<u64, StoreError>;
+    /// Deletes the stored reply, if any.
+    async fn remove_reply(&self, id: SessionId) -> Result<(), StoreError>;
     /// Makes sure a reply exists (empty if the application wrote none) and is durable.
     async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError>;
     /// Local paths of the upload and of the reply, for by-reference notification and for
