@@ -625,3 +625,27 @@ fn item_80_applies_to_an_empty_reply_file() {
     assert_eq!(h.header("content-length"), Some("0"));
     assert!(h.has("last-modified"));
 }
+
+#[test]
+fn read_only_download_vdir_serves_files_and_refuses_uploads() {
+    let s = Server::start_with(
+        "[[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\n\
+         [[vdir]]\nprefix = \"/files/\"\nroot = \"{root}/files\"\nupload_enabled = false\n",
+        false,
+    );
+    let files = s.dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let data = pattern(4096, 80);
+    std::fs::write(files.join("tool.bin"), &data).unwrap();
+    let mut c = s.conn();
+    let r = c.send("GET", "/files/tool.bin", &[("Range", "bytes=0-9")], b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &data[..10]);
+    let r = c.send("HEAD", "/files/tool.bin", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("4096"));
+    c.create("/files/new.bin")
+        .assert_ack(501, Some(("0x80070005", "0x5")));
+    assert_eq!(c.send("GET", "/files/missing.bin", &[], b"").status, 404);
+    assert_eq!(c.send("GET", "/files/../uploads/x", &[], b"").status, 404);
+}
