@@ -9,16 +9,6 @@ use std::net::TcpStream;
 
 const CHUNK: usize = 8 << 20;
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("proc status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
-}
-
 /// Sends a GET and returns the status, the headers and the still-open reader for the body.
 fn get(
     addr: std::net::SocketAddr,
@@ -114,7 +104,7 @@ fn large_download_resumes_after_a_dropped_connection() {
         check(got, &buf);
         got += CHUNK as u64;
     }
-    let rss = peak_rss_kib(s.pid());
+    let rss = s.peak_rss_kib();
     eprintln!("downloaded {mib} MiB with one resume; bitsd peak RSS (VmHWM) {rss} KiB");
     assert!(rss < 64 * 1024, "peak RSS {rss} KiB");
 }

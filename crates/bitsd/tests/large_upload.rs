@@ -5,16 +5,6 @@ mod common;
 use common::*;
 use std::io::Read;
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
-}
-
 #[test]
 fn large_upload_is_identical_and_memory_stays_flat() {
     let mib: u64 = std::env::var("BITS_LARGE_UPLOAD_MIB")
@@ -42,7 +32,7 @@ fn large_upload_is_identical_and_memory_stays_flat() {
     }
     let secs = started.elapsed().as_secs_f64();
     c.close("/upload/big.bin", &sid).assert_ack(200, None);
-    let rss = peak_rss_kib(s.pid());
+    let rss = s.peak_rss_kib();
     eprintln!(
         "uploaded {mib} MiB in 8 MiB fragments: {:.1} MiB/s, bitsd peak RSS (VmHWM) {} KiB",
         mib as f64 / secs,

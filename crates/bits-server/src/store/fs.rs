@@ -359,16 +359,7 @@ impl DataStore for FsStore {
             self.reply(id),
             self.dir(id).join("reply.tmp"),
         ];
-        blocking(move || {
-            for path in paths {
-                match fs::remove_file(path) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
-            }
-            Ok(())
-        })
-        .await
+        blocking(move || paths.iter().try_for_each(|p| remove_if_exists(p))).await
     }
 
     async fn read_upload(&self, id: SessionId) -> Result<(u64, super::ByteStream), StoreError> {
@@ -413,11 +404,7 @@ impl DataStore for FsStore {
 
     async fn remove_reply(&self, id: SessionId) -> Result<(), StoreError> {
         let path = self.reply(id);
-        blocking(move || match fs::remove_file(path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        })
-        .await
+        blocking(move || remove_if_exists(&path)).await
     }
 
     async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError> {
@@ -500,15 +487,19 @@ impl FsStore {
         published?;
         self.sync_dir(&parent)?;
         if source != data || !overwrite {
-            match fs::remove_file(&source) {
-                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
+            remove_if_exists(&source)?;
             if source != data {
                 let _ = fs::remove_file(&data);
             }
         }
         Ok(())
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
