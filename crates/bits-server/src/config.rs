@@ -45,6 +45,18 @@ pub struct ServerConfig {
     /// Open sessions per authenticated identity (IIS `BITSNumberOfSessionsLimit`); anonymous
     /// sessions count only against `max_open_sessions`. Absent: no per-identity limit.
     pub max_sessions_per_identity: Option<u64>,
+    /// The HTTPS listener; absent: plain HTTP only.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Serve plain HTTP on `listen` (turn off to offer HTTPS only).
+    pub http_enabled: bool,
+    /// Open connections at most; beyond it new connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests per second allowed from one client IP (token bucket); absent: unlimited.
+    pub rate_limit_per_ip: Option<u32>,
+    /// Burst size of the per-IP rate limit.
+    pub rate_limit_burst: u32,
+    /// Bytes of unfinished uploads one authenticated identity may hold in the spool.
+    pub max_spool_bytes_per_identity: Option<u64>,
     /// Scheme and authority clients use to reach this server (e.g. behind a TLS proxy),
     /// for reply URLs. Default: `http://` + the request's Host header.
     pub public_url: Option<String>,
@@ -71,6 +83,12 @@ impl Default for ServerConfig {
             max_sessions_per_identity: Some(50),
             spool_quota: None,
             public_url: None,
+            tls: None,
+            http_enabled: true,
+            max_connections: 10_000,
+            rate_limit_per_ip: None,
+            rate_limit_burst: 50,
+            max_spool_bytes_per_identity: None,
             vdirs: vec![VdirConfig::default()],
         }
     }
@@ -118,6 +136,12 @@ pub struct VdirConfig {
     pub conflict_status: ConflictStatus,
     /// Largest fragment body accepted in one request; larger ones get 413 so the client shrinks.
     pub max_fragment_size: u64,
+    /// Who may use this vdir: `anonymous`, `basic` (needs `users_file`) or `client_cert`.
+    pub auth: crate::auth::AuthMode,
+    /// Lines `name:$argon2id$...`, as written by `bitsd passwd`.
+    pub users_file: Option<PathBuf>,
+    /// Refuse requests that did not come over TLS (403).
+    pub require_tls: bool,
     /// `BITSServerNotificationType`: tell a server application about each completed upload
     /// (upload-reply jobs get its answer as their reply).
     pub notification_type: NotificationType,
@@ -142,6 +166,20 @@ pub enum NotificationType {
     ByValue,
 }
 
+impl VdirConfig {
+    /// The storage root for `identity`: `root` with `{user}` replaced by the identity, which
+    /// must then be a safe single path segment. `None` when the root is per-user and the caller
+    /// is anonymous or has an unusable name.
+    pub fn root_for(&self, identity: Option<&str>) -> Option<PathBuf> {
+        let template = self.root.to_string_lossy();
+        if !template.contains("{user}") {
+            return Some(self.root.clone());
+        }
+        let user = identity.filter(|u| crate::target::is_safe_segment(u))?;
+        Some(PathBuf::from(template.replace("{user}", user)))
+    }
+}
+
 impl Default for VdirConfig {
     fn default() -> Self {
         VdirConfig {
@@ -154,6 +192,9 @@ impl Default for VdirConfig {
             allow_overwrites: false,
             conflict_status: ConflictStatus::default(),
             max_fragment_size: 32 << 20,
+            auth: crate::auth::AuthMode::Anonymous,
+            users_file: None,
+            require_tls: false,
             notification_type: NotificationType::None,
             notification_url: None,
             notification_timeout: Duration::from_secs(300),

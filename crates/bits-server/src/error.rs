@@ -36,6 +36,10 @@ pub enum BitsError {
     SessionBusy,
     #[error("a newer request for this session took over")]
     Preempted,
+    #[error("credentials missing or wrong")]
+    Unauthenticated,
+    #[error("too many requests from this address")]
+    RateLimited,
     #[error("too many open sessions")]
     SessionLimit,
     #[error("the request body was cut off: {0}")]

@@ -1,5 +1,6 @@
 //! The BITS upload server: session engine, storage, and HTTP layer.
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -7,6 +8,7 @@ pub mod http;
 pub mod notify;
 pub mod store;
 pub mod target;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -58,6 +58,11 @@ pub fn resolve(path: &str, vdirs: &[VdirConfig]) -> Result<UploadTarget, TargetE
     })
 }
 
+/// Whether an already decoded name is acceptable as one path segment.
+pub fn is_safe_segment(seg: &str) -> bool {
+    check_segment(seg).is_ok()
+}
+
 fn decode_segment(raw: &str) -> Result<String, TargetError> {
     if raw.is_empty() {
         return Err(TargetError::Unsafe("empty segment"));
@@ -65,6 +70,14 @@ fn decode_segment(raw: &str) -> Result<String, TargetError> {
     let seg = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| TargetError::Unsafe("not UTF-8"))?;
+    check_segment(&seg)?;
+    Ok(seg.into_owned())
+}
+
+fn check_segment(seg: &str) -> Result<(), TargetError> {
+    if seg.is_empty() {
+        return Err(TargetError::Unsafe("empty segment"));
+    }
     if seg == "." || seg == ".." {
         return Err(TargetError::Unsafe("dot segment"));
     }
@@ -86,7 +99,7 @@ fn decode_segment(raw: &str) -> Result<String, TargetError> {
     {
         return Err(TargetError::Unsafe("device name"));
     }
-    Ok(seg.into_owned())
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,6 +30,15 @@ enum Command {
         #[arg(long, short, env = "BITSD_CONFIG")]
         config: PathBuf,
     },
+    /// Add or replace a user in a Basic-auth users file (argon2id hash). The password is read
+    /// from the terminal, or from standard input with --password-stdin.
+    Passwd {
+        /// The users file (created if missing).
+        file: PathBuf,
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -76,8 +85,50 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Passwd {
+            file,
+            user,
+            password_stdin,
+        }) => passwd(&file, &user, password_stdin),
         None => serve(cli.serve),
     }
+}
+
+fn passwd(file: &std::path::Path, user: &str, from_stdin: bool) -> anyhow::Result<()> {
+    if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+        anyhow::bail!("a user name must be non-empty and contain no ':' or control characters");
+    }
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let first = rpassword::prompt_password(format!("password for {user}: "))?;
+        if rpassword::prompt_password("again: ")? != first {
+            anyhow::bail!("the passwords differ");
+        }
+        first
+    };
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    let hash = bits_server::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+    let existing = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let mut lines: Vec<String> = existing
+        .lines()
+        .filter(|l| l.split_once(':').map(|(n, _)| n) != Some(user))
+        .map(String::from)
+        .collect();
+    lines.push(format!("{user}:{hash}"));
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, lines.join("\n") + "\n")?;
+    std::fs::rename(&tmp, file)?;
+    println!("{}: {user} set", file.display());
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -110,24 +161,64 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         unreadable = recovery.unreadable,
         "recovery done"
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(
+            bits_server::tls::TlsState::new(t.clone())
+                .context("loading TLS certificate and key")?,
+        )),
+        None => None,
+    };
+    let frontend = Arc::new(bits_server::http::Frontend::new(
+        engine.clone(),
+        tls.clone(),
+    )?);
+    let http = if config.http_enabled {
+        let l = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Some(l)
+    } else {
+        None
+    };
+    let https = match &tls {
+        Some(t) => Some(
+            TcpListener::bind(t.listen())
+                .await
+                .with_context(|| format!("binding {}", t.listen()))?,
+        ),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
+    let https_addr = https.as_ref().map(|l| l.local_addr()).transpose()?;
     for v in &config.vdirs {
         let mode = if v.upload_enabled {
             "uploads enabled"
         } else {
             "uploads disabled"
         };
+        let base = match (http_addr, https_addr) {
+            (Some(a), _) => format!("http://{a}"),
+            (None, Some(a)) => format!("https://{a}"),
+            (None, None) => "-".into(),
+        };
         println!(
-            "bitsd: http://{addr}{} -> {} ({mode})",
+            "bitsd: {base}{} -> {} ({mode}, auth {:?})",
             v.prefix,
-            v.root.display()
+            v.root.display(),
+            v.auth
         );
     }
     println!("bitsd: spool {}", config.spool_dir.display());
-    println!("bitsd listening on {addr}");
+    if let Some(a) = https_addr {
+        println!("bitsd listening (tls) on {a}");
+    }
+    if let Some(a) = http_addr {
+        println!("bitsd listening on {a}");
+    }
+    println!("bitsd ready");
+    if let Some(tls) = tls.clone() {
+        tokio::spawn(reload_tls_on_sighup(tls));
+    }
     let cleanup = bits_server::spawn_cleanup(engine.clone(), config.cleanup_interval);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = {
@@ -136,7 +227,7 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let server = tokio::spawn(bits_server::http::serve(listener, engine, shutdown));
+    let server = tokio::spawn(bits_server::http::serve(frontend, http, https, shutdown));
     shutdown_signal().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
@@ -146,6 +237,22 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("shutdown grace period over; exiting with requests still open"),
     }
     Ok(())
+}
+
+/// SIGHUP: re-read the TLS certificate, key and client CA; open connections keep theirs.
+async fn reload_tls_on_sighup(tls: Arc<bits_server::tls::TlsState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous configuration")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

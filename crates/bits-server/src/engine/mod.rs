@@ -144,8 +144,17 @@ impl Engine {
         owner: Option<String>,
         protocol: ProtocolId,
     ) -> Result<Ack, BitsError> {
+        let root = vdir.root_for(owner.as_deref()).ok_or(BitsError::NotOwner)?;
+        if root != vdir.root {
+            // A per-user root ({user} in the vdir root) is created on first use.
+            let dir = root.clone();
+            tokio::task::spawn_blocking(move || std::fs::create_dir_all(dir))
+                .await
+                .map_err(|e| BitsError::Storage(StoreError::Io(std::io::Error::other(e))))?
+                .map_err(|e| BitsError::Storage(e.into()))?;
+        }
         let destination = Destination {
-            root: vdir.root.to_string_lossy().into_owned(),
+            root: root.to_string_lossy().into_owned(),
             path: target.rel_path.clone(),
         };
         if target.rel_path.split('/').next() == Some("BITS-Sessions") {
@@ -294,8 +303,19 @@ impl Engine {
             drain(body.as_mut()).await;
         } else {
             let len = range.end() - rec.received;
-            if let Some(quota) = self.config.spool_quota {
-                if self.registry().spooled().saturating_add(len) > quota {
+            {
+                let registry = self.registry();
+                let over = |used: u64, quota: Option<u64>| {
+                    quota.is_some_and(|q| used.saturating_add(len) > q)
+                };
+                if over(registry.spooled(), self.config.spool_quota)
+                    || (rec.owner.is_some()
+                        && self.config.max_spool_bytes_per_identity.is_some()
+                        && over(
+                            registry.spooled_by(&rec.owner),
+                            self.config.max_spool_bytes_per_identity,
+                        ))
+                {
                     return Err(BitsError::DiskFull);
                 }
             }

@@ -36,6 +36,15 @@ impl Registry {
         self.spooled
     }
 
+    /// Spool bytes held by the sessions of one identity.
+    pub fn spooled_by(&self, owner: &Option<String>) -> u64 {
+        self.by_id
+            .values()
+            .filter(|s| s.owner == *owner)
+            .map(|s| s.spooled)
+            .sum()
+    }
+
     pub fn holder_of(&self, dest: &Destination) -> Option<(SessionId, &OpenSession)> {
         let id = *self.by_destination.get(dest)?;
         self.by_id.get(&id).map(|s| (id, s))

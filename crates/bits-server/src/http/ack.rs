@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::response::Response;
 use bits_proto::{Ack, ErrorContext, HResult, ProtoError};
-use http::header::{CONNECTION, CONTENT_LENGTH};
+use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 
 use crate::error::BitsError;
@@ -34,9 +34,11 @@ pub fn error_ack(err: &BitsError) -> Ack {
         BitsError::RangeGap { received } => Ack::status_only(416).with_received(*received),
         BitsError::UploadTooLarge { .. } => Ack::error(500, HResult::BG_E_TOO_LARGE, FILE),
         BitsError::FragmentTooLarge { .. } => Ack::error(413, HResult::http_error(413), FILE),
-        BitsError::SessionBusy | BitsError::Preempted | BitsError::SessionLimit => {
-            Ack::error(503, HResult::http_error(503), FILE)
-        }
+        BitsError::Unauthenticated => Ack::status_only(401),
+        BitsError::SessionBusy
+        | BitsError::Preempted
+        | BitsError::SessionLimit
+        | BitsError::RateLimited => Ack::error(503, HResult::http_error(503), FILE),
         BitsError::DiskFull => Ack::error(500, HResult::E_DISK_FULL, FILE),
         BitsError::Storage(_) => Ack::error(500, HResult::E_FAIL, FILE),
         BitsError::ReplyUrlTooLong => Ack::error(400, HResult::E_INVALIDARG, FILE),
@@ -68,5 +70,27 @@ pub fn render(ack: &Ack, close: bool) -> Response {
     if close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    match ack.status {
+        401 => {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+        }
+        503 => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+const CHALLENGE: &str = "Basic realm=\"bitsd\", charset=\"UTF-8\"";
+
+/// A 401 with the Basic challenge, for plain HTTP answers (downloads).
+pub fn challenge() -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    resp.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }

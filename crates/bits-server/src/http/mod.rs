@@ -1,13 +1,13 @@
-//! The HTTP layer: one axum service that turns requests into packets and results into Acks.
+//! The HTTP layer: listeners (plain and TLS), one service that authenticates each request and
+//! routes it to the BITS packet handler or to downloads.
 
 pub mod ack;
+mod bits;
 mod body;
+mod get;
+mod listener;
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,26 +15,16 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
-use bits_proto::{classify, content_length, Ack, ErrorContext, HResult, PacketType};
-use futures_util::FutureExt;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Method, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tower_service::Service;
 
-use crate::engine::{Engine, EngineRequest};
+use crate::auth::{AuthError, AuthOutcome, Authenticator, ConnInfo};
+use crate::config::VdirConfig;
+use crate::engine::Engine;
 use crate::error::BitsError;
-use crate::target::resolve;
+use crate::tls::TlsState;
 
-#[derive(Clone)]
-struct App {
-    engine: Arc<Engine>,
-}
-
-pub fn router(engine: Arc<Engine>) -> Router {
-    Router::new().fallback(dispatch).with_state(App { engine })
-}
+pub use listener::serve;
 
 /// The client's address, available to handlers as a request extension.
 #[derive(Clone, Copy, Debug)]
@@ -44,82 +34,93 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Clone, Copy, Debug)]
 pub struct LocalAddr(pub SocketAddr);
 
-/// Serves until `shutdown` resolves, then waits for in-flight requests (the caller bounds how
-/// long). Connections are HTTP/1.1 with keep-alive and pipelining; a client that half-closes
-/// after its request still gets the answer.
-pub async fn serve(
-    listener: TcpListener,
+/// Everything in front of the engine: authentication, rate limiting, TLS state.
+pub struct Frontend {
     engine: Arc<Engine>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let header_read_timeout = engine.config().header_read_timeout;
-    let app = router(engine);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                req.extensions_mut().insert(LocalAddr(local));
-                let mut app = app.clone();
-                async move {
-                    // A bug must cost one request an error Ack, never the connection or the process.
-                    match AssertUnwindSafe(app.call(req.map(Body::new)))
-                        .catch_unwind()
-                        .await
-                    {
-                        Ok(resp) => resp,
-                        Err(_) => {
-                            tracing::error!(%peer, "request handler panicked");
-                            Ok(ack::render(
-                                &Ack::error(500, HResult::E_FAIL, ErrorContext::RemoteFile),
-                                true,
-                            ))
-                        }
-                    }
-                }
-            });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .half_close(true)
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    auth: Authenticator,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    tls: Option<Arc<TlsState>>,
 }
 
-async fn dispatch(State(app): State<App>, req: Request) -> Response {
+impl Frontend {
+    pub fn new(engine: Arc<Engine>, tls: Option<Arc<TlsState>>) -> Result<Frontend, AuthError> {
+        let config = engine.config();
+        let auth = Authenticator::new(&config.vdirs)?;
+        let limiter = config
+            .rate_limit_per_ip
+            .and_then(std::num::NonZeroU32::new)
+            .map(|rate| {
+                let burst = std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+                RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            });
+        Ok(Frontend {
+            engine,
+            auth,
+            limiter,
+            tls,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn tls(&self) -> Option<&Arc<TlsState>> {
+        self.tls.as_ref()
+    }
+
+    /// Authenticates a request for `vdir` (index `index`).
+    async fn identify(
+        &self,
+        index: usize,
+        vdir: &VdirConfig,
+        parts: &http::request::Parts,
+    ) -> Result<Option<String>, BitsError> {
+        let conn = parts
+            .extensions
+            .get::<ConnInfo>()
+            .cloned()
+            .unwrap_or_default();
+        match self
+            .auth
+            .authenticate(index, vdir, &parts.headers, &conn)
+            .await
+        {
+            AuthOutcome::Allowed(identity) => Ok(identity),
+            AuthOutcome::Challenge => Err(BitsError::Unauthenticated),
+            AuthOutcome::Forbidden => Err(BitsError::NotOwner),
+        }
+    }
+
+    fn rate_limited(&self, parts: &http::request::Parts) -> bool {
+        match (&self.limiter, parts.extensions.get::<PeerAddr>()) {
+            (Some(limiter), Some(PeerAddr(peer))) => limiter.check_key(&peer.ip()).is_err(),
+            _ => false,
+        }
+    }
+}
+
+pub fn router(frontend: Arc<Frontend>) -> Router {
+    Router::new().fallback(dispatch).with_state(frontend)
+}
+
+async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response {
     let method = req.method().clone();
     if method.as_str() == bits_proto::BITS_POST {
-        bits_post(&app.engine, req).await
+        bits::bits_post(&front, req).await
     } else if method == Method::GET || method == Method::HEAD {
         let started = Instant::now();
         let (parts, _) = req.into_parts();
-        let resp = get(&app.engine, &parts).await;
+        let resp = if front.rate_limited(&parts) {
+            let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE);
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            resp
+        } else {
+            get::get(&front, &parts).await
+        };
         tracing::info!(method = %method, path = %parts.uri.path(), status = resp.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64, "download");
         resp
@@ -143,59 +144,16 @@ fn plain(status: StatusCode) -> Response {
     resp
 }
 
-/// GET/HEAD of a published file below a vdir that allows downloads.
-async fn get(engine: &Engine, req: &http::request::Parts) -> Response {
-    let config = engine.config();
-    let Ok(target) = resolve(req.uri.path(), &config.vdirs) else {
-        return plain(StatusCode::NOT_FOUND);
-    };
-    let vdir = &config.vdirs[target.vdir];
-    if let Some(id) = crate::engine::parse_reply_path(&target.rel_path) {
-        return match engine.reply_file(&vdir.prefix, id, None).await {
-            Some(path) => serve_file(&path, req).await,
-            None => plain(StatusCode::NOT_FOUND),
-        };
-    }
-    if !vdir.download_enabled || crate::store::fs::is_internal_name(&target.rel_path) {
-        return plain(StatusCode::NOT_FOUND);
-    }
-    let path = match crate::store::fs::contained(&vdir.root, &target.rel_path).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return plain(StatusCode::NOT_FOUND),
-        Err(e) => {
-            tracing::error!(error = %e, "download path check failed");
-            return plain(StatusCode::INTERNAL_SERVER_ERROR);
-        }
-    };
-    serve_file(&path, req).await
+fn is_tls(parts: &http::request::Parts) -> bool {
+    parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls)
 }
 
-async fn serve_file(path: &std::path::Path, req: &http::request::Parts) -> Response {
-    let head = req.method == Method::HEAD;
-    let served = async {
-        match crate::download::representation(path).await? {
-            Some(rep) => crate::download::respond(path, &rep, &req.headers, head)
-                .await
-                .map(Some),
-            None => Ok(None),
-        }
-    }
-    .await;
-    match served {
-        Ok(Some(resp)) => resp,
-        Ok(None) => plain(StatusCode::NOT_FOUND),
-        Err(e) => {
-            tracing::error!(error = %e, path = %path.display(), "download failed");
-            plain(StatusCode::INTERNAL_SERVER_ERROR)
-        }
-    }
-}
-
-/// `http://` + the local address of the connection: how this server reaches itself.
+/// `http(s)://` + the local address of the connection: how this server reaches itself.
 fn local_base(parts: &http::request::Parts) -> String {
+    let scheme = if is_tls(parts) { "https" } else { "http" };
     match parts.extensions.get::<LocalAddr>() {
-        Some(LocalAddr(addr)) => format!("http://{addr}"),
-        None => "http://127.0.0.1".to_string(),
+        Some(LocalAddr(addr)) => format!("{scheme}://{addr}"),
+        None => format!("{scheme}://127.0.0.1"),
     }
 }
 
@@ -213,80 +171,9 @@ fn public_base(config: &crate::ServerConfig, parts: &http::request::Parts) -> St
                 && h.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@')
         });
+    let scheme = if is_tls(parts) { "https" } else { "http" };
     match host {
-        Some(h) => format!("http://{h}"),
+        Some(h) => format!("{scheme}://{h}"),
         None => local_base(parts),
     }
-}
-
-async fn bits_post(engine: &Engine, req: Request) -> Response {
-    let started = Instant::now();
-    let config = engine.config();
-    let (parts, body) = req.into_parts();
-    let url = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    let declared = content_length(&parts.headers).unwrap_or(0);
-    let mut body = pin!(body::idle_limited(body, config.body_idle_timeout));
-    let packet = classify(&parts.method, &parts.headers, &Engine::SUPPORTED_PROTOCOLS);
-    let session = packet.as_ref().ok().and_then(|p| p.session());
-    let result: Result<Ack, BitsError> = async {
-        let target = resolve(parts.uri.path(), &config.vdirs).map_err(BitsError::BadPath)?;
-        let packet = packet.clone()?;
-        engine
-            .handle(EngineRequest {
-                public_base: public_base(config, &parts),
-                local_base: local_base(&parts),
-                packet,
-                target,
-                url: url.clone(),
-                identity: None,
-                body: body.as_mut(),
-            })
-            .await
-    }
-    .await;
-    let ack = match &result {
-        Ok(ack) => ack.clone(),
-        Err(e) => {
-            let ack = ack::error_ack(e);
-            match session {
-                Some(id) => ack.with_session(id),
-                None => ack,
-            }
-        }
-    };
-    // An unread body would desynchronise the connection: drain it, or close if it is too big.
-    let clean = if declared > config.drain_limit {
-        false
-    } else {
-        body::drain(&mut body, config.drain_limit).await
-    };
-    let packet_type = PacketType::from_headers(&parts.headers)
-        .map(|t| t.as_str())
-        .unwrap_or("-");
-    let range = parts
-        .headers
-        .get("content-range")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let session_text = session
-        .or(ack.session_id)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "-".into());
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match &result {
-        Ok(_) => tracing::info!(
-            packet = packet_type, session = %session_text, path = %url, range, status = ack.status,
-            received = ack.received, elapsed_ms, "bits"
-        ),
-        Err(e) => tracing::warn!(
-            packet = packet_type, session = %session_text, path = %url, range, status = ack.status,
-            code = %ack.error.map(|e| e.code.to_string()).unwrap_or_default(), error = %e, elapsed_ms, "bits"
-        ),
-    }
-    ack::render(&ack, !clean)
 }

@@ -14,6 +14,8 @@ pub const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
 /// A running `bitsd`. Killed on drop, even when the test panics.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when the config has a `[tls]` table.
+    pub tls_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     extra_config: String,
     child: Option<Child>,
@@ -49,6 +51,7 @@ impl Server {
         };
         let mut s = Server {
             addr: "127.0.0.1:0".parse().unwrap(),
+            tls_addr: None,
             log: dir.path().join("bitsd.log"),
             dir,
             extra_config: extra,
@@ -107,6 +110,9 @@ impl Server {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("bitsd listening on ") {
                         self.addr = addr.trim().parse().expect("listen addr");
+                    } else if let Some(addr) = line.strip_prefix("bitsd listening (tls) on ") {
+                        self.tls_addr = Some(addr.trim().parse().expect("tls listen addr"));
+                    } else if line == "bitsd ready" {
                         break;
                     }
                 }

@@ -1,0 +1,92 @@
+//! `BITS_POST`: one packet in, one Ack out, one log line.
+
+use std::pin::pin;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::response::Response;
+use bits_proto::{classify, content_length, Ack, PacketType};
+
+use super::{ack, body, local_base, public_base, Frontend};
+use crate::engine::{Engine, EngineRequest};
+use crate::error::BitsError;
+use crate::target::resolve;
+
+pub async fn bits_post(front: &Frontend, req: Request) -> Response {
+    let started = Instant::now();
+    let engine = front.engine();
+    let config = engine.config();
+    let (parts, body) = req.into_parts();
+    let url = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let declared = content_length(&parts.headers).unwrap_or(0);
+    let mut body = pin!(body::idle_limited(body, config.body_idle_timeout));
+    let packet = classify(&parts.method, &parts.headers, &Engine::SUPPORTED_PROTOCOLS);
+    let session = packet.as_ref().ok().and_then(|p| p.session());
+    let mut identity = None;
+    let result: Result<Ack, BitsError> = async {
+        if front.rate_limited(&parts) {
+            return Err(BitsError::RateLimited);
+        }
+        let target = resolve(parts.uri.path(), &config.vdirs).map_err(BitsError::BadPath)?;
+        let vdir = &config.vdirs[target.vdir];
+        if !vdir.upload_enabled {
+            return Err(BitsError::UploadsDisabled);
+        }
+        identity = front.identify(target.vdir, vdir, &parts).await?;
+        let packet = packet.clone()?;
+        engine
+            .handle(EngineRequest {
+                public_base: public_base(config, &parts),
+                local_base: local_base(&parts),
+                packet,
+                target,
+                url: url.clone(),
+                identity: identity.clone(),
+                body: body.as_mut(),
+            })
+            .await
+    }
+    .await;
+    let ack = match &result {
+        Ok(ack) => ack.clone(),
+        Err(e) => {
+            let ack = ack::error_ack(e);
+            match session {
+                Some(id) => ack.with_session(id),
+                None => ack,
+            }
+        }
+    };
+    // An unread body would desynchronise the connection: drain it, or close if it is too big.
+    let clean = declared <= config.drain_limit && body::drain(&mut body, config.drain_limit).await;
+    let packet_type = PacketType::from_headers(&parts.headers)
+        .map(|t| t.as_str())
+        .unwrap_or("-");
+    let range = parts
+        .headers
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let session_text = session
+        .or(ack.session_id)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "-".into());
+    let user = identity.as_deref().unwrap_or("-");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(_) => tracing::info!(
+            packet = packet_type, session = %session_text, user, path = %url, range, status = ack.status,
+            received = ack.received, elapsed_ms, "bits"
+        ),
+        Err(e) => tracing::warn!(
+            packet = packet_type, session = %session_text, user, path = %url, range, status = ack.status,
+            code = %ack.error.map(|e| e.code.to_string()).unwrap_or_default(), error = %e, elapsed_ms, "bits"
+        ),
+    }
+    ack::render(&ack, !clean)
+}

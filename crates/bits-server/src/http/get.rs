@@ -1,0 +1,66 @@
+//! GET/HEAD: stored replies and published files.
+
+use axum::response::Response;
+use http::{Method, StatusCode};
+
+use super::{plain, Frontend};
+use crate::error::BitsError;
+use crate::target::resolve;
+
+pub async fn get(front: &Frontend, req: &http::request::Parts) -> Response {
+    let config = front.engine().config();
+    let Ok(target) = resolve(req.uri.path(), &config.vdirs) else {
+        return plain(StatusCode::NOT_FOUND);
+    };
+    let vdir = &config.vdirs[target.vdir];
+    let identity = match front.identify(target.vdir, vdir, req).await {
+        Ok(identity) => identity,
+        Err(BitsError::Unauthenticated) => return super::ack::challenge(),
+        Err(_) => return plain(StatusCode::FORBIDDEN),
+    };
+    if let Some(id) = crate::engine::parse_reply_path(&target.rel_path) {
+        return match front
+            .engine()
+            .reply_file(&vdir.prefix, id, identity.as_deref())
+            .await
+        {
+            Some(path) => serve_file(&path, req).await,
+            None => plain(StatusCode::NOT_FOUND),
+        };
+    }
+    if !vdir.download_enabled || crate::store::fs::is_internal_name(&target.rel_path) {
+        return plain(StatusCode::NOT_FOUND);
+    }
+    let Some(root) = vdir.root_for(identity.as_deref()) else {
+        return plain(StatusCode::FORBIDDEN);
+    };
+    match crate::store::fs::contained(&root, &target.rel_path).await {
+        Ok(Some(path)) => serve_file(&path, req).await,
+        Ok(None) => plain(StatusCode::NOT_FOUND),
+        Err(e) => {
+            tracing::error!(error = %e, "download path check failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+async fn serve_file(path: &std::path::Path, req: &http::request::Parts) -> Response {
+    let head = req.method == Method::HEAD;
+    let served = async {
+        match crate::download::representation(path).await? {
+            Some(rep) => crate::download::respond(path, &rep, &req.headers, head)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+    .await;
+    match served {
+        Ok(Some(resp)) => resp,
+        Ok(None) => plain(StatusCode::NOT_FOUND),
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "download failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}

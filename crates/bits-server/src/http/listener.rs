@@ -1,0 +1,159 @@
+//! Accept loops for the plain and the TLS listener, and the per-connection HTTP/1.1 driver.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bits_proto::{Ack, ErrorContext, HResult};
+use futures_util::FutureExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower_service::Service;
+
+use super::{ack, router, Frontend, LocalAddr, PeerAddr};
+use crate::auth::ConnInfo;
+
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves `http` (plain) and `https` (TLS, using the frontend's TLS state) until `shutdown`
+/// resolves, then waits for in-flight requests (the caller bounds how long). Connections are
+/// HTTP/1.1 with keep-alive and pipelining; a client that half-closes after its request still
+/// gets the answer; a client that does not send a request head in `header_read_timeout` is cut off.
+pub async fn serve(
+    front: Arc<Frontend>,
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let config = front.engine().config().clone();
+    let app = router(front.clone());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        // At the connection limit, stop accepting: new clients wait in the listen backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer, secure) = tokio::select! {
+            r = accept(http.as_ref()) => match r { Ok((s, p)) => (s, p, false), Err(e) => { backoff(e).await; continue } },
+            r = accept(https.as_ref()) => match r { Ok((s, p)) => (s, p, true), Err(e) => { backoff(e).await; continue } },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let app = app.clone();
+        let header_timeout = config.header_read_timeout;
+        let watcher = graceful.watcher();
+        let tls = front.tls().filter(|_| secure).map(|t| t.current());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    drive(
+                        stream,
+                        app,
+                        peer,
+                        local,
+                        ConnInfo::default(),
+                        header_timeout,
+                        watcher,
+                    )
+                    .await
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let stream =
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                return tracing::info!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
+                        };
+                    let cert_identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(crate::tls::client_identity);
+                    let info = ConnInfo {
+                        tls: true,
+                        cert_identity,
+                    };
+                    drive(stream, app, peer, local, info, header_timeout, watcher).await
+                }
+            }
+        });
+    }
+    drop(http);
+    drop(https);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+async fn backoff(e: io::Error) {
+    // Out of file descriptors and the like: back off instead of spinning.
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Runs one HTTP/1.1 connection to its end (or until graceful shutdown closes it).
+async fn drive<I>(
+    io: I,
+    app: axum::Router,
+    peer: SocketAddr,
+    local: SocketAddr,
+    info: ConnInfo,
+    header_timeout: Duration,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            req.extensions_mut().insert(LocalAddr(local));
+            req.extensions_mut().insert(info.clone());
+            let mut app = app.clone();
+            async move {
+                // A bug must cost one request an error Ack, never the connection or the process.
+                match AssertUnwindSafe(app.call(req.map(Body::new)))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(_) => {
+                        tracing::error!(%peer, "request handler panicked");
+                        Ok(ack::render(
+                            &Ack::error(500, HResult::E_FAIL, ErrorContext::RemoteFile),
+                            true,
+                        ))
+                    }
+                }
+            }
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
