@@ -258,19 +258,54 @@ impl Response {
     }
 }
 
+/// A byte stream a `Conn` can run over: plain TCP or TLS.
+pub trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
 /// One keep-alive connection.
 pub struct Conn {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
+    tcp: TcpStream,
 }
 
 impl Conn {
     pub fn new(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.set_nodelay(true).unwrap();
-        Conn {
-            stream: BufReader::new(s),
+        Conn::try_new(addr).expect("connect")
+    }
+
+    /// A TLS connection (server name `localhost`); the handshake happens here.
+    pub fn try_tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Conn> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        tcp.set_nodelay(true)?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+        let client = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(client, tcp.try_clone()?);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
         }
+        // TLS 1.3 reports a refused client certificate only on the first read: probe for it.
+        tcp.set_nonblocking(true)?;
+        let mut probe = [0u8; 1];
+        let refused = match tls.conn.complete_io(&mut tls.sock) {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Some(e),
+            _ => match tls.conn.reader().read(&mut probe) {
+                Ok(0) => Some(std::io::ErrorKind::UnexpectedEof.into()),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Some(e),
+                _ => None,
+            },
+        };
+        tcp.set_nonblocking(false)?;
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        Ok(Conn {
+            stream: BufReader::new(Box::new(tls)),
+            tcp,
+        })
     }
 
     pub fn write_raw(&mut self, bytes: &[u8]) {
@@ -405,7 +440,8 @@ impl Conn {
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_nodelay(true)?;
         Ok(Conn {
-            stream: BufReader::new(s),
+            tcp: s.try_clone()?,
+            stream: BufReader::new(Box::new(s)),
         })
     }
 
@@ -556,8 +592,7 @@ impl Conn {
 
     /// Half-closes the connection: no more request bytes will follow.
     pub fn shutdown_write(&mut self) {
-        self.stream
-            .get_mut()
+        self.tcp
             .shutdown(std::net::Shutdown::Write)
             .expect("shutdown");
     }
