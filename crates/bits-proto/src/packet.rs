@@ -114,6 +114,10 @@ pub enum ProtoError {
     HeaderTooLong(String),
     #[error("header {0} is not visible ASCII")]
     HeaderNotText(&'static str),
+    #[error("upload messages must use HTTP/1.1")]
+    HttpVersion,
+    #[error("header {0} appears more than once")]
+    DuplicateHeader(&'static str),
     #[error("Content-Length is missing")]
     MissingContentLength,
     #[error("Content-Length is not one decimal number")]
@@ -183,6 +187,18 @@ pub fn classify(
     }
     if let Some((name, _)) = headers.iter().find(|(_, v)| v.len() > MAX_HEADER_VALUE_LEN) {
         return Err(ProtoError::HeaderTooLong(name.to_string()));
+    }
+    // One value each: with two, different parts of a chain could act on different ones.
+    for name in [
+        headers::PACKET_TYPE,
+        headers::SESSION_ID,
+        headers::SUPPORTED_PROTOCOLS,
+        "content-range",
+        "content-encoding",
+    ] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(ProtoError::DuplicateHeader(name));
+        }
     }
     if headers.contains_key(TRANSFER_ENCODING) {
         return Err(ProtoError::TransferEncoding);
@@ -315,6 +331,28 @@ mod tests {
             classify(&Method::POST, &h, &[UPLOAD_PROTOCOL_1_5]),
             Err(ProtoError::NotBitsPost(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_bits_headers_are_refused() {
+        assert_eq!(
+            req(&[
+                ("bits-packet-type", "Ping"),
+                ("bits-packet-type", "Create-Session"),
+                ("content-length", "0")
+            ]),
+            Err(ProtoError::DuplicateHeader("bits-packet-type"))
+        );
+        assert_eq!(
+            req(&[
+                ("bits-packet-type", "Fragment"),
+                ("bits-session-id", SID),
+                ("content-range", "bytes 0-0/1"),
+                ("content-range", "bytes 0-0/2"),
+                ("content-length", "1")
+            ]),
+            Err(ProtoError::DuplicateHeader("content-range"))
+        );
     }
 
     #[test]

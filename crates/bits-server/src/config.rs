@@ -28,6 +28,9 @@ pub struct ServerConfig {
     /// A client must send a complete request head within this time (slow-loris defence).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Total size of a request's header names and values; larger heads get 431 (BITS custom
+    /// headers are limited to 16 KiB by the client).
+    pub max_header_bytes: usize,
     /// A request body that delivers no bytes for this long is abandoned.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
@@ -75,6 +78,7 @@ impl Default for ServerConfig {
             tombstone_ttl: DEFAULT_SESSION_TIMEOUT,
             fsync: true,
             header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 << 10,
             body_idle_timeout: Duration::from_secs(120),
             session_lock_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),

@@ -32,6 +32,10 @@ const DEVICE_NAMES: [&str; 22] = [
 /// Longest segment accepted (NAME_MAX on Linux).
 const MAX_SEGMENT_BYTES: usize = 255;
 
+/// Longest relative path accepted: under PATH_MAX with room for any root, and near the
+/// 2,200-character URL limit of BITS clients.
+const MAX_PATH_BYTES: usize = 2048;
+
 /// Resolves `path` (the raw, still percent-encoded request path without query) against `vdirs`,
 /// picking the longest matching prefix (compared case-insensitively, as IIS does).
 pub fn resolve(path: &str, vdirs: &[VdirConfig]) -> Result<UploadTarget, TargetError> {
@@ -52,10 +56,11 @@ pub fn resolve(path: &str, vdirs: &[VdirConfig]) -> Result<UploadTarget, TargetE
     for raw in rest.split('/') {
         segments.push(decode_segment(raw)?);
     }
-    Ok(UploadTarget {
-        vdir,
-        rel_path: segments.join("/"),
-    })
+    let rel_path = segments.join("/");
+    if rel_path.len() > MAX_PATH_BYTES {
+        return Err(TargetError::Unsafe("path too long"));
+    }
+    Ok(UploadTarget { vdir, rel_path })
 }
 
 /// Whether an already decoded name is acceptable as one path segment.

@@ -157,7 +157,9 @@ impl Engine {
             root: root.to_string_lossy().into_owned(),
             path: target.rel_path.clone(),
         };
-        if target.rel_path.split('/').next() == Some("BITS-Sessions") {
+        if target.rel_path.split('/').next() == Some("BITS-Sessions")
+            || crate::store::fs::is_internal_name(&target.rel_path)
+        {
             return Err(BitsError::BadPath(crate::target::TargetError::Unsafe(
                 "reserved name",
             )));

@@ -32,6 +32,10 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
         if front.rate_limited(&parts) {
             return Err(BitsError::RateLimited);
         }
+        // Upload messages are HTTP/1.1 only (spec §2.1).
+        if parts.version != http::Version::HTTP_11 {
+            return Err(BitsError::Proto(bits_proto::ProtoError::HttpVersion));
+        }
         let target = resolve(parts.uri.path(), &config.vdirs).map_err(BitsError::BadPath)?;
         let vdir = &config.vdirs[target.vdir];
         if !vdir.upload_enabled {
@@ -88,5 +92,5 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
             code = %ack.error.map(|e| e.code.to_string()).unwrap_or_default(), error = %e, elapsed_ms, "bits"
         ),
     }
-    ack::render(&ack, !clean)
+    ack::render(&ack, !clean || parts.version != http::Version::HTTP_11)
 }

@@ -106,6 +106,20 @@ pub fn router(frontend: Arc<Frontend>) -> Router {
 
 async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response {
     let method = req.method().clone();
+    let head_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if head_bytes > front.engine.config().max_header_bytes {
+        tracing::warn!(head_bytes, path = %req.uri().path(), "request head too large");
+        let mut resp = plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
     if method.as_str() == bits_proto::BITS_POST {
         bits::bits_post(&front, req).await
     } else if method == Method::GET || method == Method::HEAD {
