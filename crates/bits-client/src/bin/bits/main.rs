@@ -1,0 +1,187 @@
+//! `bits`: upload, upload-reply and download files the way the Windows BITS service does, with
+//! jobs that survive Ctrl-C and crashes (`bits resume`, or the same command again).
+
+mod display;
+mod report;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bits",
+    version,
+    about = "BITS Upload Protocol client: resumable uploads, upload-reply and downloads",
+    after_help = "Exit codes: 0 ok, 2 usage, 3 transient failure after retries (job kept), \
+                  4 fatal protocol error, 5 local I/O error, 6 authentication/certificate, \
+                  7 local file kept changing, 8 job busy in another process, 130 interrupted (job kept)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub opts: Opts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Opts {
+    /// Fragment size for uploads (bytes; K/M/G suffixes are binary). Default 1M, minimum 5K.
+    #[arg(long, global = true, value_parser = parse_size, value_name = "SIZE")]
+    pub fragment_size: Option<u64>,
+    /// Basic-auth user; the password comes from BITS_PASSWORD or is prompted for.
+    #[arg(long, short = 'u', global = true)]
+    pub user: Option<String>,
+    /// Trust these PEM certificates instead of the system's roots.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM chain); needs --key.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert (PEM).
+    #[arg(long, global = true, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate. Dangerous; never implied, not remembered by jobs.
+    #[arg(long, short = 'k', global = true)]
+    pub insecure: bool,
+    /// Print the result as one JSON object on stdout (one per job for `resume`).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Where job state lives [default: $XDG_STATE_HOME/bits/jobs or ~/.local/state/bits/jobs].
+    #[arg(long, global = true, env = "BITS_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Consecutive failed attempts before giving up (progress resets the count).
+    #[arg(long, global = true, default_value_t = 8)]
+    pub retries: u32,
+    /// Delay before the first retry (doubles up to 30 s): e.g. 500ms, 2s.
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_duration)]
+    pub retry_delay: Duration,
+    /// Give up on a request after this long without progress.
+    #[arg(long, global = true, default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Upload at most this many bytes per second (K/M/G suffixes).
+    #[arg(long, global = true, value_parser = parse_size, value_name = "RATE")]
+    pub limit_rate: Option<u64>,
+    /// No progress or messages, only errors.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Upload FILE to URL (BITS upload job).
+    Upload { file: PathBuf, url: String },
+    /// Upload FILE to URL and fetch the server application's reply (BITS upload-reply job).
+    UploadReply {
+        file: PathBuf,
+        url: String,
+        /// Write the reply here instead of to stdout.
+        #[arg(short = 'o', long = "output", value_name = "REPLY")]
+        output: Option<PathBuf>,
+    },
+    /// Download URL to FILE, resuming a partial download when the remote file is unchanged.
+    Download { url: String, file: PathBuf },
+    /// Check that URL is served by a BITS upload server that lets us in.
+    Ping { url: String },
+    /// Resume unfinished jobs (all of them, or the given ids).
+    Resume { ids: Vec<String> },
+    /// List unfinished jobs.
+    Jobs,
+    /// Cancel unfinished jobs: Cancel-Session for uploads, partial data deleted for downloads.
+    Cancel {
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// `1048576`, `64K`, `1M`, `2MiB`, `1G` (binary multiples).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = t[digits.len()..].to_ascii_lowercase();
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size"))?;
+    let mult: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too big"))
+}
+
+/// `250ms`, `2s`, `5m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bits: error: cannot start the runtime: {e}");
+            return ExitCode::from(report::INTERNAL);
+        }
+    };
+    ExitCode::from(rt.block_on(run::main(cli)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("5KiB"), Ok(5 << 10));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("1T").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,174 @@
+//! Exit codes and result output (plain text or `--json`).
+//!
+//! The exit codes are part of the CLI's interface (documented in the crate README):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | internal error |
+//! | 2 | usage: bad arguments, unreadable certificate files, no password available |
+//! | 3 | transient failure after all retries (network, 5xx); the job is kept for `bits resume` |
+//! | 4 | fatal protocol or server error (4xx, BITS error codes, not a BITS server) |
+//! | 5 | local I/O error (file unreadable, state directory not writable) |
+//! | 6 | authentication failed (401/407) or the server certificate did not verify |
+//! | 7 | the local file kept changing during the upload |
+//! | 8 | another `bits` process is running the same job |
+//! | 130 | interrupted (Ctrl-C, SIGTERM); the job is kept for `bits resume` |
+
+use bits_client::{Error, ErrorKind};
+use serde_json::{json, Value};
+
+pub const OK: u8 = 0;
+pub const INTERNAL: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const TRANSIENT: u8 = 3;
+pub const FATAL: u8 = 4;
+pub const LOCAL_IO: u8 = 5;
+pub const AUTH: u8 = 6;
+pub const FILE_CHANGED: u8 = 7;
+pub const LOCKED: u8 = 8;
+pub const INTERRUPTED: u8 = 130;
+
+/// A failed command: what to print and which code to exit with.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+    pub details: Value,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure::plain(USAGE, message)
+    }
+
+    pub fn local(message: impl Into<String>) -> Failure {
+        Failure::plain(LOCAL_IO, message)
+    }
+
+    pub fn plain(code: u8, message: impl Into<String>) -> Failure {
+        let message = message.into();
+        Failure {
+            code,
+            details: json!({ "kind": kind_name(code), "message": message }),
+            message,
+        }
+    }
+
+    /// Adds a field to the JSON error object.
+    pub fn with(mut self, key: &str, value: Value) -> Failure {
+        if let Some(o) = self.details.as_object_mut() {
+            o.insert(key.to_string(), value);
+        }
+        self
+    }
+}
+
+impl From<&Error> for Failure {
+    fn from(e: &Error) -> Failure {
+        let code = exit_code(e);
+        let mut details = json!({
+            "kind": e.kind(),
+            "message": e.to_string(),
+        });
+        if let Some(o) = details.as_object_mut() {
+            if let Some(s) = e.status() {
+                o.insert("status".into(), json!(s));
+            }
+            if let Some(h) = e.hresult() {
+                o.insert("hresult".into(), json!(h.to_string()));
+                o.insert("hresult_name".into(), json!(h.name()));
+            }
+            if let Some(c) = e.context() {
+                o.insert("context".into(), json!(c.to_string()));
+            }
+        }
+        Failure {
+            code,
+            message: e.to_string(),
+            details,
+        }
+    }
+}
+
+pub fn exit_code(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::Transient => TRANSIENT,
+        ErrorKind::Fatal => FATAL,
+        ErrorKind::Auth => AUTH,
+        ErrorKind::LocalIo => LOCAL_IO,
+        ErrorKind::LocalFileChanged => FILE_CHANGED,
+        ErrorKind::Usage => USAGE,
+        ErrorKind::Interrupted => INTERRUPTED,
+    }
+}
+
+fn kind_name(code: u8) -> &'static str {
+    match code {
+        USAGE => "usage",
+        TRANSIENT => "transient",
+        FATAL => "fatal",
+        LOCAL_IO => "local_io",
+        AUTH => "auth",
+        FILE_CHANGED => "local_file_changed",
+        LOCKED => "locked",
+        INTERRUPTED => "interrupted",
+        _ => "internal",
+    }
+}
+
+/// Where results go: one JSON object per result on stdout, or human lines.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Output {
+    /// Prints a success. `line` is the human summary; `to_stderr` when stdout carries data.
+    pub fn success(&self, mut value: Value, line: &str, to_stderr: bool) {
+        if self.json {
+            if let Some(o) = value.as_object_mut() {
+                o.insert("ok".into(), json!(true));
+            }
+            println!("{value}");
+        } else if !self.quiet {
+            if to_stderr {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+
+    pub fn failure(&self, f: &Failure, mut context: Value) {
+        if self.json {
+            if let Some(o) = context.as_object_mut() {
+                o.insert("ok".into(), json!(false));
+                o.insert("error".into(), f.details.clone());
+                o.insert("exit_code".into(), json!(f.code));
+            }
+            println!("{context}");
+        }
+        eprintln!("bits: error: {}", f.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_by_kind() {
+        assert_eq!(exit_code(&Error::Interrupted), INTERRUPTED);
+        assert_eq!(exit_code(&Error::Usage("x".into())), USAGE);
+        let f = Failure::from(&Error::Auth {
+            url: "u".into(),
+            status: 401,
+            had_credentials: true,
+        });
+        assert_eq!(f.code, AUTH);
+        assert_eq!(f.details["status"], json!(401));
+        assert_eq!(f.details["hresult"], json!("0x80190191"));
+    }
+}

@@ -1,0 +1,169 @@
+//! [`Client`]: connection settings, credentials and retry policy shared by every transfer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http::HeaderValue;
+
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
+use crate::tls::TlsOptions;
+use crate::transport::{Http, HttpSettings};
+
+/// User name and password for HTTP Basic authentication.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // The password never goes into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A BITS client. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) http: Http,
+    /// Precomputed `Authorization` value; sent with every request (preemptive Basic), so a
+    /// large fragment is never sent twice because of a challenge.
+    pub(crate) authorization: Option<HeaderValue>,
+    pub(crate) user_agent: HeaderValue,
+    pub(crate) retry: RetryPolicy,
+    /// Upper bound for the body bytes per second of fragments (`None`: unlimited).
+    pub(crate) upload_rate: Option<u64>,
+}
+
+/// Builds a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    tls: TlsOptions,
+    credentials: Option<Credentials>,
+    user_agent: String,
+    retry: RetryPolicy,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    upload_rate: Option<u64>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            tls: TlsOptions::default(),
+            credentials: None,
+            user_agent: format!("bits-client/{}", env!("CARGO_PKG_VERSION")),
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(30),
+            // [MC-BUP §3.1.2.2]: the client waits up to 5 minutes for an Ack, which for the last
+            // fragment of an upload-reply includes the server application's work.
+            idle_timeout: Duration::from_secs(300),
+            upload_rate: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
+        self.user_agent = ua.into();
+        self
+    }
+
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Abandon a request when no byte moved and no answer came for this long (default 5 min).
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
+    /// Sends fragment bodies no faster than this many bytes per second on average (BITS jobs
+    /// run in the background; so can this).
+    pub fn upload_rate_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.upload_rate = bytes_per_sec.filter(|r| *r > 0);
+        self
+    }
+
+    pub fn build(self) -> Result<Client> {
+        let tls = crate::tls::client_config(&self.tls)?;
+        let authorization = match &self.credentials {
+            None => None,
+            Some(c) => {
+                if c.user.contains(':') {
+                    return Err(Error::Usage(
+                        "a Basic user name cannot contain ':'".to_string(),
+                    ));
+                }
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.user, c.password));
+                let mut v = HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|_| Error::Usage("credentials are not valid in a header".into()))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        let user_agent = HeaderValue::from_str(&self.user_agent)
+            .map_err(|_| Error::Usage("user agent is not a valid header value".into()))?;
+        let http = Http::new(
+            tls,
+            &HttpSettings {
+                connect_timeout: self.connect_timeout,
+                idle_timeout: self.idle_timeout,
+            },
+        );
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                authorization,
+                user_agent,
+                retry: self.retry,
+                upload_rate: self.upload_rate,
+            }),
+        })
+    }
+}
+
+impl Client {
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client with default settings (system trust roots, no credentials).
+    pub fn new() -> Result<Client> {
+        ClientBuilder::default().build()
+    }
+
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.inner.authorization.is_some()
+    }
+}

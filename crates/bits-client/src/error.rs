@@ -1,0 +1,303 @@
+//! Typed errors. Every failure is sorted into one [`ErrorKind`] because that is what decides
+//! what happens next: transient errors are retried with backoff, everything else ends the
+//! transfer (the CLI maps kinds to exit codes).
+
+use std::path::PathBuf;
+
+use bits_proto::{ErrorContext, HResult, PacketType};
+
+/// What kind of failure an [`Error`] is, i.e. what a caller can do about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Network trouble, 5xx, an overloaded server: worth retrying later. Returned to the caller
+    /// only inside [`Error::RetriesExhausted`] once the retry budget is spent.
+    Transient,
+    /// The server refused for good (4xx, BITS error codes such as `BG_E_TOO_LARGE`), or is not
+    /// speaking the protocol.
+    Fatal,
+    /// 401/407, or a TLS certificate that does not verify: needs other credentials or trust.
+    Auth,
+    /// Reading the local file or writing local state failed.
+    LocalIo,
+    /// The local file changed while it was being uploaded (`BG_E_LOCAL_FILE_CHANGED`).
+    LocalFileChanged,
+    /// Bad input from the caller (URL, certificate files, options).
+    Usage,
+    /// The observer asked to stop; the persisted state is resumable.
+    Interrupted,
+}
+
+/// An error answer from the server (or a proxy in front of it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    /// The request that got this answer: a BITS packet, or `None` for a download GET.
+    pub packet: Option<PacketType>,
+    pub url: String,
+    pub status: u16,
+    /// `BITS-Error-Code`, or `BG_E_HTTP_ERROR_<status>` (`0x80190000 + status`) when the server
+    /// sent none — that is how a Windows client reports a bare HTTP status.
+    pub code: HResult,
+    /// Whether `code` came from a `BITS-Error-Code` header.
+    pub code_sent: bool,
+    /// `BITS-Error-Context`: the BITS server itself (0x5) or the server application (0x7).
+    pub context: Option<ErrorContext>,
+}
+
+impl ServerError {
+    /// True when the BITS server sent `BG_E_SESSION_NOT_FOUND` (the session is gone).
+    pub fn is_session_not_found(&self) -> bool {
+        self.code_sent && self.code == HResult::BG_E_SESSION_NOT_FOUND
+    }
+
+    /// Transient or not, following spec §10.4 for the BITS server's own errors and §9.6
+    /// (`handling-server-application-errors.md`) for errors relayed from the server application.
+    pub fn is_transient(&self) -> bool {
+        let s = self.status;
+        if self.context == Some(ErrorContext::RemoteApplication) {
+            return match s {
+                300..=305 | 307 => false,
+                300..=399 => true,
+                408 | 409 => true,
+                400..=499 => false,
+                501 | 505 => false,
+                500..=599 => true,
+                _ => true,
+            };
+        }
+        if self.code_sent
+            && [
+                HResult::BG_E_TOO_LARGE,
+                HResult::E_INVALIDARG,
+                HResult::E_ACCESSDENIED,
+                HResult::BG_E_SERVER_EXECUTE_ENABLED,
+                HResult::E_PATH_NOT_FOUND,
+            ]
+            .contains(&self.code)
+        {
+            return false;
+        }
+        // 408 and 429 are "try again"; 501 means uploads are not enabled and 505 that the server
+        // cannot talk HTTP/1.1: neither goes away by waiting.
+        matches!(s, 408 | 429) || (500..=599).contains(&s) && !matches!(s, 501 | 505)
+    }
+
+    fn describe(&self) -> String {
+        let what = match self.packet {
+            Some(p) => p.as_str(),
+            None => "GET",
+        };
+        let mut out = format!("{what} {} answered HTTP {}", self.url, self.status);
+        if self.code_sent {
+            out.push_str(&format!(" {:?}", self.code));
+        }
+        if let Some(ctx) = self.context {
+            let who = match ctx {
+                ErrorContext::RemoteFile => "BITS server",
+                ErrorContext::RemoteApplication => "server application",
+            };
+            out.push_str(&format!(" (context {ctx}: {who})"));
+        }
+        out
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error status.
+    #[error("{}", .0.describe())]
+    Server(ServerError),
+    /// The server answered, but not with what the protocol requires
+    /// (`BG_E_INVALID_SERVER_RESPONSE`); retried, as Windows does.
+    #[error("invalid server response from {url}: {what}")]
+    InvalidResponse { url: String, what: String },
+    /// A response that shows the server is not a BITS upload server at all.
+    #[error("{url} is not a BITS upload server: {what}")]
+    NotBitsServer { url: String, what: String },
+    /// Create-Session offered our protocol and the server chose another or none
+    /// (`BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH`).
+    #[error("{url}: the server does not speak the BITS 1.5 upload protocol ({what})")]
+    ProtocolMismatch { url: String, what: String },
+    /// 413 even for the smallest fragment the protocol allows.
+    #[error("{url}: the server refuses even {fragment_size}-byte fragments (413)")]
+    FragmentTooLarge { url: String, fragment_size: u64 },
+    /// A download the protocol cannot do (no `Content-Length`, ranges not honoured, a redirect
+    /// to plain HTTP...).
+    #[error("{url}: {what}")]
+    Download { url: String, what: String },
+    /// The server needs (other) credentials: 401 or 407.
+    #[error("{url}: authentication {} (HTTP {status})", if *.had_credentials { "failed" } else { "required" })]
+    Auth {
+        url: String,
+        status: u16,
+        had_credentials: bool,
+    },
+    /// The TLS handshake failed because of trust (certificate not valid for the name, unknown
+    /// issuer, expired, client certificate refused).
+    #[error("{url}: TLS: {message}")]
+    Tls { url: String, message: String },
+    /// Connecting, sending or receiving failed (including timeouts).
+    #[error("{url}: {message}")]
+    Transport { url: String, message: String },
+    /// No progress for the configured idle timeout.
+    #[error("{url}: no progress for {secs} s")]
+    Timeout { url: String, secs: u64 },
+    /// Transient failures went on past the retry budget; `last` is the final one.
+    #[error("giving up after {attempts} attempts: {last}")]
+    RetriesExhausted { attempts: u32, last: Box<Error> },
+    #[error("{}: {source}", .path.display())]
+    LocalIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} changed during the transfer (BG_E_LOCAL_FILE_CHANGED)", .path.display())]
+    LocalFileChanged { path: PathBuf },
+    #[error("{0}")]
+    Usage(String),
+    #[error("interrupted; the job can be resumed")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Server(e) if e.is_transient() => ErrorKind::Transient,
+            Error::Server(_) => ErrorKind::Fatal,
+            Error::InvalidResponse { .. } | Error::Transport { .. } | Error::Timeout { .. } => {
+                ErrorKind::Transient
+            }
+            Error::NotBitsServer { .. }
+            | Error::ProtocolMismatch { .. }
+            | Error::FragmentTooLarge { .. }
+            | Error::Download { .. } => ErrorKind::Fatal,
+            Error::Auth { .. } | Error::Tls { .. } => ErrorKind::Auth,
+            // A spent retry budget is still a transient failure: it may work later.
+            Error::RetriesExhausted { .. } => ErrorKind::Transient,
+            Error::LocalIo { .. } => ErrorKind::LocalIo,
+            Error::LocalFileChanged { .. } => ErrorKind::LocalFileChanged,
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Interrupted => ErrorKind::Interrupted,
+        }
+    }
+
+    /// True when retrying the same request later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// The innermost error (through [`Error::RetriesExhausted`]).
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::RetriesExhausted { last, .. } => last.root(),
+            e => e,
+        }
+    }
+
+    /// The server's error answer, if this error is (or ends in) one.
+    pub fn server(&self) -> Option<&ServerError> {
+        match self.root() {
+            Error::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// HTTP status of the server's answer, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self.root() {
+            Error::Server(e) => Some(e.status),
+            Error::Auth { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The HRESULT a Windows client would report for this error.
+    pub fn hresult(&self) -> Option<HResult> {
+        match self.root() {
+            Error::Server(e) => Some(e.code),
+            Error::Auth { status, .. } => Some(HResult::http_error(*status)),
+            Error::InvalidResponse { .. } | Error::NotBitsServer { .. } => {
+                Some(HResult::BG_E_INVALID_SERVER_RESPONSE)
+            }
+            Error::ProtocolMismatch { .. } => Some(HResult::BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH),
+            Error::FragmentTooLarge { .. } => Some(HResult::http_error(413)),
+            Error::LocalFileChanged { .. } => Some(HResult(0x8020_001D)),
+            _ => None,
+        }
+    }
+
+    /// `BITS-Error-Context` of the server's answer, if it sent one.
+    pub fn context(&self) -> Option<ErrorContext> {
+        self.server().and_then(|e| e.context)
+    }
+
+    pub(crate) fn local(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::LocalIo {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(status: u16, code: Option<u32>, ctx: Option<u32>) -> ServerError {
+        ServerError {
+            packet: Some(PacketType::Fragment),
+            url: "http://h/u".into(),
+            status,
+            code: code.map(HResult).unwrap_or(HResult::http_error(status)),
+            code_sent: code.is_some(),
+            context: ctx.and_then(|c| ErrorContext::parse(&c.to_string())),
+        }
+    }
+
+    #[test]
+    fn classification_follows_the_spec() {
+        // BITS server errors (context 0x5 or none).
+        assert!(server(500, Some(0x8020_001F), Some(5)).is_session_not_found());
+        assert!(!server(500, Some(0x8020_0020), Some(5)).is_transient());
+        assert!(server(500, None, None).is_transient());
+        assert!(server(503, Some(0x8019_01F7), Some(5)).is_transient());
+        assert!(!server(501, Some(0x8007_0005), Some(5)).is_transient());
+        assert!(!server(400, Some(0x8007_0057), Some(5)).is_transient());
+        assert!(!server(403, Some(0x8007_0005), Some(5)).is_transient());
+        assert!(!server(404, None, None).is_transient());
+        assert!(server(408, None, None).is_transient());
+        // Server application errors (context 0x7).
+        for (status, transient) in [
+            (301, false),
+            (307, false),
+            (306, true),
+            (308, true),
+            (403, false),
+            (404, false),
+            (408, true),
+            (409, true),
+            (500, true),
+            (501, false),
+            (502, true),
+            (505, false),
+        ] {
+            let e = server(status, Some(0x8019_0000 + status as u32), Some(7));
+            assert_eq!(e.is_transient(), transient, "{status}");
+        }
+    }
+
+    #[test]
+    fn accessors_see_through_retries() {
+        let e = Error::RetriesExhausted {
+            attempts: 3,
+            last: Box::new(Error::Server(server(503, None, None))),
+        };
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(e.status(), Some(503));
+        assert_eq!(e.hresult(), Some(HResult::http_error(503)));
+        assert!(e.to_string().contains("HTTP 503"), "{e}");
+    }
+}

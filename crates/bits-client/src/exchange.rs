@@ -1,0 +1,258 @@
+//! One BITS request/response exchange: the `BITS_POST` request for a packet, and the Ack read
+//! back from it. Header names are matched case-insensitively (IIS and the spec differ in case),
+//! and so are the `Ack` value and GUIDs.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use bits_proto::{headers, ContentRange, ErrorContext, HResult, PacketType, BITS_POST};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request};
+
+use crate::client::Client;
+use crate::error::{Error, Result, ServerError};
+use crate::transport::{discard_body, Activity, FileBody, ReqBody};
+
+/// The longest session id the docs allow (`ack-for-create-session.md`).
+const MAX_SESSION_ID_LEN: usize = 100;
+
+/// What a request carries besides its packet type.
+pub(crate) struct Outgoing<'a> {
+    pub packet: PacketType,
+    pub url: &'a url::Url,
+    pub session: Option<&'a str>,
+    /// Fragment only: the range and the file it is read from.
+    pub fragment: Option<(ContentRange, &'a Path)>,
+    /// `Content-Name`: the bare local file name, as Windows sends it on Fragment and Close.
+    pub content_name: Option<&'a str>,
+    pub max_rate: Option<u64>,
+}
+
+/// The parts of a response the protocol looks at.
+#[derive(Debug)]
+pub(crate) struct Ack {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub url: String,
+    pub packet: PacketType,
+}
+
+impl Ack {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// A 2xx answer must be a BITS Ack; anything else means something other than a BITS
+    /// server answered (a web application that says 200 to every method, for instance).
+    pub fn require_ack(&self) -> Result<()> {
+        match self.header(headers::PACKET_TYPE) {
+            Some(v) if v.eq_ignore_ascii_case("ack") => Ok(()),
+            other => Err(Error::NotBitsServer {
+                url: self.url.clone(),
+                what: format!(
+                    "{} answered {} with BITS-Packet-Type {:?}",
+                    self.packet, self.status, other
+                ),
+            }),
+        }
+    }
+
+    fn invalid(&self, what: impl Into<String>) -> Error {
+        Error::InvalidResponse {
+            url: self.url.clone(),
+            what: format!("{} Ack: {}", self.packet, what.into()),
+        }
+    }
+
+    /// `BITS-Received-Content-Range`, which must be present (and decimal) where it is read.
+    pub fn received(&self) -> Result<u64> {
+        let v = self
+            .header(headers::RECEIVED_CONTENT_RANGE)
+            .ok_or_else(|| self.invalid("no BITS-Received-Content-Range"))?;
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.invalid(format!("BITS-Received-Content-Range {v:?}")));
+        }
+        v.parse()
+            .map_err(|_| self.invalid(format!("BITS-Received-Content-Range {v:?}")))
+    }
+
+    /// A session id in a Fragment/Close/Cancel Ack must be ours (IIS sends none on Fragment
+    /// Acks, which is fine). GUIDs compare case-insensitively.
+    pub fn check_session(&self, ours: &str) -> Result<()> {
+        match self.header(headers::SESSION_ID) {
+            Some(theirs) if !theirs.eq_ignore_ascii_case(ours) => {
+                Err(self.invalid(format!("BITS-Session-Id {theirs:?} is not ours ({ours:?})")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The session id handed out by Create-Session, validated as an opaque token: the docs
+    /// allow any HTTP-legal string up to 100 characters, not only GUIDs, and it is echoed back
+    /// exactly as received.
+    pub fn new_session_id(&self) -> Result<String> {
+        let id = self
+            .header(headers::SESSION_ID)
+            .ok_or_else(|| self.invalid("no BITS-Session-Id"))?;
+        if id.is_empty()
+            || id.len() > MAX_SESSION_ID_LEN
+            || !id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(self.invalid(format!("unusable BITS-Session-Id {id:?}")));
+        }
+        Ok(id.to_string())
+    }
+
+    /// The error this answer stands for (call for non-2xx answers).
+    pub fn error(&self, had_credentials: bool) -> Error {
+        if matches!(self.status, 401 | 407) {
+            return Error::Auth {
+                url: self.url.clone(),
+                status: self.status,
+                had_credentials,
+            };
+        }
+        Error::Server(self.server_error())
+    }
+
+    pub fn server_error(&self) -> ServerError {
+        let sent = self.header(headers::ERROR_CODE).and_then(HResult::parse);
+        ServerError {
+            packet: Some(self.packet),
+            url: self.url.clone(),
+            status: self.status,
+            code: sent.unwrap_or(HResult::http_error(self.status)),
+            code_sent: sent.is_some(),
+            context: self
+                .header(headers::ERROR_CONTEXT)
+                .and_then(ErrorContext::parse),
+        }
+    }
+}
+
+impl Client {
+    /// Common headers of every request: user agent, `Accept`, credentials.
+    pub(crate) fn base_request(&self, method: Method, url: &url::Url) -> http::request::Builder {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .header(USER_AGENT, self.inner.user_agent.clone())
+            .header(ACCEPT, HeaderValue::from_static("*/*"));
+        if let Some(auth) = &self.inner.authorization {
+            b = b.header(AUTHORIZATION, auth.clone());
+        }
+        b
+    }
+
+    /// Sends one BITS packet and reads its Ack (any status). `Err` only for failures below
+    /// HTTP: connection, TLS, timeout, a local read error, or the observer's `Break`.
+    pub(crate) async fn exchange(
+        &self,
+        out: Outgoing<'_>,
+        activity: &Activity,
+        tick: &mut dyn FnMut(u64) -> ControlFlow<()>,
+    ) -> Result<Ack> {
+        let method = Method::from_bytes(BITS_POST.as_bytes())
+            .map_err(|e| Error::Usage(format!("method: {e}")))?;
+        let mut b = self
+            .base_request(method, out.url)
+            .header(headers::PACKET_TYPE, out.packet.as_str());
+        if let Some(id) = out.session {
+            b = b.header(headers::SESSION_ID, id);
+        }
+        if out.packet == PacketType::CreateSession {
+            b = b.header(
+                headers::SUPPORTED_PROTOCOLS,
+                bits_proto::UPLOAD_PROTOCOL_1_5.to_string(),
+            );
+        }
+        if let Some(name) = out.content_name {
+            b = b.header(headers::CONTENT_NAME, name);
+        }
+        let mut read_error = None;
+        // Every BITS request carries Content-Length, 0 included ([MC-BUP §2.2.1.1]).
+        let body = match out.fragment {
+            None => {
+                b = b.header(CONTENT_LENGTH, "0");
+                ReqBody::Empty
+            }
+            Some((range, path)) => {
+                b = b
+                    .header(http::header::CONTENT_RANGE, range.to_string())
+                    .header(CONTENT_LENGTH, range.len.to_string());
+                if range.len == 0 {
+                    ReqBody::Empty
+                } else {
+                    let (body, err) = FileBody::open(
+                        path,
+                        range.first,
+                        range.len,
+                        activity.clone(),
+                        out.max_rate,
+                    )
+                    .await
+                    .map_err(|e| Error::local(path, e))?;
+                    read_error = Some((err, path));
+                    ReqBody::File(Box::new(body))
+                }
+            }
+        };
+        let req = b
+            .body(body)
+            .map_err(|e| Error::Usage(format!("request for {}: {e}", out.url)))?;
+        let sent = self.inner.http.send(req, activity, tick).await;
+        // A failure to read the file surfaces from hyper as a generic body error: report the
+        // real cause instead.
+        if let Some((slot, path)) = read_error {
+            if let Some(e) = slot.lock().ok().and_then(|mut s| s.take()) {
+                return Err(Error::local(path, e));
+            }
+        }
+        let resp = sent?;
+        let status = resp.status().as_u16();
+        let (parts, mut body) = resp.into_parts();
+        let url = out.url.to_string();
+        discard_body(&mut body, &url, self.inner.http.idle_timeout()).await;
+        Ok(Ack {
+            status,
+            headers: parts.headers,
+            url,
+            packet: out.packet,
+        })
+    }
+}
+
+/// `Content-Name` for a local file: the bare name, if it is one the protocol allows
+/// (≤ 260 characters, none of `\ / : * ? " < > |`, visible ASCII so it fits a header).
+pub(crate) fn content_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let ok = !name.is_empty()
+        && name.len() <= 260
+        && name
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && !b"\\/:*?\"<>|".contains(&b));
+    ok.then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_names() {
+        assert_eq!(
+            content_name(Path::new("/tmp/rfc2119.txt")).as_deref(),
+            Some("rfc2119.txt")
+        );
+        assert_eq!(content_name(Path::new("/tmp/a:b")), None);
+        assert_eq!(content_name(Path::new("/tmp/ä.txt")), None);
+        assert_eq!(content_name(Path::new("/")), None);
+    }
+}

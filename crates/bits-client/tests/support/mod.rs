@@ -1,0 +1,288 @@
+//! A tiny scripted HTTP/1.1 server for client tests: every request is recorded and answered
+//! by a closure with exactly the bytes a test wants (header case, missing headers, IIS quirks).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bits_client::{Checkpoint, Event, Observer};
+
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub target: String,
+    /// Names as sent (case preserved).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn packet(&self) -> &str {
+        self.header("BITS-Packet-Type").unwrap_or("")
+    }
+
+    /// `(first, len, total)` of a Fragment's Content-Range.
+    pub fn range(&self) -> (u64, u64, u64) {
+        let v = self.header("Content-Range").expect("Content-Range");
+        let r = bits_proto::ContentRange::parse(v).expect("valid Content-Range");
+        (r.first, r.len, r.total)
+    }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub close: bool,
+}
+
+impl Resp {
+    /// A response with these header lines verbatim; `Content-Length` is added if missing.
+    pub fn new(status: u16, headers: &[(&str, &str)]) -> Resp {
+        Resp {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// A plain `BITS-Packet-Type: Ack` with extra headers.
+    pub fn ack(status: u16, extra: &[(&str, &str)]) -> Resp {
+        let mut h = vec![("BITS-Packet-Type", "Ack")];
+        h.extend_from_slice(extra);
+        Resp::new(status, &h)
+    }
+
+    pub fn body(mut self, body: Vec<u8>) -> Resp {
+        self.body = body;
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        let mut has_len = false;
+        for (k, v) in &self.headers {
+            has_len |= k.eq_ignore_ascii_case("content-length")
+                || k.eq_ignore_ascii_case("transfer-encoding");
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !has_len {
+            out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        if self.close {
+            out.push_str("Connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        let mut b = out.into_bytes();
+        b.extend_from_slice(&self.body);
+        b
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        302 => "Found",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        413 => "Request Entity Too Large",
+        416 => "Requested Range Not Satisfiable",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+type Handler = Box<dyn FnMut(&Req) -> Resp + Send>;
+
+/// A running fake server; stopped on drop.
+pub struct Fake {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Req>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Fake {
+    pub fn start(handler: impl FnMut(&Req) -> Resp + Send + 'static) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Box::new(handler)));
+        let (log2, stop2) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (log, handler) = (log2.clone(), handler.clone());
+                std::thread::spawn(move || serve(conn, &log, &handler));
+            }
+        });
+        Fake { addr, log, stop }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn requests(&self) -> Vec<Req> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Packet types (or `GET <target>`) in arrival order.
+    pub fn sequence(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| {
+                if r.method == "BITS_POST" {
+                    r.packet().to_string()
+                } else {
+                    format!("{} {}", r.method, r.target)
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(conn: TcpStream, log: &Mutex<Vec<Req>>, handler: &Mutex<Handler>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut write = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (method, target) = (method.to_string(), target.to_string());
+        let mut headers = Vec::new();
+        loop {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                return;
+            }
+            let l = l.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let req = Req {
+            method,
+            target,
+            headers,
+            body,
+        };
+        log.lock().unwrap().push(req.clone());
+        let resp = (handler.lock().unwrap())(&req);
+        if write.write_all(&resp.bytes()).is_err() || resp.close {
+            return;
+        }
+    }
+}
+
+/// Records events as short strings and counts checkpoints; can stop the transfer.
+#[derive(Default)]
+pub struct Recorder {
+    pub events: Vec<String>,
+    pub checkpoints: usize,
+    pub last_upload: Option<bits_client::UploadState>,
+    pub last_download: Option<bits_client::DownloadState>,
+    /// Stop (Break) once a progress event reaches this many bytes.
+    pub stop_at: Option<u64>,
+}
+
+impl Observer for Recorder {
+    fn checkpoint(&mut self, state: Checkpoint<'_>) -> std::io::Result<()> {
+        self.checkpoints += 1;
+        match state {
+            Checkpoint::Upload(u) => self.last_upload = Some(u.clone()),
+            Checkpoint::Download(d) => self.last_download = Some(d.clone()),
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: &Event<'_>) -> ControlFlow<()> {
+        let text = match event {
+            Event::Progress { done, .. } => {
+                if self.stop_at.is_some_and(|s| *done >= s) {
+                    return ControlFlow::Break(());
+                }
+                return ControlFlow::Continue(());
+            }
+            Event::SessionCreated { .. } => "created".to_string(),
+            Event::Resumed { offset, .. } => format!("resumed {offset}"),
+            Event::Retrying { .. } => "retrying".to_string(),
+            Event::FragmentShrunk { size } => format!("shrunk {size}"),
+            Event::Restarted { .. } => "restarted".to_string(),
+            Event::HostId { url } => format!("host-id {url}"),
+            Event::HostIdFallback { url } => format!("fallback {url}"),
+            Event::FetchingReply { url } => format!("reply {url}"),
+            Event::DownloadRestarted { .. } => "download-restarted".to_string(),
+            Event::Closing => "closing".to_string(),
+            _ => "other".to_string(),
+        };
+        self.events.push(text);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
