@@ -1,4 +1,4 @@
-//! SIGKILL the server at random moments while clients upload, restart it, and check that
+//! SIGKILL the server at random moments while bits-client uploads, restart it, and check that
 //! every upload resumes from the server's `BITS-Received-Content-Range` and lands byte for byte,
 //! and that the server never holds fewer bytes than it has acknowledged.
 //! `BITS_CRASH_UPLOADS` sets the number of uploads (default 60).
@@ -9,7 +9,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Rng(u64);
 
@@ -38,135 +38,83 @@ struct Tally {
     retries: usize,
 }
 
-fn bits(
-    conn: &mut Conn,
-    path: &str,
-    packet: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Response> {
-    let mut h = vec![("BITS-Packet-Type", packet)];
-    h.extend_from_slice(headers);
-    conn.try_send("BITS_POST", path, &h, body)
+/// Watches an upload the way the durability promise is stated: within one session, the
+/// acknowledged offset never goes down, and the session is never lost.
+struct Witness<'a> {
+    path: String,
+    session: Option<String>,
+    acked: u64,
+    tally: &'a Mutex<Tally>,
 }
 
-/// Uploads `data` the way a BITS client does: on any transport failure reconnect and go on
-/// from the offset the server reports.
-fn resilient_upload(addr: SocketAddr, path: &str, data: &[u8], frag: usize, tally: &Mutex<Tally>) {
-    let total = data.len() as u64;
-    let mut sid: Option<String> = None;
-    let mut acked = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let note = |f: &dyn Fn(&mut Tally)| f(&mut tally.lock().unwrap());
-    'connect: loop {
-        assert!(
-            Instant::now() < deadline,
-            "{path}: no progress for too long"
-        );
-        let Ok(mut conn) = Conn::try_new(addr) else {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        };
-        loop {
-            let Some(id) = sid.clone() else {
-                match bits(
-                    &mut conn,
-                    path,
-                    "Create-Session",
-                    &[("BITS-Supported-Protocols", PROTOCOL)],
-                    b"",
-                ) {
-                    Ok(r) if r.status == 200 => sid = Some(r.session()),
-                    Ok(r) if r.status == 503 => std::thread::sleep(Duration::from_millis(20)),
-                    Ok(r) => panic!("{path}: Create-Session got {} {:?}", r.status, r.headers),
-                    Err(_) => {
-                        note(&|t| t.retries += 1);
-                        continue 'connect;
-                    }
-                }
-                continue;
-            };
-            if total > 0 && acked == total {
-                match bits(
-                    &mut conn,
-                    path,
-                    "Close-Session",
-                    &[("BITS-Session-Id", &id)],
-                    b"",
-                ) {
-                    Ok(r) if r.status == 200 => return,
-                    Ok(r) if r.status == 503 => continue,
-                    Ok(r) => panic!("{path}: Close-Session got {} {:?}", r.status, r.headers),
-                    Err(_) => {
-                        note(&|t| t.retries += 1);
-                        continue 'connect;
-                    }
-                }
+impl bits_client::Observer for Witness<'_> {
+    fn checkpoint(&mut self, state: bits_client::Checkpoint<'_>) -> std::io::Result<()> {
+        if let bits_client::Checkpoint::Upload(u) = state {
+            let session = u.session.as_ref().map(|s| s.id.clone());
+            if session.is_some() && session == self.session && u.acked < self.acked {
+                let msg = format!(
+                    "{}: server reports {} after acknowledging {}",
+                    self.path, u.acked, self.acked
+                );
+                self.tally.lock().unwrap().lost_acknowledged.push(msg);
             }
-            let end = (acked + frag as u64).min(total);
-            let range = if total == 0 {
-                "bytes */0".to_string()
-            } else {
-                format!("bytes {}-{}/{}", acked, end - 1, total)
-            };
-            let body = &data[acked as usize..end as usize];
-            match bits(
-                &mut conn,
-                path,
-                "Fragment",
-                &[("BITS-Session-Id", &id), ("Content-Range", &range)],
-                body,
-            ) {
-                Ok(r) if r.status == 200 || r.status == 416 => {
-                    let received = r.received().expect("received on fragment Ack");
-                    if received < acked || r.status == 416 {
-                        let msg = format!(
-                            "{path}: server reports {received} after acknowledging {acked}"
-                        );
-                        note(&|t| t.lost_acknowledged.push(msg.clone()));
-                        return;
-                    }
-                    acked = received;
-                    if total == 0 {
-                        // The empty upload is complete once its one fragment is acknowledged.
-                        return close_empty(&mut conn, addr, path, &id, tally);
-                    }
-                }
-                Ok(r) if r.status == 503 => std::thread::sleep(Duration::from_millis(20)),
-                Ok(r) if r.header("bits-error-code") == Some("0x8020001F") => {
-                    let msg = format!("{path}: session {id} lost at {acked}/{total}");
-                    note(&|t| t.lost_sessions.push(msg.clone()));
-                    return;
-                }
-                Ok(r) => panic!("{path}: Fragment got {} {:?}", r.status, r.headers),
-                Err(_) => {
-                    note(&|t| t.retries += 1);
-                    continue 'connect;
-                }
-            }
+            self.session = session;
+            self.acked = u.acked;
         }
+        Ok(())
+    }
+
+    fn event(&mut self, event: &bits_client::Event<'_>) -> std::ops::ControlFlow<()> {
+        match event {
+            bits_client::Event::Retrying { .. } => self.tally.lock().unwrap().retries += 1,
+            bits_client::Event::Restarted { error } => {
+                let msg = format!("{}: session lost at {} ({error})", self.path, self.acked);
+                self.tally.lock().unwrap().lost_sessions.push(msg);
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::Continue(())
     }
 }
 
-fn close_empty(conn: &mut Conn, addr: SocketAddr, path: &str, id: &str, tally: &Mutex<Tally>) {
-    let mut first = true;
-    loop {
-        if !first {
-            match Conn::try_new(addr) {
-                Ok(c) => *conn = c,
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-            }
-        }
-        first = false;
-        match bits(conn, path, "Close-Session", &[("BITS-Session-Id", id)], b"") {
-            Ok(r) if r.status == 200 => return,
-            Ok(r) if r.status == 503 => continue,
-            Ok(r) => panic!("{path}: Close-Session got {} {:?}", r.status, r.headers),
-            Err(_) => tally.lock().unwrap().retries += 1,
-        }
+/// Uploads `data` with the bits-client library, which reconnects after every transport failure
+/// (Ping, then a fragment from the offset the server reports), as the Windows client does.
+fn resilient_upload(addr: SocketAddr, name: &str, data: &[u8], frag: usize, tally: &Mutex<Tally>) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, data).unwrap();
+    let url = bits_client::Url::parse(&format!("http://{addr}/upload/{name}")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = bits_client::Client::builder()
+        .retry(bits_client::RetryPolicy::quick(
+            1000,
+            Duration::from_millis(20),
+        ))
+        .connect_timeout(Duration::from_secs(2))
+        .idle_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut state = bits_client::UploadState::new(&file, &url, frag as u64).unwrap();
+    let mut witness = Witness {
+        path: format!("/upload/{name}"),
+        session: None,
+        acked: 0,
+        tally,
+    };
+    let upload = async {
+        tokio::time::timeout(
+            Duration::from_secs(180),
+            client.upload(&mut state, &mut witness),
+        )
+        .await
+    };
+    match rt.block_on(upload) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("{name}: upload failed: {e}"),
+        Err(_) => panic!("{name}: no completion within 180 s"),
     }
 }
 
@@ -220,7 +168,7 @@ fn sigkill_at_random_points_loses_nothing() {
                     let frag = 1024 + rng.below(256 << 10) as usize;
                     let data = pattern(size, i as u64 + 1);
                     let name = format!("f{i}.bin");
-                    resilient_upload(addr, &format!("/upload/{name}"), &data, frag, &tally);
+                    resilient_upload(addr, &name, &data, frag, &tally);
                     let mut t = tally.lock().unwrap();
                     match std::fs::read(root.join(&name)) {
                         Ok(got) if got == data => t.completed += 1,
