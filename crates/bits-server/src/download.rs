@@ -41,7 +41,8 @@ pub struct Representation {
 impl Representation {
     pub fn of(meta: &std::fs::Metadata) -> Representation {
         use std::os::unix::fs::MetadataExt;
-        let secs = meta.mtime().max(0) as u64;
+        // HTTP dates end at 9999-12-31; a file stamped later must not break serving it.
+        let secs = (meta.mtime().max(0) as u64).min(253_402_300_799);
         Representation {
             len: meta.len(),
             modified: UNIX_EPOCH + std::time::Duration::from_secs(secs),
@@ -131,6 +132,10 @@ pub fn plan(headers: &HeaderMap, rep: &Representation) -> Plan {
             (start <= end && start < len).then_some(start..end + 1)
         })
         .collect();
+    // Overlapping ranges could ask for the file many times over in one answer: send it once.
+    if out.iter().map(|r| r.end - r.start).sum::<u64>() > len {
+        return Plan::Full;
+    }
     match out.len() {
         0 => Plan::Unsatisfiable,
         1 => Plan::Single(out.remove(0)),
