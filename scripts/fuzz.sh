@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   (default 60 s; default all targets)
 #
 # Fuzz projects: crates/bits-proto/fuzz (parse_headers, classify) and crates/bits-server/fuzz
-# (resolve_path, download_plan, notification_url). Naming targets runs only those.
+# (resolve_path, download_plan, notification_url, basic_auth). Naming targets runs only those.
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer, coverage instrumentation); with only a
 # stable toolchain, RUSTC_BOOTSTRAP=1 unlocks them. Corpora grow under <crate>/fuzz/corpus/<target>
@@ -27,6 +27,7 @@ all=(
   bits-server:resolve_path:4096
   bits-server:download_plan:4096
   bits-server:notification_url:4096
+  bits-server:basic_auth:8192
 )
 
 selected=()
