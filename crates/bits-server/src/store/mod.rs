@@ -3,6 +3,7 @@
 //! the local file system one.
 
 pub mod fs;
+pub mod s3;
 
 use std::io;
 use std::pin::Pin;
@@ -107,6 +108,12 @@ pub enum StoreError {
     Unsupported(&'static str),
     #[error("storage I/O failed: {0}")]
     Io(io::Error),
+    /// A conditional write lost a race: the stored object changed since this node last read
+    /// or wrote it (another node of a farm sharing the store). Only the object-storage backend
+    /// reports it; the engine serialises requests per session on one node, so today it only
+    /// surfaces as a storage error. Retrying after reloading the record is the caller's job.
+    #[error("the session record was changed concurrently: {0}")]
+    Conflict(String),
 }
 
 impl From<io::Error> for StoreError {

@@ -1,0 +1,791 @@
+//! Object-storage backend (S3 API, checked against SeaweedFS): records and upload data are
+//! objects below a key prefix, published by a server-side copy.
+//!
+//! ```text
+//! <prefix>/sessions/<uuid>/meta.json        the SessionRecord (create-only put, then If-Match updates)
+//! <prefix>/sessions/<uuid>/parts/<o>-<l>-<r> one object per fragment write: bytes [o, o+l), both
+//!                                            20-digit decimal, r random hex; only complete bodies
+//! <prefix>/sessions/<uuid>/commit.tmp       the composed upload, copied to the destination
+//! <prefix>/sessions/<uuid>/reply            the server application's reply
+//! <dest.root>/<dest.path>                   the published upload (dest.root is a key prefix here)
+//! ```
+//!
+//! Objects cannot be appended to, so every fragment write is its own object, and `held`
+//! reconstructs the contiguous coverage from the part names. BITS data for a range never
+//! changes, so overlapping or duplicate parts are harmless.
+//!
+//! Keys are object_store paths: the prefix and the destination root are split into whole
+//! `/`-separated segments (empty segments dropped), because object_store lists by segment.
+//!
+//! Concurrency: `save` is a compare-and-swap on the ETag this store last saw for the record
+//! (a lost race gives [`StoreError::Conflict`]). The engine serialises requests per session on
+//! one node only; handling `Conflict` farm-wide (reload and retry in the engine) is the next
+//! step before several nodes may share one bucket.
+//!
+//! Abandoned multipart uploads (a crash in the middle of a write) are not cleaned up here:
+//! configure a bucket lifecycle rule that aborts incomplete multipart uploads.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, ErrorKind};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bits_proto::SessionId;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3CopyIfNotExists};
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BodyStream, ByteStream, DataStore, Destination, DestinationState, SessionRecord, SessionStore,
+    StoreError, WriteOutcome,
+};
+
+/// Multipart part size: the S3 minimum for every part but the last. Memory per streamed body
+/// is bounded by about `CHUNK * (IN_FLIGHT + 1)`.
+const CHUNK: usize = 5 << 20;
+/// Parts uploaded concurrently per body.
+const IN_FLIGHT: usize = 2;
+/// User metadata (`x-amz-meta-bits-session`) on a published object: which session published
+/// it, so that a commit repeated after a crash recognises its own earlier publication.
+const SESSION_TAG: &str = "bits-session";
+
+/// Where the object-storage backend keeps its objects.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:8333`; `None` or empty for the AWS regional endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// Key prefix for the session objects (whole path segments, e.g. `bits` or `bits/`).
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Allow a plain `http://` endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+pub struct S3Store {
+    store: Arc<AmazonS3>,
+    bucket: String,
+    /// The key prefix, as a path.
+    root: Path,
+    /// The ETag of each record as this store last wrote or read it, for conditional saves.
+    etags: Mutex<HashMap<SessionId, String>>,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.root.as_ref())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One fragment object: bytes `[offset, offset + len)` of the upload.
+#[derive(Clone, Debug)]
+struct Part {
+    path: Path,
+    offset: u64,
+    len: u64,
+}
+
+impl Part {
+    fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len)
+    }
+}
+
+/// Bytes `[skip, skip + take)` of one part object.
+#[derive(Clone, Debug)]
+struct Segment {
+    path: Path,
+    skip: u64,
+    take: u64,
+}
+
+/// Chooses parts covering `[0, limit)` contiguously from offset 0 (as far as they reach):
+/// at each step the part starting at or before the covered length that reaches furthest.
+/// `parts` must be sorted by offset. Returns the covered length and the byte ranges to read.
+fn plan(parts: &[Part], limit: u64) -> (u64, Vec<Segment>) {
+    let (mut covered, mut segments, mut i) = (0u64, Vec::new(), 0usize);
+    while covered < limit {
+        let mut best: Option<&Part> = None;
+        while let Some(p) = parts.get(i).filter(|p| p.offset <= covered) {
+            let further = match best {
+                Some(b) => p.end() > b.end(),
+                None => true,
+            };
+            if further {
+                best = Some(p);
+            }
+            i += 1;
+        }
+        match best.filter(|p| p.end() > covered) {
+            Some(p) => {
+                let take = p.end().min(limit) - covered;
+                segments.push(Segment {
+                    path: p.path.clone(),
+                    skip: covered - p.offset,
+                    take,
+                });
+                covered += take;
+            }
+            None => break,
+        }
+    }
+    (covered, segments)
+}
+
+/// `<offset>-<len>-<random>` as written by `write`.
+fn parse_part_name(name: &str) -> Option<(u64, u64)> {
+    let mut it = name.splitn(3, '-');
+    let offset = it.next()?.parse().ok()?;
+    let len = it.next()?.parse().ok()?;
+    it.next()?;
+    Some((offset, len))
+}
+
+fn os_err(e: object_store::Error) -> StoreError {
+    if matches!(e, object_store::Error::Precondition { .. }) {
+        return StoreError::Conflict(e.to_string());
+    }
+    StoreError::Io(io::Error::from(e))
+}
+
+fn early_end() -> StoreError {
+    StoreError::Body(io::Error::new(ErrorKind::UnexpectedEof, "body ended early"))
+}
+
+/// The next non-empty chunk of `body`, cut to at most `room` bytes.
+async fn next_chunk(body: &mut BodyStream<'_>, room: u64) -> Result<Option<Bytes>, StoreError> {
+    loop {
+        match body.next().await {
+            Some(Ok(chunk)) if chunk.is_empty() => continue,
+            Some(Ok(mut chunk)) => {
+                if (chunk.len() as u64) > room {
+                    chunk.truncate(room as usize);
+                }
+                return Ok(Some(chunk));
+            }
+            Some(Err(e)) => return Err(StoreError::Body(e)),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Makes an object_store stream `Sync` (as [`ByteStream`] requires): the stream is only ever
+/// polled through `&mut`, so the mutex is never locked.
+struct SyncStream(Mutex<BoxStream<'static, io::Result<Bytes>>>);
+
+impl Stream for SyncStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let inner = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        inner.as_mut().poll_next(cx)
+    }
+}
+
+impl S3Store {
+    /// Builds the client (no request is made). Installs ring as the process-wide rustls
+    /// crypto provider if none is installed yet: the https client needs one.
+    pub fn new(cfg: S3Config) -> Result<S3Store, StoreError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_access_key_id(&cfg.access_key)
+            .with_secret_access_key(&cfg.secret_key)
+            .with_allow_http(cfg.allow_http)
+            .with_virtual_hosted_style_request(false)
+            .with_copy_if_not_exists(S3CopyIfNotExists::Header(
+                "If-None-Match".into(),
+                "*".into(),
+            ));
+        if let Some(endpoint) = cfg.endpoint.as_deref().filter(|e| !e.is_empty()) {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| StoreError::Io(io::Error::new(ErrorKind::InvalidInput, e)))?;
+        Ok(S3Store {
+            store: Arc::new(store),
+            bucket: cfg.bucket,
+            root: Path::from(cfg.prefix.as_str()),
+            etags: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn below(base: &Path, rest: &str) -> Path {
+        let mut p = base.clone();
+        p.extend(rest.split('/'));
+        p
+    }
+
+    fn sessions(&self) -> Path {
+        Self::below(&self.root, "sessions")
+    }
+
+    fn dir(&self, id: SessionId) -> Path {
+        Self::below(&self.sessions(), &id.as_uuid().hyphenated().to_string())
+    }
+
+    fn meta(&self, id: SessionId) -> Path {
+        Self::below(&self.dir(id), "meta.json")
+    }
+
+    fn parts_dir(&self, id: SessionId) -> Path {
+        Self::below(&self.dir(id), "parts")
+    }
+
+    fn reply(&self, id: SessionId) -> Path {
+        Self::below(&self.dir(id), "reply")
+    }
+
+    fn commit_tmp(&self, id: SessionId) -> Path {
+        Self::below(&self.dir(id), "commit.tmp")
+    }
+
+    fn dest_key(dest: &Destination) -> Path {
+        Self::below(&Path::from(dest.root.as_str()), &dest.path)
+    }
+
+    fn etags(&self) -> MutexGuard<'_, HashMap<SessionId, String>> {
+        self.etags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, id: SessionId, etag: Option<String>) {
+        let mut etags = self.etags();
+        match etag {
+            Some(e) => etags.insert(id, e),
+            None => etags.remove(&id),
+        };
+    }
+
+    fn record_json(rec: &SessionRecord) -> Result<PutPayload, StoreError> {
+        serde_json::to_vec_pretty(rec)
+            .map(PutPayload::from)
+            .map_err(|e| StoreError::Corrupt(rec.id.to_string(), e.to_string()))
+    }
+
+    async fn delete_one(&self, path: &Path) -> Result<(), StoreError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    /// Deletes every object below `prefix`.
+    async fn delete_below(&self, prefix: &Path) -> Result<(), StoreError> {
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(os_err)?;
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut deleted = self
+            .store
+            .delete_stream(stream::iter(paths.into_iter().map(Ok)).boxed());
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(os_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The session's fragment objects, sorted by offset.
+    async fn parts(&self, id: SessionId) -> Result<Vec<Part>, StoreError> {
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&self.parts_dir(id)))
+            .try_collect()
+            .await
+            .map_err(os_err)?;
+        let mut parts: Vec<Part> = objects
+            .into_iter()
+            .filter_map(|m| {
+                let (offset, len) = parse_part_name(m.location.filename()?)?;
+                // The object's real size wins should it ever disagree with its name.
+                let len = len.min(m.size);
+                Some(Part {
+                    path: m.location,
+                    offset,
+                    len,
+                })
+            })
+            .filter(|p| p.len > 0)
+            .collect();
+        parts.sort_by_key(|p| (p.offset, std::cmp::Reverse(p.len)));
+        Ok(parts)
+    }
+
+    /// The bytes of `segments`, one ranged GET after another.
+    fn read_segments(&self, segments: Vec<Segment>) -> BoxStream<'static, io::Result<Bytes>> {
+        let store = self.store.clone();
+        stream::iter(segments)
+            .then(move |seg| {
+                let store = store.clone();
+                async move {
+                    let opts = GetOptions {
+                        range: Some(GetRange::Bounded(seg.skip..seg.skip + seg.take)),
+                        ..GetOptions::default()
+                    };
+                    store
+                        .get_opts(&seg.path, opts)
+                        .await
+                        .map(|r| r.into_stream())
+                }
+            })
+            .try_flatten()
+            .map_err(io::Error::from)
+            .boxed()
+    }
+
+    /// Whether an object exists at `key`, and if so whether session `id` published it.
+    async fn published(&self, key: &Path, id: SessionId) -> Result<Option<bool>, StoreError> {
+        let opts = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(key, opts).await {
+            Ok(r) => {
+                let ours = r
+                    .attributes
+                    .get(&Attribute::Metadata(SESSION_TAG.into()))
+                    .is_some_and(|v| v.as_ref() == id.as_uuid().hyphenated().to_string());
+                Ok(Some(ours))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    /// Streams `body` into one new object at `key`. With `limit`, exactly that many bytes must
+    /// arrive (more are not read); otherwise the body is read to its end. Nothing is stored
+    /// unless the whole body arrived. A body that fits in one chunk is a single PutObject,
+    /// a larger one a multipart upload with backpressure.
+    async fn upload(
+        &self,
+        key: &Path,
+        mut body: BodyStream<'_>,
+        limit: Option<u64>,
+        attributes: Attributes,
+    ) -> Result<u64, StoreError> {
+        let want = limit.unwrap_or(u64::MAX);
+        let (mut head, mut got, mut ended) = (Vec::new(), 0u64, false);
+        while got < want && got < CHUNK as u64 {
+            match next_chunk(&mut body, want - got).await? {
+                Some(chunk) => {
+                    got += chunk.len() as u64;
+                    head.push(chunk);
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ended && limit.is_some() {
+            return Err(early_end());
+        }
+        if ended || got >= want {
+            let opts = PutOptions {
+                attributes,
+                ..PutOptions::default()
+            };
+            self.store
+                .put_opts(key, head.into_iter().collect(), opts)
+                .await
+                .map_err(os_err)?;
+            return Ok(got);
+        }
+        let opts = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let upload = self
+            .store
+            .put_multipart_opts(key, opts)
+            .await
+            .map_err(os_err)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
+        for chunk in head {
+            writer.put(chunk);
+        }
+        let failure = loop {
+            if got >= want {
+                break None;
+            }
+            let chunk = match next_chunk(&mut body, want - got).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) if limit.is_some() => break Some(early_end()),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            };
+            if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
+                break Some(os_err(e));
+            }
+            got += chunk.len() as u64;
+            writer.put(chunk);
+        };
+        if let Some(e) = failure {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(key = %key, error = %abort, "could not abort a multipart upload");
+            }
+            return Err(e);
+        }
+        writer.finish().await.map_err(os_err)?;
+        Ok(got)
+    }
+
+    /// Publishes an empty upload (no parts exist for it).
+    async fn commit_empty(
+        &self,
+        id: SessionId,
+        dest: &Path,
+        overwrite: bool,
+    ) -> Result<(), StoreError> {
+        if self.published(dest, id).await? == Some(true) {
+            return Ok(());
+        }
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata(SESSION_TAG.into()),
+            id.as_uuid().hyphenated().to_string().into(),
+        );
+        let opts = PutOptions {
+            mode: if overwrite {
+                PutMode::Overwrite
+            } else {
+                PutMode::Create
+            },
+            attributes,
+            ..PutOptions::default()
+        };
+        match self.store.put_opts(dest, PutPayload::new(), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::DestinationExists),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for S3Store {
+    async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.meta(rec.id), Self::record_json(rec)?, opts)
+            .await
+        {
+            Ok(r) => {
+                self.remember(rec.id, r.e_tag);
+                Ok(())
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::Io(io::Error::new(
+                ErrorKind::AlreadyExists,
+                format!("session {} exists", rec.id),
+            ))),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let before = self.etags().get(&id).cloned();
+        let got = match self.store.get(&self.meta(id)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(os_err(e)),
+        };
+        let etag = got.meta.e_tag.clone();
+        let bytes = got.bytes().await.map_err(os_err)?;
+        let rec = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))?;
+        // Take the ETag read here only if no save finished meanwhile: a slow read must not
+        // replace a newer ETag with an older one.
+        let mut etags = self.etags();
+        if etags.get(&id) == before.as_ref() {
+            match etag {
+                Some(e) => etags.insert(id, e),
+                None => etags.remove(&id),
+            };
+        }
+        Ok(Some(rec))
+    }
+
+    /// Conditional on the ETag last seen for the record when there is one (else a plain
+    /// overwrite); a lost race is [`StoreError::Conflict`] and keeps the stale ETag, so later
+    /// saves fail too until the record is loaded again.
+    async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        let known = self.etags().get(&rec.id).cloned();
+        let mode = match known {
+            Some(e_tag) => PutMode::Update(UpdateVersion {
+                e_tag: Some(e_tag),
+                version: None,
+            }),
+            None => PutMode::Overwrite,
+        };
+        let r = self
+            .store
+            .put_opts(&self.meta(rec.id), Self::record_json(rec)?, mode.into())
+            .await
+            .map_err(os_err)?;
+        self.remember(rec.id, r.e_tag);
+        Ok(())
+    }
+
+    async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
+        self.delete_below(&self.dir(id)).await?;
+        self.etags().remove(&id);
+        Ok(())
+    }
+
+    /// The `sessions/<uuid>/` prefixes. On a filer-backed store such as SeaweedFS an emptied
+    /// prefix can stay listed for a while after `remove`: such an id has no record, which
+    /// callers already treat as nothing (left) to do.
+    async fn list(&self) -> Result<Vec<SessionId>, StoreError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.sessions()))
+            .await
+            .map_err(os_err)?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|n| SessionId::parse(n).ok()))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl DataStore for S3Store {
+    /// Object stores have no directories: a destination is a file or absent.
+    async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
+        match self.store.head(&Self::dest_key(dest)).await {
+            Ok(_) => Ok(DestinationState::File),
+            Err(object_store::Error::NotFound { .. }) => Ok(DestinationState::Absent),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    async fn allocate(&self, _id: SessionId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// All or nothing: `durable` is `len` when the whole body was stored, else 0.
+    async fn write(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        body: BodyStream<'_>,
+    ) -> WriteOutcome {
+        if len == 0 {
+            return WriteOutcome {
+                durable: 0,
+                error: None,
+            };
+        }
+        let name = format!("{offset:020}-{len:020}-{}", uuid::Uuid::new_v4().simple());
+        let key = Self::below(&self.parts_dir(id), &name);
+        match self.upload(&key, body, Some(len), Attributes::new()).await {
+            Ok(durable) => WriteOutcome {
+                durable,
+                error: None,
+            },
+            Err(e) => WriteOutcome {
+                durable: 0,
+                error: Some(e),
+            },
+        }
+    }
+
+    async fn held(&self, id: SessionId) -> Result<u64, StoreError> {
+        Ok(plan(&self.parts(id).await?, u64::MAX).0)
+    }
+
+    async fn commit(
+        &self,
+        id: SessionId,
+        total: u64,
+        dest: &Destination,
+        overwrite: bool,
+    ) -> Result<(), StoreError> {
+        let target = Self::dest_key(dest);
+        if total == 0 {
+            return self.commit_empty(id, &target, overwrite).await;
+        }
+        let parts = self.parts(id).await?;
+        if parts.is_empty() {
+            // Published by an earlier attempt that crashed before recording it.
+            return match self.published(&target, id).await? {
+                Some(_) => Ok(()),
+                None => Err(StoreError::DataMissing),
+            };
+        }
+        // Published, but the parts not yet deleted: only clean up.
+        if self.published(&target, id).await? != Some(true) {
+            let (covered, segments) = plan(&parts, total);
+            if covered < total {
+                return Err(StoreError::DataMissing);
+            }
+            let tmp = self.commit_tmp(id);
+            let mut attributes = Attributes::new();
+            attributes.insert(
+                Attribute::Metadata(SESSION_TAG.into()),
+                id.as_uuid().hyphenated().to_string().into(),
+            );
+            let mut source = self.read_segments(segments);
+            self.upload(&tmp, source.as_mut(), Some(total), attributes)
+                .await
+                // Here the "body" is our own objects: a failure is a storage error.
+                .map_err(|e| match e {
+                    StoreError::Body(e) => StoreError::Io(e),
+                    e => e,
+                })?;
+            let copied = if overwrite {
+                self.store.copy(&tmp, &target).await
+            } else {
+                self.store.copy_if_not_exists(&tmp, &target).await
+            };
+            let published = match copied {
+                Ok(()) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    Err(StoreError::DestinationExists)
+                }
+                Err(e) => Err(os_err(e)),
+            };
+            let removed = self.delete_one(&tmp).await;
+            published?;
+            removed?;
+        }
+        self.delete_below(&self.parts_dir(id)).await
+    }
+
+    async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
+        self.delete_below(&self.parts_dir(id)).await?;
+        self.delete_one(&self.reply(id)).await?;
+        self.delete_one(&self.commit_tmp(id)).await
+    }
+
+    async fn read_upload(&self, id: SessionId) -> Result<(u64, ByteStream), StoreError> {
+        let parts = self.parts(id).await?;
+        if parts.is_empty() {
+            return Err(StoreError::DataMissing);
+        }
+        let (len, segments) = plan(&parts, u64::MAX);
+        let stream = SyncStream(Mutex::new(self.read_segments(segments)));
+        Ok((len, Box::new(stream)))
+    }
+
+    async fn store_reply(&self, id: SessionId, body: BodyStream<'_>) -> Result<u64, StoreError> {
+        self.upload(&self.reply(id), body, None, Attributes::new())
+            .await
+    }
+
+    async fn remove_reply(&self, id: SessionId) -> Result<(), StoreError> {
+        self.delete_one(&self.reply(id)).await
+    }
+
+    async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError> {
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.reply(id), PutPayload::new(), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    fn local_files(&self, _id: SessionId) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(offset: u64, len: u64) -> Part {
+        Part {
+            path: Path::from(format!("p/{offset}-{len}")),
+            offset,
+            len,
+        }
+    }
+
+    fn sorted(mut parts: Vec<Part>) -> Vec<Part> {
+        parts.sort_by_key(|p| (p.offset, std::cmp::Reverse(p.len)));
+        parts
+    }
+
+    #[test]
+    fn plan_covers_contiguously() {
+        let parts = sorted(vec![part(0, 10), part(10, 5), part(30, 5)]);
+        assert_eq!(plan(&parts, u64::MAX).0, 15);
+        let parts = sorted(vec![part(0, 10), part(5, 20), part(3, 4), part(25, 1)]);
+        let (covered, segs) = plan(&parts, u64::MAX);
+        assert_eq!(covered, 26);
+        let spans: Vec<_> = segs.iter().map(|s| (s.skip, s.take)).collect();
+        assert_eq!(spans, vec![(0, 10), (5, 15), (0, 1)]);
+        let (covered, segs) = plan(&parts, 12);
+        assert_eq!(covered, 12);
+        assert_eq!(segs.iter().map(|s| s.take).sum::<u64>(), 12);
+        assert_eq!(plan(&sorted(vec![part(1, 10)]), u64::MAX).0, 0);
+        assert_eq!(plan(&[], u64::MAX).0, 0);
+    }
+
+    #[test]
+    fn part_names_round_trip() {
+        let name = format!("{:020}-{:020}-{}", 5u64, 7u64, "ab12");
+        assert_eq!(parse_part_name(&name), Some((5, 7)));
+        assert_eq!(parse_part_name("commit.tmp"), None);
+    }
+}
