@@ -7,6 +7,7 @@
 //! what went over the wire.
 
 mod common;
+use common::pki::{tls_table, Issued, Pki};
 use common::*;
 
 #[path = "apps/axum_app.rs"]
@@ -465,59 +466,11 @@ async fn download_restarts_when_the_remote_file_changed() {
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "bits-client test CA");
-        let ca = p.self_signed(&ca_key).unwrap();
-        Pki { ca, ca_key }
-    }
-
-    /// `(cert_pem, key_pem)`; a server certificate for localhost/127.0.0.1, or a client one.
-    fn issue(&self, cn: &str, server: bool) -> (String, String) {
-        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(if server {
-            vec!["localhost".to_string()]
-        } else {
-            vec![]
-        })
-        .unwrap();
-        if server {
-            p.subject_alt_names
-                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        }
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 /// A server with an HTTPS listener; `vdir` holds the vdir's auth keys.
 fn tls_server(pki: &Pki, dir: &Path, client_ca: bool, vdir: &str) -> Server {
-    let (cert, key) = pki.issue("bitsd", true);
-    std::fs::write(dir.join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("key.pem"), key).unwrap();
-    std::fs::write(dir.join("ca.pem"), pki.ca.pem()).unwrap();
-    let ca_line = if client_ca {
-        format!("client_ca = \"{}/ca.pem\"\n", dir.display())
-    } else {
-        String::new()
-    };
+    let tls = tls_table(dir, pki, client_ca);
     Server::start_with(
-        &format!(
-            "[tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n{ca_line}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n{vdir}\n",
-            d = dir.display()
-        ),
+        &format!("{tls}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n{vdir}\n"),
         false,
     )
 }
@@ -556,7 +509,7 @@ fn trusting(pki: &Pki) -> TlsOptions {
 /// caller explicitly accepts any certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_over_tls() {
-    let pki = Pki::new();
+    let pki = Pki::new("bits-client test CA");
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
     add_user(&users, "alice", "wonderland");
@@ -651,10 +604,13 @@ async fn basic_auth_over_tls() {
 /// no certificate is refused at the handshake (a typed TLS error, not a retry loop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_over_tls() {
-    let pki = Pki::new();
+    let pki = Pki::new("bits-client test CA");
     let dir = tempfile::tempdir().unwrap();
     let s = tls_server(&pki, dir.path(), true, "auth = \"client_cert\"");
-    let (cert, key) = pki.issue("carol", false);
+    let Issued {
+        cert_pem: cert,
+        key_pem: key,
+    } = pki.issue("carol", false, false);
     let data = pattern(100_000, 13);
     let file = local_file(dir.path(), "carol.bin", &data);
     let with_cert = client_with(Client::builder().tls(TlsOptions {

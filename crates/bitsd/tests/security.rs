@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64_free::basic;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use common::pki::{tls_table, Issued, Pki};
 
 const E_ACCESSDENIED: (&str, &str) = ("0x80070005", "0x5");
 const URL: &str = "/upload/a.bin";
@@ -39,51 +39,6 @@ mod base64_free {
     }
 }
 
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-struct Issued {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let ca = p.self_signed(&ca_key).unwrap();
-        Pki { ca, ca_key }
-    }
-
-    fn issue(&self, cn: &str, server: bool, expired: bool) -> Issued {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(if server {
-            vec!["localhost".to_string()]
-        } else {
-            vec![]
-        })
-        .unwrap();
-        if server {
-            p.subject_alt_names
-                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        }
-        p.distinguished_name.push(DnType::CommonName, cn);
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2001, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2002, 1, 1);
-        }
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
-
 fn pem_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -109,23 +64,6 @@ fn client_config(ca: &Pki, identity: Option<&Issued>) -> Arc<rustls::ClientConfi
             )
             .unwrap(),
     })
-}
-
-/// Writes server certificate files into `dir`; returns the `[tls]` table.
-fn tls_table(dir: &Path, pki: &Pki, client_ca: bool) -> String {
-    let server = pki.issue("bitsd test server", true, false);
-    std::fs::write(dir.join("cert.pem"), &server.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &server.key_pem).unwrap();
-    std::fs::write(dir.join("ca.pem"), pki.ca.pem()).unwrap();
-    let ca_line = if client_ca {
-        format!("client_ca = \"{}/ca.pem\"\n", dir.display())
-    } else {
-        String::new()
-    };
-    format!(
-        "[tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n{ca_line}",
-        d = dir.display()
-    )
 }
 
 fn add_user(file: &Path, user: &str, password: &str) {

@@ -2,6 +2,8 @@
 //! tiny blocking HTTP/1.1 client that can send exactly the bytes a test wants.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
