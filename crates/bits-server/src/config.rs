@@ -146,6 +146,11 @@ pub struct VdirConfig {
     pub users_file: Option<PathBuf>,
     /// Refuse requests that did not come over TLS (403).
     pub require_tls: bool,
+    /// `BITSHostId`: this node's own reachable name, sent as `BITS-Host-Id` so the client keeps
+    /// talking to this node (farms without shared storage).
+    pub host_id: Option<String>,
+    /// `BITSHostIdFallbackTimeout` in seconds (IIS default: one day).
+    pub host_id_fallback_timeout: u32,
     /// `BITSServerNotificationType`: tell a server application about each completed upload
     /// (upload-reply jobs get its answer as their reply).
     pub notification_type: NotificationType,
@@ -199,6 +204,8 @@ impl Default for VdirConfig {
             auth: crate::auth::AuthMode::Anonymous,
             users_file: None,
             require_tls: false,
+            host_id: None,
+            host_id_fallback_timeout: 86_400,
             notification_type: NotificationType::None,
             notification_url: None,
             notification_timeout: Duration::from_secs(300),
@@ -222,6 +229,8 @@ pub enum ConfigError {
     MissingNotificationUrl(String),
     #[error("vdir {0:?}: notification_url must be an http:// URL or a relative path, at most 2200 characters")]
     BadNotificationUrl(String),
+    #[error("vdir {0:?}: host_id must be a host name or IP literal of at most 300 characters")]
+    BadHostId(String),
     #[error("public_url must look like http://host[:port] or https://host[:port], without a path")]
     BadPublicUrl,
 }
@@ -267,6 +276,16 @@ impl ServerConfig {
                     {
                         return Err(ConfigError::BadNotificationUrl(p.clone()));
                     }
+                }
+            }
+            if let Some(h) = &v.host_id {
+                let ok = !h.is_empty()
+                    && h.len() <= 300
+                    && h.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                    });
+                if !ok {
+                    return Err(ConfigError::BadHostId(p.clone()));
                 }
             }
             if v.max_fragment_size == 0 {

@@ -182,3 +182,19 @@ fn item_21_missing_parent_directory_gets_404() {
     assert!(!s.root().join("missingdir").exists());
     assert!(session_dirs(&s.spool()).is_empty());
 }
+
+#[test]
+fn items_56_57_host_id_and_fallback_timeout() {
+    let s = Server::start("[[vdir]]\nhost_id = \"node1.example\"");
+    let r = s.conn().create("/upload/h.bin");
+    r.assert_ack(200, None);
+    assert_eq!(r.header("bits-host-id"), Some("node1.example"));
+    assert_eq!(r.header("bits-host-id-fallback-timeout"), Some("86400"));
+    let s = Server::start("[[vdir]]\nhost_id = \"node1.example\"\nhost_id_fallback_timeout = 110");
+    let r = s.conn().create("/upload/h.bin");
+    assert_eq!(r.header("bits-host-id-fallback-timeout"), Some("110"));
+    // Without a Host-Id neither header appears (item 11).
+    let s = Server::start("");
+    let r = s.conn().create("/upload/h.bin");
+    assert!(!r.has("bits-host-id") && !r.has("bits-host-id-fallback-timeout"));
+}

@@ -219,7 +219,13 @@ impl Engine {
             return Err(e.into());
         }
         tracing::debug!(session = %rec.id, destination = %rec.destination.path, "session created");
-        Ok(Ack::session_created(rec.id, protocol, None))
+        Ok(Ack::session_created(
+            rec.id,
+            protocol,
+            vdir.host_id
+                .clone()
+                .map(|h| (h, vdir.host_id_fallback_timeout)),
+        ))
     }
 
     async fn lock(&self, id: SessionId) -> Result<SessionGuard, BitsError> {
