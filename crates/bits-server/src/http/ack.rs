@@ -40,6 +40,10 @@ pub fn error_ack(err: &BitsError) -> Ack {
         | BitsError::SessionLimit
         | BitsError::RateLimited => Ack::error(503, HResult::http_error(503), FILE),
         BitsError::DiskFull => Ack::error(500, HResult::E_DISK_FULL, FILE),
+        // Another node changed the session first: the client retries and sees the new state.
+        BitsError::Storage(crate::store::StoreError::Conflict(_)) => {
+            Ack::error(503, HResult::http_error(503), FILE)
+        }
         BitsError::Storage(_) => Ack::error(500, HResult::E_FAIL, FILE),
         BitsError::ReplyUrlTooLong => Ack::error(400, HResult::E_INVALIDARG, FILE),
         // The application's own status is relayed so the client can judge transient vs fatal.
