@@ -20,6 +20,7 @@ pub struct Registry {
     by_id: HashMap<SessionId, OpenSession>,
     by_destination: HashMap<Destination, SessionId>,
     per_owner: HashMap<Option<String>, u64>,
+    spooled_per_owner: HashMap<Option<String>, u64>,
     spooled: u64,
 }
 
@@ -62,6 +63,7 @@ impl Registry {
             .entry(rec.destination.clone())
             .or_insert(rec.id);
         *self.per_owner.entry(rec.owner.clone()).or_default() += 1;
+        *self.spooled_per_owner.entry(rec.owner.clone()).or_default() += spooled;
         self.spooled += spooled;
         self.by_id.insert(
             rec.id,
@@ -77,6 +79,8 @@ impl Registry {
     pub fn set_spooled(&mut self, id: SessionId, bytes: u64) {
         if let Some(s) = self.by_id.get_mut(&id) {
             self.spooled = self.spooled - s.spooled + bytes;
+            let owner = self.spooled_per_owner.entry(s.owner.clone()).or_default();
+            *owner = *owner - s.spooled + bytes;
             s.spooled = bytes;
         }
     }
@@ -87,6 +91,12 @@ impl Registry {
             return;
         };
         self.spooled -= s.spooled;
+        if let Some(n) = self.spooled_per_owner.get_mut(&s.owner) {
+            *n -= s.spooled;
+            if *n == 0 {
+                self.spooled_per_owner.remove(&s.owner);
+            }
+        }
         if self.by_destination.get(&s.destination) == Some(&id) {
             self.by_destination.remove(&s.destination);
         }
@@ -139,9 +149,12 @@ mod tests {
         assert_eq!(r.holder_of(&a.destination).map(|(id, _)| id), Some(a.id));
         r.set_spooled(a.id, 100);
         assert_eq!(r.spooled(), 105);
+        assert_eq!(r.spooled_by(&Some("alice".into())), 105);
         r.remove(a.id);
         r.remove(a.id);
         assert_eq!(r.spooled(), 5);
+        assert_eq!(r.spooled_by(&Some("alice".into())), 5);
+        assert_eq!(r.spooled_by(&None), 0);
         assert_eq!(r.owned_by(&Some("alice".into())), 1);
         assert!(r.holder_of(&a.destination).is_none());
     }

@@ -39,6 +39,8 @@ pub struct Frontend {
     engine: Arc<Engine>,
     auth: Authenticator,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Requests checked against the limiter, to forget idle addresses now and then.
+    limiter_checks: std::sync::atomic::AtomicU64,
     tls: Option<Arc<TlsState>>,
 }
 
@@ -57,6 +59,7 @@ impl Frontend {
             engine,
             auth,
             limiter,
+            limiter_checks: Default::default(),
             tls,
         })
     }
@@ -94,7 +97,16 @@ impl Frontend {
 
     fn rate_limited(&self, parts: &http::request::Parts) -> bool {
         match (&self.limiter, parts.extensions.get::<PeerAddr>()) {
-            (Some(limiter), Some(PeerAddr(peer))) => limiter.check_key(&peer.ip()).is_err(),
+            (Some(limiter), Some(PeerAddr(peer))) => {
+                // Without this, one entry per client address ever seen would stay forever.
+                let n = self
+                    .limiter_checks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n % 4096 == 4095 {
+                    limiter.retain_recent();
+                }
+                limiter.check_key(&peer.ip()).is_err()
+            }
             _ => false,
         }
     }
