@@ -65,8 +65,22 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Bytes of unfinished uploads the spool may hold; beyond it fragments get the disk-full Ack.
     pub spool_quota: Option<u64>,
+    /// Where sessions and uploads live: the local file system (default) or S3-compatible
+    /// object storage shared by a farm of nodes.
+    pub storage: StorageConfig,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
+}
+
+/// The `[storage]` table: `backend = "fs"` (default) or `backend = "s3"` with the S3 keys.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum StorageConfig {
+    /// `spool_dir` for sessions, each vdir's `root` directory for uploads.
+    #[default]
+    Fs,
+    /// Sessions under the bucket's `prefix`, uploads under each vdir's `root` used as a key prefix.
+    S3(crate::store::s3::S3Config),
 }
 
 impl Default for ServerConfig {
@@ -93,6 +107,7 @@ impl Default for ServerConfig {
             rate_limit_per_ip: None,
             rate_limit_burst: 50,
             max_spool_bytes_per_identity: None,
+            storage: StorageConfig::Fs,
             vdirs: vec![VdirConfig::default()],
         }
     }
@@ -231,6 +246,8 @@ pub enum ConfigError {
     BadNotificationUrl(String),
     #[error("vdir {0:?}: host_id must be a host name or IP literal of at most 300 characters")]
     BadHostId(String),
+    #[error("vdir {0:?}: with backend = \"s3\", set download_enabled = false and notification_type = \"none\" (not yet served from object storage)")]
+    UnsupportedOnS3(String),
     #[error("public_url must look like http://host[:port] or https://host[:port], without a path")]
     BadPublicUrl,
 }
@@ -287,6 +304,11 @@ impl ServerConfig {
                 if !ok {
                     return Err(ConfigError::BadHostId(p.clone()));
                 }
+            }
+            if matches!(self.storage, StorageConfig::S3(_))
+                && (v.download_enabled || v.notification_type != NotificationType::None)
+            {
+                return Err(ConfigError::UnsupportedOnS3(p.clone()));
             }
             if v.max_fragment_size == 0 {
                 return Err(ConfigError::ZeroFragmentSize);

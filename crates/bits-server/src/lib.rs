@@ -17,15 +17,30 @@ pub use config::{ServerConfig, VdirConfig};
 pub use engine::Engine;
 pub use error::BitsError;
 
-/// Builds an engine over the local file system backend, running start-up recovery.
-pub async fn open_fs_engine(
+/// Builds an engine over the configured storage backend, running start-up recovery.
+pub async fn open_engine(
     config: Arc<ServerConfig>,
 ) -> Result<(Arc<Engine>, engine::RecoveryReport), std::io::Error> {
-    let store = Arc::new(store::fs::FsStore::open(&config.spool_dir, config.fsync)?);
-    for v in config.vdirs.iter().filter(|v| v.upload_enabled) {
-        std::fs::create_dir_all(&v.root)?;
-    }
-    let engine = Arc::new(Engine::new(config, store.clone(), store));
+    let (sessions, data): (Arc<dyn store::SessionStore>, Arc<dyn store::DataStore>) = match &config
+        .storage
+    {
+        config::StorageConfig::Fs => {
+            let fs = Arc::new(store::fs::FsStore::open(&config.spool_dir, config.fsync)?);
+            for v in config
+                .vdirs
+                .iter()
+                .filter(|v| v.upload_enabled && !v.root.to_string_lossy().contains("{user}"))
+            {
+                std::fs::create_dir_all(&v.root)?;
+            }
+            (fs.clone(), fs)
+        }
+        config::StorageConfig::S3(s3) => {
+            let s3 = Arc::new(store::s3::S3Store::new(s3.clone()).map_err(std::io::Error::other)?);
+            (s3.clone(), s3)
+        }
+    };
+    let engine = Arc::new(Engine::new(config, sessions, data));
     let report = engine.recover().await.map_err(std::io::Error::other)?;
     Ok((engine, report))
 }

@@ -150,7 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
-    let (engine, recovery) = bits_server::open_fs_engine(config.clone())
+    let (engine, recovery) = bits_server::open_engine(config.clone())
         .await
         .with_context(|| format!("opening spool {}", config.spool_dir.display()))?;
     tracing::info!(

@@ -146,12 +146,8 @@ impl Engine {
     ) -> Result<Ack, BitsError> {
         let root = vdir.root_for(owner.as_deref()).ok_or(BitsError::NotOwner)?;
         if root != vdir.root {
-            // A per-user root ({user} in the vdir root) is created on first use.
-            let dir = root.clone();
-            tokio::task::spawn_blocking(move || std::fs::create_dir_all(dir))
-                .await
-                .map_err(|e| BitsError::Storage(StoreError::Io(std::io::Error::other(e))))?
-                .map_err(|e| BitsError::Storage(e.into()))?;
+            // A per-user root ({user} in the vdir root) is made on first use.
+            self.data.prepare_root(&root.to_string_lossy()).await?;
         }
         let destination = Destination {
             root: root.to_string_lossy().into_owned(),

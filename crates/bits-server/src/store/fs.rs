@@ -223,6 +223,11 @@ impl DataStore for FsStore {
         blocking(move || inspect_blocking(&dest)).await
     }
 
+    async fn prepare_root(&self, root: &str) -> Result<(), StoreError> {
+        let root = PathBuf::from(root);
+        blocking(move || Ok(fs::create_dir_all(root)?)).await
+    }
+
     async fn allocate(&self, id: SessionId) -> Result<(), StoreError> {
         let me = self.clone();
         blocking(move || {

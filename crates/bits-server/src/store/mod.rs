@@ -162,6 +162,12 @@ pub trait DataStore: Send + Sync + 'static {
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError>;
     /// Prepares empty temporary storage for a session's upload.
     async fn allocate(&self, id: SessionId) -> Result<(), StoreError>;
+    /// Makes a per-user destination root usable (a directory for the file system; nothing for
+    /// object storage, which has no directories).
+    async fn prepare_root(&self, root: &str) -> Result<(), StoreError> {
+        let _ = root;
+        Ok(())
+    }
     /// Streams `body` into the session's data at `offset`, stopping after `len` bytes.
     async fn write(
         &self,

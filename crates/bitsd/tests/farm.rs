@@ -1,0 +1,214 @@
+//! A farm: three bitsd nodes on one SeaweedFS bucket. Fragments go to nodes chosen at random,
+//! some are retried on a second node while the first still holds a stalled copy, one node is
+//! SIGKILLed mid-way; every file must land byte-identical and no fragment object may remain
+//! after Close-Session.
+
+mod common;
+use common::*;
+
+#[path = "../../bits-server/tests/support/seaweed.rs"]
+mod seaweed;
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn node_config(endpoint: &str, bucket: &str) -> String {
+    format!(
+        "session_lock_timeout = \"2s\"\nbody_idle_timeout = \"2s\"\n\
+         [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nprefix = \"spool\"\n\
+         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
+         [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = false\n"
+    )
+}
+
+/// Sends one request to `node`, on a fresh connection; `None` if the node is down.
+fn try_bits(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Response> {
+    let mut c = Conn::try_new(addr).ok()?;
+    c.try_send("BITS_POST", path, headers, body).ok()
+}
+
+#[test]
+fn three_nodes_share_sessions_on_seaweedfs() {
+    let weed = seaweed::SeaweedFs::start("bits-farm");
+    let config = node_config(&weed.endpoint, &weed.bucket);
+    let mut nodes: Vec<Server> = (0..3).map(|_| Server::start_with(&config, false)).collect();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let mut alive = vec![true; 3];
+    let mut rng = Rng(0xFA11_0001);
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                pattern(64 * 1024 + rng.below(3 << 20) as usize, i + 100),
+            )
+        })
+        .collect();
+    let mut fragments_sent = 0;
+    let mut stalled_retries = 0;
+    for (i, (name, data)) in files.iter().enumerate() {
+        let path = format!("/upload/{name}");
+        let pick = |rng: &mut Rng, alive: &[bool]| loop {
+            let n = rng.below(3) as usize;
+            if alive[n] {
+                return n;
+            }
+        };
+        let create = loop {
+            let n = pick(&mut rng, &alive);
+            if let Some(r) = try_bits(
+                addrs[n],
+                &path,
+                &[
+                    ("BITS-Packet-Type", "Create-Session"),
+                    ("BITS-Supported-Protocols", PROTOCOL),
+                ],
+                b"",
+            ) {
+                break r;
+            }
+        };
+        create.assert_ack(200, None);
+        let sid = create.session();
+        let total = data.len();
+        let mut acked = 0usize;
+        let mut step = 0;
+        while acked < total {
+            // Kill node 1 in the middle of the tenth file.
+            if i == 9 && step == 2 && alive[1] {
+                nodes[1].kill();
+                alive[1] = false;
+            }
+            step += 1;
+            let len = (64 * 1024 + rng.below(448 * 1024) as usize).min(total - acked);
+            let range = format!("bytes {}-{}/{}", acked, acked + len - 1, total);
+            let body = &data[acked..acked + len];
+            let headers = [
+                ("BITS-Packet-Type", "Fragment"),
+                ("BITS-Session-Id", sid.as_str()),
+                ("Content-Range", range.as_str()),
+            ];
+            // Every third fragment: a first attempt stalls half-way on one node, the retry goes
+            // to another while the first still holds its copy.
+            let mut stalled = None;
+            if step % 3 == 0 {
+                let n = pick(&mut rng, &alive);
+                if let Ok(mut c) = Conn::try_new(addrs[n]) {
+                    let mut h: Vec<(&str, &str)> = headers.to_vec();
+                    let cl = len.to_string();
+                    h.push(("Content-Length", &cl));
+                    let _ = c.try_write_raw(&request_bytes("BITS_POST", &path, &h, b""));
+                    let _ = c.try_write_raw(&body[..len / 2]);
+                    stalled = Some(c);
+                    stalled_retries += 1;
+                }
+            }
+            let r = loop {
+                let n = pick(&mut rng, &alive);
+                if let Some(r) = try_bits(addrs[n], &path, &headers, body) {
+                    if r.status == 503 {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    break r;
+                }
+            };
+            drop(stalled);
+            fragments_sent += 1;
+            assert!(
+                r.status == 200 || r.status == 416,
+                "{name}: fragment got {} {:?}",
+                r.status,
+                r.headers
+            );
+            let received = r.received().expect("received") as usize;
+            assert!(
+                received >= acked,
+                "{name}: server went back from {acked} to {received}"
+            );
+            acked = received;
+        }
+        let close = loop {
+            let n = pick(&mut rng, &alive);
+            if let Some(r) = try_bits(
+                addrs[n],
+                &path,
+                &[
+                    ("BITS-Packet-Type", "Close-Session"),
+                    ("BITS-Session-Id", sid.as_str()),
+                ],
+                b"",
+            ) {
+                break r;
+            }
+        };
+        close.assert_ack(200, None);
+    }
+
+    // Every file is in the bucket, byte for byte; no fragment objects are left.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = AmazonS3Builder::new()
+        .with_endpoint(&weed.endpoint)
+        .with_bucket_name(&weed.bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("any")
+        .with_secret_access_key("any")
+        .with_allow_http(true)
+        .build()
+        .expect("s3 client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for (name, data) in &files {
+            let got = store
+                .get(&ObjectPath::from(format!("uploads/{name}")))
+                .await
+                .expect(name)
+                .bytes()
+                .await
+                .unwrap();
+            assert!(
+                got == data[..],
+                "{name}: {} bytes, expected {}",
+                got.len(),
+                data.len()
+            );
+        }
+        let leftovers: Vec<String> = store
+            .list(Some(&ObjectPath::from("spool")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| !k.ends_with("meta.json"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "temporary objects left: {leftovers:?}"
+        );
+    });
+    eprintln!("farm: 20 files, {fragments_sent} fragments over 3 nodes ({stalled_retries} retried while a stalled copy was held), node 1 SIGKILLed mid-way");
+    drop(nodes);
+}
