@@ -246,7 +246,7 @@ pub enum ConfigError {
     BadNotificationUrl(String),
     #[error("vdir {0:?}: host_id must be a host name or IP literal of at most 300 characters")]
     BadHostId(String),
-    #[error("vdir {0:?}: with backend = \"s3\", set download_enabled = false and notification_type = \"none\" (not yet served from object storage)")]
+    #[error("vdir {0:?}: with backend = \"s3\", set download_enabled = false and do not use notification_type = \"by_reference\" (published files are not yet served from object storage; by-reference needs local paths)")]
     UnsupportedOnS3(String),
     #[error("public_url must look like http://host[:port] or https://host[:port], without a path")]
     BadPublicUrl,
@@ -306,7 +306,7 @@ impl ServerConfig {
                 }
             }
             if matches!(self.storage, StorageConfig::S3(_))
-                && (v.download_enabled || v.notification_type != NotificationType::None)
+                && (v.download_enabled || v.notification_type == NotificationType::ByReference)
             {
                 return Err(ConfigError::UnsupportedOnS3(p.clone()));
             }

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{stream, Stream, StreamExt, TryStreamExt};
+use futures_util::{stream, StreamExt, TryStreamExt};
 use http::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
@@ -143,18 +143,28 @@ pub fn plan(headers: &HeaderMap, rep: &Representation) -> Plan {
     }
 }
 
-async fn file_range(
-    path: &Path,
-    range: Range<u64>,
-) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send> {
+/// Bytes `range` of the file at `path`, streamed.
+pub async fn file_range(path: &Path, range: Range<u64>) -> io::Result<crate::store::ByteStream> {
     let mut file = tokio::fs::File::open(path).await?;
     file.seek(SeekFrom::Start(range.start)).await?;
-    Ok(ReaderStream::with_capacity(
+    Ok(Box::new(ReaderStream::with_capacity(
         file.take(range.end - range.start),
         READ_CHUNK,
-    ))
+    )))
 }
 
+/// Where the bytes of an answer come from.
+#[async_trait::async_trait]
+pub trait RangeSource: Send + Sync {
+    async fn open(&self, range: Range<u64>) -> io::Result<crate::store::ByteStream>;
+}
+
+#[async_trait::async_trait]
+impl RangeSource for std::path::PathBuf {
+    async fn open(&self, range: Range<u64>) -> io::Result<crate::store::ByteStream> {
+        file_range(self, range).await
+    }
+}
 fn base_response(status: StatusCode, rep: &Representation) -> Response {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = status;
@@ -177,7 +187,7 @@ fn set(resp: &mut Response, name: http::header::HeaderName, value: String) {
 
 /// Serves the file at `path`, described by `rep`, for a GET (`head = false`) or HEAD.
 pub async fn respond(
-    path: &Path,
+    source: &dyn RangeSource,
     rep: &Representation,
     headers: &HeaderMap,
     head: bool,
@@ -199,7 +209,7 @@ pub async fn respond(
             let body = if head {
                 None
             } else {
-                Some(Body::from_stream(file_range(path, 0..len).await?))
+                Some(Body::from_stream(source.open(0..len).await?))
             };
             (resp, len, body)
         }
@@ -215,7 +225,7 @@ pub async fn respond(
             let body = if head {
                 None
             } else {
-                Some(Body::from_stream(file_range(path, r).await?))
+                Some(Body::from_stream(source.open(r).await?))
             };
             (resp, n, body)
         }
@@ -250,7 +260,7 @@ pub async fn respond(
                     parts.push(
                         stream::once(std::future::ready(Ok(Bytes::from(part_head(i, r))))).boxed(),
                     );
-                    parts.push(file_range(path, r.clone()).await?.boxed());
+                    parts.push(source.open(r.clone()).await?.boxed());
                 }
                 parts.push(stream::once(std::future::ready(Ok(Bytes::from(tail)))).boxed());
                 Some(Body::from_stream(

@@ -1,13 +1,16 @@
 //! A farm: three bitsd nodes on one SeaweedFS bucket. Fragments go to nodes chosen at random,
 //! some are retried on a second node while the first still holds a stalled copy, one node is
 //! SIGKILLed mid-way; every file must land byte-identical and no fragment object may remain
-//! after Close-Session.
+//! after Close-Session. Then an upload-reply session spread over the surviving nodes.
 
 mod common;
 use common::*;
 
 #[path = "../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
+
+#[path = "apps/axum_app.rs"]
+mod app;
 
 use std::time::Duration;
 
@@ -27,12 +30,14 @@ impl Rng {
     }
 }
 
-fn node_config(endpoint: &str, bucket: &str) -> String {
+fn node_config(endpoint: &str, bucket: &str, notify_url: &str) -> String {
     format!(
         "session_lock_timeout = \"2s\"\nbody_idle_timeout = \"2s\"\n\
          [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nprefix = \"spool\"\n\
          access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
-         [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = false\n"
+         [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = false\n\
+         [[vdir]]\nprefix = \"/reply/\"\nroot = \"replies\"\ndownload_enabled = false\n\
+         notification_type = \"by_value\"\nnotification_url = \"{notify_url}\"\n"
     )
 }
 
@@ -50,7 +55,8 @@ fn try_bits(
 #[test]
 fn three_nodes_share_sessions_on_seaweedfs() {
     let weed = seaweed::SeaweedFs::start("bits-farm");
-    let config = node_config(&weed.endpoint, &weed.bucket);
+    let application = app::App::start(app::Behaviour::default());
+    let config = node_config(&weed.endpoint, &weed.bucket, &application.url("/notify"));
     let mut nodes: Vec<Server> = (0..3).map(|_| Server::start_with(&config, false)).collect();
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     let mut alive = vec![true; 3];
@@ -164,6 +170,90 @@ fn three_nodes_share_sessions_on_seaweedfs() {
         close.assert_ack(200, None);
     }
 
+    // Upload-reply across the two surviving nodes: the first fragment on one, the last on the
+    // other, the reply fetched from both, Close-Session on the first.
+    let live: Vec<usize> = (0..3).filter(|&n| alive[n]).collect();
+    let (a, b) = (addrs[live[0]], addrs[live[1]]);
+    let data = pattern(300_000, 7);
+    let path = "/reply/r.bin";
+    let r = try_bits(
+        a,
+        path,
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            ("BITS-Supported-Protocols", PROTOCOL),
+        ],
+        b"",
+    )
+    .unwrap();
+    let sid = r.session();
+    let r = try_bits(
+        a,
+        path,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", "bytes 0-99999/300000"),
+        ],
+        &data[..100_000],
+    )
+    .unwrap();
+    r.assert_ack(200, None);
+    let r = try_bits(
+        b,
+        path,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", "bytes 100000-299999/300000"),
+        ],
+        &data[100_000..],
+    )
+    .unwrap();
+    r.assert_ack(200, None);
+    let reply_url = r.header("bits-reply-url").expect("reply url").to_string();
+    let reply_path = reply_url
+        .splitn(4, '/')
+        .nth(3)
+        .map(|p| format!("/{p}"))
+        .unwrap();
+    let expected: Vec<u8> = data.iter().rev().copied().collect();
+    for node in [a, b] {
+        let g = Conn::new(node).send("GET", &reply_path, &[], b"");
+        assert_eq!(g.status, 200, "reply GET on {node}");
+        assert!(g.body == expected, "reply bytes on {node}");
+        let g = Conn::new(node).send("GET", &reply_path, &[("Range", "bytes=10-19")], b"");
+        assert_eq!(g.status, 206);
+        assert_eq!(g.body, &expected[10..20]);
+    }
+    // A retransmitted last fragment on the other node gets the same reply URL; the app was
+    // called once.
+    let r = try_bits(
+        a,
+        path,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", "bytes 100000-299999/300000"),
+        ],
+        &data[100_000..],
+    )
+    .unwrap();
+    assert_eq!(r.header("bits-reply-url"), Some(reply_url.as_str()));
+    assert_eq!(application.count(), 1);
+    try_bits(
+        a,
+        path,
+        &[
+            ("BITS-Packet-Type", "Close-Session"),
+            ("BITS-Session-Id", &sid),
+        ],
+        b"",
+    )
+    .unwrap()
+    .assert_ack(200, None);
+    assert_eq!(Conn::new(b).send("GET", &reply_path, &[], b"").status, 404);
+
     // Every file is in the bucket, byte for byte; no fragment objects are left.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store = AmazonS3Builder::new()
@@ -209,6 +299,6 @@ fn three_nodes_share_sessions_on_seaweedfs() {
             "temporary objects left: {leftovers:?}"
         );
     });
-    eprintln!("farm: 20 files, {fragments_sent} fragments over 3 nodes ({stalled_retries} retried while a stalled copy was held), node 1 SIGKILLed mid-way");
+    eprintln!("farm: 20 files, {fragments_sent} fragments over 3 nodes ({stalled_retries} retried while a stalled copy was held), node 1 SIGKILLed mid-way; upload-reply across nodes");
     drop(nodes);
 }

@@ -24,7 +24,7 @@ use crate::target::UploadTarget;
 pub use lifecycle::{RecoveryReport, SweepReport};
 use locks::{SessionGuard, SessionLocks};
 use registry::Registry;
-pub use reply::parse_reply_path;
+pub use reply::{parse_reply_path, Reply};
 
 /// One request as the engine sees it.
 pub struct EngineRequest<'a> {

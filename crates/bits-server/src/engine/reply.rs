@@ -2,7 +2,6 @@
 //! its reply (spec §9.5), exactly once per session.
 
 use std::io;
-use std::path::PathBuf;
 
 use bits_proto::SessionId;
 use futures_util::TryStreamExt;
@@ -137,13 +136,15 @@ impl Engine {
 
     /// The stored reply of `id` under vdir `prefix`, if `identity` may read it now (the session
     /// is open and complete, and the reply is ours rather than a static URL).
-    pub async fn reply_file(
+    pub async fn reply(
         &self,
         prefix: &str,
         id: SessionId,
         identity: Option<&str>,
-    ) -> Option<PathBuf> {
-        let rec = self.sessions.load(id).await.ok()??;
+    ) -> Result<Option<Reply>, BitsError> {
+        let Some(rec) = self.sessions.load(id).await? else {
+            return Ok(None);
+        };
         let ours = rec
             .reply_url
             .as_deref()
@@ -153,9 +154,33 @@ impl Engine {
             || rec.owner.as_deref() != identity
             || !ours
         {
-            return None;
+            return Ok(None);
         }
-        self.data.local_files(id).map(|(_, reply)| reply)
+        let Some(representation) = self.data.reply_representation(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Reply {
+            data: self.data.clone(),
+            id,
+            representation,
+        }))
+    }
+}
+
+/// A stored reply, ready to be served with ranges from whichever backend holds it.
+pub struct Reply {
+    data: std::sync::Arc<dyn crate::store::DataStore>,
+    id: SessionId,
+    pub representation: crate::download::Representation,
+}
+
+#[async_trait::async_trait]
+impl crate::download::RangeSource for Reply {
+    async fn open(&self, range: std::ops::Range<u64>) -> io::Result<crate::store::ByteStream> {
+        self.data
+            .read_reply(self.id, range)
+            .await
+            .map_err(io::Error::other)
     }
 }
 

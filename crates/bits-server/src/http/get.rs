@@ -19,13 +19,28 @@ pub async fn get(front: &Frontend, req: &http::request::Parts) -> Response {
         Err(_) => return plain(StatusCode::FORBIDDEN),
     };
     if let Some(id) = crate::engine::parse_reply_path(&target.rel_path) {
+        let head = req.method == Method::HEAD;
         return match front
             .engine()
-            .reply_file(&vdir.prefix, id, identity.as_deref())
+            .reply(&vdir.prefix, id, identity.as_deref())
             .await
         {
-            Some(path) => serve_file(&path, req).await,
-            None => plain(StatusCode::NOT_FOUND),
+            Ok(Some(reply)) => {
+                match crate::download::respond(&reply, &reply.representation, &req.headers, head)
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        tracing::error!(error = %e, session = %id, "reply download failed");
+                        plain(StatusCode::INTERNAL_SERVER_ERROR)
+                    }
+                }
+            }
+            Ok(None) => plain(StatusCode::NOT_FOUND),
+            Err(e) => {
+                tracing::error!(error = %e, session = %id, "reply lookup failed");
+                plain(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         };
     }
     if !vdir.download_enabled || crate::store::fs::is_internal_name(&target.rel_path) {
@@ -48,7 +63,7 @@ async fn serve_file(path: &std::path::Path, req: &http::request::Parts) -> Respo
     let head = req.method == Method::HEAD;
     let served = async {
         match crate::download::representation(path).await? {
-            Some(rep) => crate::download::respond(path, &rep, &req.headers, head)
+            Some(rep) => crate::download::respond(&path.to_path_buf(), &rep, &req.headers, head)
                 .await
                 .map(Some),
             None => Ok(None),

@@ -424,6 +424,21 @@ impl DataStore for FsStore {
         .await
     }
 
+    async fn reply_representation(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<crate::download::Representation>, StoreError> {
+        Ok(crate::download::representation(&self.reply(id)).await?)
+    }
+
+    async fn read_reply(
+        &self,
+        id: SessionId,
+        range: std::ops::Range<u64>,
+    ) -> Result<super::ByteStream, StoreError> {
+        Ok(crate::download::file_range(&self.reply(id), range).await?)
+    }
+
     fn local_files(&self, id: SessionId) -> Option<(PathBuf, PathBuf)> {
         Some((self.data(id), self.reply(id)))
     }

@@ -197,8 +197,19 @@ pub trait DataStore: Send + Sync + 'static {
     async fn remove_reply(&self, id: SessionId) -> Result<(), StoreError>;
     /// Makes sure a reply exists (empty if the application wrote none) and is durable.
     async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError>;
-    /// Local paths of the upload and of the reply, for by-reference notification and for
-    /// serving the reply; `None` for backends without local files.
+    /// Size and version of the stored reply, `None` if there is none.
+    async fn reply_representation(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<crate::download::Representation>, StoreError>;
+    /// Bytes `range` of the stored reply.
+    async fn read_reply(
+        &self,
+        id: SessionId,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError>;
+    /// Local paths of the upload and of the reply, for by-reference notification; `None` for
+    /// backends without local files.
     fn local_files(&self, id: SessionId) -> Option<(std::path::PathBuf, std::path::PathBuf)>;
 }
 

@@ -728,6 +728,52 @@ impl DataStore for S3Store {
             .await
     }
 
+    async fn reply_representation(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<crate::download::Representation>, StoreError> {
+        match self.store.head(&self.reply(id)).await {
+            Ok(meta) => {
+                let secs = meta.last_modified.timestamp().clamp(0, 253_402_300_799) as u64;
+                let tag = meta.e_tag.unwrap_or_default();
+                let etag = if tag.starts_with('"') {
+                    tag
+                } else {
+                    format!("\"{tag}\"")
+                };
+                Ok(Some(crate::download::Representation {
+                    len: meta.size,
+                    modified: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                    etag,
+                }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    async fn read_reply(
+        &self,
+        id: SessionId,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        if range.is_empty() {
+            return Ok(Box::new(stream::empty()));
+        }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..GetOptions::default()
+        };
+        let got = self
+            .store
+            .get_opts(&self.reply(id), opts)
+            .await
+            .map_err(os_err)?;
+        Ok(Box::new(SyncStream(Mutex::new(
+            got.into_stream().map_err(io::Error::other).boxed(),
+        ))))
+    }
+
     async fn remove_reply(&self, id: SessionId) -> Result<(), StoreError> {
         self.delete_one(&self.reply(id)).await
     }
