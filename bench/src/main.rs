@@ -3,7 +3,13 @@
 //! `cargo run --release -p bench -- durability` uploads one large file in 8 MiB fragments to a
 //! freshly started `bitsd` in the safe (fsync) and the unsafe (no fsync) mode, and compares both
 //! with `dd ... conv=fsync` of the same size on the same file system.
+//!
+//! `cargo run --release -p bench -- farm` starts one SeaweedFS on loopback and compares the
+//! upload throughput of one bitsd node with that of three nodes sharing its bucket.
 
+mod farm;
+#[path = "../../crates/bits-server/tests/support/seaweed.rs"]
+mod seaweed;
 mod server;
 
 use std::io::{Read, Write};
@@ -40,6 +46,21 @@ enum Cmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Many concurrent uploads: 1 bitsd node vs a farm of nodes sharing one SeaweedFS bucket.
+    Farm {
+        /// Size of each uploaded file in MiB (sent in 1 MiB fragments).
+        #[arg(long, default_value_t = 8)]
+        file_mib: u64,
+        /// Concurrent uploads (client threads) in each case.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Files each client thread uploads, one after the other.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Nodes in the farm case (at least 2).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -50,6 +71,12 @@ fn main() -> Result<()> {
             runs,
             dir,
         } => durability(mib, fragment_mib, runs, dir),
+        Cmd::Farm {
+            file_mib,
+            concurrency,
+            rounds,
+            nodes,
+        } => farm::farm(file_mib, concurrency, rounds, nodes),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -45,14 +46,21 @@ impl Bitsd {
                 dir.display()
             ),
         )?;
-        let mut child = Command::new(binary()?)
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(binary()?);
+        cmd.args(["serve", "--config"])
             .arg(&config_path)
             .env("BITSD_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting bitsd")?;
+            .stderr(Stdio::inherit());
+        // If the bench itself is killed (no Drop runs), the kernel kills bitsd too.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting bitsd")?;
         let stdout = child.stdout.take().context("bitsd stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
