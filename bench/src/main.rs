@@ -55,8 +55,11 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// Files each client thread uploads, one after the other.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// Runs; each measures both cases, in alternating order. Figures are totals.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
         /// Nodes in the farm case (at least 2).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
@@ -75,8 +78,9 @@ fn main() -> Result<()> {
             file_mib,
             concurrency,
             rounds,
+            runs,
             nodes,
-        } => farm::farm(file_mib, concurrency, rounds, nodes),
+        } => farm::farm(file_mib, concurrency, rounds, runs, nodes),
     }
 }
 

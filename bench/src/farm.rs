@@ -1,0 +1,385 @@
+//! `bench farm`: upload throughput of one bitsd node vs three nodes sharing one SeaweedFS
+//! bucket, measured in the same run against the same SeaweedFS.
+//!
+//! Each case starts its own nodes (`[storage] backend = "s3"`, a fresh key prefix per case so
+//! the cases do not see each other's objects), warms them up, then runs `concurrency` client
+//! threads that each upload `rounds` files of `file_mib` MiB in 1 MiB fragments
+//! (Create-Session, fragments, Close-Session on keep-alive connections). With several nodes
+//! every request goes to the next node in turn, as a round-robin load balancer would send it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::seaweed::SeaweedFs;
+use crate::server::Bitsd;
+
+const FRAGMENT: usize = 1 << 20;
+const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
+
+/// One measured case.
+struct Figures {
+    nodes: usize,
+    uploads: usize,
+    mib: f64,
+    secs: f64,
+}
+
+impl Figures {
+    fn mib_s(&self) -> f64 {
+        self.mib / self.secs
+    }
+    fn uploads_s(&self) -> f64 {
+        self.uploads as f64 / self.secs
+    }
+}
+
+pub fn farm(
+    file_mib: u64,
+    concurrency: usize,
+    rounds: usize,
+    runs: usize,
+    nodes: usize,
+) -> Result<()> {
+    let (file_mib, concurrency, rounds, runs, nodes) = (
+        file_mib.max(1),
+        concurrency.max(1),
+        rounds.max(1),
+        runs.max(1),
+        nodes.max(2),
+    );
+    let base = Path::new("target").join("bench-data");
+    std::fs::create_dir_all(&base)?;
+    let started = Instant::now();
+    eprintln!("starting SeaweedFS (loopback only)...");
+    // The starter panics on failure; the panic unwinds through main, dropping (killing)
+    // everything started so far.
+    let weed = SeaweedFs::start("bench-farm");
+    eprintln!(
+        "SeaweedFS ready at {} after {:.1} s",
+        weed.endpoint,
+        started.elapsed().as_secs_f64()
+    );
+    let body: Vec<u8> = (0..FRAGMENT)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+    // Totals over all runs: [1 node, farm].
+    let mut totals = [1, nodes].map(|n| Figures {
+        nodes: n,
+        uploads: 0,
+        mib: 0.0,
+        secs: 0.0,
+    });
+    for run in 0..runs {
+        // Alternate the order so neither case always meets the fuller store.
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut mib_s = [0.0; 2];
+        for case in order {
+            let n = totals[case].nodes;
+            let tag = format!("r{run}-{n}n");
+            let f = run_case(&weed, &base, &tag, n, file_mib, concurrency, rounds, &body)
+                .with_context(|| format!("run {}, {n}-node case", run + 1))?;
+            eprintln!(
+                "run {}, {n} node(s): {} uploads, {:.0} MiB in {:.1} s: {:.1} MiB/s, {:.2} uploads/s",
+                run + 1,
+                f.uploads,
+                f.mib,
+                f.secs,
+                f.mib_s(),
+                f.uploads_s()
+            );
+            mib_s[case] = f.mib_s();
+            let t = &mut totals[case];
+            t.uploads += f.uploads;
+            t.mib += f.mib;
+            t.secs += f.secs;
+        }
+        eprintln!(
+            "run {}: ratio {nodes} nodes / 1 node = {:.2}",
+            run + 1,
+            mib_s[1] / mib_s[0]
+        );
+    }
+    drop(weed);
+    let one = totals[0].mib_s();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("| case | uploads | MiB | seconds | MiB/s | uploads/s | ratio vs 1 node |");
+    println!("|---|---|---|---|---|---|---|");
+    for f in &totals {
+        println!(
+            "| {} bitsd node{} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            f.nodes,
+            if f.nodes == 1 { "" } else { "s" },
+            f.uploads,
+            f.mib,
+            f.secs,
+            f.mib_s(),
+            f.uploads_s(),
+            f.mib_s() / one
+        );
+    }
+    println!(
+        "({runs} run(s), order alternating; per case and run {concurrency} concurrent uploads x \
+         {rounds} round(s) of {file_mib} MiB files in 1 MiB fragments; one SeaweedFS, fresh key \
+         prefix per case, requests round-robin over the nodes; figures are totals over the runs; \
+         wall time {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "Note: the bitsd node(s), SeaweedFS and the {concurrency} client threads all share this \
+         machine's {cores} core(s), so extra nodes add no CPU: a {nodes}-node/1-node ratio near \
+         1.0 is expected here; scaling shows only when nodes (and the store) have their own \
+         machines."
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    weed: &SeaweedFs,
+    base: &Path,
+    tag: &str,
+    nodes: usize,
+    file_mib: u64,
+    concurrency: usize,
+    rounds: usize,
+    body: &[u8],
+) -> Result<Figures> {
+    let config = format!(
+        "session_lock_timeout = \"10s\"\n\
+         [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
+         prefix = \"bench-{tag}/spool\"\naccess_key = \"any\"\nsecret_key = \"any\"\n\
+         allow_http = true\n\
+         [[vdir]]\nprefix = \"/upload/\"\nroot = \"bench-{tag}/uploads\"\n\
+         download_enabled = false\nmax_fragment_size = {max}\n",
+        endpoint = weed.endpoint,
+        bucket = weed.bucket,
+        max = 2 * FRAGMENT
+    );
+    // Dropped (killed) on every return path, after the servers that live in them.
+    let mut dirs = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..nodes {
+        let dir = tempfile::tempdir_in(base)?;
+        servers.push(Bitsd::start(dir.path(), &config)?);
+        dirs.push(dir);
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    // Warm-up (not measured): connection pools, SeaweedFS volume growth.
+    let warm = concurrency.min(8);
+    load(&addrs, &format!("warm-{tag}"), file_mib, warm, 1, body).context("warm-up")?;
+    let secs = load(&addrs, tag, file_mib, concurrency, rounds, body)?;
+    drop(servers);
+    drop(dirs);
+    let uploads = concurrency * rounds;
+    Ok(Figures {
+        nodes,
+        uploads,
+        mib: (uploads as u64 * file_mib) as f64,
+        secs,
+    })
+}
+
+/// `concurrency` threads, each uploading `rounds` files one after the other; the seconds from
+/// the common start to the Close-Session Ack of the last upload.
+fn load(
+    addrs: &[SocketAddr],
+    tag: &str,
+    file_mib: u64,
+    concurrency: usize,
+    rounds: usize,
+    body: &[u8],
+) -> Result<f64> {
+    let barrier = Barrier::new(concurrency + 1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|w| {
+                let barrier = &barrier;
+                scope.spawn(move || -> Result<()> {
+                    // Connect before the start signal, but always reach the barrier.
+                    let client = Client::connect(addrs, w);
+                    barrier.wait();
+                    let mut client = client?;
+                    for r in 0..rounds {
+                        let path = format!("/upload/{tag}-w{w}-r{r}.bin");
+                        client
+                            .upload(&path, file_mib << 20, body)
+                            .with_context(|| format!("upload {path}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        let mut first_error = None;
+        for w in workers {
+            let outcome = w
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("client thread panicked")));
+            if let (Err(e), None) = (outcome, &first_error) {
+                first_error = Some(e);
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(secs),
+        }
+    })
+}
+
+/// One BITS client: a keep-alive connection to every node, requests sent to the nodes in turn.
+struct Client {
+    addrs: Vec<SocketAddr>,
+    conns: Vec<Option<BufReader<TcpStream>>>,
+    next: usize,
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn open(addr: SocketAddr) -> Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    s.set_write_timeout(Some(Duration::from_secs(120)))?;
+    Ok(BufReader::new(s))
+}
+
+impl Client {
+    fn connect(addrs: &[SocketAddr], worker: usize) -> Result<Client> {
+        let conns = addrs
+            .iter()
+            .map(|&a| open(a).map(Some))
+            .collect::<Result<_>>()?;
+        Ok(Client {
+            addrs: addrs.to_vec(),
+            conns,
+            // Workers start on different nodes so the first requests are spread too.
+            next: worker,
+        })
+    }
+
+    fn upload(&mut self, path: &str, total: u64, body: &[u8]) -> Result<()> {
+        let created = self.post(
+            path,
+            &[
+                ("BITS-Packet-Type", "Create-Session"),
+                ("BITS-Supported-Protocols", PROTOCOL),
+            ],
+            &[],
+        )?;
+        if created.status != 200 {
+            bail!("Create-Session: HTTP {}", created.status);
+        }
+        let sid = created
+            .header("BITS-Session-Id")
+            .context("no BITS-Session-Id")?
+            .to_string();
+        let mut off = 0u64;
+        while off < total {
+            let len = (body.len() as u64).min(total - off);
+            let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
+            let resp = self.post(
+                path,
+                &[
+                    ("BITS-Packet-Type", "Fragment"),
+                    ("BITS-Session-Id", &sid),
+                    ("Content-Range", &range),
+                ],
+                &body[..len as usize],
+            )?;
+            if resp.status != 200 {
+                bail!("fragment at {off}: HTTP {} {:?}", resp.status, resp.headers);
+            }
+            off += len;
+        }
+        let closed = self.post(
+            path,
+            &[
+                ("BITS-Packet-Type", "Close-Session"),
+                ("BITS-Session-Id", &sid),
+            ],
+            &[],
+        )?;
+        if closed.status != 200 {
+            bail!("Close-Session: HTTP {}", closed.status);
+        }
+        Ok(())
+    }
+
+    /// One BITS_POST to the next node in turn; reads the whole response (head and any body).
+    fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
+        let n = self.next % self.addrs.len();
+        self.next += 1;
+        let addr = self.addrs[n];
+        let conn = match &mut self.conns[n] {
+            Some(c) => c,
+            slot @ None => slot.insert(open(addr)?),
+        };
+        let mut head = format!(
+            "BITS_POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = conn.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("bad status line from {addr}: {line:?}"))?;
+        let mut resp = Response {
+            status,
+            headers: Vec::new(),
+        };
+        loop {
+            line.clear();
+            if conn.read_line(&mut line)? == 0 {
+                bail!("{addr} closed the connection mid-response");
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                resp.headers
+                    .push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: u64 = resp
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        std::io::copy(&mut conn.by_ref().take(len), &mut std::io::sink())?;
+        if resp
+            .header("Connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            self.conns[n] = None;
+        }
+        Ok(resp)
+    }
+}
