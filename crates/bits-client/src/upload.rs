@@ -202,6 +202,27 @@ pub struct UploadOutcome {
     pub reply_bytes: Option<u64>,
 }
 
+impl UploadOutcome {
+    /// The outcome of a run that has not sent anything yet.
+    fn starting(state: &UploadState) -> UploadOutcome {
+        UploadOutcome {
+            url: state.url.clone(),
+            file: state.file.clone(),
+            bytes: state.stamp.size,
+            session_id: String::new(),
+            resumed_from: state.acked,
+            fragments: 0,
+            bytes_sent: 0,
+            retries: 0,
+            restarts: 0,
+            fragment_size: state.fragment_size,
+            reply_url: None,
+            reply_file: None,
+            reply_bytes: None,
+        }
+    }
+}
+
 /// How a run of fragments ended.
 enum Flow {
     Complete,
@@ -236,21 +257,7 @@ impl Client {
         let mut run = Run {
             client: self,
             content_name: content_name(&state.file),
-            outcome: UploadOutcome {
-                url: state.url.clone(),
-                file: state.file.clone(),
-                bytes: state.stamp.size,
-                session_id: String::new(),
-                resumed_from: state.acked,
-                fragments: 0,
-                bytes_sent: 0,
-                retries: 0,
-                restarts: 0,
-                fragment_size: state.fragment_size,
-                reply_url: None,
-                reply_file: None,
-                reply_bytes: None,
-            },
+            outcome: UploadOutcome::starting(state),
             state,
             observer,
             dest,
@@ -301,21 +308,7 @@ impl Client {
         let mut run = Run {
             client: self,
             content_name: None,
-            outcome: UploadOutcome {
-                url: state.url.clone(),
-                file: state.file.clone(),
-                bytes: 0,
-                session_id: String::new(),
-                resumed_from: 0,
-                fragments: 0,
-                bytes_sent: 0,
-                retries: 0,
-                restarts: 0,
-                fragment_size: state.fragment_size,
-                reply_url: None,
-                reply_file: None,
-                reply_bytes: None,
-            },
+            outcome: UploadOutcome::starting(state),
             state,
             observer,
             dest,
