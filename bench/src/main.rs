@@ -6,11 +6,18 @@
 //!
 //! `cargo run --release -p bench -- farm` starts one SeaweedFS on loopback and compares the
 //! upload throughput of one bitsd node with that of three nodes sharing its bucket.
+//!
+//! `small`, `idle`, `download` and `cpu` measure many small uploads, memory of idle sessions,
+//! GET throughput against `cat`, and instructions per MiB ingested; `all` runs everything.
 
+mod cpu;
+mod download;
 mod farm;
+mod idle;
 #[path = "../../crates/bits-server/tests/support/seaweed.rs"]
 mod seaweed;
 mod server;
+mod small;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -64,6 +71,32 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
     },
+    /// Many small uploads from concurrent clients: uploads/s and latency per packet type.
+    Small {
+        #[arg(long, default_value_t = 2000)]
+        uploads: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 64)]
+        file_kib: usize,
+    },
+    /// Open sessions left idle mid-upload: server memory and file descriptors.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+    },
+    /// GET of a large file (whole and ranged) against `cat file > /dev/null`.
+    Download {
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+    },
+    /// Instructions per MiB ingested (perf stat, or callgrind where counters are unavailable).
+    Cpu {
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+    },
+    /// Every benchmark above with its defaults (durability with one run), one after another.
+    All,
 }
 
 fn main() -> Result<()> {
@@ -81,7 +114,34 @@ fn main() -> Result<()> {
             runs,
             nodes,
         } => farm::farm(file_mib, concurrency, rounds, runs, nodes),
+        Cmd::Small {
+            uploads,
+            clients,
+            file_kib,
+        } => print(small::run(uploads, clients, file_kib)),
+        Cmd::Idle { sessions } => print(idle::run(sessions)),
+        Cmd::Download { mib } => print(download::run(mib)),
+        Cmd::Cpu { mib } => print(cpu::run(mib)),
+        Cmd::All => {
+            println!("# bitsd benchmarks\n\n## Durability: 2 GiB upload vs dd conv=fsync\n");
+            durability(2048, 8, 1, None)?;
+            println!("\n## Many small uploads\n");
+            print(small::run(2000, 32, 64))?;
+            println!("\n## Idle sessions\n");
+            print(idle::run(1000))?;
+            println!("\n## Download vs cat\n");
+            print(download::run(2048))?;
+            println!("\n## CPU per MiB ingested\n");
+            print(cpu::run(256))?;
+            println!("\n## Farm: 1 node vs 3 nodes\n");
+            farm::farm(8, 64, 2, 2, 3)
+        }
     }
+}
+
+fn print(report: Result<String>) -> Result<()> {
+    println!("{}", report?);
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

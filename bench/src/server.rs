@@ -17,7 +17,12 @@ pub struct Bitsd {
 /// runs when the binary is missing).
 fn binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let bitsd = exe.with_file_name("bitsd");
+    let mut dir = exe.parent().context("exe has no directory")?;
+    // Test binaries live in target/<profile>/deps; bitsd is one level up.
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap_or(dir);
+    }
+    let bitsd = dir.join("bitsd");
     if !bitsd.exists() {
         let profile = if exe.to_string_lossy().contains("/release/") {
             "--release"
@@ -38,6 +43,13 @@ fn binary() -> Result<PathBuf> {
 impl Bitsd {
     /// Starts bitsd with `config` (TOML, without `listen` and `spool_dir`) in `dir`.
     pub fn start(dir: &Path, config: &str) -> Result<Bitsd> {
+        Bitsd::start_wrapped(dir, config, &[])
+    }
+
+    /// Like [`Bitsd::start`], but runs bitsd under `wrapper` (e.g. `["perf", "stat", ...]` or
+    /// `["valgrind", "--tool=callgrind", ...]`): the command line becomes
+    /// `wrapper... bitsd serve --config ...`. An empty `wrapper` runs bitsd directly.
+    pub fn start_wrapped(dir: &Path, config: &str, wrapper: &[&str]) -> Result<Bitsd> {
         let config_path = dir.join("bitsd.toml");
         std::fs::write(
             &config_path,
@@ -46,7 +58,15 @@ impl Bitsd {
                 dir.display()
             ),
         )?;
-        let mut cmd = Command::new(binary()?);
+        let bitsd = binary()?;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bitsd);
+                c
+            }
+            None => Command::new(&bitsd),
+        };
         cmd.args(["serve", "--config"])
             .arg(&config_path)
             .env("BITSD_LOG", "warn")
@@ -75,6 +95,33 @@ impl Bitsd {
         };
         std::thread::spawn(move || for _ in lines {});
         Ok(Bitsd { addr, child })
+    }
+
+    /// The process id of the running bitsd.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Bitsd {
+    /// Stops the process with SIGINT (bitsd shuts down gracefully; a perf/valgrind wrapper
+    /// writes its totals) and waits up to `timeout` for it to exit, then kills it.
+    pub fn stop(mut self, timeout: std::time::Duration) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with our own child's pid; it has not been waited for yet.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("process {pid} did not exit within {timeout:?} of SIGINT");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 

@@ -1,0 +1,167 @@
+//! `bench idle`: memory and file descriptors of bitsd holding many idle sessions mid-upload.
+//!
+//! Opens `sessions` sessions (1 MiB uploads), each on its own connection, and sends the first
+//! 64 KiB fragment of each; then measures bitsd's VmRSS, VmHWM and open file descriptors
+//! (`/proc/<pid>/status`, `/proc/<pid>/fd`) first with every connection still open, then after
+//! the client closed them all. The issue's target is at most 64 MiB RSS.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::server::Bitsd;
+use crate::small::{Conn, PROTOCOL};
+
+const FRAGMENT: usize = 64 << 10;
+const TOTAL: usize = 1 << 20;
+const TARGET_RSS_MIB: f64 = 64.0;
+/// Time given to bitsd to settle (and notice closed connections) before each reading.
+const SETTLE: Duration = Duration::from_secs(2);
+
+struct Reading {
+    rss_kib: u64,
+    hwm_kib: u64,
+    threads: u64,
+    fds: usize,
+}
+
+fn read_proc(pid: u32) -> Result<Reading> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?
+        .count();
+    Ok(Reading {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+        threads: field("Threads:")?,
+        fds,
+    })
+}
+
+pub fn run(sessions: usize) -> Result<String> {
+    let sessions = sessions.max(1);
+    let base = Path::new("target").join("bench-data");
+    std::fs::create_dir_all(&base)?;
+    let dir = tempfile::tempdir_in(&base)?;
+    let config = format!(
+        "fsync = true\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\n",
+        root = dir.path().display(),
+    );
+    let server = Bitsd::start(dir.path(), &config)?;
+    let pid = server.pid();
+    eprintln!(
+        "idle: bitsd at {} (pid {pid}); opening {sessions} sessions",
+        server.addr
+    );
+    std::thread::sleep(SETTLE);
+    let fresh = read_proc(pid)?;
+
+    let body: Vec<u8> = (0..FRAGMENT)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+    let range = format!("bytes 0-{}/{TOTAL}", FRAGMENT - 1);
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        let path = format!("/upload/idle-{i}.bin");
+        let mut conn = Conn::open(server.addr)?;
+        let created = conn.post(
+            &path,
+            &[
+                ("BITS-Packet-Type", "Create-Session"),
+                ("BITS-Supported-Protocols", PROTOCOL),
+            ],
+            &[],
+        )?;
+        if created.status != 200 {
+            bail!(
+                "{path} Create-Session: HTTP {} {:?}",
+                created.status,
+                created.headers
+            );
+        }
+        let sid = created
+            .header("BITS-Session-Id")
+            .context("no BITS-Session-Id")?
+            .to_string();
+        let resp = conn.post(
+            &path,
+            &[
+                ("BITS-Packet-Type", "Fragment"),
+                ("BITS-Session-Id", &sid),
+                ("Content-Range", &range),
+            ],
+            &body,
+        )?;
+        if resp.status != 200 {
+            bail!("{path} Fragment: HTTP {} {:?}", resp.status, resp.headers);
+        }
+        conns.push(conn);
+        if (i + 1) % 200 == 0 {
+            eprintln!(
+                "idle: {} sessions open after {:.1} s",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let setup_secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(SETTLE);
+    let open = read_proc(pid)?;
+    eprintln!("idle: read with {} connections open", conns.len());
+    drop(conns);
+    std::thread::sleep(SETTLE);
+    let closed = read_proc(pid)?;
+    drop(server);
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut out = String::new();
+    out.push_str("| state | VmRSS MiB | VmHWM MiB | open fds | threads | RSS vs target 64 MiB |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for (state, r) in [
+        ("fresh bitsd, no sessions".to_string(), &fresh),
+        (format!("{sessions} idle sessions, connections open"), &open),
+        (
+            format!("{sessions} idle sessions, connections closed"),
+            &closed,
+        ),
+    ] {
+        let rss = mib(r.rss_kib);
+        out.push_str(&format!(
+            "| {state} | {rss:.1} | {:.1} | {} | {} | {:.2} ({}) |\n",
+            mib(r.hwm_kib),
+            r.fds,
+            r.threads,
+            rss / TARGET_RSS_MIB,
+            if rss <= TARGET_RSS_MIB { "ok" } else { "over" }
+        ));
+    }
+    out.push_str(&format!(
+        "\n(fs backend, fsync = true; each session: 1 MiB upload, first 64 KiB fragment sent, \
+         own connection; sessions opened one after the other in {setup_secs:.1} s; readings \
+         {} s after the last change)\n",
+        SETTLE.as_secs()
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Small smoke run: `cargo test -p bench --release -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn idle_smoke() {
+        let table = super::run(50).unwrap();
+        println!("{table}");
+    }
+}

@@ -1,0 +1,330 @@
+//! `bench small`: many small uploads against one bitsd (fs backend, safe fsync mode).
+//!
+//! `clients` threads share `uploads` uploads of `file_kib` KiB each; every upload is
+//! Create-Session, one Fragment with the whole file, Close-Session, sent as raw HTTP/1.1 on
+//! one keep-alive connection per thread. Reports uploads/s over the wall time and the p50/p99
+//! latency of each packet type (every request is timed), and the ratio against the target of
+//! 2000 uploads/s.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::server::Bitsd;
+
+/// The issue's target throughput.
+const TARGET_UPLOADS_S: f64 = 2000.0;
+pub(crate) const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
+
+/// Latencies in seconds of one packet type.
+#[derive(Default)]
+struct Latencies {
+    create: Vec<f64>,
+    fragment: Vec<f64>,
+    close: Vec<f64>,
+}
+
+pub fn run(uploads: usize, clients: usize, file_kib: usize) -> Result<String> {
+    let (uploads, clients, file_kib) = (uploads.max(1), clients.max(1), file_kib.max(1));
+    let clients = clients.min(uploads);
+    let base = Path::new("target").join("bench-data");
+    std::fs::create_dir_all(&base)?;
+    let dir = tempfile::tempdir_in(&base)?;
+    let size = file_kib << 10;
+    let config = format!(
+        "fsync = true\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\n\
+         max_fragment_size = {max}\n",
+        root = dir.path().display(),
+        max = size.max(1 << 20)
+    );
+    let server = Bitsd::start(dir.path(), &config)?;
+    eprintln!(
+        "small: bitsd at {}; {uploads} uploads of {file_kib} KiB from {clients} clients",
+        server.addr
+    );
+    let body: Vec<u8> = (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+
+    let done = AtomicUsize::new(0);
+    let finished = AtomicBool::new(false);
+    let barrier = Barrier::new(clients + 1);
+    let addr = server.addr;
+    let (secs, lat) = std::thread::scope(|scope| -> Result<(f64, Latencies)> {
+        let workers: Vec<_> = (0..clients)
+            .map(|w| {
+                let (barrier, done, body) = (&barrier, &done, &body);
+                scope.spawn(move || -> Result<Latencies> {
+                    // Connect before the start signal, but always reach the barrier.
+                    let conn = Conn::open(addr);
+                    barrier.wait();
+                    let mut conn = conn?;
+                    let mut lat = Latencies::default();
+                    for i in (w..uploads).step_by(clients) {
+                        let path = format!("/upload/small-{i}.bin");
+                        upload(&mut conn, &path, body, &mut lat)
+                            .with_context(|| format!("upload {path}"))?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        let progress = scope.spawn(|| {
+            let start = Instant::now();
+            let mut last = Instant::now();
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= Duration::from_secs(2) {
+                    last = Instant::now();
+                    let n = done.load(Ordering::Relaxed);
+                    eprintln!(
+                        "small: {n}/{uploads} uploads after {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        });
+        barrier.wait();
+        let started = Instant::now();
+        let mut all = Latencies::default();
+        let mut first_error = None;
+        for w in workers {
+            match w
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("client thread panicked")))
+            {
+                Ok(l) => {
+                    all.create.extend(l.create);
+                    all.fragment.extend(l.fragment);
+                    all.close.extend(l.close);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        finished.store(true, Ordering::Relaxed);
+        let _ = progress.join();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok((secs, all)),
+        }
+    })?;
+    drop(server);
+
+    let published = std::fs::read_dir(dir.path().join("uploads"))?.count();
+    if published != uploads {
+        bail!("{published} files published, expected {uploads}");
+    }
+    let rate = uploads as f64 / secs;
+    let mib = (uploads * size) as f64 / (1 << 20) as f64;
+    eprintln!(
+        "small: {uploads} uploads in {secs:.2} s: {rate:.0} uploads/s ({:.2} of the target {TARGET_UPLOADS_S:.0}/s)",
+        rate / TARGET_UPLOADS_S
+    );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    out.push_str("| uploads | clients | file KiB | seconds | uploads/s | MiB/s | ratio vs target 2000 uploads/s |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    out.push_str(&format!(
+        "| {uploads} | {clients} | {file_kib} | {secs:.2} | {rate:.0} | {:.1} | {:.2} |\n\n",
+        mib / secs,
+        rate / TARGET_UPLOADS_S
+    ));
+    out.push_str("| packet type | requests | p50 ms | p99 ms | max ms |\n");
+    out.push_str("|---|---|---|---|---|\n");
+    for (name, v) in [
+        ("Create-Session", lat.create),
+        ("Fragment", lat.fragment),
+        ("Close-Session", lat.close),
+    ] {
+        let v = sorted(v);
+        out.push_str(&format!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} |\n",
+            v.len(),
+            percentile(&v, 0.50) * 1e3,
+            percentile(&v, 0.99) * 1e3,
+            v.last().copied().unwrap_or(0.0) * 1e3
+        ));
+    }
+    out.push_str(&format!(
+        "\n(fs backend, fsync = true, one fragment per upload, one keep-alive connection per \
+         client; bitsd and the {clients} client threads share this machine's {cores} core(s))\n"
+    ));
+    Ok(out)
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// Nearest-rank percentile of sorted values (0 for none).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Create-Session, one Fragment with all of `body`, Close-Session; each request timed.
+fn upload(conn: &mut Conn, path: &str, body: &[u8], lat: &mut Latencies) -> Result<()> {
+    let t = Instant::now();
+    let created = conn.post(
+        path,
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            ("BITS-Supported-Protocols", PROTOCOL),
+        ],
+        &[],
+    )?;
+    lat.create.push(t.elapsed().as_secs_f64());
+    if created.status != 200 {
+        bail!(
+            "Create-Session: HTTP {} {:?}",
+            created.status,
+            created.headers
+        );
+    }
+    let sid = created
+        .header("BITS-Session-Id")
+        .context("no BITS-Session-Id")?
+        .to_string();
+    let range = format!("bytes 0-{}/{}", body.len() - 1, body.len());
+    let t = Instant::now();
+    let resp = conn.post(
+        path,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", &range),
+        ],
+        body,
+    )?;
+    lat.fragment.push(t.elapsed().as_secs_f64());
+    if resp.status != 200 {
+        bail!("Fragment: HTTP {} {:?}", resp.status, resp.headers);
+    }
+    let t = Instant::now();
+    let closed = conn.post(
+        path,
+        &[
+            ("BITS-Packet-Type", "Close-Session"),
+            ("BITS-Session-Id", &sid),
+        ],
+        &[],
+    )?;
+    lat.close.push(t.elapsed().as_secs_f64());
+    if closed.status != 200 {
+        bail!("Close-Session: HTTP {} {:?}", closed.status, closed.headers);
+    }
+    Ok(())
+}
+
+pub(crate) struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection to bitsd.
+pub(crate) struct Conn {
+    addr: SocketAddr,
+    stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Result<Conn> {
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        s.set_write_timeout(Some(Duration::from_secs(120)))?;
+        Ok(Conn {
+            addr,
+            stream: BufReader::new(s),
+        })
+    }
+
+    /// One BITS_POST; reads the whole response (head and any body). Head and body go out in
+    /// one write so a small request is one segment.
+    pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
+        let addr = self.addr;
+        let mut req = format!(
+            "BITS_POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        for (k, v) in headers {
+            req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        self.stream.get_mut().write_all(&req)?;
+        let mut line = String::new();
+        if self.stream.read_line(&mut line)? == 0 {
+            bail!("{addr} closed the connection");
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("bad status line from {addr}: {line:?}"))?;
+        let mut resp = Response {
+            status,
+            headers: Vec::new(),
+        };
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line)? == 0 {
+                bail!("{addr} closed the connection mid-response");
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                resp.headers
+                    .push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: u64 = resp
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        std::io::copy(&mut self.stream.by_ref().take(len), &mut std::io::sink())?;
+        if resp
+            .header("Connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            bail!("{addr} closed the keep-alive connection (HTTP {status})");
+        }
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Small smoke run: `cargo test -p bench --release -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn small_smoke() {
+        let table = super::run(200, 8, 16).unwrap();
+        println!("{table}");
+    }
+}
