@@ -106,6 +106,9 @@ pub async fn serve(
     Ok(())
 }
 
+/// Per-connection read buffer limit (hyper's minimum is 8 KiB).
+const READ_BUFFER_MAX: usize = 16 << 10;
+
 async fn backoff(e: io::Error) {
     // Out of file descriptors and the like: back off instead of spinning.
     tracing::warn!(error = %e, "accept failed");
@@ -152,6 +155,9 @@ async fn drive<I>(
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // Caps what an idle keep-alive connection keeps allocated (the read buffer grows to the
+        // largest chunk it ever held); bodies still stream, in reads of at most this size.
+        .max_buf_size(READ_BUFFER_MAX)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

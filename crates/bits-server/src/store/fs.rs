@@ -264,7 +264,8 @@ impl DataStore for FsStore {
                 }
             }
         };
-        let mut buf = BytesMut::new();
+        // Sized once per chunk: growing it as data arrives would copy every byte again.
+        let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
         let mut pending: Option<JoinHandle<io::Result<u64>>> = None;
         let mut queued = 0u64; // bytes handed to writes so far
         let mut written = 0u64; // bytes whose writes completed
@@ -297,6 +298,7 @@ impl DataStore for FsStore {
                     }
                 }
                 let chunk = buf.split().freeze();
+                buf.reserve(WRITE_CHUNK.min((len - queued) as usize));
                 let n = chunk.len() as u64;
                 pending = Some(spawn_write(file.clone(), offset + queued, chunk));
                 queued += n;
