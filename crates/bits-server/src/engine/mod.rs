@@ -355,9 +355,14 @@ impl Engine {
                 return Err(e.into());
             }
         }
-        // Data is durable; now the length that claims it (data before metadata).
-        self.sessions.save(&rec).await?;
-        if rec.total == Some(rec.received) {
+        // Data is durable; now the length that claims it (data before metadata). A completing
+        // fragment without notification is recorded once, after publishing: the spool copy
+        // stays until then, so a crash in between is finished by the retransmit.
+        let completes = rec.total == Some(rec.received);
+        if !completes || vdir.notification_type != crate::config::NotificationType::None {
+            self.sessions.save(&rec).await?;
+        }
+        if completes {
             self.complete(&mut rec, vdir, bases).await?;
         }
         Ok(Ack::ok()
@@ -387,6 +392,9 @@ impl Engine {
         rec.state = SessionState::Committed;
         self.sessions.save(rec).await?;
         self.registry().set_spooled(rec.id, 0);
+        if let Err(e) = self.data.release_upload(rec.id, &rec.destination).await {
+            tracing::warn!(session = %rec.id, error = %e, "could not drop the spool copy of a published upload");
+        }
         tracing::info!(session = %rec.id, destination = %rec.destination.path, bytes = total, "upload published");
         Ok(())
     }
@@ -415,7 +423,7 @@ impl Engine {
         self.data.discard(rec.id).await?;
         rec.state = to;
         rec.ended_at = Some(now_ms());
-        self.sessions.save(rec).await?;
+        self.sessions.save_ended(rec).await?;
         self.registry().remove(rec.id);
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,18 +65,24 @@ impl FsStore {
     }
 
     fn write_meta(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.write_meta_with(rec, self.fsync)
+    }
+
+    fn write_meta_with(&self, rec: &SessionRecord, durable: bool) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(rec)
             .map_err(|e| StoreError::Corrupt(rec.id.to_string(), e.to_string()))?;
         let dir = self.dir(rec.id);
         let tmp = dir.join("meta.json.tmp");
         let mut f = File::create(&tmp)?;
         f.write_all(&json)?;
-        if self.fsync {
+        if durable {
             f.sync_all()?;
         }
         drop(f);
         fs::rename(&tmp, dir.join("meta.json"))?;
-        self.sync_dir(&dir)?;
+        if durable {
+            self.sync_dir(&dir)?;
+        }
         Ok(())
     }
 }
@@ -117,6 +123,11 @@ impl SessionStore for FsStore {
     async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let (me, rec) = (self.clone(), rec.clone());
         blocking(move || me.write_meta(&rec)).await
+    }
+
+    async fn save_ended(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        let (me, rec) = (self.clone(), rec.clone());
+        blocking(move || me.write_meta_with(&rec, false)).await
     }
 
     async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
@@ -231,9 +242,9 @@ impl DataStore for FsStore {
     async fn allocate(&self, id: SessionId) -> Result<(), StoreError> {
         let me = self.clone();
         blocking(move || {
-            fs::create_dir_all(me.dir(id))?;
+            // Not synced: an empty data file holds nothing acknowledged, and writes create it.
+            // The session directory exists: `SessionStore::create` made it.
             File::create(me.data(id))?;
-            me.sync_dir(&me.dir(id))?;
             Ok(())
         })
         .await
@@ -360,6 +371,11 @@ impl DataStore for FsStore {
         blocking(move || me.commit_blocking(id, total, &dest, overwrite)).await
     }
 
+    async fn release_upload(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        let (me, dest) = (self.clone(), dest.clone());
+        blocking(move || me.release_blocking(id, &dest)).await
+    }
+
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
         let paths = [
             self.data(id),
@@ -477,42 +493,46 @@ impl FsStore {
                 f.sync_all()?;
             }
         }
-        // Same file system: publish the spool file itself. Otherwise copy next to the target first.
+        // Same file system: publish the spool file itself. Otherwise copy next to the target
+        // first (kept, like the spool file, until the record says published: a retry after a
+        // crash then recognises its own publication by the inode).
         let source = if same_device(&data_meta, &parent)? {
             data.clone()
         } else {
             let tmp = parent.join(format!("{PARTIAL_PREFIX}{}", id.as_uuid().simple()));
-            let mut out = File::create(&tmp)?;
-            io::copy(&mut File::open(&data)?, &mut out)?;
-            if self.fsync {
-                out.sync_all()?;
+            if fs::metadata(&tmp).map(|m| m.len() != total).unwrap_or(true) {
+                let mut out = File::create(&tmp)?;
+                io::copy(&mut File::open(&data)?.take(total), &mut out)?;
+                if self.fsync {
+                    out.sync_all()?;
+                }
             }
             tmp
         };
-        let published = if overwrite {
-            fs::rename(&source, &target).map_err(StoreError::from)
-        } else {
-            match fs::hard_link(&source, &target) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && same_inode(&source, &target) => {
-                    Ok(())
+        if !same_inode(&source, &target) {
+            if overwrite {
+                // A second name for the same inode, renamed over the target: atomic replace
+                // without giving up the spool name.
+                let staged = parent.join(format!("{PARTIAL_PREFIX}{}-publish", id.as_uuid().simple()));
+                remove_if_exists(&staged)?;
+                fs::hard_link(&source, &staged)?;
+                fs::rename(&staged, &target)?;
+            } else {
+                match fs::hard_link(&source, &target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(StoreError::DestinationExists),
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    Err(StoreError::DestinationExists)
-                }
-                Err(e) => Err(e.into()),
             }
-        };
-        if published.is_err() && source != data {
-            let _ = fs::remove_file(&source);
         }
-        published?;
         self.sync_dir(&parent)?;
-        if source != data || !overwrite {
-            remove_if_exists(&source)?;
-            if source != data {
-                let _ = fs::remove_file(&data);
-            }
+        Ok(())
+    }
+
+    fn release_blocking(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        remove_if_exists(&self.data(id))?;
+        if let Some(parent) = dest_path(dest).parent() {
+            remove_if_exists(&parent.join(format!("{PARTIAL_PREFIX}{}", id.as_uuid().simple())))?;
         }
         Ok(())
     }

@@ -152,6 +152,11 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
     /// Atomically replaces the record: a crash leaves either the old or the new one.
     async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError>;
+    /// Saves a record that has ended (Closed, Cancelled, Expired). It may skip making the write
+    /// durable: losing a tombstone only revives a session that is answered the same way.
+    async fn save_ended(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.save(rec).await
+    }
     /// Forgets the record entirely.
     async fn remove(&self, id: SessionId) -> Result<(), StoreError>;
     async fn list(&self) -> Result<Vec<SessionId>, StoreError>;
@@ -187,6 +192,11 @@ pub trait DataStore: Send + Sync + 'static {
         dest: &Destination,
         overwrite: bool,
     ) -> Result<(), StoreError>;
+    /// Drops the session's copy of an upload once its publication is recorded.
+    async fn release_upload(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        let _ = (id, dest);
+        Ok(())
+    }
     /// Deletes the session's temporary data and reply (never the published file).
     async fn discard(&self, id: SessionId) -> Result<(), StoreError>;
     /// The complete upload, for a by-value notification.
