@@ -513,14 +513,17 @@ impl FsStore {
             if overwrite {
                 // A second name for the same inode, renamed over the target: atomic replace
                 // without giving up the spool name.
-                let staged = parent.join(format!("{PARTIAL_PREFIX}{}-publish", id.as_uuid().simple()));
+                let staged =
+                    parent.join(format!("{PARTIAL_PREFIX}{}-publish", id.as_uuid().simple()));
                 remove_if_exists(&staged)?;
                 fs::hard_link(&source, &staged)?;
                 fs::rename(&staged, &target)?;
             } else {
                 match fs::hard_link(&source, &target) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(StoreError::DestinationExists),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        return Err(StoreError::DestinationExists)
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
