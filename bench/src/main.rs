@@ -79,6 +79,13 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 64)]
         file_kib: usize,
+        /// Measure another BITS server started by hand instead (peer comparison): its loopback
+        /// address, e.g. 127.0.0.1:8000. bitsd is not started then.
+        #[arg(long)]
+        peer: Option<std::net::SocketAddr>,
+        /// URL path prefix of the peer's upload directory.
+        #[arg(long, default_value = "/upload/")]
+        peer_prefix: String,
     },
     /// Open sessions left idle mid-upload: server memory and file descriptors.
     Idle {
@@ -118,7 +125,14 @@ fn main() -> Result<()> {
             uploads,
             clients,
             file_kib,
-        } => print(small::run(uploads, clients, file_kib)),
+            peer,
+            peer_prefix,
+        } => print(small::run(
+            uploads,
+            clients,
+            file_kib,
+            peer.map(|a| (a, peer_prefix)),
+        )),
         Cmd::Idle { sessions } => print(idle::run(sessions)),
         Cmd::Download { mib } => print(download::run(mib)),
         Cmd::Cpu { mib } => print(cpu::run(mib)),
@@ -126,7 +140,7 @@ fn main() -> Result<()> {
             println!("# bitsd benchmarks\n\n## Durability: 2 GiB upload vs dd conv=fsync\n");
             durability(2048, 8, 1, None)?;
             println!("\n## Many small uploads\n");
-            print(small::run(2000, 32, 64))?;
+            print(small::run(2000, 32, 64, None))?;
             println!("\n## Idle sessions\n");
             print(idle::run(1000))?;
             println!("\n## Download vs cat\n");

@@ -29,7 +29,20 @@ struct Latencies {
     close: Vec<f64>,
 }
 
-pub fn run(uploads: usize, clients: usize, file_kib: usize) -> Result<String> {
+/// Runs the workload against a fresh bitsd, or, with `peer` = (loopback address, upload URL
+/// prefix such as `/upload/`), against another BITS server started by hand — the peer
+/// comparison. Only loopback peers are accepted.
+pub fn run(
+    uploads: usize,
+    clients: usize,
+    file_kib: usize,
+    peer: Option<(std::net::SocketAddr, String)>,
+) -> Result<String> {
+    if let Some((addr, _)) = &peer {
+        if !addr.ip().is_loopback() {
+            bail!("peer {addr} is not a loopback address");
+        }
+    }
     let (uploads, clients, file_kib) = (uploads.max(1), clients.max(1), file_kib.max(1));
     let clients = clients.min(uploads);
     let base = Path::new("target").join("bench-data");
@@ -42,11 +55,21 @@ pub fn run(uploads: usize, clients: usize, file_kib: usize) -> Result<String> {
         root = dir.path().display(),
         max = size.max(1 << 20)
     );
-    let server = Bitsd::start(dir.path(), &config)?;
-    eprintln!(
-        "small: bitsd at {}; {uploads} uploads of {file_kib} KiB from {clients} clients",
-        server.addr
-    );
+    let server = match &peer {
+        None => Some(Bitsd::start(dir.path(), &config)?),
+        Some(_) => None,
+    };
+    let (addr, prefix) = match (&peer, &server) {
+        (Some((a, p)), _) => (*a, p.clone()),
+        (None, Some(s)) => (s.addr, "/upload/".to_string()),
+        (None, None) => bail!("no server to measure"),
+    };
+    let who = if peer.is_some() {
+        "peer server"
+    } else {
+        "bitsd"
+    };
+    eprintln!("small: {who} at {addr}; {uploads} uploads of {file_kib} KiB from {clients} clients");
     let body: Vec<u8> = (0..size)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
@@ -54,11 +77,10 @@ pub fn run(uploads: usize, clients: usize, file_kib: usize) -> Result<String> {
     let done = AtomicUsize::new(0);
     let finished = AtomicBool::new(false);
     let barrier = Barrier::new(clients + 1);
-    let addr = server.addr;
     let (secs, lat) = std::thread::scope(|scope| -> Result<(f64, Latencies)> {
         let workers: Vec<_> = (0..clients)
             .map(|w| {
-                let (barrier, done, body) = (&barrier, &done, &body);
+                let (barrier, done, body, prefix) = (&barrier, &done, &body, &prefix);
                 scope.spawn(move || -> Result<Latencies> {
                     // Connect before the start signal, but always reach the barrier.
                     let conn = Conn::open(addr);
@@ -66,7 +88,7 @@ pub fn run(uploads: usize, clients: usize, file_kib: usize) -> Result<String> {
                     let mut conn = conn?;
                     let mut lat = Latencies::default();
                     for i in (w..uploads).step_by(clients) {
-                        let path = format!("/upload/small-{i}.bin");
+                        let path = format!("{prefix}small-{i}.bin");
                         upload(&mut conn, &path, body, &mut lat)
                             .with_context(|| format!("upload {path}"))?;
                         done.fetch_add(1, Ordering::Relaxed);
@@ -117,11 +139,12 @@ pub fn run(uploads: usize, clients: usize, file_kib: usize) -> Result<String> {
             None => Ok((secs, all)),
         }
     })?;
-    drop(server);
-
-    let published = std::fs::read_dir(dir.path().join("uploads"))?.count();
-    if published != uploads {
-        bail!("{published} files published, expected {uploads}");
+    if let Some(server) = server {
+        drop(server);
+        let published = std::fs::read_dir(dir.path().join("uploads"))?.count();
+        if published != uploads {
+            bail!("{published} files published, expected {uploads}");
+        }
     }
     let rate = uploads as f64 / secs;
     let mib = (uploads * size) as f64 / (1 << 20) as f64;
@@ -324,7 +347,7 @@ mod tests {
     #[test]
     #[ignore]
     fn small_smoke() {
-        let table = super::run(200, 8, 16).unwrap();
+        let table = super::run(200, 8, 16, None).unwrap();
         println!("{table}");
     }
 }
