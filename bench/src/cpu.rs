@@ -11,8 +11,7 @@
 //! self (exclusive) instructions of the upload run: the profile of the ingest hot path.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,11 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::server::Bitsd;
+use crate::wire::{Conn, PROTOCOL};
 
 const FRAGMENT: usize = 8 << 20;
 /// Upload size cap under callgrind.
 const CALLGRIND_MIB: u64 = 32;
-const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
 const TOP: usize = 10;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -309,12 +308,8 @@ fn upload(addr: SocketAddr, path: &str, total: u64) -> Result<()> {
     let body: Vec<u8> = (0..FRAGMENT)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
-    let s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
-    let mut conn = BufReader::new(s);
-    let (status, created) = post(
-        &mut conn,
+    let mut conn = Conn::open(addr)?;
+    let created = conn.post(
         path,
         &[
             ("BITS-Packet-Type", "Create-Session"),
@@ -322,20 +317,18 @@ fn upload(addr: SocketAddr, path: &str, total: u64) -> Result<()> {
         ],
         &[],
     )?;
-    if status != 200 {
-        bail!("Create-Session: HTTP {status}");
+    if created.status != 200 {
+        bail!("Create-Session: HTTP {}", created.status);
     }
     let sid = created
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("BITS-Session-Id"))
-        .map(|(_, v)| v.clone())
-        .context("no BITS-Session-Id")?;
+        .header("BITS-Session-Id")
+        .context("no BITS-Session-Id")?
+        .to_string();
     let mut off = 0u64;
     while off < total {
         let len = (FRAGMENT as u64).min(total - off);
         let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
-        let (status, headers) = post(
-            &mut conn,
+        let resp = conn.post(
             path,
             &[
                 ("BITS-Packet-Type", "Fragment"),
@@ -344,13 +337,12 @@ fn upload(addr: SocketAddr, path: &str, total: u64) -> Result<()> {
             ],
             &body[..len as usize],
         )?;
-        if status != 200 {
-            bail!("fragment at {off}: HTTP {status} {headers:?}");
+        if resp.status != 200 {
+            bail!("fragment at {off}: HTTP {} {:?}", resp.status, resp.headers);
         }
         off += len;
     }
-    let (status, _) = post(
-        &mut conn,
+    let closed = conn.post(
         path,
         &[
             ("BITS-Packet-Type", "Close-Session"),
@@ -358,57 +350,10 @@ fn upload(addr: SocketAddr, path: &str, total: u64) -> Result<()> {
         ],
         &[],
     )?;
-    if status != 200 {
-        bail!("Close-Session: HTTP {status}");
+    if closed.status != 200 {
+        bail!("Close-Session: HTTP {}", closed.status);
     }
     Ok(())
-}
-
-/// One BITS_POST; returns the status and headers (any body is read and discarded).
-fn post(
-    conn: &mut BufReader<TcpStream>,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(u16, Vec<(String, String)>)> {
-    let mut head = format!(
-        "BITS_POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    conn.get_mut().write_all(head.as_bytes())?;
-    conn.get_mut().write_all(body)?;
-    let mut line = String::new();
-    conn.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line {line:?}"))?;
-    let mut out = Vec::new();
-    loop {
-        line.clear();
-        if conn.read_line(&mut line)? == 0 {
-            bail!("connection closed mid-response");
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            out.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    let len: u64 = out
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    std::io::copy(&mut conn.by_ref().take(len), &mut std::io::sink())?;
-    Ok((status, out))
 }
 
 #[cfg(test)]

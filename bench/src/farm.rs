@@ -7,19 +7,18 @@
 //! (Create-Session, fragments, Close-Session on keep-alive connections). With several nodes
 //! every request goes to the next node in turn, as a round-robin load balancer would send it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::seaweed::SeaweedFs;
 use crate::server::Bitsd;
+use crate::wire::{Conn, Response, PROTOCOL};
 
 const FRAGMENT: usize = 1 << 20;
-const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
 
 /// One measured case.
 struct Figures {
@@ -236,37 +235,15 @@ fn load(
 /// One BITS client: a keep-alive connection to every node, requests sent to the nodes in turn.
 struct Client {
     addrs: Vec<SocketAddr>,
-    conns: Vec<Option<BufReader<TcpStream>>>,
+    conns: Vec<Option<Conn>>,
     next: usize,
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn open(addr: SocketAddr) -> Result<BufReader<TcpStream>> {
-    let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    s.set_write_timeout(Some(Duration::from_secs(120)))?;
-    Ok(BufReader::new(s))
 }
 
 impl Client {
     fn connect(addrs: &[SocketAddr], worker: usize) -> Result<Client> {
         let conns = addrs
             .iter()
-            .map(|&a| open(a).map(Some))
+            .map(|&a| Conn::open(a).map(Some))
             .collect::<Result<_>>()?;
         Ok(Client {
             addrs: addrs.to_vec(),
@@ -331,53 +308,10 @@ impl Client {
         let addr = self.addrs[n];
         let conn = match &mut self.conns[n] {
             Some(c) => c,
-            slot @ None => slot.insert(open(addr)?),
+            slot @ None => slot.insert(Conn::open(addr)?),
         };
-        let mut head = format!(
-            "BITS_POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let stream = conn.get_mut();
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut line = String::new();
-        conn.read_line(&mut line)?;
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("bad status line from {addr}: {line:?}"))?;
-        let mut resp = Response {
-            status,
-            headers: Vec::new(),
-        };
-        loop {
-            line.clear();
-            if conn.read_line(&mut line)? == 0 {
-                bail!("{addr} closed the connection mid-response");
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                resp.headers
-                    .push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let len: u64 = resp
-            .header("Content-Length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        std::io::copy(&mut conn.by_ref().take(len), &mut std::io::sink())?;
-        if resp
-            .header("Connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-        {
+        let resp = conn.post(path, headers, body)?;
+        if resp.closes() {
             self.conns[n] = None;
         }
         Ok(resp)

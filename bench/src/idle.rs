@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::server::Bitsd;
-use crate::small::{Conn, PROTOCOL};
+use crate::wire::{Conn, PROTOCOL};
 
 const FRAGMENT: usize = 64 << 10;
 const TOTAL: usize = 1 << 20;

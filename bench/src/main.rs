@@ -18,6 +18,7 @@ mod idle;
 mod seaweed;
 mod server;
 mod small;
+mod wire;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

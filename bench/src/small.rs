@@ -6,8 +6,6 @@
 //! latency of each packet type (every request is timed), and the ratio against the target of
 //! 2000 uploads/s.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Barrier;
@@ -16,10 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::server::Bitsd;
+use crate::wire::{Conn, PROTOCOL};
 
 /// The target throughput.
 const TARGET_UPLOADS_S: f64 = 2000.0;
-pub(crate) const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
 
 /// Latencies in seconds of one packet type.
 #[derive(Default)]
@@ -250,95 +248,6 @@ fn upload(conn: &mut Conn, path: &str, body: &[u8], lat: &mut Latencies) -> Resu
         bail!("Close-Session: HTTP {} {:?}", closed.status, closed.headers);
     }
     Ok(())
-}
-
-pub(crate) struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection to bitsd.
-pub(crate) struct Conn {
-    addr: SocketAddr,
-    stream: BufReader<TcpStream>,
-}
-
-impl Conn {
-    pub fn open(addr: SocketAddr) -> Result<Conn> {
-        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))?;
-        s.set_write_timeout(Some(Duration::from_secs(120)))?;
-        Ok(Conn {
-            addr,
-            stream: BufReader::new(s),
-        })
-    }
-
-    /// One BITS_POST; reads the whole response (head and any body). Head and body go out in
-    /// one write so a small request is one segment.
-    pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
-        let addr = self.addr;
-        let mut req = format!(
-            "BITS_POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-            body.len()
-        )
-        .into_bytes();
-        for (k, v) in headers {
-            req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-        }
-        req.extend_from_slice(b"\r\n");
-        req.extend_from_slice(body);
-        self.stream.get_mut().write_all(&req)?;
-        let mut line = String::new();
-        if self.stream.read_line(&mut line)? == 0 {
-            bail!("{addr} closed the connection");
-        }
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("bad status line from {addr}: {line:?}"))?;
-        let mut resp = Response {
-            status,
-            headers: Vec::new(),
-        };
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line)? == 0 {
-                bail!("{addr} closed the connection mid-response");
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                resp.headers
-                    .push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let len: u64 = resp
-            .header("Content-Length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        std::io::copy(&mut self.stream.by_ref().take(len), &mut std::io::sink())?;
-        if resp
-            .header("Connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-        {
-            bail!("{addr} closed the keep-alive connection (HTTP {status})");
-        }
-        Ok(resp)
-    }
 }
 
 #[cfg(test)]
