@@ -27,7 +27,7 @@ use tokio_util::io::ReaderStream;
 /// More ranges than this in one request are answered with the whole file instead.
 const MAX_RANGES: usize = 32;
 const OCTET_STREAM: &str = "application/octet-stream";
-const READ_CHUNK: usize = 64 << 10;
+const READ_CHUNK: usize = 256 << 10;
 
 /// What is being served: size and version identity of one file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -45,6 +45,7 @@ impl Engine {
         };
         self.finish(rec, to).await?;
         tracing::info!(session = %rec.id, destination = %rec.destination.path, "session expired");
+        self.observe(super::SessionEvent::Expired, rec);
         Ok(())
     }
 
@@ -102,7 +103,16 @@ impl Engine {
         id: SessionId,
         report: &mut RecoveryReport,
     ) -> Result<(), BitsError> {
-        let Some(mut rec) = self.sessions.load(id).await? else {
+        let loaded = match self.sessions.load(id).await {
+            // Only a record written without sync can be torn (Create-Session, tombstones): if no
+            // data is held either, nothing acknowledged depends on it.
+            Err(StoreError::Corrupt(..)) if self.data.held(id).await? == 0 => {
+                tracing::warn!(session = %id, "unreadable record without data (torn by a crash); removed");
+                None
+            }
+            other => other?,
+        };
+        let Some(mut rec) = loaded else {
             // Created on disk but never recorded (a crash inside Create-Session): nobody got an Ack.
             self.data.discard(id).await?;
             self.sessions.remove(id).await?;

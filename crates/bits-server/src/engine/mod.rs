@@ -2,6 +2,7 @@
 //! storage traits. It never sees HTTP: it takes a [`Packet`] plus a body stream and answers with
 //! an [`Ack`] or a [`BitsError`].
 
+mod events;
 mod lifecycle;
 mod locks;
 mod registry;
@@ -21,6 +22,7 @@ use crate::store::{
 };
 use crate::target::UploadTarget;
 
+pub use events::SessionEvent;
 pub use lifecycle::{RecoveryReport, SweepReport};
 use locks::{SessionGuard, SessionLocks};
 use registry::Registry;
@@ -215,6 +217,7 @@ impl Engine {
             return Err(e.into());
         }
         tracing::debug!(session = %rec.id, destination = %rec.destination.path, "session created");
+        self.observe(SessionEvent::Created, &rec);
         Ok(Ack::session_created(
             rec.id,
             protocol,
@@ -396,6 +399,7 @@ impl Engine {
             tracing::warn!(session = %rec.id, error = %e, "could not drop the spool copy of a published upload");
         }
         tracing::info!(session = %rec.id, destination = %rec.destination.path, bytes = total, "upload published");
+        self.observe(SessionEvent::Completed, rec);
         Ok(())
     }
 
@@ -415,6 +419,11 @@ impl Engine {
             SessionState::Expired => return Err(BitsError::SessionNotFound(id)),
         }
         self.finish(&mut rec, to).await?;
+        let event = match to {
+            SessionState::Cancelled => SessionEvent::Cancelled,
+            _ => SessionEvent::Closed,
+        };
+        self.observe(event, &rec);
         Ok(Ack::ok().with_session(id))
     }
 

@@ -6,24 +6,26 @@
 //! <spool>/sessions/<uuid>/data        the partial upload, written in place at the received offset
 //! ```
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bits_proto::SessionId;
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::{spawn_blocking, JoinHandle};
 
+use super::vectored;
 use super::{
     BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionStore, StoreError,
     WriteOutcome,
 };
 
-/// Bytes gathered from the network before one positioned write; two such buffers are in flight
+/// Bytes gathered from the network before one positioned write; two such batches are in flight
 /// at most (one being filled, one being written), which bounds memory per request.
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -31,6 +33,11 @@ const WRITE_CHUNK: usize = 1 << 20;
 pub struct FsStore {
     sessions: PathBuf,
     fsync: bool,
+    /// Sessions whose directory entry under `sessions/` is known durable. Create-Session is not
+    /// synced (a session lost in a crash before its first fragment held nothing acknowledged, and
+    /// the client starts over on 0x8020001F), so the first durable save of a session also syncs
+    /// the parent directory.
+    anchored: Arc<Mutex<HashSet<SessionId>>>,
 }
 
 impl FsStore {
@@ -38,7 +45,14 @@ impl FsStore {
     pub fn open(spool: &Path, fsync: bool) -> io::Result<FsStore> {
         let sessions = spool.join("sessions");
         fs::create_dir_all(&sessions)?;
-        Ok(FsStore { sessions, fsync })
+        let store = FsStore {
+            sessions,
+            fsync,
+            anchored: Arc::default(),
+        };
+        // Whatever survived until now is made durable once, so it counts as anchored.
+        store.sync_dir(&store.sessions)?;
+        Ok(store)
     }
 
     fn dir(&self, id: SessionId) -> PathBuf {
@@ -65,7 +79,16 @@ impl FsStore {
     }
 
     fn write_meta(&self, rec: &SessionRecord) -> Result<(), StoreError> {
-        self.write_meta_with(rec, self.fsync)
+        self.write_meta_with(rec, self.fsync)?;
+        if self.fsync && !self.anchored().contains(&rec.id) {
+            self.sync_dir(&self.sessions)?;
+            self.anchored().insert(rec.id);
+        }
+        Ok(())
+    }
+
+    fn anchored(&self) -> MutexGuard<'_, HashSet<SessionId>> {
+        self.anchored.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write_meta_with(&self, rec: &SessionRecord, durable: bool) -> Result<(), StoreError> {
@@ -101,9 +124,8 @@ impl SessionStore for FsStore {
         let (me, rec) = (self.clone(), rec.clone());
         blocking(move || {
             fs::create_dir(me.dir(rec.id))?;
-            me.write_meta(&rec)?;
-            me.sync_dir(&me.sessions)?;
-            Ok(())
+            // Not synced: see `anchored`. The first durable save makes the chain durable.
+            me.write_meta_with(&rec, false)
         })
         .await
     }
@@ -134,7 +156,10 @@ impl SessionStore for FsStore {
         let me = self.clone();
         blocking(move || match fs::remove_dir_all(me.dir(id)) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(me.sync_dir(&me.sessions)?),
+            _ => {
+                me.anchored().remove(&id);
+                Ok(me.sync_dir(&me.sessions)?)
+            }
         })
         .await
     }
@@ -216,8 +241,28 @@ fn inspect_blocking(dest: &Destination) -> Result<DestinationState, StoreError> 
 }
 
 /// Positioned writes of `chunk` at `pos`, on the blocking pool.
-fn spawn_write(file: Arc<File>, pos: u64, chunk: bytes::Bytes) -> JoinHandle<io::Result<u64>> {
-    spawn_blocking(move || file.write_all_at(&chunk, pos).map(|()| chunk.len() as u64))
+/// Body chunks waiting for one gather write.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len() as u64;
+            self.chunks.push(chunk);
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len >= WRITE_CHUNK as u64 || self.chunks.len() >= vectored::MAX_SLICES
+    }
+}
+
+fn spawn_write(file: Arc<File>, pos: u64, chunks: Vec<Bytes>) -> JoinHandle<io::Result<u64>> {
+    spawn_blocking(move || vectored::write_all_at(&file, pos, &chunks))
 }
 
 async fn finish(pending: Option<JoinHandle<io::Result<u64>>>) -> io::Result<u64> {
@@ -275,18 +320,17 @@ impl DataStore for FsStore {
                 }
             }
         };
-        // Sized once per chunk: growing it as data arrives would copy every byte again.
-        let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
+        // Chunks are kept as they arrived and written with one gather write per batch.
+        let mut batch = Batch::default();
         let mut pending: Option<JoinHandle<io::Result<u64>>> = None;
         let mut queued = 0u64; // bytes handed to writes so far
         let mut written = 0u64; // bytes whose writes completed
         let mut error: Option<StoreError> = None;
-        while queued + (buf.len() as u64) < len {
+        while queued + batch.len < len {
             match body.next().await {
                 Some(Ok(mut chunk)) => {
-                    let room = (len - queued - buf.len() as u64) as usize;
-                    chunk.truncate(room);
-                    buf.extend_from_slice(&chunk);
+                    chunk.truncate((len - queued - batch.len) as usize);
+                    batch.push(chunk);
                 }
                 Some(Err(e)) => {
                     error = Some(StoreError::Body(e));
@@ -300,7 +344,7 @@ impl DataStore for FsStore {
                     break;
                 }
             }
-            if buf.len() >= WRITE_CHUNK {
+            if batch.is_full() {
                 match finish(pending.take()).await {
                     Ok(n) => written += n,
                     Err(e) => {
@@ -308,10 +352,9 @@ impl DataStore for FsStore {
                         break;
                     }
                 }
-                let chunk = buf.split().freeze();
-                buf.reserve(WRITE_CHUNK.min((len - queued) as usize));
-                let n = chunk.len() as u64;
-                pending = Some(spawn_write(file.clone(), offset + queued, chunk));
+                let full = std::mem::take(&mut batch);
+                let n = full.len;
+                pending = Some(spawn_write(file.clone(), offset + queued, full.chunks));
                 queued += n;
             }
         }
@@ -321,13 +364,14 @@ impl DataStore for FsStore {
         }
         // Whatever arrived before a body error is still good data: keep it.
         if written == queued
-            && !buf.is_empty()
+            && batch.len > 0
             && !matches!(error, Some(StoreError::DiskFull | StoreError::Io(_)))
         {
+            let rest = std::mem::take(&mut batch);
             match finish(Some(spawn_write(
                 file.clone(),
                 offset + queued,
-                buf.split().freeze(),
+                rest.chunks,
             )))
             .await
             {

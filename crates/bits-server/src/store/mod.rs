@@ -4,6 +4,7 @@
 
 pub mod fs;
 pub mod s3;
+mod vectored;
 
 use std::io;
 use std::pin::Pin;
