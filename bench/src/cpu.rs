@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::report::{Headline, Report};
 use crate::server::Bitsd;
 use crate::wire::{Conn, PROTOCOL};
 
@@ -38,7 +39,7 @@ struct Totals {
     cycles: Option<u64>,
 }
 
-pub fn run(mib: u64) -> Result<String> {
+pub fn run(mib: u64) -> Result<Report> {
     let counter = if perf_supported() {
         Counter::Perf
     } else {
@@ -135,7 +136,15 @@ pub fn run(mib: u64) -> Result<String> {
              valgrind a `rep movsb` counts one instruction per byte moved.)"
         )?;
     }
-    Ok(out)
+    let per_mib = marginal / mib;
+    Ok(Report::table(out).with_headline(Headline {
+        figure: format!("CPU per MiB ingested ({mib} MiB upload)"),
+        value: format!("{} instructions/MiB", group(per_mib)),
+        baseline: "-".to_string(),
+        ratio: per_mib as f64 / (1u64 << 20) as f64,
+        target: "none (ratio is instructions per byte)".to_string(),
+        met: None,
+    }))
 }
 
 /// `perf stat -e instructions true` gives a count (not `<not supported>`).
@@ -361,7 +370,7 @@ mod tests {
     #[test]
     #[ignore = "benchmark: runs bitsd under perf or callgrind; run with --ignored --nocapture"]
     fn cpu_small() {
-        let report = super::run(16).unwrap();
+        let report = super::run(16).unwrap().markdown;
         println!("{report}");
         assert!(report.contains("per MiB ingested"));
     }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::report::{Chart, Headline, Report};
 use crate::server::Bitsd;
 
 const RUNS: usize = 3;
@@ -29,7 +30,7 @@ const PARTS: u64 = 8;
 const TARGET: f64 = 0.8;
 const NAME: &str = "download-bench.bin";
 
-pub fn run(mib: u64) -> Result<String> {
+pub fn run(mib: u64) -> Result<Report> {
     let mib = mib.max(PARTS);
     let base = Path::new("target").join("bench-data");
     std::fs::create_dir_all(&base)?;
@@ -136,7 +137,28 @@ pub fn run(mib: u64) -> Result<String> {
          buffer; median of {RUNS} runs; {} core(s) shared by bitsd, client and cat)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
-    Ok(out)
+    Ok(Report::table(out)
+        .with_chart(Chart {
+            name: "bench-download",
+            title: format!("Reading a {mib} MiB file from the page cache"),
+            unit: "MiB/s".to_string(),
+            bars: vec![
+                ("cat file > /dev/null".to_string(), c),
+                ("sendfile over loopback TCP".to_string(), wire),
+                ("bitsd GET, whole file".to_string(), whole),
+                ("bitsd GET, 8 ranges, sequential".to_string(), seq),
+                ("bitsd GET, 8 ranges, parallel".to_string(), par),
+            ],
+            line: Some((format!("target {TARGET} x cat"), TARGET * c)),
+        })
+        .with_headline(Headline {
+            figure: format!("GET of a {mib} MiB file"),
+            value: format!("{whole:.0} MiB/s ({:.2} x loopback sendfile)", whole / wire),
+            baseline: format!("cat to /dev/null: {c:.0} MiB/s"),
+            ratio: whole / c,
+            target: format!(">= {TARGET} x cat"),
+            met: Some(whole / c >= TARGET),
+        }))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -338,7 +360,7 @@ mod tests {
     #[test]
     #[ignore = "benchmark: starts bitsd; run with --ignored --nocapture"]
     fn download_small() {
-        let table = super::run(64).unwrap();
+        let table = super::run(64).unwrap().markdown;
         println!("{table}");
         assert!(table.contains("| `cat file > /dev/null`"));
     }

@@ -7,6 +7,7 @@
 //! (Create-Session, fragments, Close-Session on keep-alive connections). With several nodes
 //! every request goes to the next node in turn, as a round-robin load balancer would send it.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Barrier;
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::report::{Chart, Headline, Report};
 use crate::seaweed::SeaweedFs;
 use crate::server::Bitsd;
 use crate::wire::{Conn, Response, PROTOCOL};
@@ -43,7 +45,7 @@ pub fn farm(
     rounds: usize,
     runs: usize,
     nodes: usize,
-) -> Result<()> {
+) -> Result<Report> {
     let (file_mib, concurrency, rounds, runs, nodes) = (
         file_mib.max(1),
         concurrency.max(1),
@@ -106,10 +108,15 @@ pub fn farm(
     drop(weed);
     let one = totals[0].mib_s();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("| case | uploads | MiB | seconds | MiB/s | uploads/s | ratio vs 1 node |");
-    println!("|---|---|---|---|---|---|---|");
+    let mut out = String::new();
+    writeln!(
+        out,
+        "| case | uploads | MiB | seconds | MiB/s | uploads/s | ratio vs 1 node |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|")?;
     for f in &totals {
-        println!(
+        writeln!(
+            out,
             "| {} bitsd node{} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} |",
             f.nodes,
             if f.nodes == 1 { "" } else { "s" },
@@ -119,22 +126,43 @@ pub fn farm(
             f.mib_s(),
             f.uploads_s(),
             f.mib_s() / one
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "({runs} run(s), order alternating; per case and run {concurrency} concurrent uploads x \
          {rounds} round(s) of {file_mib} MiB files in 1 MiB fragments; one SeaweedFS, fresh key \
          prefix per case, requests round-robin over the nodes; figures are totals over the runs; \
          wall time {:.0} s)",
         started.elapsed().as_secs_f64()
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "Note: the bitsd node(s), SeaweedFS and the {concurrency} client threads all share this \
          machine's {cores} core(s), so extra nodes add no CPU: a {nodes}-node/1-node ratio near \
          1.0 is expected here; scaling shows only when nodes (and the store) have their own \
          machines."
-    );
-    Ok(())
+    )?;
+    let farm = totals[1].mib_s();
+    Ok(Report::table(out)
+        .with_chart(Chart {
+            name: "bench-farm",
+            title: format!("Farm on SeaweedFS: 1 node vs {nodes} nodes"),
+            unit: "MiB/s".to_string(),
+            bars: vec![
+                ("1 bitsd node".to_string(), one),
+                (format!("{nodes} bitsd nodes, round robin"), farm),
+            ],
+            line: None,
+        })
+        .with_headline(Headline {
+            figure: format!("Farm: {concurrency} concurrent uploads on SeaweedFS"),
+            value: format!("{nodes} nodes: {farm:.1} MiB/s"),
+            baseline: format!("1 node: {one:.1} MiB/s"),
+            ratio: farm / one,
+            target: "none (same 2 cores for all nodes)".to_string(),
+            met: None,
+        }))
 }
 
 #[allow(clippy::too_many_arguments)]

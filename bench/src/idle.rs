@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::report::{Chart, Headline, Report};
 use crate::server::Bitsd;
 use crate::wire::{Conn, PROTOCOL};
 
@@ -48,7 +49,7 @@ fn read_proc(pid: u32) -> Result<Reading> {
     })
 }
 
-pub fn run(sessions: usize) -> Result<String> {
+pub fn run(sessions: usize) -> Result<Report> {
     let sessions = sessions.max(1);
     let base = Path::new("target").join("bench-data");
     std::fs::create_dir_all(&base)?;
@@ -152,7 +153,30 @@ pub fn run(sessions: usize) -> Result<String> {
          {} s after the last change)\n",
         SETTLE.as_secs()
     ));
-    Ok(out)
+    let rss = mib(open.rss_kib);
+    Ok(Report::table(out)
+        .with_chart(Chart {
+            name: "bench-idle",
+            title: format!("bitsd memory with {sessions} idle sessions"),
+            unit: "VmRSS MiB".to_string(),
+            bars: vec![
+                ("fresh bitsd".to_string(), mib(fresh.rss_kib)),
+                (format!("{sessions} idle sessions, connections open"), rss),
+                (
+                    format!("{sessions} idle sessions, connections closed"),
+                    mib(closed.rss_kib),
+                ),
+            ],
+            line: Some(("limit 64 MiB".to_string(), TARGET_RSS_MIB)),
+        })
+        .with_headline(Headline {
+            figure: format!("{sessions} idle open sessions"),
+            value: format!("{rss:.1} MiB RSS, {} fds", open.fds),
+            baseline: format!("fresh bitsd: {:.1} MiB", mib(fresh.rss_kib)),
+            ratio: rss / TARGET_RSS_MIB,
+            target: format!("<= {TARGET_RSS_MIB:.0} MiB (ratio is RSS / limit)"),
+            met: Some(rss <= TARGET_RSS_MIB),
+        }))
 }
 
 #[cfg(test)]
@@ -161,7 +185,7 @@ mod tests {
     #[test]
     #[ignore]
     fn idle_smoke() {
-        let table = super::run(50).unwrap();
+        let table = super::run(50).unwrap().markdown;
         println!("{table}");
     }
 }

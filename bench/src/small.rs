@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::report::{Chart, Headline, Report};
 use crate::server::Bitsd;
 use crate::wire::{Conn, PROTOCOL};
 
@@ -35,7 +36,7 @@ pub fn run(
     clients: usize,
     file_kib: usize,
     peer: Option<(std::net::SocketAddr, String)>,
-) -> Result<String> {
+) -> Result<Report> {
     if let Some((addr, _)) = &peer {
         if !addr.ip().is_loopback() {
             bail!("peer {addr} is not a loopback address");
@@ -71,6 +72,18 @@ pub fn run(
     let body: Vec<u8> = (0..size)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
+
+    // The same-run baseline: the least a durable server must do per upload on this disk.
+    let baseline = match &peer {
+        None => Some(durable_files_baseline(dir.path(), uploads, clients, &body)?),
+        Some(_) => None,
+    };
+    if let Some(b) = baseline {
+        eprintln!(
+            "small: baseline (write + fdatasync + rename + dir fsync, {clients} threads): {:.0} files/s",
+            uploads as f64 / b
+        );
+    }
 
     let done = AtomicUsize::new(0);
     let finished = AtomicBool::new(false);
@@ -152,11 +165,20 @@ pub fn run(
     );
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = String::new();
-    out.push_str("| uploads | clients | file KiB | seconds | uploads/s | MiB/s | ratio vs target 2000 uploads/s |\n");
-    out.push_str("|---|---|---|---|---|---|---|\n");
+    out.push_str("| case | uploads | clients | file KiB | seconds | uploads/s | MiB/s | ratio vs baseline | ratio vs target 2000 uploads/s |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    if let Some(b) = baseline {
+        let brate = uploads as f64 / b;
+        out.push_str(&format!(
+            "| baseline: write + fdatasync + rename + dir fsync per file (no HTTP) | {uploads} | {clients} | {file_kib} | {b:.2} | {brate:.0} | {:.1} | 1.00 | {:.2} |\n",
+            mib / b,
+            brate / TARGET_UPLOADS_S
+        ));
+    }
     out.push_str(&format!(
-        "| {uploads} | {clients} | {file_kib} | {secs:.2} | {rate:.0} | {:.1} | {:.2} |\n\n",
+        "| {who} | {uploads} | {clients} | {file_kib} | {secs:.2} | {rate:.0} | {:.1} | {} | {:.2} |\n\n",
         mib / secs,
+        baseline.map_or("-".to_string(), |b| format!("{:.2}", b / secs)),
         rate / TARGET_UPLOADS_S
     ));
     out.push_str("| packet type | requests | p50 ms | p99 ms | max ms |\n");
@@ -179,7 +201,77 @@ pub fn run(
         "\n(fs backend, fsync = true, one fragment per upload, one keep-alive connection per \
          client; bitsd and the {clients} client threads share this machine's {cores} core(s))\n"
     ));
-    Ok(out)
+    let mut bars = Vec::new();
+    if let Some(b) = baseline {
+        bars.push((
+            "baseline: durable file writes".to_string(),
+            uploads as f64 / b,
+        ));
+    }
+    bars.push((format!("{who}: BITS uploads"), rate));
+    let report = Report::table(out).with_chart(Chart {
+        name: "bench-small",
+        title: format!("{uploads} uploads of {file_kib} KiB, {clients} clients"),
+        unit: "uploads/s".to_string(),
+        bars,
+        line: Some(("target 2000 uploads/s".to_string(), TARGET_UPLOADS_S)),
+    });
+    Ok(match baseline {
+        Some(b) => report.with_headline(Headline {
+            figure: format!("{uploads} uploads of {file_kib} KiB, {clients} clients"),
+            value: format!(
+                "{rate:.0} uploads/s ({:.2} x target)",
+                rate / TARGET_UPLOADS_S
+            ),
+            baseline: format!(
+                "durable file writes, no HTTP: {:.0} files/s",
+                uploads as f64 / b
+            ),
+            ratio: b / secs,
+            target: format!(">= {TARGET_UPLOADS_S:.0} uploads/s"),
+            met: Some(rate >= TARGET_UPLOADS_S),
+        }),
+        None => report,
+    })
+}
+
+/// `clients` threads write `uploads` files of `body` the way a crash-safe server publishes an
+/// upload — temporary file, write, `fdatasync`, rename into place, `fsync` of the directory —
+/// in a directory on the same file system. Seconds for all of them.
+fn durable_files_baseline(dir: &Path, uploads: usize, clients: usize, body: &[u8]) -> Result<f64> {
+    use std::io::Write;
+    let base = dir.join("baseline");
+    let (tmp, out) = (base.join("tmp"), base.join("out"));
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&out)?;
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..clients)
+            .map(|w| {
+                let (tmp, out) = (&tmp, &out);
+                scope.spawn(move || -> Result<()> {
+                    for i in (w..uploads).step_by(clients) {
+                        let t = tmp.join(format!("{i}"));
+                        let mut f = std::fs::File::create(&t)?;
+                        f.write_all(body)?;
+                        f.sync_data()?;
+                        drop(f);
+                        std::fs::rename(&t, out.join(format!("small-{i}.bin")))?;
+                        std::fs::File::open(out)?.sync_all()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .unwrap_or_else(|_| Err(anyhow!("baseline thread panicked")))?;
+        }
+        Ok(())
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&base)?;
+    Ok(secs)
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
@@ -256,7 +348,7 @@ mod tests {
     #[test]
     #[ignore]
     fn small_smoke() {
-        let table = super::run(200, 8, 16, None).unwrap();
+        let table = super::run(200, 8, 16, None).unwrap().markdown;
         println!("{table}");
     }
 }

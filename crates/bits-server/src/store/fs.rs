@@ -79,8 +79,11 @@ impl FsStore {
     }
 
     fn write_meta(&self, rec: &SessionRecord) -> Result<(), StoreError> {
-        self.write_meta_with(rec, self.fsync)?;
-        if self.fsync && !self.anchored().contains(&rec.id) {
+        if !self.fsync {
+            return self.write_meta_with(rec, MetaWrite::Replace);
+        }
+        self.write_meta_with(rec, MetaWrite::Durable)?;
+        if !self.anchored().contains(&rec.id) {
             self.sync_dir(&self.sessions)?;
             self.anchored().insert(rec.id);
         }
@@ -91,23 +94,40 @@ impl FsStore {
         self.anchored.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_meta_with(&self, rec: &SessionRecord, durable: bool) -> Result<(), StoreError> {
+    fn write_meta_with(&self, rec: &SessionRecord, how: MetaWrite) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(rec)
             .map_err(|e| StoreError::Corrupt(rec.id.to_string(), e.to_string()))?;
         let dir = self.dir(rec.id);
+        if how == MetaWrite::InPlace {
+            File::create(dir.join("meta.json"))?.write_all(&json)?;
+            return Ok(());
+        }
         let tmp = dir.join("meta.json.tmp");
         let mut f = File::create(&tmp)?;
         f.write_all(&json)?;
-        if durable {
+        if how == MetaWrite::Durable {
             f.sync_all()?;
         }
         drop(f);
         fs::rename(&tmp, dir.join("meta.json"))?;
-        if durable {
+        if how == MetaWrite::Durable {
             self.sync_dir(&dir)?;
         }
         Ok(())
     }
+}
+
+/// How a session record is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MetaWrite {
+    /// Temporary file, fsync, rename, directory fsync: survives power loss.
+    Durable,
+    /// Temporary file and rename: survives a crash of the process, not a power loss.
+    Replace,
+    /// Rewritten in place, for records nothing acknowledged depends on (a new session, a
+    /// tombstone): a crash may tear them and recovery then removes them. A temporary file per
+    /// write would cost an inode allocation, which dominates small uploads on ext4.
+    InPlace,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -125,7 +145,7 @@ impl SessionStore for FsStore {
         blocking(move || {
             fs::create_dir(me.dir(rec.id))?;
             // Not synced: see `anchored`. The first durable save makes the chain durable.
-            me.write_meta_with(&rec, false)
+            me.write_meta_with(&rec, MetaWrite::InPlace)
         })
         .await
     }
@@ -149,7 +169,7 @@ impl SessionStore for FsStore {
 
     async fn save_ended(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let (me, rec) = (self.clone(), rec.clone());
-        blocking(move || me.write_meta_with(&rec, false)).await
+        blocking(move || me.write_meta_with(&rec, MetaWrite::InPlace)).await
     }
 
     async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
@@ -177,6 +197,12 @@ impl SessionStore for FsStore {
             Ok(ids)
         })
         .await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        // Opening the directory is enough: a removed or unreachable spool fails here.
+        let dir = self.sessions.clone();
+        blocking(move || Ok(fs::read_dir(dir).map(|_| ())?)).await
     }
 }
 

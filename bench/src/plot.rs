@@ -1,0 +1,156 @@
+//! PNG bar charts of benchmark results (plotters, pure-Rust font rendering).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+
+use crate::report::Chart;
+
+/// Fonts looked for, in order; charts are skipped (with a message) when none is present.
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+fn font_ready() -> Result<()> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let bytes = FONT_PATHS
+                .iter()
+                .find_map(|p| std::fs::read(p).ok())
+                .ok_or_else(|| format!("no DejaVuSans.ttf in {FONT_PATHS:?}"))?;
+            // plotters keeps fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| "DejaVuSans.ttf is not a usable font".to_string())
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// Draws `chart` to `dir/<name>.png`; returns the file name.
+pub fn draw(chart: &Chart, dir: &Path) -> Result<String> {
+    font_ready()?;
+    std::fs::create_dir_all(dir)?;
+    let file = format!("{}.png", chart.name);
+    let path = dir.join(&file);
+    let n = chart.bars.len().max(1);
+    let height = 120 + 50 * n as u32;
+    let root = BitMapBackend::new(&path, (960, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let max = chart
+        .bars
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(chart.line.iter().map(|(_, v)| *v))
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.18;
+    // The first bar is drawn at the top: segment n-1-i.
+    let labels: Vec<String> = chart.bars.iter().rev().map(|(l, _)| l.clone()).collect();
+    let row = |i: usize| n - 1 - i;
+    let label_width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(8) as u32 * 8 + 20;
+    let mut ctx = ChartBuilder::on(&root)
+        .caption(&chart.title, ("sans-serif", 22))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(label_width)
+        // A discrete range includes its end: 0..n-1 is n rows.
+        .build_cartesian_2d(0.0..max, (0..n - 1).into_segmented())
+        .map_err(|e| anyhow!("{e}"))?;
+    ctx.configure_mesh()
+        .disable_y_mesh()
+        .x_desc(chart.unit.as_str())
+        .y_labels(n)
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    let palette = [RGBColor(52, 101, 164), RGBColor(115, 115, 115)];
+    ctx.draw_series(chart.bars.iter().enumerate().map(|(i, (_, v))| {
+        let color = if i == 0 { palette[1] } else { palette[0] };
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(row(i))),
+                (*v, SegmentValue::Exact(row(i) + 1)),
+            ],
+            color.filled(),
+        );
+        bar.set_margin(7, 7, 0, 0);
+        bar
+    }))
+    .map_err(|e| anyhow!("{e}"))?;
+    ctx.draw_series(chart.bars.iter().enumerate().map(|(i, (_, v))| {
+        Text::new(
+            format_value(*v),
+            (*v + max * 0.01, SegmentValue::CenterOf(row(i))),
+            ("sans-serif", 15).into_font(),
+        )
+    }))
+    .map_err(|e| anyhow!("{e}"))?;
+    if let Some((label, v)) = &chart.line {
+        ctx.draw_series(std::iter::once(PathElement::new(
+            vec![(*v, SegmentValue::Exact(0)), (*v, SegmentValue::Last)],
+            RED.stroke_width(2),
+        )))
+        .map_err(|e| anyhow!("{e}"))?
+        .label(label.as_str())
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+        ctx.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
+fn format_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_a_png() {
+        if font_ready().is_err() {
+            eprintln!("no DejaVuSans.ttf here; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let chart = Chart {
+            name: "test-chart",
+            title: "A chart".to_string(),
+            unit: "MiB/s".to_string(),
+            bars: vec![("baseline".to_string(), 100.0), ("bitsd".to_string(), 91.0)],
+            line: Some(("target".to_string(), 90.0)),
+        };
+        // BENCH_PLOT_DIR keeps the picture for a look.
+        let out = std::env::var_os("BENCH_PLOT_DIR").map_or(dir.path().to_path_buf(), Into::into);
+        let file = draw(&chart, &out).unwrap();
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        let file = draw(&chart, dir.path()).unwrap();
+        let bytes = std::fs::read(dir.path().join(file)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+    }
+}
