@@ -68,6 +68,8 @@ pub struct ServerConfig {
     /// Where sessions and uploads live: the local file system (default) or S3-compatible
     /// object storage shared by a farm of nodes.
     pub storage: StorageConfig,
+    /// The admin listener (metrics, health, session administration); off by default.
+    pub admin: AdminConfig,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
 }
@@ -81,6 +83,18 @@ pub enum StorageConfig {
     Fs,
     /// Sessions under the bucket's `prefix`, uploads under each vdir's `root` used as a key prefix.
     S3(crate::store::s3::S3Config),
+}
+
+/// The `[admin]` table: a second HTTP listener for operators (`/metrics`, `/healthz`,
+/// `/readyz`, `/admin/...`). It can list and cancel every session, so keep it on loopback (or
+/// a management network) and set a `token` whenever anyone but root can reach it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener, e.g. `127.0.0.1:9180`; absent (default): no listener.
+    pub listen: Option<SocketAddr>,
+    /// When set, every admin route except `/healthz` requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +122,7 @@ impl Default for ServerConfig {
             rate_limit_burst: 50,
             max_spool_bytes_per_identity: None,
             storage: StorageConfig::Fs,
+            admin: AdminConfig::default(),
             vdirs: vec![VdirConfig::default()],
         }
     }
@@ -175,6 +190,8 @@ pub struct VdirConfig {
     /// How long the server application may take to answer (IIS: 5 minutes).
     #[serde(with = "humantime_serde")]
     pub notification_timeout: Duration,
+    /// Event hooks (webhook and/or command) for this vdir's sessions: `[vdir.hooks]`.
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// `BITSServerNotificationType`.
@@ -224,32 +241,45 @@ impl Default for VdirConfig {
             notification_type: NotificationType::None,
             notification_url: None,
             notification_timeout: Duration::from_secs(300),
+            hooks: crate::hooks::HooksConfig::default(),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("vdir.prefix {0:?} must start and end with '/' and contain no '..', '%' or '\\'")]
-    BadPrefix(String),
-    #[error("vdir.prefix {0:?} is configured twice")]
-    DuplicatePrefix(String),
-    #[error("vdir.max_fragment_size must be at least 1")]
-    ZeroFragmentSize,
-    #[error("spool_dir {spool:?} and vdir.root {root:?} must not contain one another")]
-    SpoolOverlapsRoot { spool: PathBuf, root: PathBuf },
+    // Vdir errors carry the index in the `[[vdir]]` list and the prefix, so the message names
+    // the key as written: `vdir[1].max_fragment_size`.
+    #[error(
+        "vdir[{0}].prefix = {1:?}: must start and end with '/' and contain no '..', '%' or '\\'"
+    )]
+    BadPrefix(usize, String),
+    #[error("vdir[{0}].prefix = {1:?}: configured twice (prefixes match case-insensitively)")]
+    DuplicatePrefix(usize, String),
+    #[error("vdir[{0}].max_fragment_size (prefix {1:?}): must be at least 1")]
+    ZeroFragmentSize(usize, String),
+    #[error("vdir[{0}].{1}")]
+    BadHooks(usize, crate::hooks::HookConfigError),
+    #[error("spool_dir {spool:?} and vdir[{index}].root {root:?} must not contain one another")]
+    SpoolOverlapsRoot {
+        index: usize,
+        spool: PathBuf,
+        root: PathBuf,
+    },
     #[error("cleanup_interval must be at least 1s")]
     CleanupInterval,
-    #[error("vdir {0:?}: notification_type needs a notification_url")]
-    MissingNotificationUrl(String),
-    #[error("vdir {0:?}: notification_url must be an http:// URL or a relative path, at most 2200 characters")]
-    BadNotificationUrl(String),
-    #[error("vdir {0:?}: host_id must be a host name or IP literal of at most 300 characters")]
-    BadHostId(String),
-    #[error("vdir {0:?}: with backend = \"s3\", set download_enabled = false and do not use notification_type = \"by_reference\" (published files are not yet served from object storage; by-reference needs local paths)")]
-    UnsupportedOnS3(String),
-    #[error("public_url must look like http://host[:port] or https://host[:port], without a path")]
-    BadPublicUrl,
+    #[error("vdir[{0}].notification_url (prefix {1:?}): required when notification_type is set")]
+    MissingNotificationUrl(usize, String),
+    #[error("vdir[{0}].notification_url (prefix {1:?}): must be an http:// URL or a relative path, at most 2200 characters")]
+    BadNotificationUrl(usize, String),
+    #[error("vdir[{0}].host_id (prefix {1:?}): must be a host name or IP literal of at most 300 characters")]
+    BadHostId(usize, String),
+    #[error("vdir[{0}] (prefix {1:?}): with [storage] backend = \"s3\", set download_enabled = false and do not use notification_type = \"by_reference\" (published files are not yet served from object storage; by-reference needs local paths)")]
+    UnsupportedOnS3(usize, String),
+    #[error("public_url {0:?}: must look like http://host[:port] or https://host[:port], without a path")]
+    BadPublicUrl(String),
+    #[error("admin.token: must be non-empty visible ASCII (it is sent as `Authorization: Bearer <token>`)")]
+    BadAdminToken,
 }
 
 impl ServerConfig {
@@ -257,12 +287,17 @@ impl ServerConfig {
         if self.cleanup_interval < Duration::from_secs(1) {
             return Err(ConfigError::CleanupInterval);
         }
+        if let Some(token) = &self.admin.token {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::BadAdminToken);
+            }
+        }
         if let Some(url) = &self.public_url {
             let rest = url
                 .strip_prefix("http://")
                 .or_else(|| url.strip_prefix("https://"));
             if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
-                return Err(ConfigError::BadPublicUrl);
+                return Err(ConfigError::BadPublicUrl(url.clone()));
             }
         }
         let spool = normalize(&self.spool_dir);
@@ -274,24 +309,24 @@ impl ServerConfig {
                 || p.contains('%')
                 || p.contains('\\')
             {
-                return Err(ConfigError::BadPrefix(p.clone()));
+                return Err(ConfigError::BadPrefix(i, p.clone()));
             }
             if self.vdirs[..i]
                 .iter()
                 .any(|o| o.prefix.eq_ignore_ascii_case(p))
             {
-                return Err(ConfigError::DuplicatePrefix(p.clone()));
+                return Err(ConfigError::DuplicatePrefix(i, p.clone()));
             }
             match (&v.notification_type, &v.notification_url) {
                 (NotificationType::None, _) => {}
-                (_, None) => return Err(ConfigError::MissingNotificationUrl(p.clone())),
+                (_, None) => return Err(ConfigError::MissingNotificationUrl(i, p.clone())),
                 (_, Some(url)) => {
                     let lower = url.to_ascii_lowercase();
                     if url.len() > 2200
                         || lower.starts_with("https://")
                         || (lower.contains("://") && !lower.starts_with("http://"))
                     {
-                        return Err(ConfigError::BadNotificationUrl(p.clone()));
+                        return Err(ConfigError::BadNotificationUrl(i, p.clone()));
                     }
                 }
             }
@@ -302,20 +337,24 @@ impl ServerConfig {
                         b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
                     });
                 if !ok {
-                    return Err(ConfigError::BadHostId(p.clone()));
+                    return Err(ConfigError::BadHostId(i, p.clone()));
                 }
             }
             if matches!(self.storage, StorageConfig::S3(_))
                 && (v.download_enabled || v.notification_type == NotificationType::ByReference)
             {
-                return Err(ConfigError::UnsupportedOnS3(p.clone()));
+                return Err(ConfigError::UnsupportedOnS3(i, p.clone()));
             }
             if v.max_fragment_size == 0 {
-                return Err(ConfigError::ZeroFragmentSize);
+                return Err(ConfigError::ZeroFragmentSize(i, p.clone()));
             }
+            v.hooks
+                .validate()
+                .map_err(|e| ConfigError::BadHooks(i, e))?;
             let root = normalize(&v.root);
             if root.starts_with(&spool) || spool.starts_with(&root) {
                 return Err(ConfigError::SpoolOverlapsRoot {
+                    index: i,
                     spool: self.spool_dir.clone(),
                     root: v.root.clone(),
                 });
@@ -389,7 +428,7 @@ mod tests {
         ));
         let mut c = ServerConfig::default();
         c.vdirs[0].prefix = "upload".into();
-        assert!(matches!(c.validate(), Err(ConfigError::BadPrefix(_))));
+        assert!(matches!(c.validate(), Err(ConfigError::BadPrefix(..))));
         assert!(toml::from_str::<ServerConfig>("bogus = 1").is_err());
     }
 }

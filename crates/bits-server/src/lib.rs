@@ -2,9 +2,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod digest;
 pub mod engine;
 pub mod error;
+pub mod hooks;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod store;
 pub mod target;
@@ -40,8 +43,16 @@ pub async fn open_engine(
             (s3.clone(), s3)
         }
     };
-    let engine = Arc::new(Engine::new(config, sessions, data));
+    // Every storage call is timed into the engine's metrics.
+    let metrics = Arc::new(metrics::Metrics::new());
+    let timed = Arc::new(store::instrumented::Instrumented::new(
+        sessions,
+        data,
+        metrics.clone(),
+    ));
+    let engine = Arc::new(Engine::with_metrics(config, timed.clone(), timed, metrics));
     let report = engine.recover().await.map_err(std::io::Error::other)?;
+    engine.metrics().set_open(engine.open_sessions());
     Ok((engine, report))
 }
 

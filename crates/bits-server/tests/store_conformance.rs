@@ -147,6 +147,7 @@ fn record(destination: Destination) -> SessionRecord {
         ended_at: None,
         reply_url: None,
         app_forbidden: false,
+        sha256: None,
     }
 }
 

@@ -1,5 +1,7 @@
 //! `bitsd`: the BITS upload server daemon.
 
+mod admin;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +16,10 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "bitsd", version, about = "BITS upload server")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Log format on standard error: `human` (coloured on a terminal) or `json` (one object per
+    /// line, for log collectors).
+    #[arg(long, global = true, env = "BITSD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
     /// Options of `serve`, accepted without the command name too.
@@ -39,6 +45,21 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Administer the sessions of a running server through its admin listener.
+    Sessions {
+        #[command(subcommand)]
+        command: admin::SessionsCommand,
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+    },
+    /// Run a cleanup pass (expire idle sessions, forget old tombstones) on a running server now.
+    Gc {
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+        /// Print the admin API's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -62,25 +83,142 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<ServerConfig> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            toml::from_str(&text).map_err(|e| {
+                // toml names unknown and missing keys, but a wrong value only by its position.
+                let key = e.span().and_then(|s| toml_key_at(&text, s.start));
+                let key = key.map(|k| format!(" (key `{k}`)")).unwrap_or_default();
+                anyhow::Error::new(e).context(format!("parsing {}{key}", p.display()))
+            })?
         }
         None => ServerConfig::default(),
     };
     Ok(config)
 }
 
+/// The dotted key, as a user would name it (`vdir[1].max_fragment_size`, `tls.cert`), of the
+/// TOML line holding byte `offset`; the table name when that line is a table header. Good enough
+/// for error messages, not a TOML parser.
+fn toml_key_at(text: &str, offset: usize) -> Option<String> {
+    let mut table = String::new();
+    // Each `[[array]]` table seen so far and the index of its latest element.
+    let mut arrays: Vec<(String, usize)> = Vec::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        let header = match t.strip_prefix("[[") {
+            Some(r) => r.split_once("]]").map(|(n, _)| (n, true)),
+            None => t
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .map(|(n, _)| (n, false)),
+        };
+        if let Some((name, is_array)) = header {
+            let name: Vec<&str> = name
+                .split('.')
+                .map(|c| c.trim().trim_matches('"'))
+                .collect();
+            let name = name.join(".");
+            // `[vdir.x]` after `[[vdir]]` belongs to the latest vdir element.
+            table = match arrays
+                .iter()
+                .filter(|(a, _)| name.starts_with(&format!("{a}.")))
+                .max_by_key(|(a, _)| a.len())
+            {
+                Some((a, i)) => format!("{a}[{i}]{}", &name[a.len()..]),
+                None => name.clone(),
+            };
+            if is_array {
+                let i = match arrays.iter_mut().find(|(a, _)| *a == name) {
+                    Some((_, i)) => {
+                        *i += 1;
+                        *i
+                    }
+                    None => {
+                        arrays.push((name, 0));
+                        0
+                    }
+                };
+                table = format!("{table}[{i}]");
+            }
+        }
+        if offset < start + line.len() {
+            if header.is_some() {
+                return Some(table);
+            }
+            let key = t.split_once('=')?.0.trim().trim_matches('"');
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+        start += line.len();
+    }
+    None
+}
+
+/// `check-config`: what `serve` checks before it binds — syntax, validation, and the files the
+/// config names (TLS certificate, key and client CA; Basic-auth users files).
+fn check_config(path: &PathBuf) -> anyhow::Result<()> {
+    let config = load_config(Some(path))?;
+    let checks = || -> anyhow::Result<()> {
+        config.validate()?;
+        if let Some(t) = &config.tls {
+            let named = [
+                ("tls.cert", Some(&t.cert)),
+                ("tls.key", Some(&t.key)),
+                ("tls.client_ca", t.client_ca.as_ref()),
+            ];
+            for (key, file) in named {
+                if let Some(file) = file {
+                    std::fs::metadata(file)
+                        .with_context(|| format!("{key} = {:?}", file.display()))?;
+                }
+            }
+            bits_server::tls::load(t).context("tls.cert, tls.key or tls.client_ca")?;
+        }
+        for (i, v) in config.vdirs.iter().enumerate() {
+            bits_server::auth::Authenticator::new(std::slice::from_ref(v))
+                .with_context(|| format!("vdir[{i}].users_file"))?;
+        }
+        Ok(())
+    };
+    checks().with_context(|| path.display().to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("BITSD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Human => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("BITSD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { config }) => {
-            load_config(Some(&config))?.validate()?;
+            if let Err(e) = check_config(&config) {
+                // One message naming the bad key, without the backtrace RUST_BACKTRACE would add.
+                eprintln!("bitsd check-config: {e:#}");
+                std::process::exit(1);
+            }
             println!("{}: ok", config.display());
             Ok(())
         }
@@ -90,8 +228,21 @@ fn main() -> anyhow::Result<()> {
             user,
             password_stdin,
         }) => passwd(&file, &user, password_stdin),
+        Some(Command::Sessions { command, admin }) => {
+            exit_on_error("sessions", admin::sessions(&admin, &command))
+        }
+        Some(Command::Gc { admin, json }) => exit_on_error("gc", admin::gc(&admin, json)),
         None => serve(cli.serve),
     }
+}
+
+/// One line naming what failed (no backtrace), exit status 1.
+fn exit_on_error(command: &str, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = result {
+        eprintln!("bitsd {command}: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn passwd(file: &std::path::Path, user: &str, from_stdin: bool) -> anyhow::Result<()> {
@@ -188,6 +339,14 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let admin = match config.admin.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin.listen {addr}"))?,
+        ),
+        None => None,
+    };
     let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let https_addr = https.as_ref().map(|l| l.local_addr()).transpose()?;
     for v in &config.vdirs {
@@ -215,6 +374,13 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     if let Some(a) = http_addr {
         println!("bitsd listening on {a}");
     }
+    if let Some(l) = &admin {
+        let a = l.local_addr()?;
+        if !a.ip().is_loopback() && config.admin.token.is_none() {
+            tracing::warn!(addr = %a, "the admin listener is not on loopback and has no [admin] token: anyone who reaches it can cancel sessions");
+        }
+        println!("bitsd admin listening on {a}");
+    }
     println!("bitsd ready");
     if let Some(tls) = tls.clone() {
         tokio::spawn(reload_tls_on_sighup(tls));
@@ -227,6 +393,18 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    if let Some(listener) = admin {
+        let mut rx = stop_rx.clone();
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bits_server::http::admin::serve_admin(engine, listener, stopped).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
     let server = tokio::spawn(bits_server::http::serve(frontend, http, https, shutdown));
     shutdown_signal().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: finishing in-flight requests");

@@ -45,7 +45,12 @@ impl Engine {
         };
         self.finish(rec, to).await?;
         tracing::info!(session = %rec.id, destination = %rec.destination.path, "session expired");
-        self.observe(super::SessionEvent::Expired, rec);
+        // An idle published upload ends normally; only an unfinished one has expired.
+        let event = match to {
+            SessionState::Closed => super::SessionEvent::Closed,
+            _ => super::SessionEvent::Expired,
+        };
+        self.observe(event, rec);
         Ok(())
     }
 

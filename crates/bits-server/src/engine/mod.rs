@@ -2,6 +2,7 @@
 //! storage traits. It never sees HTTP: it takes a [`Packet`] plus a body stream and answers with
 //! an [`Ack`] or a [`BitsError`].
 
+mod admin;
 mod events;
 mod lifecycle;
 mod locks;
@@ -22,6 +23,7 @@ use crate::store::{
 };
 use crate::target::UploadTarget;
 
+pub use admin::AdminCancel;
 pub use events::SessionEvent;
 pub use lifecycle::{RecoveryReport, SweepReport};
 use locks::{SessionGuard, SessionLocks};
@@ -50,6 +52,8 @@ pub struct Engine {
     locks: SessionLocks,
     registry: Mutex<Registry>,
     notifier: crate::notify::Notifier,
+    metrics: Arc<crate::metrics::Metrics>,
+    hooks: crate::hooks::Hooks,
 }
 
 /// Where this request reached the server: for building reply and notification URLs.
@@ -73,6 +77,16 @@ impl Engine {
         sessions: Arc<dyn SessionStore>,
         data: Arc<dyn DataStore>,
     ) -> Engine {
+        Engine::with_metrics(config, sessions, data, Arc::default())
+    }
+
+    /// Like [`Engine::new`], counting into `metrics` (shared with an instrumented store).
+    pub fn with_metrics(
+        config: Arc<ServerConfig>,
+        sessions: Arc<dyn SessionStore>,
+        data: Arc<dyn DataStore>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Engine {
         Engine {
             config,
             sessions,
@@ -80,7 +94,19 @@ impl Engine {
             locks: SessionLocks::default(),
             registry: Mutex::new(Registry::default()),
             notifier: crate::notify::Notifier::default(),
+            metrics,
+            hooks: crate::hooks::Hooks::default(),
         }
+    }
+
+    /// Delivery counters of the event hooks.
+    pub fn hook_stats(&self) -> crate::hooks::HookStats {
+        self.hooks.stats()
+    }
+
+    /// The server's metrics (the engine's own counters and every other layer's).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -186,6 +212,11 @@ impl Engine {
             ended_at: None,
             reply_url: None,
             app_forbidden: false,
+            // Hashed while the fragments stream in, only when a hook will report it.
+            sha256: vdir
+                .hooks
+                .wants(crate::hooks::EventKind::UploadCompleted)
+                .then(crate::digest::Sha256State::default),
         };
         {
             let mut registry = self.registry();
@@ -328,6 +359,12 @@ impl Engine {
             }
             // Bytes before `received` are acknowledged already: read past them, never rewrite them.
             let mut skip = rec.received - range.first;
+            let mut digest = rec
+                .sha256
+                .take()
+                .filter(|d| d.len() == rec.received)
+                .map(|d| DigestTracker::new(d, range.end()));
+            let mut hashing = digest.as_mut();
             let fresh = body
                 .as_mut()
                 .filter_map(move |item| {
@@ -336,6 +373,9 @@ impl Engine {
                             let n = skip.min(chunk.len() as u64) as usize;
                             skip -= n as u64;
                             let _ = chunk.split_to(n);
+                            if let Some(d) = hashing.as_deref_mut() {
+                                d.update(&chunk);
+                            }
                             (!chunk.is_empty()).then_some(Ok(chunk))
                         }
                         Err(e) => Some(Err(e)),
@@ -348,6 +388,14 @@ impl Engine {
                 .write(id, rec.received, len, std::pin::pin!(fresh))
                 .await;
             rec.received += outcome.durable;
+            if let Some(d) = digest {
+                // The digest must cover exactly `received`: after a partial write, fall back to
+                // the last point it was taken at (those bytes are re-sent by the client).
+                let (at, state) = d.settle(rec.received);
+                rec.received = at;
+                rec.sha256 = state;
+            }
+            self.metrics.bytes_received(outcome.durable);
             self.registry().set_spooled(id, rec.received);
             if outcome.error.is_some() && guard.was_preempted() {
                 self.sessions.save(&rec).await?;
@@ -441,4 +489,110 @@ impl Engine {
 /// Reads and drops the rest of a body (its length was bounded by the per-request limit).
 async fn drain(mut body: BodyStream<'_>) {
     while let Some(Ok(_)) = body.next().await {}
+}
+
+/// Follows a fragment's new bytes into the upload's SHA-256, remembering the state every
+/// [`DigestTracker::EVERY`] bytes so that a write that stops part way can be matched.
+struct DigestTracker {
+    state: crate::digest::Sha256State,
+    /// Where the fragment ends: bytes past it are not part of the upload.
+    end: u64,
+    /// States at earlier positions, oldest first; the first is where the fragment began.
+    marks: Vec<crate::digest::Sha256State>,
+}
+
+impl DigestTracker {
+    const EVERY: u64 = 1 << 20;
+
+    fn new(state: crate::digest::Sha256State, end: u64) -> DigestTracker {
+        DigestTracker {
+            marks: vec![state.clone()],
+            state,
+            end,
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        let room = self
+            .end
+            .saturating_sub(self.state.len())
+            .min(chunk.len() as u64) as usize;
+        self.state.update(&chunk[..room]);
+        let last = self.marks.last().map_or(0, |m| m.len());
+        if self.state.len() >= last + Self::EVERY {
+            self.marks.push(self.state.clone());
+        }
+    }
+
+    /// The state covering exactly `0..durable` where possible, else the latest one before it
+    /// (the caller then claims only that much). Never a position before the fragment's start.
+    fn settle(self, durable: u64) -> (u64, Option<crate::digest::Sha256State>) {
+        if self.state.len() == durable {
+            return (durable, Some(self.state));
+        }
+        match self.marks.into_iter().rev().find(|m| m.len() <= durable) {
+            Some(state) => (state.len(), Some(state)),
+            None => (durable, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod digest_tracker_tests {
+    use super::DigestTracker;
+    use crate::digest::Sha256State;
+    use sha2::{Digest, Sha256};
+
+    fn state_of(data: &[u8]) -> Sha256State {
+        let mut s = Sha256State::default();
+        s.update(data);
+        s
+    }
+
+    #[test]
+    fn a_partial_write_falls_back_to_the_last_mark_before_it() {
+        let data: Vec<u8> = (0..(5u32 << 20) / 2).map(|i| (i * 7 + 3) as u8).collect();
+        let start = 1000;
+        let mut t = DigestTracker::new(state_of(&data[..start]), data.len() as u64);
+        for chunk in data[start..].chunks(70_000) {
+            t.update(chunk);
+        }
+        // Everything written: the exact state.
+        let whole = t_clone(&t).settle(data.len() as u64);
+        assert_eq!(whole.0, data.len() as u64);
+        assert_eq!(
+            whole.1.unwrap().finish().to_vec(),
+            Sha256::digest(&data).to_vec()
+        );
+        // Only part durable: a mark at or before it, never before the fragment's start.
+        let durable = start as u64 + 1_800_000;
+        let (at, state) = t.settle(durable);
+        assert!(at <= durable && at >= start as u64 && durable - at <= (1 << 20) + 70_000);
+        let state = state.unwrap();
+        assert_eq!(state.len(), at);
+        assert_eq!(
+            state.finish().to_vec(),
+            Sha256::digest(&data[..at as usize]).to_vec()
+        );
+    }
+
+    fn t_clone(t: &DigestTracker) -> DigestTracker {
+        DigestTracker {
+            state: t.state.clone(),
+            end: t.end,
+            marks: t.marks.clone(),
+        }
+    }
+
+    #[test]
+    fn bytes_past_the_fragment_end_are_not_hashed() {
+        let mut t = DigestTracker::new(Sha256State::default(), 3);
+        t.update(b"abcdef");
+        let (at, state) = t.settle(3);
+        assert_eq!(at, 3);
+        assert_eq!(
+            state.unwrap().finish().to_vec(),
+            Sha256::digest(b"abc").to_vec()
+        );
+    }
 }

@@ -131,6 +131,7 @@ mod tests {
             ended_at: None,
             reply_url: None,
             app_forbidden: false,
+            sha256: None,
         }
     }
 

@@ -10,6 +10,7 @@ use http_body_util::BodyDataStream;
 use super::{Bases, Engine};
 use crate::config::{NotificationType, VdirConfig};
 use crate::error::BitsError;
+use crate::metrics::NotificationOutcome;
 use crate::notify::{notification_url, NotifyError, Payload, MAX_REPLY_URL};
 use crate::store::{SessionRecord, SessionState, StoreError};
 
@@ -55,11 +56,19 @@ impl Engine {
                 Payload::ByValue { len, body }
             }
         };
-        let answer = match self
+        let sent = self
             .notifier
             .send(&url, &original_url, payload, vdir.notification_timeout)
-            .await
-        {
+            .await;
+        self.metrics.notification(match &sent {
+            Ok(_) => NotificationOutcome::Ok,
+            Err(NotifyError::Status(_)) => NotificationOutcome::AppError,
+            Err(NotifyError::Timeout) => NotificationOutcome::Timeout,
+            Err(NotifyError::Unreachable(_) | NotifyError::BadUrl(_)) => {
+                NotificationOutcome::Unreachable
+            }
+        });
+        let answer = match sent {
             Ok(answer) => answer,
             Err(NotifyError::Status(403)) => {
                 rec.app_forbidden = true;

@@ -53,6 +53,14 @@ pub fn error_ack(err: &BitsError) -> Ack {
     }
 }
 
+/// [`error_ack`], counted in `bitsd_errors_total` by its `BITS-Error-Code`: what the request
+/// path uses, so every error Ack sent is counted exactly once.
+pub fn error_ack_counted(err: &BitsError, metrics: &crate::metrics::Metrics) -> Ack {
+    let ack = error_ack(err);
+    metrics.error_ack(&ack);
+    ack
+}
+
 /// Renders an Ack: status, BITS headers, `Content-Length: 0`, empty body.
 pub fn render(ack: &Ack, close: bool) -> Response {
     let mut resp = Response::new(Body::empty());

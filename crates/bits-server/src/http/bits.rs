@@ -59,7 +59,7 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
     let ack = match &result {
         Ok(ack) => ack.clone(),
         Err(e) => {
-            let ack = ack::error_ack(e);
+            let ack = ack::error_ack_counted(e, front.metrics());
             match session {
                 Some(id) => ack.with_session(id),
                 None => ack,

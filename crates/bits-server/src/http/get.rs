@@ -7,7 +7,22 @@ use super::{plain, Frontend};
 use crate::error::BitsError;
 use crate::target::resolve;
 
+/// Who asked and for which session's reply: for the request's log line.
+#[derive(Clone, Debug, Default)]
+pub struct LogFields {
+    pub user: Option<String>,
+    pub session: Option<bits_proto::SessionId>,
+}
+
+/// Answers a GET/HEAD; the response carries [`LogFields`] as an extension.
 pub async fn get(front: &Frontend, req: &http::request::Parts) -> Response {
+    let mut fields = LogFields::default();
+    let mut resp = answer(front, req, &mut fields).await;
+    resp.extensions_mut().insert(fields);
+    resp
+}
+
+async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFields) -> Response {
     let config = front.engine().config();
     let Ok(target) = resolve(req.uri.path(), &config.vdirs) else {
         return plain(StatusCode::NOT_FOUND);
@@ -18,7 +33,9 @@ pub async fn get(front: &Frontend, req: &http::request::Parts) -> Response {
         Err(BitsError::Unauthenticated) => return super::ack::challenge(),
         Err(_) => return plain(StatusCode::FORBIDDEN),
     };
+    fields.user.clone_from(&identity);
     if let Some(id) = crate::engine::parse_reply_path(&target.rel_path) {
+        fields.session = Some(id);
         let head = req.method == Method::HEAD;
         return match front
             .engine()

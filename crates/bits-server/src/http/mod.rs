@@ -2,6 +2,7 @@
 //! routes it to the BITS packet handler or to downloads.
 
 pub mod ack;
+pub mod admin;
 mod bits;
 mod body;
 mod get;
@@ -42,6 +43,7 @@ pub struct Frontend {
     /// Requests checked against the limiter, to forget idle addresses now and then.
     limiter_checks: std::sync::atomic::AtomicU64,
     tls: Option<Arc<TlsState>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Frontend {
@@ -56,6 +58,7 @@ impl Frontend {
                 RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
             });
         Ok(Frontend {
+            metrics: engine.metrics().clone(),
             engine,
             auth,
             limiter,
@@ -70,6 +73,10 @@ impl Frontend {
 
     pub fn tls(&self) -> Option<&Arc<TlsState>> {
         self.tls.as_ref()
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Authenticates a request for `vdir` (index `index`).
@@ -116,7 +123,26 @@ pub fn router(frontend: Arc<Frontend>) -> Router {
     Router::new().fallback(dispatch).with_state(frontend)
 }
 
+/// Routes one request and counts it in `bitsd_requests_total` and
+/// `bitsd_request_duration_seconds` (time to the response head).
 async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response {
+    let started = Instant::now();
+    let packet = match req.method() {
+        m if m.as_str() == bits_proto::BITS_POST => {
+            crate::metrics::packet_label(bits_proto::PacketType::from_headers(req.headers()))
+        }
+        &Method::GET => "get",
+        &Method::HEAD => "head",
+        _ => "other",
+    };
+    let resp = route(&front, req).await;
+    front
+        .metrics
+        .request(packet, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn route(front: &Frontend, req: Request) -> Response {
     let method = req.method().clone();
     let head_bytes: usize = req
         .headers()
@@ -133,7 +159,7 @@ async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response 
         return resp;
     }
     if method.as_str() == bits_proto::BITS_POST {
-        bits::bits_post(&front, req).await
+        bits::bits_post(front, req).await
     } else if method == Method::GET || method == Method::HEAD {
         let started = Instant::now();
         let (parts, _) = req.into_parts();
@@ -145,9 +171,16 @@ async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response 
             );
             resp
         } else {
-            get::get(&front, &parts).await
+            get::get(front, &parts).await
         };
-        tracing::info!(method = %method, path = %parts.uri.path(), status = resp.status().as_u16(),
+        let fields = resp
+            .extensions()
+            .get::<get::LogFields>()
+            .cloned()
+            .unwrap_or_default();
+        let session = fields.session.map_or("-".to_string(), |s| s.to_string());
+        tracing::info!(method = %method, session = %session, user = fields.user.as_deref().unwrap_or("-"),
+            path = %parts.uri.path(), status = resp.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64, "download");
         resp
     } else {

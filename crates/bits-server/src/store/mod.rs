@@ -3,6 +3,7 @@
 //! the local file system one.
 
 pub mod fs;
+pub mod instrumented;
 pub mod s3;
 mod vectored;
 
@@ -77,6 +78,10 @@ pub struct SessionRecord {
     /// The application answered 403: never post this upload to it again.
     #[serde(default)]
     pub app_forbidden: bool,
+    /// SHA-256 of bytes `0..received`, kept while it is wanted (a hook reports it at
+    /// completion); `None` when not wanted or not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<crate::digest::Sha256State>,
 }
 
 mod session_id_text {
@@ -161,6 +166,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Forgets the record entirely.
     async fn remove(&self, id: SessionId) -> Result<(), StoreError>;
     async fn list(&self) -> Result<Vec<SessionId>, StoreError>;
+    /// A cheap check that the store answers (for the admin listener's `/readyz`).
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.list().await.map(|_| ())
+    }
 }
 
 #[async_trait]

@@ -18,6 +18,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The HTTPS listener, when the config has a `[tls]` table.
     pub tls_addr: Option<SocketAddr>,
+    /// The admin listener, when the config has `[admin] listen`.
+    pub admin_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     extra_config: String,
     child: Option<Child>,
@@ -54,6 +56,7 @@ impl Server {
         let mut s = Server {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls_addr: None,
+            admin_addr: None,
             log: dir.path().join("bitsd.log"),
             dir,
             extra_config: extra,
@@ -114,6 +117,8 @@ impl Server {
                         self.addr = addr.trim().parse().expect("listen addr");
                     } else if let Some(addr) = line.strip_prefix("bitsd listening (tls) on ") {
                         self.tls_addr = Some(addr.trim().parse().expect("tls listen addr"));
+                    } else if let Some(addr) = line.strip_prefix("bitsd admin listening on ") {
+                        self.admin_addr = Some(addr.trim().parse().expect("admin listen addr"));
                     } else if line == "bitsd ready" {
                         break;
                     }

@@ -1,0 +1,75 @@
+//! Operator actions for the admin listener: listing sessions, looking one up, cancelling one,
+//! and running a cleanup pass on demand. They bypass the owner check of the upload protocol
+//! (the admin listener has its own access control) but otherwise go through the same steps
+//! as the packets: the session's lock, `finish`, the event funnel.
+
+use bits_proto::SessionId;
+
+use super::{Engine, SessionEvent, SweepReport};
+use crate::error::BitsError;
+use crate::store::{SessionRecord, SessionState};
+
+/// What an administrator's cancel did.
+#[derive(Debug)]
+pub enum AdminCancel {
+    /// The session was open: its temporary data is deleted and it is a `cancelled` tombstone
+    /// (a Fragment now gets BG_E_SESSION_NOT_FOUND, a repeated Close/Cancel 200).
+    Cancelled(SessionRecord),
+    /// It had ended already (closed, cancelled or expired); nothing changed.
+    AlreadyEnded(SessionRecord),
+    NotFound,
+}
+
+impl Engine {
+    /// Every session record in storage, oldest first: only open ones (receiving or committed)
+    /// unless `include_ended`, which adds the tombstones. Unreadable records are skipped.
+    pub async fn list_sessions(
+        &self,
+        include_ended: bool,
+    ) -> Result<Vec<SessionRecord>, BitsError> {
+        let mut out = Vec::new();
+        for id in self.sessions.list().await? {
+            match self.sessions.load(id).await {
+                Ok(Some(rec)) if include_ended || rec.state.is_open() => out.push(rec),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "listing skipped an unreadable session")
+                }
+            }
+        }
+        out.sort_by_key(|r| (r.created_at, r.id.as_uuid().as_u128()));
+        Ok(out)
+    }
+
+    /// One session's record (also a tombstone), `None` if unknown.
+    pub async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, BitsError> {
+        Ok(self.sessions.load(id).await?)
+    }
+
+    /// Cancels a session as its owner's Cancel-Session would: a request in flight for it is
+    /// asked to stop, its temporary data (and reply) is deleted, and its id becomes a
+    /// `cancelled` tombstone. A published upload stays published.
+    pub async fn admin_cancel(&self, id: SessionId) -> Result<AdminCancel, BitsError> {
+        let _guard = self.lock(id).await?;
+        let Some(mut rec) = self.sessions.load(id).await? else {
+            return Ok(AdminCancel::NotFound);
+        };
+        if !rec.state.is_open() {
+            return Ok(AdminCancel::AlreadyEnded(rec));
+        }
+        self.finish(&mut rec, SessionState::Cancelled).await?;
+        tracing::info!(session = %id, destination = %rec.destination.path, "session cancelled by an administrator");
+        self.observe(SessionEvent::Cancelled, &rec);
+        Ok(AdminCancel::Cancelled(rec))
+    }
+
+    /// Whether storage answers at all (a cheap call), for readiness checks.
+    pub async fn probe_storage(&self) -> Result<(), BitsError> {
+        Ok(self.sessions.probe().await?)
+    }
+
+    /// One cleanup pass now (the one `cleanup_interval` runs).
+    pub async fn gc(&self) -> Result<SweepReport, BitsError> {
+        self.sweep().await
+    }
+}

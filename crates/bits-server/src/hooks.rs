@@ -1,0 +1,1585 @@
+//! Event hooks: telling operators about upload events (session created, upload completed,
+//! session cancelled, session expired) through a webhook, a local command, or both.
+//!
+//! [`Hooks::emit`] never blocks and never fails the caller: it puts the event on a bounded
+//! in-memory queue (or drops it with a warning when the queue is full). A background worker,
+//! started on the tokio runtime of the first `emit`, takes events off the queue and delivers
+//! each one to every configured target independently:
+//!
+//! * **webhook**: `POST` of the event as JSON with the headers `Content-Type:
+//!   application/json`, `X-Bitsd-Event: <kind>`, `X-Bitsd-Delivery: <event id>` and, when a
+//!   secret is set, `X-Bitsd-Signature: sha256=<lowercase hex HMAC-SHA256(secret, body)>`.
+//!   Any 2xx answer is a delivery; other answers (redirects are not followed), connection
+//!   errors and timeouts are retried. `https://` URLs are verified against the system's
+//!   trusted roots; proxy environment variables are ignored.
+//! * **command**: the program is started with the event JSON on its standard input (then
+//!   closed), `BITSD_EVENT` and `BITSD_DELIVERY` in its environment, standard output discarded
+//!   and standard error logged. Exit status 0 is a delivery; another status or running past
+//!   the timeout (the command's process group is then killed) is retried.
+//!
+//! Failed attempts are retried after `initial_backoff`, doubling up to `max_backoff` (minus up
+//! to 10% jitter), until `max_attempts` attempts have been made; then the delivery is given up
+//! with an error log. At most 16 attempts run at once across the server, and an event waiting
+//! for its next attempt holds none of them, so one slow or dead receiver does not hold up the
+//! others. At most `queue_capacity` events wait in the queue and at most `queue_capacity` more
+//! are being delivered or waiting to be retried (while that many are, new events stay queued).
+//!
+//! Delivery guarantee: the queue lives in memory only. While the process runs, every event
+//! that was queued is delivered at least once per target (a receiver may see the same
+//! `X-Bitsd-Delivery` id more than once, e.g. when its 2xx answer was lost or came after the
+//! timeout) unless it runs out of attempts. Events still queued or waiting to be retried are
+//! lost if the process stops or crashes: at most once across crashes.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Attempts (HTTP requests or command runs) in progress at once, across all events.
+const MAX_CONCURRENT_ATTEMPTS: usize = 16;
+/// Queue size of [`Hooks::default`].
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// How much of a failing command's standard error is kept for the log.
+const STDERR_LOG_LIMIT: usize = 2048;
+/// How long the standard error of an exited command may stay open (held by a process it left
+/// behind) before it is no longer waited for.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
+/// The upload events a hook can be told about.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A client created an upload session (Create-Session succeeded).
+    SessionCreated,
+    /// An upload was completed and published at its destination.
+    UploadCompleted,
+    /// The client cancelled the session.
+    SessionCancelled,
+    /// The session timed out and was deleted by the cleanup sweep.
+    SessionExpired,
+}
+
+impl EventKind {
+    /// Every kind, the default of `hooks.events`.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::SessionCreated,
+        EventKind::UploadCompleted,
+        EventKind::SessionCancelled,
+        EventKind::SessionExpired,
+    ];
+
+    /// The name used in the config, the JSON and the `X-Bitsd-Event` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SessionCreated => "session_created",
+            EventKind::UploadCompleted => "upload_completed",
+            EventKind::SessionCancelled => "session_cancelled",
+            EventKind::SessionExpired => "session_expired",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The per-vdir `[vdirs.hooks]` table. Hooks are off unless `webhook_url` or `command` is set.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Absolute `http://` or `https://` URL the events are POSTed to.
+    pub webhook_url: Option<String>,
+    /// Key of the `X-Bitsd-Signature` HMAC-SHA256 of the body. Not together with
+    /// `webhook_secret_file`.
+    pub webhook_secret: Option<String>,
+    /// File holding the signing key (one trailing newline is ignored). Read at every delivery,
+    /// so the key can be rotated without a restart; checked by [`HooksConfig::validate`].
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Program and arguments run for each event, with the event JSON on standard input. The
+    /// program is looked up in `PATH`; no shell is involved.
+    pub command: Option<Vec<String>>,
+    /// The kinds of event delivered (default: all).
+    pub events: Vec<EventKind>,
+    /// Attempts per event and target, the first included (default 8).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles for each further retry (default 1s).
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts (default 5min).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long one attempt may take: the whole HTTP exchange, or the command's run (default
+    /// 10s).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_secret_file: None,
+            command: None,
+            events: EventKind::ALL.to_vec(),
+            max_attempts: 8,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Debug output leaves the secret out.
+impl fmt::Debug for HooksConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HooksConfig")
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("webhook_secret_file", &self.webhook_secret_file)
+            .field("command", &self.command)
+            .field("events", &self.events)
+            .field("max_attempts", &self.max_attempts)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A bad `[hooks]` setting: `key` is the offending key, e.g. `webhook_url`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("hooks.{key}: {reason}")]
+pub struct HookConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl HookConfigError {
+    fn new(key: &'static str, reason: impl Into<String>) -> Self {
+        HookConfigError {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl HooksConfig {
+    /// Whether any target is set.
+    pub fn is_enabled(&self) -> bool {
+        self.webhook_url.is_some() || self.command.is_some()
+    }
+
+    /// Whether events of `kind` are delivered.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.is_enabled() && self.events.contains(&kind)
+    }
+
+    /// Checks the settings, and that `webhook_secret_file` can be read and is not empty.
+    pub fn validate(&self) -> Result<(), HookConfigError> {
+        if let Some(url) = &self.webhook_url {
+            check_webhook_url(url)?;
+        }
+        match (&self.webhook_secret, &self.webhook_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(HookConfigError::new(
+                    "webhook_secret_file",
+                    "set either hooks.webhook_secret or hooks.webhook_secret_file, not both",
+                ))
+            }
+            (Some(s), None) if s.is_empty() => {
+                return Err(HookConfigError::new("webhook_secret", "empty"))
+            }
+            (Some(_), None) if self.webhook_url.is_none() => {
+                return Err(HookConfigError::new(
+                    "webhook_secret",
+                    "set without hooks.webhook_url",
+                ))
+            }
+            (None, Some(_)) if self.webhook_url.is_none() => {
+                return Err(HookConfigError::new(
+                    "webhook_secret_file",
+                    "set without hooks.webhook_url",
+                ))
+            }
+            (None, Some(path)) => {
+                read_secret_file_sync(path)?;
+            }
+            _ => {}
+        }
+        if let Some(cmd) = &self.command {
+            match cmd.first() {
+                None => return Err(HookConfigError::new("command", "empty")),
+                Some(p) if p.is_empty() => {
+                    return Err(HookConfigError::new("command", "empty program name"))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.is_enabled() && self.events.is_empty() {
+            return Err(HookConfigError::new(
+                "events",
+                "empty (leave the key out to get every event)",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(HookConfigError::new("max_attempts", "must be at least 1"));
+        }
+        if self.initial_backoff < Duration::from_millis(1) {
+            return Err(HookConfigError::new(
+                "initial_backoff",
+                "must be at least 1ms",
+            ));
+        }
+        if self.max_backoff < self.initial_backoff {
+            return Err(HookConfigError::new(
+                "max_backoff",
+                "must not be less than hooks.initial_backoff",
+            ));
+        }
+        if self.timeout < Duration::from_millis(1) {
+            return Err(HookConfigError::new("timeout", "must be at least 1ms"));
+        }
+        Ok(())
+    }
+}
+
+fn check_webhook_url(url: &str) -> Result<(), HookConfigError> {
+    let bad = || {
+        HookConfigError::new(
+            "webhook_url",
+            format!("not an absolute http:// or https:// URL: {url:?}"),
+        )
+    };
+    let parsed = reqwest_s3::Url::parse(url).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The key in a secret file: its bytes less one trailing `\n` or `\r\n`.
+fn secret_from_file_bytes(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    bytes
+}
+
+fn read_secret_file_sync(path: &Path) -> Result<Vec<u8>, HookConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        HookConfigError::new("webhook_secret_file", format!("cannot read {path:?}: {e}"))
+    })?;
+    let secret = secret_from_file_bytes(bytes);
+    if secret.is_empty() {
+        return Err(HookConfigError::new(
+            "webhook_secret_file",
+            format!("{path:?} is empty"),
+        ));
+    }
+    Ok(secret)
+}
+
+/// One event, as sent (JSON) to every target.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HookEvent {
+    /// Unique per event (UUID v4); also sent as `X-Bitsd-Delivery`, the same on every retry.
+    pub id: String,
+    pub event: EventKind,
+    /// When the event happened: RFC 3339, UTC, milliseconds.
+    pub time: String,
+    /// The session GUID.
+    pub session: String,
+    /// The vdir's URL prefix.
+    pub vdir: String,
+    /// The upload's path relative to the vdir root.
+    pub destination: String,
+    /// The authenticated user, if any.
+    pub identity: Option<String>,
+    /// Size in bytes of the completed upload (`upload_completed` only, else null).
+    pub size: Option<u64>,
+    /// Lowercase hex SHA-256 of the completed upload (`upload_completed` only, else null).
+    pub sha256: Option<String>,
+}
+
+impl HookEvent {
+    /// An event happening now, with a fresh id.
+    pub fn new(
+        event: EventKind,
+        session: String,
+        vdir: String,
+        destination: String,
+        identity: Option<String>,
+    ) -> Self {
+        HookEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            event,
+            time: rfc3339(SystemTime::now()),
+            session,
+            vdir,
+            destination,
+            identity,
+            size: None,
+            sha256: None,
+        }
+    }
+
+    /// Sets the size and SHA-256 of a completed upload.
+    pub fn with_upload(mut self, size: u64, sha256: &str) -> Self {
+        self.size = Some(size);
+        self.sha256 = Some(sha256.to_ascii_lowercase());
+        self
+    }
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (times before 1970 print as 1970).
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as u32, d as u32)
+}
+
+/// Counters since start. With both targets set, an event counts once per target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HookStats {
+    /// Deliveries that succeeded (2xx answer, exit status 0).
+    pub delivered: u64,
+    /// Deliveries given up after `max_attempts` failed attempts.
+    pub failed: u64,
+    /// Retries scheduled after a failed attempt.
+    pub retried: u64,
+    /// Events not queued: the queue was full or the worker is gone.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dropped: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A queued event with its serialized body, shared by its targets.
+struct Job {
+    cfg: Arc<HooksConfig>,
+    kind: EventKind,
+    id: String,
+    body: Bytes,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Webhook,
+    Command,
+}
+
+impl Target {
+    fn as_str(self) -> &'static str {
+        match self {
+            Target::Webhook => "webhook",
+            Target::Command => "command",
+        }
+    }
+}
+
+/// What the worker and the delivery tasks share.
+struct Shared {
+    stats: Counters,
+    /// Attempts running at once.
+    attempts: Semaphore,
+    /// Events taken off the queue whose deliveries are not finished.
+    in_flight: Arc<Semaphore>,
+    /// Built on the first webhook delivery.
+    http: OnceLock<Result<reqwest_s3::Client, String>>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Job>,
+    /// The queue's receiving end until the worker is started.
+    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    started: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+/// The hook dispatcher: one per server, cheap to clone. See the module documentation.
+#[derive(Clone)]
+pub struct Hooks {
+    inner: Arc<Inner>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks::new(DEFAULT_QUEUE_CAPACITY)
+    }
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hooks {
+    /// A dispatcher whose queue holds `queue_capacity` events (at least 1). Needs no runtime:
+    /// the worker is started on the runtime of the first [`Hooks::emit`] made inside one.
+    pub fn new(queue_capacity: usize) -> Hooks {
+        let capacity = queue_capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        Hooks {
+            inner: Arc::new(Inner {
+                tx,
+                rx: Mutex::new(Some(rx)),
+                started: AtomicBool::new(false),
+                shared: Arc::new(Shared {
+                    stats: Counters::default(),
+                    attempts: Semaphore::new(MAX_CONCURRENT_ATTEMPTS),
+                    in_flight: Arc::new(Semaphore::new(capacity)),
+                    http: OnceLock::new(),
+                }),
+            }),
+        }
+    }
+
+    /// Queues `event` for the targets of `cfg`. Never blocks and never fails: an event of a
+    /// kind `cfg` does not want (or with no target set) is skipped; one that does not fit in
+    /// the queue is dropped with a warning and counted in [`HookStats::dropped`].
+    pub fn emit(&self, cfg: &Arc<HooksConfig>, event: HookEvent) {
+        if !cfg.wants(event.event) {
+            tracing::trace!(event = %event.event, id = %event.id, "hook event not wanted");
+            return;
+        }
+        let body = match serde_json::to_vec(&event) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                bump(&self.inner.shared.stats.dropped);
+                tracing::warn!(event = %event.event, id = %event.id, error = %e,
+                    "hook event dropped: cannot serialize it");
+                return;
+            }
+        };
+        let job = Job {
+            cfg: Arc::clone(cfg),
+            kind: event.event,
+            id: event.id,
+            body,
+        };
+        match self.inner.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                bump(&self.inner.shared.stats.dropped);
+                tracing::warn!(event = %job.kind, id = %job.id, session = %event.session,
+                    "hook event dropped: the hook queue is full");
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                bump(&self.inner.shared.stats.dropped);
+                tracing::warn!(event = %job.kind, id = %job.id, session = %event.session,
+                    "hook event dropped: the hook worker is not running (its runtime ended)");
+            }
+        }
+        self.ensure_worker();
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> HookStats {
+        let c = &self.inner.shared.stats;
+        HookStats {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts the worker on the current runtime, if there is one and it is not running yet.
+    fn ensure_worker(&self) {
+        if self.inner.started.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                "hook event queued; the worker starts with the first emit on a runtime"
+            );
+            return;
+        };
+        let mut slot = self.inner.rx.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = slot.take() {
+            handle.spawn(worker(rx, Arc::clone(&self.inner.shared)));
+            self.inner.started.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Takes events off the queue and starts their deliveries; ends when every [`Hooks`] is gone.
+async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    loop {
+        let Ok(permit) = Arc::clone(&shared.in_flight).acquire_owned().await else {
+            return;
+        };
+        let Some(job) = rx.recv().await else {
+            return;
+        };
+        let job = Arc::new(job);
+        let permit = Arc::new(permit);
+        if job.cfg.webhook_url.is_some() {
+            tokio::spawn(deliver(
+                Arc::clone(&shared),
+                Arc::clone(&job),
+                Target::Webhook,
+                Arc::clone(&permit),
+            ));
+        }
+        if job.cfg.command.is_some() {
+            tokio::spawn(deliver(
+                Arc::clone(&shared),
+                Arc::clone(&job),
+                Target::Command,
+                permit,
+            ));
+        }
+    }
+}
+
+/// Delivers `job` to one target, retrying as configured.
+async fn deliver(
+    shared: Arc<Shared>,
+    job: Arc<Job>,
+    target: Target,
+    _in_flight: Arc<OwnedSemaphorePermit>,
+) {
+    let cfg = &job.cfg;
+    let max_attempts = cfg.max_attempts.max(1);
+    let mut attempt: u32 = 1;
+    loop {
+        let result = {
+            // The semaphore is never closed; without a permit the attempt just runs.
+            let _slot = shared.attempts.acquire().await.ok();
+            match target {
+                Target::Webhook => post_webhook(&shared, &job).await,
+                Target::Command => run_command(&job).await,
+            }
+        };
+        match result {
+            Ok(()) => {
+                bump(&shared.stats.delivered);
+                tracing::debug!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
+                    attempt, "hook delivered");
+                return;
+            }
+            Err(error) if attempt >= max_attempts => {
+                bump(&shared.stats.failed);
+                tracing::error!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
+                    attempts = attempt, %error, "hook delivery failed; giving up");
+                return;
+            }
+            Err(error) => {
+                let delay = backoff(cfg, attempt);
+                bump(&shared.stats.retried);
+                tracing::warn!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
+                    attempt, retry_in = ?delay, %error, "hook delivery attempt failed");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// The wait after failed attempt number `attempt` (1-based): `initial_backoff * 2^(attempt-1)`,
+/// at most `max_backoff`, less up to 10% jitter.
+fn backoff(cfg: &HooksConfig, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(31);
+    let base = cfg
+        .initial_backoff
+        .saturating_mul(1u32 << exp)
+        .min(cfg.max_backoff);
+    let tenth = u64::try_from(base.as_nanos() / 10).unwrap_or(u64::MAX);
+    let jitter =
+        std::collections::hash_map::RandomState::new().hash_one(attempt) % tenth.saturating_add(1);
+    base.saturating_sub(Duration::from_nanos(jitter))
+}
+
+/// `sha256=<hex HMAC-SHA256(key, body)>`.
+fn signature(key: &[u8], body: &[u8]) -> Result<String, String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|e| format!("bad secret: {e}"))?;
+    mac.update(body);
+    Ok(format!(
+        "sha256={}",
+        hex::encode(mac.finalize().into_bytes())
+    ))
+}
+
+fn http_client(shared: &Shared) -> Result<&reqwest_s3::Client, String> {
+    shared
+        .http
+        .get_or_init(|| {
+            // https needs a process-wide rustls provider (the S3 backend installs the same).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest_s3::Client::builder()
+                .user_agent(concat!("bitsd/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest_s3::redirect::Policy::none())
+                .retry(reqwest_s3::retry::never())
+                .no_proxy()
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+async fn post_webhook(shared: &Shared, job: &Job) -> Result<(), String> {
+    let cfg = &job.cfg;
+    let Some(url) = cfg.webhook_url.as_deref() else {
+        return Ok(());
+    };
+    let client = http_client(shared)?;
+    let mut req = client
+        .post(url)
+        .header(reqwest_s3::header::CONTENT_TYPE, "application/json")
+        .header("X-Bitsd-Event", job.kind.as_str())
+        .header("X-Bitsd-Delivery", job.id.as_str());
+    let key = match (&cfg.webhook_secret, &cfg.webhook_secret_file) {
+        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("cannot read webhook_secret_file {path:?}: {e}"))?;
+            let key = secret_from_file_bytes(bytes);
+            if key.is_empty() {
+                return Err(format!("webhook_secret_file {path:?} is empty"));
+            }
+            Some(key)
+        }
+        (None, None) => None,
+    };
+    if let Some(key) = key {
+        req = req.header("X-Bitsd-Signature", signature(&key, &job.body)?);
+    }
+    let resp = tokio::time::timeout(cfg.timeout, req.body(job.body.clone()).send())
+        .await
+        .map_err(|_| format!("no answer within {:?}", cfg.timeout))?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the receiver answered {status}"))
+    }
+}
+
+async fn run_command(job: &Job) -> Result<(), String> {
+    let cfg = &job.cfg;
+    let Some((program, args)) = cfg.command.as_deref().and_then(<[String]>::split_first) else {
+        return Err("hooks.command is empty".into());
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("BITSD_EVENT", job.kind.as_str())
+        .env("BITSD_DELIVERY", &job.id)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+    let mut stderr_reader = child.stderr.take().map(|s| tokio::spawn(read_capped(s)));
+    let stdin = child.stdin.take();
+    let run = tokio::time::timeout(cfg.timeout, async {
+        if let Some(mut stdin) = stdin {
+            let written = async {
+                stdin.write_all(&job.body).await?;
+                stdin.write_all(b"\n").await?;
+                stdin.shutdown().await
+            }
+            .await;
+            match written {
+                // The command need not read its input.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(format!("cannot write the event to its stdin: {e}"));
+                }
+                _ => {}
+            }
+        }
+        child
+            .wait()
+            .await
+            .map_err(|e| format!("cannot wait for it: {e}"))
+    })
+    .await;
+    let status = match run {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            kill_group(&mut child).await;
+            abort(stderr_reader.take());
+            return Err(e);
+        }
+        Err(_) => {
+            kill_group(&mut child).await;
+            abort(stderr_reader.take());
+            return Err(format!("still running after {:?}; killed", cfg.timeout));
+        }
+    };
+    let stderr = match stderr_reader.take() {
+        Some(mut task) => match tokio::time::timeout(STDERR_GRACE, &mut task).await {
+            Ok(Ok(text)) => text,
+            _ => {
+                task.abort();
+                String::new()
+            }
+        },
+        None => String::new(),
+    };
+    if status.success() {
+        if !stderr.is_empty() {
+            tracing::debug!(event = %job.kind, id = %job.id, %stderr, "hook command stderr");
+        }
+        Ok(())
+    } else if stderr.is_empty() {
+        Err(format!("{program:?} exited with {status}"))
+    } else {
+        Err(format!(
+            "{program:?} exited with {status}; stderr: {stderr}"
+        ))
+    }
+}
+
+fn abort(task: Option<tokio::task::JoinHandle<String>>) {
+    if let Some(task) = task {
+        task.abort();
+    }
+}
+
+/// Kills the command and whatever it started in its process group, and reaps it.
+async fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a negative pid signals the process group the child leads
+        // (`process_group(0)`); it touches no memory of ours.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+/// Reads `r` to its end, keeping the first [`STDERR_LOG_LIMIT`] bytes as (lossy) text.
+async fn read_capped(mut r: tokio::process::ChildStderr) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = STDERR_LOG_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    String::from_utf8_lossy(&kept).trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use sha2::Digest;
+    use std::time::Instant;
+
+    /// One request the test receiver got.
+    struct Recorded {
+        headers: HeaderMap,
+        body: Bytes,
+    }
+
+    struct Receiver {
+        /// Status of the n-th answer; the last one repeats.
+        statuses: Vec<u16>,
+        delay: Duration,
+        got: Mutex<Vec<Recorded>>,
+    }
+
+    impl Receiver {
+        fn requests(&self) -> Vec<(HeaderMap, Bytes)> {
+            let got = self.got.lock().unwrap();
+            got.iter()
+                .map(|r| (r.headers.clone(), r.body.clone()))
+                .collect()
+        }
+    }
+
+    async fn record(
+        State(rx): State<Arc<Receiver>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> StatusCode {
+        let n = {
+            let mut got = rx.got.lock().unwrap();
+            got.push(Recorded { headers, body });
+            got.len() - 1
+        };
+        tokio::time::sleep(rx.delay).await;
+        let status = rx.statuses.get(n).or(rx.statuses.last()).copied();
+        StatusCode::from_u16(status.unwrap_or(200)).unwrap()
+    }
+
+    /// A loopback HTTP receiver; returns its URL.
+    async fn receiver(statuses: &[u16], delay: Duration) -> (String, Arc<Receiver>) {
+        let rx = Arc::new(Receiver {
+            statuses: statuses.to_vec(),
+            delay,
+            got: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(record))
+            .with_state(Arc::clone(&rx));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/hook"), rx)
+    }
+
+    fn fast(mut cfg: HooksConfig) -> Arc<HooksConfig> {
+        cfg.initial_backoff = Duration::from_millis(5);
+        cfg.max_backoff = Duration::from_millis(20);
+        cfg.timeout = Duration::from_secs(5);
+        cfg.validate().unwrap();
+        Arc::new(cfg)
+    }
+
+    fn webhook(url: &str) -> HooksConfig {
+        HooksConfig {
+            webhook_url: Some(url.to_string()),
+            ..HooksConfig::default()
+        }
+    }
+
+    fn command(argv: &[&str]) -> HooksConfig {
+        HooksConfig {
+            command: Some(argv.iter().map(|s| s.to_string()).collect()),
+            ..HooksConfig::default()
+        }
+    }
+
+    fn event(kind: EventKind) -> HookEvent {
+        HookEvent::new(
+            kind,
+            "{7B1D3C5E-0000-4000-8000-000000000001}".into(),
+            "/upload/".into(),
+            "dir/file.bin".into(),
+            Some("alice".into()),
+        )
+    }
+
+    async fn wait_for(hooks: &Hooks, done: impl Fn(&HookStats) -> bool) -> HookStats {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = hooks.stats();
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting: {s:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// HMAC-SHA256 written out from RFC 2104, independent of the `hmac` crate.
+    fn reference_hmac(key: &[u8], msg: &[u8]) -> String {
+        let mut k = [0u8; 64];
+        if key.len() > 64 {
+            k[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+        let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+        let inner = Sha256::new()
+            .chain_update(&ipad)
+            .chain_update(msg)
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(&opad)
+            .chain_update(inner)
+            .finalize();
+        hex::encode(outer)
+    }
+
+    fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+        h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    #[test]
+    fn reference_hmac_matches_rfc4231_and_signature() {
+        // RFC 4231 test case 2.
+        let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        assert_eq!(
+            reference_hmac(b"Jefe", b"what do ya want for nothing?"),
+            want
+        );
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?").unwrap(),
+            format!("sha256={want}")
+        );
+        let long_key = [0xaau8; 131];
+        assert_eq!(
+            signature(&long_key, b"x").unwrap(),
+            format!("sha256={}", reference_hmac(&long_key, b"x"))
+        );
+    }
+
+    #[tokio::test]
+    async fn webhook_delivers_once_with_headers_and_signature() {
+        let (url, rx) = receiver(&[200], Duration::ZERO).await;
+        let cfg = fast(HooksConfig {
+            webhook_secret: Some("s3cret".into()),
+            ..webhook(&url)
+        });
+        let hooks = Hooks::new(8);
+        let ev = event(EventKind::UploadCompleted).with_upload(42, "ABCDEF");
+        let id = ev.id.clone();
+        hooks.emit(&cfg, ev);
+        let s = wait_for(&hooks, |s| s.delivered == 1).await;
+        assert_eq!(
+            s,
+            HookStats {
+                delivered: 1,
+                ..HookStats::default()
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reqs = rx.requests();
+        assert_eq!(reqs.len(), 1, "delivered exactly once");
+        let (h, body) = &reqs[0];
+        assert_eq!(header(h, "content-type"), "application/json");
+        assert_eq!(header(h, "x-bitsd-event"), "upload_completed");
+        assert_eq!(header(h, "x-bitsd-delivery"), id);
+        assert!(header(h, "user-agent").starts_with("bitsd/"));
+        assert_eq!(
+            header(h, "x-bitsd-signature"),
+            format!("sha256={}", reference_hmac(b"s3cret", body))
+        );
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["id"], id.as_str());
+        assert_eq!(v["event"], "upload_completed");
+        assert_eq!(v["session"], "{7B1D3C5E-0000-4000-8000-000000000001}");
+        assert_eq!(v["vdir"], "/upload/");
+        assert_eq!(v["destination"], "dir/file.bin");
+        assert_eq!(v["identity"], "alice");
+        assert_eq!(v["size"], 42);
+        assert_eq!(v["sha256"], "abcdef");
+        let time = v["time"].as_str().unwrap();
+        assert_eq!(time.len(), 24, "{time}");
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+        assert!(uuid::Uuid::parse_str(&id).is_ok());
+    }
+
+    #[tokio::test]
+    async fn webhook_without_secret_has_no_signature() {
+        let (url, rx) = receiver(&[204], Duration::ZERO).await;
+        let hooks = Hooks::new(8);
+        let ev = event(EventKind::SessionCreated);
+        hooks.emit(&fast(webhook(&url)), ev);
+        wait_for(&hooks, |s| s.delivered == 1).await;
+        let reqs = rx.requests();
+        assert!(reqs[0].0.get("x-bitsd-signature").is_none());
+        let v: serde_json::Value = serde_json::from_slice(&reqs[0].1).unwrap();
+        assert!(v["size"].is_null() && v["sha256"].is_null());
+    }
+
+    #[tokio::test]
+    async fn webhook_retries_until_success() {
+        let (url, rx) = receiver(&[500, 500, 200], Duration::ZERO).await;
+        let hooks = Hooks::new(8);
+        let cfg = fast(HooksConfig {
+            webhook_secret: Some("k".into()),
+            ..webhook(&url)
+        });
+        hooks.emit(&cfg, event(EventKind::SessionCancelled));
+        let s = wait_for(&hooks, |s| s.delivered == 1).await;
+        assert_eq!(
+            s,
+            HookStats {
+                delivered: 1,
+                retried: 2,
+                ..HookStats::default()
+            }
+        );
+        let reqs = rx.requests();
+        assert_eq!(reqs.len(), 3);
+        // Every attempt is the same delivery: same id, body and signature.
+        for (h, body) in &reqs[1..] {
+            assert_eq!(
+                header(h, "x-bitsd-delivery"),
+                header(&reqs[0].0, "x-bitsd-delivery")
+            );
+            assert_eq!(
+                header(h, "x-bitsd-signature"),
+                header(&reqs[0].0, "x-bitsd-signature")
+            );
+            assert_eq!(body, &reqs[0].1);
+        }
+    }
+
+    #[tokio::test]
+    async fn webhook_gives_up_after_max_attempts() {
+        let (url, rx) = receiver(&[500], Duration::ZERO).await;
+        let hooks = Hooks::new(8);
+        let cfg = fast(HooksConfig {
+            max_attempts: 3,
+            ..webhook(&url)
+        });
+        hooks.emit(&cfg, event(EventKind::SessionExpired));
+        let s = wait_for(&hooks, |s| s.failed == 1).await;
+        assert_eq!(
+            s,
+            HookStats {
+                failed: 1,
+                retried: 2,
+                ..HookStats::default()
+            }
+        );
+        assert_eq!(rx.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn webhook_timeout_and_connection_errors_are_retried() {
+        // Nobody listens on this port any more: connection refused.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let hooks = Hooks::new(8);
+        let cfg = fast(HooksConfig {
+            max_attempts: 2,
+            ..webhook(&format!("http://{closed}/hook"))
+        });
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        let s = wait_for(&hooks, |s| s.failed == 1).await;
+        assert_eq!(s.retried, 1);
+
+        // A receiver slower than the timeout.
+        let (url, rx) = receiver(&[200], Duration::from_secs(5)).await;
+        let mut slow = webhook(&url);
+        slow.max_attempts = 2;
+        slow.initial_backoff = Duration::from_millis(5);
+        slow.timeout = Duration::from_millis(100);
+        let started = Instant::now();
+        hooks.emit(&Arc::new(slow), event(EventKind::SessionCreated));
+        let s = wait_for(&hooks, |s| s.failed == 2).await;
+        assert_eq!(s.retried, 2);
+        assert_eq!(rx.requests().len(), 2);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn https_webhook_is_attempted() {
+        // A plain TCP server that hangs up: the TLS handshake fails, so the delivery fails,
+        // but building the https client must work.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        });
+        let hooks = Hooks::new(8);
+        let cfg = fast(HooksConfig {
+            max_attempts: 1,
+            ..webhook(&format!("https://{addr}/hook"))
+        });
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        assert_eq!(wait_for(&hooks, |s| s.failed == 1).await.delivered, 0);
+    }
+
+    #[tokio::test]
+    async fn slow_or_retrying_receivers_do_not_hold_up_others() {
+        let (slow_url, _slow) = receiver(&[200], Duration::from_secs(30)).await;
+        let (failing_url, _failing) = receiver(&[500], Duration::ZERO).await;
+        let (fast_url, fast_rx) = receiver(&[200], Duration::ZERO).await;
+        let hooks = Hooks::new(64);
+        // An event waiting 30s for its retry.
+        let mut retrying = webhook(&failing_url);
+        retrying.initial_backoff = Duration::from_secs(30);
+        retrying.max_backoff = Duration::from_secs(30);
+        hooks.emit(&Arc::new(retrying), event(EventKind::SessionCreated));
+        wait_for(&hooks, |s| s.retried == 1).await;
+        // All attempt slots but one taken by a receiver that does not answer.
+        let slow_cfg = fast(webhook(&slow_url));
+        for _ in 0..MAX_CONCURRENT_ATTEMPTS - 1 {
+            hooks.emit(&slow_cfg, event(EventKind::SessionCreated));
+        }
+        hooks.emit(&fast(webhook(&fast_url)), event(EventKind::SessionCreated));
+        let s = wait_for(&hooks, |s| s.delivered == 1).await;
+        assert_eq!((s.failed, s.retried), (0, 1));
+        assert_eq!(fast_rx.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn command_gets_the_event_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("event.json");
+        let env = dir.path().join("env.txt");
+        let cfg = fast(command(&[
+            "sh",
+            "-c",
+            r#"cat > "$0"; printf '%s %s' "$BITSD_EVENT" "$BITSD_DELIVERY" > "$1""#,
+            out.to_str().unwrap(),
+            env.to_str().unwrap(),
+        ]));
+        let hooks = Hooks::new(8);
+        let ev = event(EventKind::UploadCompleted).with_upload(7, "00ff");
+        let id = ev.id.clone();
+        hooks.emit(&cfg, ev.clone());
+        let s = wait_for(&hooks, |s| s.delivered == 1).await;
+        assert_eq!(s.retried + s.failed + s.dropped, 0);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(v, serde_json::to_value(&ev).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&env).unwrap(),
+            format!("upload_completed {id}")
+        );
+    }
+
+    #[tokio::test]
+    async fn command_failure_and_timeout_are_retried_then_failed() {
+        let hooks = Hooks::new(8);
+        let cfg = fast(HooksConfig {
+            max_attempts: 2,
+            ..command(&["sh", "-c", "echo oops >&2; exit 3"])
+        });
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        let s = wait_for(&hooks, |s| s.failed == 1).await;
+        assert_eq!((s.retried, s.delivered), (1, 0));
+
+        let mut slow = command(&["sh", "-c", "sleep 30; exit 0"]);
+        slow.max_attempts = 1;
+        slow.timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        hooks.emit(&Arc::new(slow), event(EventKind::SessionCreated));
+        wait_for(&hooks, |s| s.failed == 2).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A command that does not read its input still succeeds.
+        hooks.emit(&fast(command(&["true"])), event(EventKind::SessionCreated));
+        wait_for(&hooks, |s| s.delivered == 1).await;
+        // One that cannot be started fails.
+        let missing = fast(HooksConfig {
+            max_attempts: 1,
+            ..command(&["/nonexistent/bitsd-hook"])
+        });
+        hooks.emit(&missing, event(EventKind::SessionCreated));
+        wait_for(&hooks, |s| s.failed == 3).await;
+    }
+
+    #[tokio::test]
+    async fn both_targets_are_delivered_independently() {
+        let (url, rx) = receiver(&[500], Duration::ZERO).await;
+        let cfg = fast(HooksConfig {
+            max_attempts: 2,
+            command: Some(vec!["true".into()]),
+            ..webhook(&url)
+        });
+        let hooks = Hooks::new(8);
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        let s = wait_for(&hooks, |s| s.delivered + s.failed == 2).await;
+        assert_eq!(
+            s,
+            HookStats {
+                delivered: 1,
+                failed: 1,
+                retried: 1,
+                dropped: 0
+            }
+        );
+        assert_eq!(rx.requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn unwanted_kinds_are_skipped_not_dropped() {
+        let (url, rx) = receiver(&[200], Duration::ZERO).await;
+        let cfg = fast(HooksConfig {
+            events: vec![EventKind::UploadCompleted],
+            ..webhook(&url)
+        });
+        let hooks = Hooks::new(8);
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        hooks.emit(&cfg, event(EventKind::UploadCompleted));
+        hooks.emit(
+            &Arc::new(HooksConfig::default()),
+            event(EventKind::UploadCompleted),
+        );
+        wait_for(&hooks, |s| s.delivered == 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(hooks.stats().dropped, 0);
+        let reqs = rx.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(header(&reqs[0].0, "x-bitsd-event"), "upload_completed");
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_without_blocking() {
+        let (url, rx) = receiver(&[200], Duration::ZERO).await;
+        let cfg = fast(webhook(&url));
+        let hooks = Hooks::new(1);
+        // The current-thread runtime cannot run the worker until this task yields, so the
+        // second and third events find the queue full.
+        let started = Instant::now();
+        let first = event(EventKind::SessionCreated);
+        let first_id = first.id.clone();
+        hooks.emit(&cfg, first);
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(hooks.stats().dropped, 2);
+        wait_for(&hooks, |s| s.delivered == 1).await;
+        let reqs = rx.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(header(&reqs[0].0, "x-bitsd-delivery"), first_id);
+    }
+
+    #[test]
+    fn works_when_created_and_emitting_outside_a_runtime() {
+        let hooks = Hooks::new(4);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("n");
+        let cfg = fast(command(&[
+            "sh",
+            "-c",
+            r#"echo x >> "$0""#,
+            out.to_str().unwrap(),
+        ]));
+        // Queued; no runtime to deliver it yet.
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        assert_eq!(hooks.stats(), HookStats::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            hooks.emit(&cfg, event(EventKind::SessionExpired));
+            wait_for(&hooks, |s| s.delivered == 2).await;
+        });
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "x\nx\n");
+    }
+
+    #[tokio::test]
+    async fn secret_file_signs_and_is_read_per_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let (url, rx) = receiver(&[200], Duration::ZERO).await;
+        let cfg = fast(HooksConfig {
+            webhook_secret_file: Some(secret.clone()),
+            ..webhook(&url)
+        });
+        let hooks = Hooks::new(8);
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        wait_for(&hooks, |s| s.delivered == 1).await;
+        std::fs::write(&secret, "rotated\r\n").unwrap();
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        wait_for(&hooks, |s| s.delivered == 2).await;
+        let reqs = rx.requests();
+        for ((h, body), key) in reqs.iter().zip([&b"from-file"[..], b"rotated"]) {
+            assert_eq!(
+                header(h, "x-bitsd-signature"),
+                format!("sha256={}", reference_hmac(key, body))
+            );
+        }
+    }
+
+    #[test]
+    fn config_defaults_and_toml() {
+        let d = HooksConfig::default();
+        assert!(!d.is_enabled());
+        assert!(d.validate().is_ok());
+        assert_eq!(d.events, EventKind::ALL);
+        assert_eq!(d.max_attempts, 8);
+        assert_eq!(d.initial_backoff, Duration::from_secs(1));
+        assert_eq!(d.max_backoff, Duration::from_secs(300));
+        assert_eq!(d.timeout, Duration::from_secs(10));
+
+        let c: HooksConfig = toml::from_str(
+            r#"
+            webhook_url = "https://hooks.example.com/bits"
+            webhook_secret = "k"
+            command = ["/usr/local/bin/on-upload", "--quiet"]
+            events = ["upload_completed", "session_expired"]
+            max_attempts = 3
+            initial_backoff = "250ms"
+            max_backoff = "1m"
+            timeout = "30s"
+            "#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert!(c.is_enabled());
+        assert!(c.wants(EventKind::UploadCompleted) && !c.wants(EventKind::SessionCreated));
+        assert_eq!(c.initial_backoff, Duration::from_millis(250));
+        assert_eq!(c.max_backoff, Duration::from_secs(60));
+        assert!(!format!("{c:?}").contains("\"k\""), "secret redacted");
+
+        let c: HooksConfig = toml::from_str(r#"command = ["true"]"#).unwrap();
+        assert_eq!(c.events, EventKind::ALL);
+        assert!(toml::from_str::<HooksConfig>("webhook = \"http://x/\"").is_err());
+        assert!(toml::from_str::<HooksConfig>("events = [\"uploaded\"]").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_bad_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let url = || Some("http://127.0.0.1:8080/hook".to_string());
+        let cases: Vec<(HooksConfig, &str)> = vec![
+            (
+                HooksConfig {
+                    webhook_url: Some("/relative/hook".into()),
+                    ..HooksConfig::default()
+                },
+                "webhook_url",
+            ),
+            (
+                HooksConfig {
+                    webhook_url: Some("ftp://example.com/x".into()),
+                    ..HooksConfig::default()
+                },
+                "webhook_url",
+            ),
+            (
+                HooksConfig {
+                    webhook_url: Some("http://".into()),
+                    ..HooksConfig::default()
+                },
+                "webhook_url",
+            ),
+            (
+                HooksConfig {
+                    webhook_url: url(),
+                    webhook_secret: Some(String::new()),
+                    ..HooksConfig::default()
+                },
+                "webhook_secret",
+            ),
+            (
+                HooksConfig {
+                    webhook_secret: Some("k".into()),
+                    command: Some(vec!["true".into()]),
+                    ..HooksConfig::default()
+                },
+                "webhook_secret",
+            ),
+            (
+                HooksConfig {
+                    webhook_url: url(),
+                    webhook_secret: Some("k".into()),
+                    webhook_secret_file: Some(empty.clone()),
+                    ..HooksConfig::default()
+                },
+                "webhook_secret_file",
+            ),
+            (
+                HooksConfig {
+                    webhook_url: url(),
+                    webhook_secret_file: Some(empty.clone()),
+                    ..HooksConfig::default()
+                },
+                "webhook_secret_file",
+            ),
+            (
+                HooksConfig {
+                    webhook_url: url(),
+                    webhook_secret_file: Some(dir.path().join("missing")),
+                    ..HooksConfig::default()
+                },
+                "webhook_secret_file",
+            ),
+            (
+                HooksConfig {
+                    command: Some(vec![]),
+                    ..HooksConfig::default()
+                },
+                "command",
+            ),
+            (
+                HooksConfig {
+                    command: Some(vec![String::new(), "x".into()]),
+                    ..HooksConfig::default()
+                },
+                "command",
+            ),
+            (
+                HooksConfig {
+                    webhook_url: url(),
+                    events: vec![],
+                    ..HooksConfig::default()
+                },
+                "events",
+            ),
+            (
+                HooksConfig {
+                    max_attempts: 0,
+                    ..HooksConfig::default()
+                },
+                "max_attempts",
+            ),
+            (
+                HooksConfig {
+                    initial_backoff: Duration::ZERO,
+                    ..HooksConfig::default()
+                },
+                "initial_backoff",
+            ),
+            (
+                HooksConfig {
+                    initial_backoff: Duration::from_secs(10),
+                    max_backoff: Duration::from_secs(1),
+                    ..HooksConfig::default()
+                },
+                "max_backoff",
+            ),
+            (
+                HooksConfig {
+                    timeout: Duration::ZERO,
+                    ..HooksConfig::default()
+                },
+                "timeout",
+            ),
+        ];
+        for (cfg, key) in cases {
+            let err = cfg.validate().expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(
+                err.to_string().starts_with(&format!("hooks.{key}: ")),
+                "{err}"
+            );
+        }
+        let err = HooksConfig {
+            webhook_url: Some("nope".into()),
+            ..HooksConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hooks.webhook_url: not an absolute http:// or https:// URL: \"nope\""
+        );
+        assert_eq!(
+            HooksConfig {
+                command: Some(vec![]),
+                ..HooksConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string(),
+            "hooks.command: empty"
+        );
+        assert_eq!(
+            HooksConfig {
+                max_attempts: 0,
+                ..HooksConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string(),
+            "hooks.max_attempts: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let cfg = HooksConfig {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            ..HooksConfig::default()
+        };
+        let within = |got: Duration, want: Duration| {
+            assert!(
+                got <= want && got >= want.mul_f64(0.9),
+                "{got:?} vs {want:?}"
+            );
+        };
+        within(backoff(&cfg, 1), Duration::from_secs(1));
+        within(backoff(&cfg, 2), Duration::from_secs(2));
+        within(backoff(&cfg, 3), Duration::from_secs(4));
+        within(backoff(&cfg, 4), Duration::from_secs(5));
+        within(backoff(&cfg, 1000), Duration::from_secs(5));
+        let huge = HooksConfig {
+            initial_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+            ..HooksConfig::default()
+        };
+        assert!(backoff(&huge, 40) > Duration::from_secs(1 << 60));
+    }
+
+    #[test]
+    fn rfc3339_formatting() {
+        let at = |s: u64, ms: u64| {
+            rfc3339(UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_700_000_000, 999), "2023-11-14T22:13:20.999Z");
+        assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59.000Z");
+        // Agrees with httpdate on the date and time fields over a spread of days.
+        for i in 0..2000u64 {
+            let secs = i * 1_234_567 + 86_399;
+            let ours = at(secs, 0);
+            let theirs = httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(secs));
+            let parsed: SystemTime = theirs.into();
+            assert_eq!(rfc3339(parsed), ours);
+            let http = httpdate::fmt_http_date(parsed);
+            // "Sun, 06 Nov 1994 08:49:37 GMT"
+            let day: u32 = http[5..7].parse().unwrap();
+            let year: i64 = http[12..16].parse().unwrap();
+            assert_eq!(ours[..4].parse::<i64>().unwrap(), year, "{ours} {http}");
+            assert_eq!(ours[8..10].parse::<u32>().unwrap(), day, "{ours} {http}");
+            assert_eq!(&ours[11..19], &http[17..25], "{ours} {http}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! A decorator that times every storage call into `bitsd_storage_operation_seconds{op}` and
+//! otherwise delegates untouched, so backends stay free of metrics code.
+//!
+//! Calls returning a stream (`read_upload`, `read_reply`) are timed until the stream is open,
+//! not until it is read. `write` is timed over the whole fragment body, which includes waiting
+//! for the client's bytes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bits_proto::SessionId;
+
+use super::{
+    BodyStream, ByteStream, DataStore, Destination, DestinationState, SessionRecord, SessionStore,
+    StoreError, WriteOutcome,
+};
+use crate::metrics::Metrics;
+
+/// Wraps a session store and a data store (often the same backend object).
+pub struct Instrumented {
+    sessions: Arc<dyn SessionStore>,
+    data: Arc<dyn DataStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Instrumented {
+    pub fn new(
+        sessions: Arc<dyn SessionStore>,
+        data: Arc<dyn DataStore>,
+        metrics: Arc<Metrics>,
+    ) -> Instrumented {
+        Instrumented {
+            sessions,
+            data,
+            metrics,
+        }
+    }
+
+    async fn timed<T>(&self, op: &'static str, call: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let out = call.await;
+        self.metrics.storage(op, started.elapsed());
+        out
+    }
+}
+
+#[async_trait]
+impl SessionStore for Instrumented {
+    async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.timed("create", self.sessions.create(rec)).await
+    }
+
+    async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.timed("load", self.sessions.load(id)).await
+    }
+
+    async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.timed("save", self.sessions.save(rec)).await
+    }
+
+    async fn save_ended(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.timed("save_ended", self.sessions.save_ended(rec))
+            .await
+    }
+
+    async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
+        self.timed("remove", self.sessions.remove(id)).await
+    }
+
+    async fn list(&self) -> Result<Vec<SessionId>, StoreError> {
+        self.timed("list", self.sessions.list()).await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.timed("probe", self.sessions.probe()).await
+    }
+}
+
+#[async_trait]
+impl DataStore for Instrumented {
+    async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
+        self.timed("inspect", self.data.inspect(dest)).await
+    }
+
+    async fn allocate(&self, id: SessionId) -> Result<(), StoreError> {
+        self.timed("allocate", self.data.allocate(id)).await
+    }
+
+    async fn prepare_root(&self, root: &str) -> Result<(), StoreError> {
+        self.timed("prepare_root", self.data.prepare_root(root))
+            .await
+    }
+
+    async fn write(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        body: BodyStream<'_>,
+    ) -> WriteOutcome {
+        self.timed("write", self.data.write(id, offset, len, body))
+            .await
+    }
+
+    async fn held(&self, id: SessionId) -> Result<u64, StoreError> {
+        self.timed("held", self.data.held(id)).await
+    }
+
+    async fn commit(
+        &self,
+        id: SessionId,
+        total: u64,
+        dest: &Destination,
+        overwrite: bool,
+    ) -> Result<(), StoreError> {
+        self.timed("commit", self.data.commit(id, total, dest, overwrite))
+            .await
+    }
+
+    async fn release_upload(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        self.timed("release_upload", self.data.release_upload(id, dest))
+            .await
+    }
+
+    async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
+        self.timed("discard", self.data.discard(id)).await
+    }
+
+    async fn read_upload(&self, id: SessionId) -> Result<(u64, ByteStream), StoreError> {
+        self.timed("read_upload", self.data.read_upload(id)).await
+    }
+
+    async fn store_reply(&self, id: SessionId, body: BodyStream<'_>) -> Result<u64, StoreError> {
+        self.timed("store_reply", self.data.store_reply(id, body))
+            .await
+    }
+
+    async fn remove_reply(&self, id: SessionId) -> Result<(), StoreError> {
+        self.timed("remove_reply", self.data.remove_reply(id)).await
+    }
+
+    async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError> {
+        self.timed("seal_reply", self.data.seal_reply(id)).await
+    }
+
+    async fn reply_representation(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<crate::download::Representation>, StoreError> {
+        self.timed("reply_representation", self.data.reply_representation(id))
+            .await
+    }
+
+    async fn read_reply(
+        &self,
+        id: SessionId,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        self.timed("read_reply", self.data.read_reply(id, range))
+            .await
+    }
+
+    fn local_files(&self, id: SessionId) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        self.data.local_files(id)
+    }
+}

@@ -1,0 +1,331 @@
+//! `bitsd check-config`: every kind of broken config exits non-zero with a message that names
+//! the bad key, and the example configs in `packaging/config/` pass.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bitsd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bitsd"));
+    // Messages only: no backtraces, no config taken from the environment.
+    cmd.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env_remove("BITSD_CONFIG")
+        .env_remove("BITSD_LOG");
+    cmd
+}
+
+fn check(path: &Path) -> Output {
+    bitsd()
+        .arg("check-config")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .expect("running bitsd check-config")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/config")
+}
+
+/// A server certificate and key in `dir` (cert.pem, key.pem).
+fn write_cert(dir: &Path) {
+    let pki = common::pki::Pki::new("check-config test CA");
+    let server = pki.issue("bitsd check-config", true, false);
+    std::fs::write(dir.join("cert.pem"), server.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), server.key_pem).unwrap();
+}
+
+/// Adds `user` to a users file with `bitsd passwd --password-stdin`.
+fn add_user(file: &Path, user: &str) {
+    use std::io::Write;
+    let mut child = bitsd()
+        .arg("passwd")
+        .arg(file)
+        .arg(user)
+        .arg("--password-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "bitsd passwd failed");
+}
+
+/// (case name, TOML with `{d}` standing for the temp dir, strings stderr must contain).
+const BROKEN: &[(&str, &str, &[&str])] = &[
+    (
+        "unknown top-level key",
+        "listen = \"127.0.0.1:8080\"\nspool_directory = \"/var/lib/bitsd/spool\"\n",
+        &["spool_directory", "unknown field"],
+    ),
+    (
+        "unknown key in the second vdir",
+        "[[vdir]]\nprefix = \"/a/\"\n[[vdir]]\nprefix = \"/b/\"\nuplod_enabled = true\n",
+        &["vdir[1].uplod_enabled", "unknown field"],
+    ),
+    (
+        "unknown key in [tls]",
+        "[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\ncertificate = \"x\"\n",
+        &["tls.certificate", "unknown field"],
+    ),
+    (
+        "wrong type: string for a boolean",
+        "fsync = \"yes\"\n",
+        &["`fsync`", "expected a boolean"],
+    ),
+    (
+        "wrong type: string for a vdir size",
+        "[[vdir]]\nmax_upload_size = \"10GB\"\n",
+        &["vdir[0].max_upload_size", "expected u64"],
+    ),
+    (
+        "bad duration",
+        "[[vdir]]\nsession_timeout = \"forever\"\n",
+        &["vdir[0].session_timeout", "duration"],
+    ),
+    (
+        "bad enum value",
+        "[[vdir]]\nauth = \"ntlm\"\n",
+        &["vdir[0].auth", "ntlm"],
+    ),
+    (
+        "listen address without a port",
+        "listen = \"0.0.0.0\"\n",
+        &["`listen`", "socket address"],
+    ),
+    (
+        "tls.listen that is a host name",
+        "[tls]\nlisten = \"localhost:8443\"\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n",
+        &["tls.listen", "socket address"],
+    ),
+    (
+        "vdir prefix without slashes",
+        "[[vdir]]\nprefix = \"upload\"\n",
+        &["vdir[0].prefix", "\"upload\""],
+    ),
+    (
+        "vdir prefix with '..'",
+        "[[vdir]]\nprefix = \"/up/../x/\"\n",
+        &["vdir[0].prefix"],
+    ),
+    (
+        "duplicate prefix (case-insensitive)",
+        "[[vdir]]\nprefix = \"/logs/\"\nroot = \"{d}/a\"\n[[vdir]]\nprefix = \"/LOGS/\"\nroot = \"{d}/b\"\n",
+        &["vdir[1].prefix", "\"/LOGS/\"", "twice"],
+    ),
+    (
+        "spool inside a vdir root",
+        "spool_dir = \"{d}/up/spool\"\n[[vdir]]\nroot = \"{d}/up\"\n",
+        &["spool_dir", "vdir[0].root"],
+    ),
+    (
+        "vdir root inside the spool",
+        "spool_dir = \"{d}/spool\"\n[[vdir]]\nprefix = \"/a/\"\nroot = \"{d}/a\"\n[[vdir]]\nprefix = \"/b/\"\nroot = \"{d}/spool/b\"\n",
+        &["spool_dir", "vdir[1].root"],
+    ),
+    (
+        "zero max_fragment_size",
+        "[[vdir]]\nmax_fragment_size = 0\n",
+        &["vdir[0].max_fragment_size"],
+    ),
+    (
+        "by_reference without notification_url",
+        "[[vdir]]\nnotification_type = \"by_reference\"\n",
+        &["vdir[0].notification_url", "notification_type"],
+    ),
+    (
+        "https notification_url",
+        "[[vdir]]\nnotification_type = \"by_value\"\nnotification_url = \"https://app.example/receipt\"\n",
+        &["vdir[0].notification_url", "http://"],
+    ),
+    (
+        "public_url with a path",
+        "public_url = \"https://bits.example.com/upload\"\n",
+        &["public_url", "without a path"],
+    ),
+    (
+        "public_url without a scheme",
+        "public_url = \"bits.example.com\"\n",
+        &["public_url"],
+    ),
+    (
+        "host_id with a space",
+        "[[vdir]]\nhost_id = \"node 1\"\n",
+        &["vdir[0].host_id"],
+    ),
+    (
+        "cleanup_interval below one second",
+        "cleanup_interval = \"0s\"\n",
+        &["cleanup_interval"],
+    ),
+    (
+        "tls with a missing certificate file",
+        "[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"{d}/missing.pem\"\nkey = \"{d}/key.pem\"\n",
+        &["tls.cert", "missing.pem"],
+    ),
+    (
+        "tls with a missing client CA file",
+        "[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\nclient_ca = \"{d}/nope.pem\"\n",
+        &["tls.client_ca", "nope.pem"],
+    ),
+    (
+        "tls certificate file that holds no certificate",
+        "[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"{d}/key.pem\"\nkey = \"{d}/key.pem\"\n",
+        &["tls.cert", "no certificate"],
+    ),
+    (
+        "tls without key",
+        "[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"{d}/cert.pem\"\n",
+        &["tls", "missing field `key`"],
+    ),
+    (
+        "s3 backend without bucket",
+        "[storage]\nbackend = \"s3\"\naccess_key = \"a\"\nsecret_key = \"s\"\n[[vdir]]\ndownload_enabled = false\n",
+        &["storage", "missing field `bucket`"],
+    ),
+    (
+        "unknown storage backend",
+        "[storage]\nbackend = \"nfs\"\n",
+        &["storage.backend", "nfs"],
+    ),
+    (
+        "s3 backend with downloads left on",
+        "[storage]\nbackend = \"s3\"\nbucket = \"b\"\naccess_key = \"a\"\nsecret_key = \"s\"\n",
+        &["vdir[0]", "download_enabled"],
+    ),
+    (
+        "basic auth without users_file",
+        "[[vdir]]\nauth = \"basic\"\n",
+        &["vdir[0].users_file"],
+    ),
+    (
+        "basic auth with a missing users_file",
+        "[[vdir]]\nauth = \"basic\"\nusers_file = \"{d}/no-such-users\"\n",
+        &["vdir[0].users_file", "no-such-users"],
+    ),
+    (
+        "users_file with a malformed line",
+        "[[vdir]]\nauth = \"basic\"\nusers_file = \"{d}/bad-users\"\n",
+        &["vdir[0].users_file", "bad-users", "line 1"],
+    ),
+    (
+        "not TOML at all",
+        "[[vdir]\nprefix = \"/upload/\"\n",
+        &["TOML parse error", "line 1"],
+    ),
+];
+
+#[test]
+fn broken_configs_fail_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_cert(d);
+    std::fs::write(d.join("bad-users"), "alice\n").unwrap();
+    let mut failures = Vec::new();
+    for (i, (name, toml, needles)) in BROKEN.iter().enumerate() {
+        let path = d.join(format!("case{i:02}.toml"));
+        std::fs::write(&path, toml.replace("{d}", &d.display().to_string())).unwrap();
+        let out = check(&path);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let missing: Vec<_> = needles.iter().filter(|n| !stderr.contains(*n)).collect();
+        if out.status.code() != Some(1) || !missing.is_empty() || stdout.contains("ok") {
+            failures.push(format!(
+                "{name}: exit {:?}, stderr lacks {missing:?}\n  stdout: {stdout}\n  stderr: {stderr}",
+                out.status.code()
+            ));
+        }
+        // One readable message, not a panic or a backtrace.
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Stack backtrace"),
+            "{name}: {stderr}"
+        );
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check(&dir.path().join("absent.toml"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("absent.toml"));
+}
+
+#[test]
+fn plain_examples_pass() {
+    for name in ["single-node.toml", "farm.toml"] {
+        let out = check(&examples().join(name));
+        assert!(
+            out.status.success() && text(&out.stdout).contains("ok"),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn farm_example_with_host_id_uncommented_passes() {
+    let farm = std::fs::read_to_string(examples().join("farm.toml")).unwrap();
+    assert!(farm.contains("# host_id = ") && farm.contains("# host_id_fallback_timeout = "));
+    let farm = farm.replace("# host_id = ", "host_id = ").replace(
+        "# host_id_fallback_timeout = ",
+        "host_id_fallback_timeout = ",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("farm.toml");
+    std::fs::write(&path, farm).unwrap();
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// tls-basic.toml names files under /etc/bitsd, which check-config opens: run it against the
+/// same file with those paths moved into a temp dir holding a real certificate and users file.
+#[test]
+fn tls_basic_example_passes_with_its_files() {
+    let example = std::fs::read_to_string(examples().join("tls-basic.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = example.replace("/etc/bitsd/", &format!("{}/", d.display()));
+    assert_ne!(config, example, "tls-basic.toml no longer uses /etc/bitsd/");
+    let path = d.join("bitsd.toml");
+    std::fs::write(&path, &config).unwrap();
+
+    // Without its files it fails, naming the first one it needs.
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("tls.cert"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    write_cert(d);
+    std::fs::rename(d.join("cert.pem"), d.join("fullchain.pem")).unwrap();
+    std::fs::rename(d.join("key.pem"), d.join("privkey.pem")).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("vdir[0].users_file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    add_user(&d.join("users"), "alice");
+    let out = check(&path);
+    assert!(
+        out.status.success() && text(&out.stdout).contains("ok"),
+        "{}",
+        text(&out.stderr)
+    );
+}

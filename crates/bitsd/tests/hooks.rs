@@ -1,0 +1,224 @@
+//! Event hooks against a real bitsd: a webhook receiver on loopback gets the completed event
+//! with the SHA-256 of the upload (computed while the fragments streamed in, across a cut
+//! fragment and a restart) and a valid HMAC signature; a command hook gets every event kind.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// One request the receiver got: lower-cased header names, and the body.
+#[derive(Clone, Debug)]
+struct Delivery {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Delivery {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("event JSON")
+    }
+}
+
+/// A webhook receiver on a free loopback port; answers every request 200 and records it.
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Delivery>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn);
+                    let mut headers = Vec::new();
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':') {
+                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                        }
+                    }
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    sink.lock().unwrap().push(Delivery { headers, body });
+                    let _ = reader.get_mut().write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                });
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    /// Waits up to 15 s for a delivery of event `kind`.
+    fn wait_for(&self, kind: &str) -> Delivery {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(d) = self
+                .got
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|d| d.header("x-bitsd-event") == Some(kind))
+            {
+                return d.clone();
+            }
+            assert!(Instant::now() < deadline, "no {kind} event delivered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[test]
+fn webhook_reports_the_sha256_of_an_upload_cut_and_resumed_across_a_restart() {
+    let receiver = Receiver::start();
+    let hooks = format!(
+        "[vdir.hooks]\nwebhook_url = \"http://{}/events\"\nwebhook_secret = \"s3cret\"\n\
+         events = [\"upload_completed\"]\ninitial_backoff = \"20ms\"\n",
+        receiver.addr
+    );
+    let mut server = Server::start_vdir("", &hooks);
+    let data = pattern((3 << 20) + 12_345, 77);
+    let total = data.len() as u64;
+    let path = "/upload/hooked.bin";
+    let mut conn = server.conn();
+    let sid = conn.create(path).session();
+    let first = (1 << 20) + 3;
+    conn.fragment(path, &sid, 0, &data[..first], total)
+        .assert_ack(200, None);
+
+    // A fragment cut part way: the server keeps what arrived, then restarts.
+    let second_end = first + (2 << 20);
+    let range = format!("bytes {first}-{}/{total}", second_end - 1);
+    let head = request_bytes(
+        "BITS_POST",
+        path,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", &range),
+            ("Content-Length", &(second_end - first).to_string()),
+        ],
+        &data[first..first + 1_500_000],
+    );
+    let mut cut = server.conn();
+    cut.write_raw(&head);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(cut);
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart();
+
+    // Resume the way a BITS client does: from the offset the server reports.
+    let mut conn = server.conn();
+    let probe = conn.fragment(path, &sid, 0, &data[..1], total);
+    probe.assert_ack(200, None);
+    let held = probe.received().expect("received range") as usize;
+    assert!(held >= first, "server lost acknowledged bytes: {held}");
+    conn.fragment(path, &sid, held as u64, &data[held..], total)
+        .assert_ack(200, None);
+    conn.close(path, &sid).assert_ack(200, None);
+
+    let d = receiver.wait_for("upload_completed");
+    let event = d.json();
+    assert_eq!(event["event"], "upload_completed");
+    assert_eq!(event["size"], total);
+    assert_eq!(event["sha256"], hex_sha256(&data));
+    assert_eq!(event["destination"], "hooked.bin");
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(&d.body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(d.header("x-bitsd-signature"), Some(expected.as_str()));
+    assert_eq!(
+        std::fs::read(server.upload_path("hooked.bin")).unwrap(),
+        data
+    );
+}
+
+#[test]
+fn command_hook_gets_created_completed_cancelled_and_expired_events() {
+    let vdir = "session_timeout = \"1s\"\n[vdir.hooks]\n\
+                command = [\"sh\", \"-c\", \"cat >> {root}/events.jsonl\"]\n";
+    let server = Server::start_vdir("cleanup_interval = \"1s\"", vdir);
+    let events_file = server.root().parent().unwrap().join("events.jsonl");
+    let mut conn = server.conn();
+    let data = pattern(70_000, 5);
+    let done = upload(&mut conn, "/upload/done.bin", &data, 30_000);
+    conn.close("/upload/done.bin", &done).assert_ack(200, None);
+    let cancelled = conn.create("/upload/cancelled.bin").session();
+    conn.cancel("/upload/cancelled.bin", &cancelled)
+        .assert_ack(200, None);
+    let idle = conn.create("/upload/idle.bin").session();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let events = loop {
+        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+            .collect();
+        if events.iter().any(|e| e["event"] == "session_expired") {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "events so far: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let of = |sid: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind && e["session"] == sid)
+            .count()
+    };
+    assert_eq!(of(&done, "session_created"), 1);
+    assert_eq!(of(&done, "upload_completed"), 1);
+    assert_eq!(of(&cancelled, "session_created"), 1);
+    assert_eq!(of(&cancelled, "session_cancelled"), 1);
+    assert_eq!(of(&idle, "session_expired"), 1);
+    let completed = events
+        .iter()
+        .find(|e| e["event"] == "upload_completed")
+        .unwrap();
+    assert_eq!(completed["sha256"], hex_sha256(&data));
+    assert_eq!(completed["size"], data.len());
+}
