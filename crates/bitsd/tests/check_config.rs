@@ -135,6 +135,31 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         &["spool_dir", "vdir[1].root"],
     ),
     (
+        "hook webhook URL not absolute",
+        "[[vdir]]\n[vdir.hooks]\nwebhook_url = \"intake/events\"\n",
+        &["vdir[0].hooks.webhook_url"],
+    ),
+    (
+        "hook command empty",
+        "[[vdir]]\n[vdir.hooks]\ncommand = []\n",
+        &["vdir[0].hooks.command"],
+    ),
+    (
+        "hook with zero attempts",
+        "[[vdir]]\n[vdir.hooks]\nwebhook_url = \"http://127.0.0.1:9/x\"\nmax_attempts = 0\n",
+        &["vdir[0].hooks.max_attempts"],
+    ),
+    (
+        "unknown hook event",
+        "[[vdir]]\n[vdir.hooks]\nevents = [\"upload_started\"]\n",
+        &["vdir[0].hooks.events", "upload_started"],
+    ),
+    (
+        "admin listen without a port",
+        "[admin]\nlisten = \"127.0.0.1\"\n",
+        &["admin.listen"],
+    ),
+    (
         "zero max_fragment_size",
         "[[vdir]]\nmax_fragment_size = 0\n",
         &["vdir[0].max_fragment_size"],
