@@ -44,6 +44,7 @@ pub struct Metrics {
     errors: IntCounterVec,
     notifications: IntCounterVec,
     storage_duration: HistogramVec,
+    hook_deliveries: IntCounterVec,
 }
 
 /// How a notification of the server application ended.
@@ -164,6 +165,12 @@ impl Metrics {
                 "Notifications of the server application, by outcome.",
                 &["outcome"],
             ),
+            hook_deliveries: counter_vec(
+                "bitsd_hook_deliveries_total",
+                "Event hook deliveries per target, by outcome (delivered, retried, failed after \
+                 the last attempt, dropped because the queue was full).",
+                &["outcome"],
+            ),
             storage_duration: histogram_vec(
                 "bitsd_storage_operation_seconds",
                 "Time of each storage backend call, by operation.",
@@ -257,6 +264,19 @@ impl Metrics {
         self.storage_duration
             .with_label_values(&[op])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Brings `bitsd_hook_deliveries_total` up to the hook dispatcher's own counters.
+    pub fn set_hook_stats(&self, stats: crate::hooks::HookStats) {
+        for (outcome, value) in [
+            ("delivered", stats.delivered),
+            ("retried", stats.retried),
+            ("failed", stats.failed),
+            ("dropped", stats.dropped),
+        ] {
+            let counter = self.hook_deliveries.with_label_values(&[outcome]);
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
     }
 
     /// The text exposition format (`text/plain; version=0.0.4`) of every family.

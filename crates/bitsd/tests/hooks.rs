@@ -119,7 +119,7 @@ fn webhook_reports_the_sha256_of_an_upload_cut_and_resumed_across_a_restart() {
          events = [\"upload_completed\"]\ninitial_backoff = \"20ms\"\n",
         receiver.addr
     );
-    let mut server = Server::start_vdir("", &hooks);
+    let mut server = Server::start_vdir("admin = { listen = \"127.0.0.1:0\" }", &hooks);
     let data = pattern((3 << 20) + 12_345, 77);
     let total = data.len() as u64;
     let path = "/upload/hooked.bin";
@@ -174,6 +174,19 @@ fn webhook_reports_the_sha256_of_an_upload_cut_and_resumed_across_a_restart() {
         std::fs::read(server.upload_path("hooked.bin")).unwrap(),
         data
     );
+    // The delivery shows in the metrics (counted once the receiver's 200 is in).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let admin = server.admin_addr.expect("admin listener");
+        let metrics = Conn::new(admin).send("GET", "/metrics", &[], b"");
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        if text.contains("bitsd_hook_deliveries_total{outcome=\"delivered\"} 1") {
+            assert!(text.contains("bitsd_hook_deliveries_total{outcome=\"failed\"} 0"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -168,6 +168,7 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respons
     }
     let metrics = admin.engine.metrics();
     metrics.set_open(admin.engine.open_sessions());
+    metrics.set_hook_stats(admin.engine.hook_stats());
     match metrics.render() {
         Ok(text) => respond(StatusCode::OK, crate::metrics::TEXT_CONTENT_TYPE, text),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
