@@ -89,6 +89,9 @@ enum Cmd {
         /// URL path prefix of the peer's upload directory.
         #[arg(long, default_value = "/upload/")]
         peer_prefix: String,
+        /// Directory on the file system to measure (default: a temp dir under ./target).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
     /// Open sessions left idle mid-upload: server memory and file descriptors.
     Idle {
@@ -139,11 +142,13 @@ fn main() -> Result<()> {
             file_kib,
             peer,
             peer_prefix,
+            dir,
         } => print(small::run(
             uploads,
             clients,
             file_kib,
             peer.map(|a| (a, peer_prefix)),
+            dir.as_deref(),
         )),
         Cmd::Idle { sessions } => print(idle::run(sessions)),
         Cmd::Download { mib } => print(download::run(mib)),
@@ -164,7 +169,17 @@ fn all(docs: &Path, no_write: bool) -> Result<()> {
         ),
         (
             "Many small uploads",
-            Box::new(|| small::run(2000, 32, 64, None)),
+            Box::new(|| small::run(2000, 32, 64, None, None)),
+        ),
+        (
+            "Many small uploads on tmpfs (syncs free: the server's CPU path)",
+            Box::new(|| {
+                let shm = Path::new("/dev/shm");
+                if !shm.is_dir() {
+                    bail!("no /dev/shm here");
+                }
+                small::run(2000, 32, 64, None, Some(&shm.join("bitsd-bench")))
+            }),
         ),
         ("Idle sessions", Box::new(|| idle::run(1000))),
         ("Download vs cat", Box::new(|| download::run(2048))),

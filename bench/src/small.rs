@@ -36,6 +36,7 @@ pub fn run(
     clients: usize,
     file_kib: usize,
     peer: Option<(std::net::SocketAddr, String)>,
+    dir: Option<&Path>,
 ) -> Result<Report> {
     if let Some((addr, _)) = &peer {
         if !addr.ip().is_loopback() {
@@ -44,7 +45,7 @@ pub fn run(
     }
     let (uploads, clients, file_kib) = (uploads.max(1), clients.max(1), file_kib.max(1));
     let clients = clients.min(uploads);
-    let base = Path::new("target").join("bench-data");
+    let base = dir.map_or_else(|| Path::new("target").join("bench-data"), Path::to_path_buf);
     std::fs::create_dir_all(&base)?;
     let dir = tempfile::tempdir_in(&base)?;
     let size = file_kib << 10;
@@ -218,7 +219,10 @@ pub fn run(
     });
     Ok(match baseline {
         Some(b) => report.with_headline(Headline {
-            figure: format!("{uploads} uploads of {file_kib} KiB, {clients} clients"),
+            figure: format!(
+                "{uploads} uploads of {file_kib} KiB, {clients} clients, on {}",
+                fs_name(&base)
+            ),
             value: format!(
                 "{rate:.0} uploads/s ({:.2} x target)",
                 rate / TARGET_UPLOADS_S
@@ -342,13 +346,27 @@ fn upload(conn: &mut Conn, path: &str, body: &[u8], lat: &mut Latencies) -> Resu
     Ok(())
 }
 
+/// The file system type `dir` lives on (from /proc/mounts), e.g. `ext4` or `tmpfs`.
+fn fs_name(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && dir.starts_with(f[1])).then(|| (f[1].len(), f[2].to_string()))
+        })
+        .max()
+        .map_or_else(|| "unknown".to_string(), |(_, t)| t)
+}
+
 #[cfg(test)]
 mod tests {
     /// Small smoke run: `cargo test -p bench --release -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn small_smoke() {
-        let table = super::run(200, 8, 16, None).unwrap().markdown;
+        let table = super::run(200, 8, 16, None, None).unwrap().markdown;
         println!("{table}");
     }
 }

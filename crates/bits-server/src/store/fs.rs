@@ -145,7 +145,11 @@ impl SessionStore for FsStore {
         blocking(move || {
             fs::create_dir(me.dir(rec.id))?;
             // Not synced: see `anchored`. The first durable save makes the chain durable.
-            me.write_meta_with(&rec, MetaWrite::InPlace)
+            me.write_meta_with(&rec, MetaWrite::InPlace)?;
+            // The empty data file too (see `allocate`): one trip to the blocking pool per
+            // Create-Session. Not synced: it holds nothing acknowledged.
+            File::create(me.data(rec.id))?;
+            Ok(())
         })
         .await
     }
@@ -266,7 +270,6 @@ fn inspect_blocking(dest: &Destination) -> Result<DestinationState, StoreError> 
     }
 }
 
-/// Positioned writes of `chunk` at `pos`, on the blocking pool.
 /// Body chunks waiting for one gather write.
 #[derive(Default)]
 struct Batch {
@@ -287,8 +290,48 @@ impl Batch {
     }
 }
 
-fn spawn_write(file: Arc<File>, pos: u64, chunks: Vec<Bytes>) -> JoinHandle<io::Result<u64>> {
-    spawn_blocking(move || vectored::write_all_at(&file, pos, &chunks))
+/// A session's data file, opened on first use by whichever write job comes first.
+struct DataFile {
+    path: PathBuf,
+    file: std::sync::OnceLock<File>,
+}
+
+impl DataFile {
+    fn new(path: PathBuf) -> DataFile {
+        DataFile {
+            path,
+            file: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> io::Result<&File> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)?;
+        Ok(self.file.get_or_init(|| f))
+    }
+}
+
+/// Writes `chunks` at `pos` on the blocking pool, then (with `sync`) makes the file durable.
+fn spawn_write(
+    file: Arc<DataFile>,
+    pos: u64,
+    chunks: Vec<Bytes>,
+    sync: bool,
+) -> JoinHandle<io::Result<u64>> {
+    spawn_blocking(move || {
+        let f = file.get()?;
+        let n = vectored::write_all_at(f, pos, &chunks)?;
+        if sync {
+            f.sync_data()?;
+        }
+        Ok(n)
+    })
 }
 
 async fn finish(pending: Option<JoinHandle<io::Result<u64>>>) -> io::Result<u64> {
@@ -311,14 +354,9 @@ impl DataStore for FsStore {
     }
 
     async fn allocate(&self, id: SessionId) -> Result<(), StoreError> {
-        let me = self.clone();
-        blocking(move || {
-            // Not synced: an empty data file holds nothing acknowledged, and writes create it.
-            // The session directory exists: `SessionStore::create` made it.
-            File::create(me.data(id))?;
-            Ok(())
-        })
-        .await
+        // `SessionStore::create` of this same store made the empty data file already.
+        let _ = id;
+        Ok(())
     }
 
     async fn write(
@@ -328,29 +366,15 @@ impl DataStore for FsStore {
         len: u64,
         mut body: BodyStream<'_>,
     ) -> WriteOutcome {
-        let path = self.data(id);
-        let opened = blocking(move || {
-            Ok(OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)?)
-        })
-        .await;
-        let file = match opened {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                return WriteOutcome {
-                    durable: 0,
-                    error: Some(e),
-                }
-            }
-        };
+        // Opened by the first write job, and the last job syncs: a small fragment costs one
+        // trip to the blocking pool, not three.
+        let file = Arc::new(DataFile::new(self.data(id)));
         // Chunks are kept as they arrived and written with one gather write per batch.
         let mut batch = Batch::default();
         let mut pending: Option<JoinHandle<io::Result<u64>>> = None;
         let mut queued = 0u64; // bytes handed to writes so far
         let mut written = 0u64; // bytes whose writes completed
+        let mut synced = false;
         let mut error: Option<StoreError> = None;
         while queued + batch.len < len {
             match body.next().await {
@@ -370,7 +394,7 @@ impl DataStore for FsStore {
                     break;
                 }
             }
-            if batch.is_full() {
+            if batch.is_full() && queued + batch.len < len {
                 match finish(pending.take()).await {
                     Ok(n) => written += n,
                     Err(e) => {
@@ -380,7 +404,12 @@ impl DataStore for FsStore {
                 }
                 let full = std::mem::take(&mut batch);
                 let n = full.len;
-                pending = Some(spawn_write(file.clone(), offset + queued, full.chunks));
+                pending = Some(spawn_write(
+                    file.clone(),
+                    offset + queued,
+                    full.chunks,
+                    false,
+                ));
                 queued += n;
             }
         }
@@ -388,26 +417,38 @@ impl DataStore for FsStore {
             Ok(n) => written += n,
             Err(e) => error = error.or(Some(e.into())),
         }
-        // Whatever arrived before a body error is still good data: keep it.
+        // The last batch, or whatever arrived before a body error (still good data: keep it).
         if written == queued
             && batch.len > 0
             && !matches!(error, Some(StoreError::DiskFull | StoreError::Io(_)))
         {
             let rest = std::mem::take(&mut batch);
+            let sync = self.fsync;
             match finish(Some(spawn_write(
                 file.clone(),
                 offset + queued,
                 rest.chunks,
+                sync,
             )))
             .await
             {
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    synced = sync;
+                }
+                // The sync covered every batch: if it failed, nothing here is durable.
+                Err(e) if sync => {
+                    return WriteOutcome {
+                        durable: 0,
+                        error: Some(e.into()),
+                    }
+                }
                 Err(e) => error = error.or(Some(e.into())),
             }
         }
-        if written > 0 && self.fsync {
+        if written > 0 && self.fsync && !synced {
             let f = file.clone();
-            if let Err(e) = blocking(move || Ok(f.sync_data()?)).await {
+            if let Err(e) = blocking(move || Ok(f.get()?.sync_data()?)).await {
                 return WriteOutcome {
                     durable: 0,
                     error: Some(e),
