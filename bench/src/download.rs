@@ -139,7 +139,7 @@ pub fn run(mib: u64) -> Result<Report> {
     )?;
     Ok(Report::table(out)
         .with_chart(Chart {
-            name: "bench-download",
+            name: "bench-download".to_string(),
             title: format!("Reading a {mib} MiB file from the page cache"),
             unit: "MiB/s".to_string(),
             bars: vec![

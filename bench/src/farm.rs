@@ -146,7 +146,7 @@ pub fn farm(
     let farm = totals[1].mib_s();
     Ok(Report::table(out)
         .with_chart(Chart {
-            name: "bench-farm",
+            name: "bench-farm".to_string(),
             title: format!("Farm on SeaweedFS: 1 node vs {nodes} nodes"),
             unit: "MiB/s".to_string(),
             bars: vec![

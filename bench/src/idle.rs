@@ -156,7 +156,7 @@ pub fn run(sessions: usize) -> Result<Report> {
     let rss = mib(open.rss_kib);
     Ok(Report::table(out)
         .with_chart(Chart {
-            name: "bench-idle",
+            name: "bench-idle".to_string(),
             title: format!("bitsd memory with {sessions} idle sessions"),
             unit: "VmRSS MiB".to_string(),
             bars: vec![

@@ -165,7 +165,7 @@ fn all(docs: &Path, no_write: bool) -> Result<()> {
     let cases: Vec<(&str, Run)> = vec![
         (
             "Durability: 2 GiB upload vs dd conv=fsync",
-            Box::new(|| durability(2048, 8, 1, None)),
+            Box::new(|| durability(2048, 8, 3, None)),
         ),
         (
             "Many small uploads",
@@ -360,7 +360,7 @@ fn durability(
     ));
     Ok(report::Report::table(out)
         .with_chart(report::Chart {
-            name: "bench-durability",
+            name: "bench-durability".to_string(),
             title: format!("One {mib} MiB upload in {fragment_mib} MiB fragments"),
             unit: "MiB/s".to_string(),
             bars: vec![

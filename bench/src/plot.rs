@@ -54,8 +54,13 @@ pub fn draw(chart: &Chart, dir: &Path) -> Result<String> {
     let labels: Vec<String> = chart.bars.iter().rev().map(|(l, _)| l.clone()).collect();
     let row = |i: usize| n - 1 - i;
     let label_width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(8) as u32 * 8 + 20;
+    // The reference line is named in the caption: a legend box would cover bar labels.
+    let caption = match &chart.line {
+        Some((label, _)) => format!("{} (red line: {label})", chart.title),
+        None => chart.title.clone(),
+    };
     let mut ctx = ChartBuilder::on(&root)
-        .caption(&chart.title, ("sans-serif", 22))
+        .caption(&caption, ("sans-serif", 20))
         .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(label_width)
@@ -65,6 +70,7 @@ pub fn draw(chart: &Chart, dir: &Path) -> Result<String> {
     ctx.configure_mesh()
         .disable_y_mesh()
         .x_desc(chart.unit.as_str())
+        .x_label_formatter(&|v| format_value(*v))
         .y_labels(n)
         .y_label_formatter(&|y| match y {
             SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
@@ -95,21 +101,12 @@ pub fn draw(chart: &Chart, dir: &Path) -> Result<String> {
         )
     }))
     .map_err(|e| anyhow!("{e}"))?;
-    if let Some((label, v)) = &chart.line {
+    if let Some((_, v)) = &chart.line {
         ctx.draw_series(std::iter::once(PathElement::new(
             vec![(*v, SegmentValue::Exact(0)), (*v, SegmentValue::Last)],
             RED.stroke_width(2),
         )))
-        .map_err(|e| anyhow!("{e}"))?
-        .label(label.as_str())
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
-        ctx.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| anyhow!("{e}"))?;
     }
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
@@ -138,7 +135,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let chart = Chart {
-            name: "test-chart",
+            name: "test-chart".to_string(),
             title: "A chart".to_string(),
             unit: "MiB/s".to_string(),
             bars: vec![("baseline".to_string(), 100.0), ("bitsd".to_string(), 91.0)],

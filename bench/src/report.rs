@@ -20,7 +20,7 @@ pub struct Headline {
 /// A horizontal bar chart: one bar per case, an optional line for the target.
 pub struct Chart {
     /// File stem under `docs/img/`, e.g. `bench-durability`.
-    pub name: &'static str,
+    pub name: String,
     pub title: String,
     /// Axis label, e.g. "MiB/s".
     pub unit: String,

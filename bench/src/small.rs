@@ -211,7 +211,7 @@ pub fn run(
     }
     bars.push((format!("{who}: BITS uploads"), rate));
     let report = Report::table(out).with_chart(Chart {
-        name: "bench-small",
+        name: format!("bench-small-{}", fs_name(&base)),
         title: format!("{uploads} uploads of {file_kib} KiB, {clients} clients"),
         unit: "uploads/s".to_string(),
         bars,
