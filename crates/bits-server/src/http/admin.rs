@@ -194,16 +194,22 @@ async fn list(State(admin): State<Arc<Admin>>, headers: HeaderMap, uri: Uri) -> 
     }
 }
 
+/// The session id of a `/admin/sessions/{id}` route, once the caller is allowed in.
+fn session_arg(admin: &Admin, headers: &HeaderMap, id: &str) -> Result<SessionId, Response> {
+    if let Some(resp) = denied(admin, headers) {
+        return Err(resp);
+    }
+    SessionId::parse(id.trim()).map_err(|_| bad_id(id))
+}
+
 async fn show(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(resp) = denied(&admin, &headers) {
-        return resp;
-    }
-    let Ok(id) = SessionId::parse(id.trim()) else {
-        return bad_id(&id);
+    let id = match session_arg(&admin, &headers, &id) {
+        Ok(id) => id,
+        Err(resp) => return resp,
     };
     match admin.engine.session(id).await {
         Ok(Some(rec)) => json_response(StatusCode::OK, &session_json(&rec)),
@@ -218,11 +224,9 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(resp) = denied(&admin, &headers) {
-        return resp;
-    }
-    let Ok(id) = SessionId::parse(id.trim()) else {
-        return bad_id(&id);
+    let id = match session_arg(&admin, &headers, &id) {
+        Ok(id) => id,
+        Err(resp) => return resp,
     };
     match admin.engine.admin_cancel(id).await {
         Ok(AdminCancel::Cancelled(rec)) => json_response(StatusCode::OK, &session_json(&rec)),
