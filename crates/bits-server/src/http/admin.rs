@@ -195,11 +195,11 @@ async fn list(State(admin): State<Arc<Admin>>, headers: HeaderMap, uri: Uri) -> 
 }
 
 /// The session id of a `/admin/sessions/{id}` route, once the caller is allowed in.
-fn session_arg(admin: &Admin, headers: &HeaderMap, id: &str) -> Result<SessionId, Response> {
+fn session_arg(admin: &Admin, headers: &HeaderMap, id: &str) -> Result<SessionId, Box<Response>> {
     if let Some(resp) = denied(admin, headers) {
-        return Err(resp);
+        return Err(Box::new(resp));
     }
-    SessionId::parse(id.trim()).map_err(|_| bad_id(id))
+    SessionId::parse(id.trim()).map_err(|_| Box::new(bad_id(id)))
 }
 
 async fn show(
@@ -209,7 +209,7 @@ async fn show(
 ) -> Response {
     let id = match session_arg(&admin, &headers, &id) {
         Ok(id) => id,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match admin.engine.session(id).await {
         Ok(Some(rec)) => json_response(StatusCode::OK, &session_json(&rec)),
@@ -226,7 +226,7 @@ async fn cancel(
 ) -> Response {
     let id = match session_arg(&admin, &headers, &id) {
         Ok(id) => id,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match admin.engine.admin_cancel(id).await {
         Ok(AdminCancel::Cancelled(rec)) => json_response(StatusCode::OK, &session_json(&rec)),
