@@ -212,6 +212,10 @@ async fn list_sessions(b: &Backend) {
     let two = b.session("list-2.bin").await;
     let ids = b.sessions.list().await.expect("list");
     assert!(ids.contains(&one.id) && ids.contains(&two.id), "{ids:?}");
+    b.sessions
+        .probe()
+        .await
+        .expect("probe of a reachable store");
     b.sessions.remove(one.id).await.expect("remove");
     let ids = b.sessions.list().await.expect("list");
     assert!(ids.contains(&two.id), "{ids:?}");

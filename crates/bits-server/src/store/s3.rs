@@ -600,6 +600,14 @@ impl SessionStore for S3Store {
             .filter_map(|p| p.filename().and_then(|n| SessionId::parse(n).ok()))
             .collect())
     }
+
+    /// One page of the session listing, not all of it: `/readyz` may be probed every second.
+    async fn probe(&self) -> Result<(), StoreError> {
+        match self.store.list(Some(&self.sessions())).next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(os_err(e)),
+        }
+    }
 }
 
 #[async_trait]
