@@ -28,12 +28,15 @@
 //! that was queued is delivered at least once per target (a receiver may see the same
 //! `X-Bitsd-Delivery` id more than once, e.g. when its 2xx answer was lost or came after the
 //! timeout) unless it runs out of attempts. Events still queued or waiting to be retried are
-//! lost if the process stops or crashes: at most once across crashes.
+//! lost if the process stops or crashes: at most once across crashes — unless the caller keeps
+//! the event itself and emits it again after a restart with [`Hooks::emit_then`], whose callback
+//! says when it no longer has to (the engine does so for `upload_completed`, in the session
+//! record).
 
 use std::fmt;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -319,7 +322,31 @@ pub struct HookEvent {
     pub sha256: Option<String>,
 }
 
+/// The identity of an `upload_completed` event not yet delivered, kept in the session record so
+/// that a restart delivers it again under the same id (receivers deduplicate on it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEvent {
+    pub id: String,
+    pub time: String,
+}
+
+impl PendingEvent {
+    pub fn now() -> PendingEvent {
+        PendingEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            time: rfc3339(SystemTime::now()),
+        }
+    }
+}
+
 impl HookEvent {
+    /// This event under the id and time of `pending` (a redelivery after a restart).
+    pub fn as_pending(mut self, pending: &PendingEvent) -> Self {
+        self.id.clone_from(&pending.id);
+        self.time.clone_from(&pending.time);
+        self
+    }
+
     /// An event happening now, with a fresh id.
     pub fn new(
         event: EventKind,
@@ -385,6 +412,26 @@ struct Job {
     kind: EventKind,
     id: String,
     body: Bytes,
+    settle: Option<Settle>,
+}
+
+/// Called once every target of an event has been delivered to or given up on.
+struct Settle {
+    remaining: AtomicUsize,
+    then: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Job {
+    /// One target is done with this job (delivered, or out of attempts).
+    fn target_settled(&self) {
+        let Some(settle) = &self.settle else { return };
+        if settle.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let then = settle.then.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(then) = then {
+                then();
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -466,8 +513,23 @@ impl Hooks {
     /// kind `cfg` does not want (or with no target set) is skipped; one that does not fit in
     /// the queue is dropped with a warning and counted in [`HookStats::dropped`].
     pub fn emit(&self, cfg: &Arc<HooksConfig>, event: HookEvent) {
+        self.emit_then(cfg, event, None);
+    }
+
+    /// Like [`Hooks::emit`]; `settled` runs (on the hook worker) once every target has been
+    /// delivered to or given up on after its last attempt — not when the event is dropped or
+    /// the process stops first. For an event nobody wants it runs at once.
+    pub fn emit_then(
+        &self,
+        cfg: &Arc<HooksConfig>,
+        event: HookEvent,
+        settled: Option<Box<dyn FnOnce() + Send>>,
+    ) {
         if !cfg.wants(event.event) {
             tracing::trace!(event = %event.event, id = %event.id, "hook event not wanted");
+            if let Some(settled) = settled {
+                settled();
+            }
             return;
         }
         let body = match serde_json::to_vec(&event) {
@@ -479,11 +541,16 @@ impl Hooks {
                 return;
             }
         };
+        let targets = usize::from(cfg.webhook_url.is_some()) + usize::from(cfg.command.is_some());
         let job = Job {
             cfg: Arc::clone(cfg),
             kind: event.event,
             id: event.id,
             body,
+            settle: settled.map(|then| Settle {
+                remaining: AtomicUsize::new(targets),
+                then: std::sync::Mutex::new(Some(then)),
+            }),
         };
         match self.inner.tx.try_send(job) {
             Ok(()) => {}
@@ -585,12 +652,14 @@ async fn deliver(
                 bump(&shared.stats.delivered);
                 tracing::debug!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
                     attempt, "hook delivered");
+                job.target_settled();
                 return;
             }
             Err(error) if attempt >= max_attempts => {
                 bump(&shared.stats.failed);
                 tracing::error!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
                     attempts = attempt, %error, "hook delivery failed; giving up");
+                job.target_settled();
                 return;
             }
             Err(error) => {

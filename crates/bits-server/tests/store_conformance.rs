@@ -148,6 +148,7 @@ fn record(destination: Destination) -> SessionRecord {
         reply_url: None,
         app_forbidden: false,
         sha256: None,
+        pending_hook: None,
     }
 }
 

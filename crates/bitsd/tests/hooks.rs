@@ -7,17 +7,19 @@ use common::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// One request the receiver got: lower-cased header names, and the body.
+/// One request the receiver got: lower-cased header names, the body, and what it answered.
 #[derive(Clone, Debug)]
 struct Delivery {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    accepted: bool,
 }
 
 impl Delivery {
@@ -37,6 +39,8 @@ impl Delivery {
 struct Receiver {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<Delivery>>>,
+    /// Answer 200 (else 503).
+    accepting: Arc<AtomicBool>,
 }
 
 impl Receiver {
@@ -44,11 +48,12 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let (sink, open) = (got.clone(), accepting.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
-                let sink = sink.clone();
+                let (sink, open) = (sink.clone(), open.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(conn);
                     let mut headers = Vec::new();
@@ -78,14 +83,30 @@ impl Receiver {
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
-                    sink.lock().unwrap().push(Delivery { headers, body });
-                    let _ = reader.get_mut().write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    );
+                    let accepted = open.load(Ordering::SeqCst);
+                    sink.lock().unwrap().push(Delivery {
+                        headers,
+                        body,
+                        accepted,
+                    });
+                    let answer: &[u8] = if accepted {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    };
+                    let _ = reader.get_mut().write_all(answer);
                 });
             }
         });
-        Receiver { addr, got }
+        Receiver {
+            addr,
+            got,
+            accepting,
+        }
+    }
+
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.got.lock().unwrap().clone()
     }
 
     /// Waits up to 15 s for a delivery of event `kind`.
@@ -97,7 +118,7 @@ impl Receiver {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|d| d.header("x-bitsd-event") == Some(kind))
+                .find(|d| d.accepted && d.header("x-bitsd-event") == Some(kind))
             {
                 return d.clone();
             }
@@ -234,4 +255,55 @@ fn command_hook_gets_created_completed_cancelled_and_expired_events() {
         .unwrap();
     assert_eq!(completed["sha256"], hex_sha256(&data));
     assert_eq!(completed["size"], data.len());
+}
+
+/// The completion event is recorded as owed with the completion itself: a receiver that is down
+/// when the server is SIGKILLed still gets it after the restart, under the same delivery id, and
+/// once delivered it is not sent again by later restarts.
+#[test]
+fn an_owed_completion_event_survives_a_crash_and_is_delivered_once() {
+    let receiver = Receiver::start();
+    receiver.accepting.store(false, Ordering::SeqCst);
+    let hooks = format!(
+        "[vdir.hooks]\nwebhook_url = \"http://{}/events\"\nevents = [\"upload_completed\"]\n\
+         max_attempts = 1000\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\n",
+        receiver.addr
+    );
+    let mut server = Server::start_vdir("", &hooks);
+    let data = pattern(200_000, 9);
+    let mut conn = server.conn();
+    let sid = upload(&mut conn, "/upload/owed.bin", &data, 64_000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.deliveries().len() < 2 {
+        assert!(Instant::now() < deadline, "no delivery attempts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+    let refused = receiver.deliveries();
+    let first_id = refused[0].header("x-bitsd-delivery").unwrap().to_string();
+    assert!(refused.iter().all(|d| !d.accepted));
+
+    receiver.accepting.store(true, Ordering::SeqCst);
+    server.restart();
+    let delivered = receiver.wait_for("upload_completed");
+    assert_eq!(
+        delivered.header("x-bitsd-delivery"),
+        Some(first_id.as_str())
+    );
+    let event = delivered.json();
+    assert_eq!(event["session"], sid.as_str());
+    assert_eq!(event["sha256"], hex_sha256(&data));
+    assert_eq!(event["size"], data.len());
+
+    // Delivered: the record forgets it (in the background), and a restart sends nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart();
+    std::thread::sleep(Duration::from_millis(700));
+    let accepted = receiver.deliveries().iter().filter(|d| d.accepted).count();
+    assert_eq!(accepted, 1, "{:?}", receiver.deliveries().len());
+    // The session itself is intact: Close still works.
+    server
+        .conn()
+        .close("/upload/owed.bin", &sid)
+        .assert_ack(200, None);
 }

@@ -136,11 +136,13 @@ impl Engine {
             // WAIT_FOR_CLOSE: the reply must stay servable until Close/Cancel/expiry.
             SessionState::Committed => {
                 self.registry().insert(&rec);
+                self.redeliver_owed(&rec);
                 return Ok(());
             }
             // Ended: whatever a crash left in the spool is garbage.
             SessionState::Closed | SessionState::Cancelled | SessionState::Expired => {
                 self.data.discard(id).await?;
+                self.redeliver_owed(&rec);
                 return Ok(());
             }
         }

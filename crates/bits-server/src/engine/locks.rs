@@ -19,9 +19,10 @@ struct Slot {
     preempt: watch::Sender<u64>,
 }
 
-#[derive(Default)]
+/// Cheap to clone: clones share the same locks (background tasks take sessions too).
+#[derive(Default, Clone)]
 pub struct SessionLocks {
-    map: Mutex<HashMap<SessionId, Weak<Slot>>>,
+    map: Arc<Mutex<HashMap<SessionId, Weak<Slot>>>>,
 }
 
 /// Holding this is holding the session.

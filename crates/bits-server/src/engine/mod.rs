@@ -217,6 +217,7 @@ impl Engine {
                 .hooks
                 .wants(crate::hooks::EventKind::UploadCompleted)
                 .then(crate::digest::Sha256State::default),
+            pending_hook: None,
         };
         {
             let mut registry = self.registry();
@@ -441,6 +442,10 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         rec.state = SessionState::Committed;
+        // The completion event is owed from here on: recorded in the same durable save.
+        if vdir.hooks.wants(crate::hooks::EventKind::UploadCompleted) {
+            rec.pending_hook = Some(crate::hooks::PendingEvent::now());
+        }
         self.sessions.save(rec).await?;
         self.registry().set_spooled(rec.id, 0);
         if let Err(e) = self.data.release_upload(rec.id, &rec.destination).await {

@@ -132,6 +132,7 @@ mod tests {
             reply_url: None,
             app_forbidden: false,
             sha256: None,
+            pending_hook: None,
         }
     }
 

@@ -82,6 +82,10 @@ pub struct SessionRecord {
     /// completion); `None` when not wanted or not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<crate::digest::Sha256State>,
+    /// An `upload_completed` hook event not yet delivered (or given up on): recorded with the
+    /// completion, so a crash before delivery is followed by a redelivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_hook: Option<crate::hooks::PendingEvent>,
 }
 
 mod session_id_text {
