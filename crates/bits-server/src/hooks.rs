@@ -1285,6 +1285,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn settled_runs_once_after_every_target_is_done() {
+        // Webhook fails for good after 2 attempts, the command succeeds: settled once, after both.
+        let (url, _rx) = receiver(&[500], Duration::ZERO).await;
+        let cfg = fast(HooksConfig {
+            max_attempts: 2,
+            command: Some(vec!["true".into()]),
+            ..webhook(&url)
+        });
+        let hooks = Hooks::new(8);
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel();
+        hooks.emit_then(
+            &cfg,
+            event(EventKind::UploadCompleted),
+            Some(Box::new(move || {
+                let _ = tx.send(());
+            })),
+        );
+        let stats = wait_for(&hooks, |s| s.delivered + s.failed == 2).await;
+        assert_eq!((stats.delivered, stats.failed), (1, 1));
+        tokio::time::timeout(Duration::from_secs(5), settled.recv())
+            .await
+            .expect("settled")
+            .expect("settled once");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(settled.try_recv().is_err(), "settled ran twice");
+        // An event nobody wants is settled at once.
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel();
+        let none = Arc::new(HooksConfig::default());
+        hooks.emit_then(
+            &none,
+            event(EventKind::UploadCompleted),
+            Some(Box::new(move || {
+                let _ = tx.send(());
+            })),
+        );
+        assert!(settled.try_recv().is_ok());
+    }
+
+    #[tokio::test]
     async fn unwanted_kinds_are_skipped_not_dropped() {
         let (url, rx) = receiver(&[200], Duration::ZERO).await;
         let cfg = fast(HooksConfig {
