@@ -5,6 +5,8 @@
 
 mod common;
 use common::*;
+use sha2::{Digest, Sha256};
+use std::path::Path;
 
 #[path = "../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
@@ -30,14 +32,16 @@ impl Rng {
     }
 }
 
-fn node_config(endpoint: &str, bucket: &str, notify_url: &str) -> String {
+fn node_config(endpoint: &str, bucket: &str, notify_url: &str, events: &Path) -> String {
     format!(
         "session_lock_timeout = \"2s\"\nbody_idle_timeout = \"2s\"\n\
          [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nprefix = \"spool\"\n\
          access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
          [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = false\n\
+         [vdir.hooks]\ncommand = [\"sh\", \"-c\", \"cat >> {events}\"]\nevents = [\"upload_completed\"]\n\
          [[vdir]]\nprefix = \"/reply/\"\nroot = \"replies\"\ndownload_enabled = false\n\
-         notification_type = \"by_value\"\nnotification_url = \"{notify_url}\"\n"
+         notification_type = \"by_value\"\nnotification_url = \"{notify_url}\"\n",
+        events = events.display()
     )
 }
 
@@ -56,7 +60,15 @@ fn try_bits(
 fn three_nodes_share_sessions_on_seaweedfs() {
     let weed = seaweed::SeaweedFs::start("bits-farm");
     let application = app::App::start(app::Behaviour::default());
-    let config = node_config(&weed.endpoint, &weed.bucket, &application.url("/notify"));
+    // Every node appends its upload_completed events (JSON lines) to one file.
+    let events_dir = tempfile::tempdir().unwrap();
+    let events_file = events_dir.path().join("events.jsonl");
+    let config = node_config(
+        &weed.endpoint,
+        &weed.bucket,
+        &application.url("/notify"),
+        &events_file,
+    );
     let mut nodes: Vec<Server> = (0..3).map(|_| Server::start_with(&config, false)).collect();
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     let mut alive = vec![true; 3];
@@ -164,7 +176,11 @@ fn three_nodes_share_sessions_on_seaweedfs() {
                 ],
                 b"",
             ) {
-                break r;
+                // 503 is retried, as a BITS client does: on shared storage a concurrent update
+                // of the record (another node, a background save) loses its race with 503.
+                if r.status != 503 {
+                    break r;
+                }
             }
         };
         close.assert_ack(200, None);
@@ -253,6 +269,48 @@ fn three_nodes_share_sessions_on_seaweedfs() {
     .unwrap()
     .assert_ack(200, None);
     assert_eq!(Conn::new(b).send("GET", &reply_path, &[], b"").status, 404);
+
+    // Every upload's completion event carries the SHA-256 of its bytes, although its fragments
+    // were hashed on different nodes, some cut part way. Node 1 died holding some owed events:
+    // restarting it delivers them (every node's start-up recovery redelivers owed events).
+    nodes[1].restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+            .collect();
+        let missing: Vec<&String> = files
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| !events.iter().any(|e| e["destination"] == name.as_str()))
+            .collect();
+        if missing.is_empty() {
+            for (name, data) in &files {
+                let mine: Vec<&serde_json::Value> = events
+                    .iter()
+                    .filter(|e| e["destination"] == name.as_str())
+                    .collect();
+                for e in &mine {
+                    assert_eq!(
+                        e["sha256"],
+                        hex::encode(Sha256::digest(data)),
+                        "{name}: {e}"
+                    );
+                    assert_eq!(e["size"], data.len(), "{name}");
+                    // Redeliveries reuse the first delivery's id.
+                    assert_eq!(e["id"], mine[0]["id"], "{name}");
+                }
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload_completed event for {missing:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // Every file is in the bucket, byte for byte; no fragment objects are left.
     let _ = rustls::crypto::ring::default_provider().install_default();

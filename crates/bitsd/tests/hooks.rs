@@ -295,8 +295,20 @@ fn an_owed_completion_event_survives_a_crash_and_is_delivered_once() {
     assert_eq!(event["sha256"], hex_sha256(&data));
     assert_eq!(event["size"], data.len());
 
-    // Delivered: the record forgets it (in the background), and a restart sends nothing.
-    std::thread::sleep(Duration::from_millis(500));
+    // Delivered: the record forgets it (in the background, a moment later), and a restart
+    // sends nothing.
+    let record = server.session_dir(&sid).join("meta.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&record)
+        .unwrap()
+        .contains("pending_hook")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the owed event is never forgotten"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server.restart();
     std::thread::sleep(Duration::from_millis(700));
     let accepted = receiver.deliveries().iter().filter(|d| d.accepted).count();

@@ -72,6 +72,9 @@ impl super::Engine {
         let (sessions, locks) = (self.sessions.clone(), self.locks.clone());
         Box::new(move || {
             tokio::spawn(async move {
+                // The client's Close-Session usually follows the completing Ack at once: let it
+                // go first (on shared storage a concurrent save would make one of them retry).
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 let mut wait = std::time::Duration::from_millis(50);
                 let _guard = loop {
                     if let Some(guard) = locks.try_lock(id) {
