@@ -217,9 +217,9 @@ fn sigkill_at_random_points_loses_nothing() {
     assert!(kills >= 20, "only {kills} kills happened");
 }
 
-/// Create-Session is not synced, so a power loss can leave a session directory with an empty or
-/// torn record. Without data nothing acknowledged depends on it: recovery removes it. With data
-/// it is kept for an operator, and the server still starts.
+/// Tombstones are rewritten in place without sync, so a power loss can leave a session directory
+/// with an empty or torn record. Without data nothing acknowledged depends on it: recovery
+/// removes it. With data it is kept for an operator, and the server still starts.
 #[test]
 fn torn_unsynced_records_are_cleaned_up_at_start() {
     let mut server = Server::start("");

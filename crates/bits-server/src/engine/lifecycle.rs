@@ -109,8 +109,8 @@ impl Engine {
         report: &mut RecoveryReport,
     ) -> Result<(), BitsError> {
         let loaded = match self.sessions.load(id).await {
-            // Only a record written without sync can be torn (Create-Session, tombstones): if no
-            // data is held either, nothing acknowledged depends on it.
+            // Only a record written without sync can be torn (a tombstone, rewritten in place):
+            // if no data is held either, nothing acknowledged depends on it.
             Err(StoreError::Corrupt(..)) if self.data.held(id).await? == 0 => {
                 tracing::warn!(session = %id, "unreadable record without data (torn by a crash); removed");
                 None

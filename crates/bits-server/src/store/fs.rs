@@ -6,12 +6,11 @@
 //! <spool>/sessions/<uuid>/data        the partial upload, written in place at the received offset
 //! ```
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bits_proto::SessionId;
@@ -33,11 +32,6 @@ const WRITE_CHUNK: usize = 1 << 20;
 pub struct FsStore {
     sessions: PathBuf,
     fsync: bool,
-    /// Sessions whose directory entry under `sessions/` is known durable. Create-Session is not
-    /// synced (a session lost in a crash before its first fragment held nothing acknowledged, and
-    /// the client starts over on 0x8020001F), so the first durable save of a session also syncs
-    /// the parent directory.
-    anchored: Arc<Mutex<HashSet<SessionId>>>,
 }
 
 impl FsStore {
@@ -45,14 +39,7 @@ impl FsStore {
     pub fn open(spool: &Path, fsync: bool) -> io::Result<FsStore> {
         let sessions = spool.join("sessions");
         fs::create_dir_all(&sessions)?;
-        let store = FsStore {
-            sessions,
-            fsync,
-            anchored: Arc::default(),
-        };
-        // Whatever survived until now is made durable once, so it counts as anchored.
-        store.sync_dir(&store.sessions)?;
-        Ok(store)
+        Ok(FsStore { sessions, fsync })
     }
 
     fn dir(&self, id: SessionId) -> PathBuf {
@@ -79,19 +66,12 @@ impl FsStore {
     }
 
     fn write_meta(&self, rec: &SessionRecord) -> Result<(), StoreError> {
-        if !self.fsync {
-            return self.write_meta_with(rec, MetaWrite::Replace);
-        }
-        self.write_meta_with(rec, MetaWrite::Durable)?;
-        if !self.anchored().contains(&rec.id) {
-            self.sync_dir(&self.sessions)?;
-            self.anchored().insert(rec.id);
-        }
-        Ok(())
-    }
-
-    fn anchored(&self) -> MutexGuard<'_, HashSet<SessionId>> {
-        self.anchored.lock().unwrap_or_else(|p| p.into_inner())
+        let how = if self.fsync {
+            MetaWrite::Durable
+        } else {
+            MetaWrite::Replace
+        };
+        self.write_meta_with(rec, how)
     }
 
     fn write_meta_with(&self, rec: &SessionRecord, how: MetaWrite) -> Result<(), StoreError> {
@@ -124,9 +104,10 @@ enum MetaWrite {
     Durable,
     /// Temporary file and rename: survives a crash of the process, not a power loss.
     Replace,
-    /// Rewritten in place, for records nothing acknowledged depends on (a new session, a
-    /// tombstone): a crash may tear them and recovery then removes them. A temporary file per
-    /// write would cost an inode allocation, which dominates small uploads on ext4.
+    /// Written in place: a new session's first record (synced by `create` before the Ack), and
+    /// tombstones (not synced: a power loss may tear one, and recovery then removes it — the
+    /// session's data is gone already). A temporary file per write would cost an inode
+    /// allocation, which dominates small uploads on ext4.
     InPlace,
 }
 
@@ -143,12 +124,22 @@ impl SessionStore for FsStore {
     async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let (me, rec) = (self.clone(), rec.clone());
         blocking(move || {
-            fs::create_dir(me.dir(rec.id))?;
-            // Not synced: see `anchored`. The first durable save makes the chain durable.
+            // A new session must survive a power loss once acknowledged: the client may publish
+            // through it with its very first fragment, and a session lost after that would make
+            // the client start over against a destination that now exists. The first record is
+            // written in place (no temporary file: there is no older version to keep), then the
+            // record, its directory and the directory entry of the session are synced.
+            let dir = me.dir(rec.id);
+            fs::create_dir(&dir)?;
             me.write_meta_with(&rec, MetaWrite::InPlace)?;
             // The empty data file too (see `allocate`): one trip to the blocking pool per
-            // Create-Session. Not synced: it holds nothing acknowledged.
+            // Create-Session; its entry is made durable by the directory sync below.
             File::create(me.data(rec.id))?;
+            if me.fsync {
+                File::open(me.meta(rec.id))?.sync_data()?;
+                me.sync_dir(&dir)?;
+                me.sync_dir(&me.sessions)?;
+            }
             Ok(())
         })
         .await
@@ -180,10 +171,7 @@ impl SessionStore for FsStore {
         let me = self.clone();
         blocking(move || match fs::remove_dir_all(me.dir(id)) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => {
-                me.anchored().remove(&id);
-                Ok(me.sync_dir(&me.sessions)?)
-            }
+            _ => Ok(me.sync_dir(&me.sessions)?),
         })
         .await
     }
