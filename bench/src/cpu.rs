@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::report::{Headline, Report};
 use crate::server::Bitsd;
-use crate::wire::{Conn, PROTOCOL};
+use crate::wire::Conn;
 
 const FRAGMENT: usize = 8 << 20;
 /// Upload size cap under callgrind.
@@ -317,52 +317,7 @@ fn upload(addr: SocketAddr, path: &str, total: u64) -> Result<()> {
     let body: Vec<u8> = (0..FRAGMENT)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
-    let mut conn = Conn::open(addr)?;
-    let created = conn.post(
-        path,
-        &[
-            ("BITS-Packet-Type", "Create-Session"),
-            ("BITS-Supported-Protocols", PROTOCOL),
-        ],
-        &[],
-    )?;
-    if created.status != 200 {
-        bail!("Create-Session: HTTP {}", created.status);
-    }
-    let sid = created
-        .header("BITS-Session-Id")
-        .context("no BITS-Session-Id")?
-        .to_string();
-    let mut off = 0u64;
-    while off < total {
-        let len = (FRAGMENT as u64).min(total - off);
-        let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
-        let resp = conn.post(
-            path,
-            &[
-                ("BITS-Packet-Type", "Fragment"),
-                ("BITS-Session-Id", &sid),
-                ("Content-Range", &range),
-            ],
-            &body[..len as usize],
-        )?;
-        if resp.status != 200 {
-            bail!("fragment at {off}: HTTP {} {:?}", resp.status, resp.headers);
-        }
-        off += len;
-    }
-    let closed = conn.post(
-        path,
-        &[
-            ("BITS-Packet-Type", "Close-Session"),
-            ("BITS-Session-Id", &sid),
-        ],
-        &[],
-    )?;
-    if closed.status != 200 {
-        bail!("Close-Session: HTTP {}", closed.status);
-    }
-    Ok(())
+    crate::wire::upload(&mut Conn::open(addr)?, path, total, &body)
 }
 
 #[cfg(test)]

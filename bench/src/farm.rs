@@ -13,12 +13,12 @@ use std::path::Path;
 use std::sync::Barrier;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::report::{Chart, Headline, Report};
 use crate::seaweed::SeaweedFs;
 use crate::server::Bitsd;
-use crate::wire::{Conn, Response, PROTOCOL};
+use crate::wire::{Conn, Post, Response};
 
 const FRAGMENT: usize = 1 << 20;
 
@@ -233,8 +233,7 @@ fn load(
                     let mut client = client?;
                     for r in 0..rounds {
                         let path = format!("/upload/{tag}-w{w}-r{r}.bin");
-                        client
-                            .upload(&path, file_mib << 20, body)
+                        crate::wire::upload(&mut client, &path, file_mib << 20, body)
                             .with_context(|| format!("upload {path}"))?;
                     }
                     Ok(())
@@ -280,56 +279,10 @@ impl Client {
             next: worker,
         })
     }
+}
 
-    fn upload(&mut self, path: &str, total: u64, body: &[u8]) -> Result<()> {
-        let created = self.post(
-            path,
-            &[
-                ("BITS-Packet-Type", "Create-Session"),
-                ("BITS-Supported-Protocols", PROTOCOL),
-            ],
-            &[],
-        )?;
-        if created.status != 200 {
-            bail!("Create-Session: HTTP {}", created.status);
-        }
-        let sid = created
-            .header("BITS-Session-Id")
-            .context("no BITS-Session-Id")?
-            .to_string();
-        let mut off = 0u64;
-        while off < total {
-            let len = (body.len() as u64).min(total - off);
-            let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
-            let resp = self.post(
-                path,
-                &[
-                    ("BITS-Packet-Type", "Fragment"),
-                    ("BITS-Session-Id", &sid),
-                    ("Content-Range", &range),
-                ],
-                &body[..len as usize],
-            )?;
-            if resp.status != 200 {
-                bail!("fragment at {off}: HTTP {} {:?}", resp.status, resp.headers);
-            }
-            off += len;
-        }
-        let closed = self.post(
-            path,
-            &[
-                ("BITS-Packet-Type", "Close-Session"),
-                ("BITS-Session-Id", &sid),
-            ],
-            &[],
-        )?;
-        if closed.status != 200 {
-            bail!("Close-Session: HTTP {}", closed.status);
-        }
-        Ok(())
-    }
-
-    /// One BITS_POST to the next node in turn; reads the whole response (head and any body).
+/// Each request goes to the next node, as a round-robin load balancer would send it.
+impl Post for Client {
     fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
         let n = self.next % self.addrs.len();
         self.next += 1;

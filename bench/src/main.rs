@@ -22,8 +22,6 @@ mod server;
 mod small;
 mod wire;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Instant;
 
@@ -401,8 +399,8 @@ fn dd_fsync(dir: &Path, mib: u64) -> Result<f64> {
     Ok((mib / 8 * 8) as f64 / secs)
 }
 
-/// Uploads `mib` MiB in `fragment_mib` fragments to a fresh bitsd; MiB/s from the first
-/// fragment to the Ack of the last one (which includes publishing the file).
+/// Uploads `mib` MiB in `fragment_mib` fragments to a fresh bitsd; MiB/s from Create-Session to
+/// the Close-Session Ack (the Ack of the last fragment includes publishing the file).
 fn upload_run(dir: &Path, mib: u64, fragment_mib: u64, fsync: bool) -> Result<f64> {
     let frag = (fragment_mib << 20) as usize;
     let config = format!(
@@ -411,95 +409,15 @@ fn upload_run(dir: &Path, mib: u64, fragment_mib: u64, fsync: bool) -> Result<f6
         max = frag * 2
     );
     let server = Bitsd::start(dir, &config)?;
-    let total = mib << 20;
     let body: Vec<u8> = (0..frag)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
-    let mut conn = TcpStream::connect(server.addr)?;
-    conn.set_nodelay(true)?;
-    let path = "/upload/bench.bin";
-    let created = request(
-        &mut conn,
-        path,
-        &[
-            ("BITS-Packet-Type", "Create-Session"),
-            (
-                "BITS-Supported-Protocols",
-                "{7df0354d-249b-430f-820d-3d2a9bef4931}",
-            ),
-        ],
-        &[],
-    )?;
-    let sid = header(&created, "bits-session-id")
-        .context("no session id")?
-        .to_string();
+    let mut conn = wire::Conn::open(server.addr)?;
     let started = Instant::now();
-    let mut off = 0u64;
-    while off < total {
-        let len = (frag as u64).min(total - off);
-        let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
-        let resp = request(
-            &mut conn,
-            path,
-            &[
-                ("BITS-Packet-Type", "Fragment"),
-                ("BITS-Session-Id", &sid),
-                ("Content-Range", &range),
-            ],
-            &body[..len as usize],
-        )?;
-        if !resp.starts_with("HTTP/1.1 200") {
-            bail!("fragment at {off}: {resp}");
-        }
-        off += len;
-    }
+    wire::upload(&mut conn, "/upload/bench.bin", mib << 20, &body)?;
     let secs = started.elapsed().as_secs_f64();
-    request(
-        &mut conn,
-        path,
-        &[
-            ("BITS-Packet-Type", "Close-Session"),
-            ("BITS-Session-Id", &sid),
-        ],
-        &[],
-    )?;
     drop(server);
     std::fs::remove_dir_all(dir.join("uploads"))?;
     std::fs::remove_dir_all(dir.join("spool"))?;
     Ok(mib as f64 / secs)
-}
-
-/// Sends one BITS_POST and returns the response head (Acks have no body).
-fn request(
-    conn: &mut TcpStream,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<String> {
-    let mut head = format!(
-        "BITS_POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body)?;
-    let mut resp = Vec::new();
-    let mut byte = [0u8; 1];
-    while !resp.ends_with(b"\r\n\r\n") {
-        if conn.read(&mut byte)? == 0 {
-            bail!("connection closed");
-        }
-        resp.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&resp).into_owned())
-}
-
-fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    resp.lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
 }

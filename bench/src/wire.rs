@@ -98,3 +98,65 @@ impl Conn {
         Ok(resp)
     }
 }
+
+/// Anything that sends one `BITS_POST` and returns its response: a connection, or a client
+/// spreading requests over farm nodes.
+pub trait Post {
+    fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response>;
+}
+
+impl Post for Conn {
+    fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
+        Conn::post(self, path, headers, body)
+    }
+}
+
+/// Create-Session, `total` bytes in fragments of `body.len()` (each fragment sends a prefix of
+/// `body`), Close-Session.
+pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Result<()> {
+    let created = client.post(
+        path,
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            ("BITS-Supported-Protocols", PROTOCOL),
+        ],
+        &[],
+    )?;
+    if created.status != 200 {
+        bail!("Create-Session: HTTP {}", created.status);
+    }
+    let sid = created
+        .header("BITS-Session-Id")
+        .context("no BITS-Session-Id")?
+        .to_string();
+    let mut off = 0u64;
+    while off < total {
+        let len = (body.len() as u64).min(total - off);
+        let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
+        let resp = client.post(
+            path,
+            &[
+                ("BITS-Packet-Type", "Fragment"),
+                ("BITS-Session-Id", &sid),
+                ("Content-Range", &range),
+            ],
+            &body[..len as usize],
+        )?;
+        if resp.status != 200 {
+            bail!("fragment at {off}: HTTP {} {:?}", resp.status, resp.headers);
+        }
+        off += len;
+    }
+    let closed = client.post(
+        path,
+        &[
+            ("BITS-Packet-Type", "Close-Session"),
+            ("BITS-Session-Id", &sid),
+        ],
+        &[],
+    )?;
+    if closed.status != 200 {
+        bail!("Close-Session: HTTP {}", closed.status);
+    }
+    Ok(())
+}
