@@ -11,6 +11,7 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bits_proto::SessionId;
 use bits_server::store::fs::FsStore;
@@ -563,6 +564,10 @@ async fn s3_backend() {
         access_key: "any".into(),
         secret_key: "any".into(),
         allow_http: true,
+        // A store that stops answering fails the test in seconds, not minutes.
+        request_timeout: Duration::from_secs(10),
+        retry_timeout: Duration::from_secs(20),
+        max_retries: 3,
     };
     let store = Arc::new(S3Store::new(config.clone()).expect("s3 store"));
     let other = S3Store::new(config).expect("second s3 store");
@@ -598,4 +603,38 @@ async fn s3_backend() {
         eprintln!("weed log tail:\n{}", weed.log_tail());
     }
     assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
+
+/// An unreachable store fails within `retry_timeout` (the BITS client then gets an error Ack
+/// and retries), instead of holding the request for minutes.
+#[tokio::test]
+async fn unreachable_s3_store_fails_within_the_retry_timeout() {
+    // A port nobody listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let store = S3Store::new(S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        bucket: "nowhere".into(),
+        prefix: String::new(),
+        region: "us-east-1".into(),
+        access_key: "any".into(),
+        secret_key: "any".into(),
+        allow_http: true,
+        request_timeout: Duration::from_secs(1),
+        retry_timeout: Duration::from_secs(2),
+        max_retries: 3,
+    })
+    .expect("s3 store");
+    let started = std::time::Instant::now();
+    let probed = tokio::time::timeout(Duration::from_secs(20), store.probe())
+        .await
+        .expect("the probe gave up by itself");
+    assert!(probed.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

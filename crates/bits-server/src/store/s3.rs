@@ -31,6 +31,7 @@ use std::io::{self, ErrorKind};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bits_proto::SessionId;
@@ -40,8 +41,9 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3CopyIfNotExists};
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion, WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 
@@ -77,10 +79,34 @@ pub struct S3Config {
     /// Allow a plain `http://` endpoint.
     #[serde(default)]
     pub allow_http: bool,
+    /// One request to the store, from connecting to the end of its response body. Fragments
+    /// are stored as objects of at most `max_fragment_size`, so this bounds a slow store, not
+    /// a large upload.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long a failed request is retried (with backoff) before the BITS client gets 500:
+    /// keep it below the clients' own patience, and below 5 minutes (signed requests expire).
+    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    pub retry_timeout: Duration,
+    /// Retries of a failed request at most (0: none).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
 }
 
 fn default_region() -> String {
     "us-east-1".into()
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_retry_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_retries() -> usize {
+    5
 }
 
 impl fmt::Debug for S3Config {
@@ -93,6 +119,9 @@ impl fmt::Debug for S3Config {
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
             .field("allow_http", &self.allow_http)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry_timeout", &self.retry_timeout)
+            .field("max_retries", &self.max_retries)
             .finish()
     }
 }
@@ -234,12 +263,23 @@ impl S3Store {
             .with_region(&cfg.region)
             .with_access_key_id(&cfg.access_key)
             .with_secret_access_key(&cfg.secret_key)
-            .with_allow_http(cfg.allow_http)
             .with_virtual_hosted_style_request(false)
             .with_copy_if_not_exists(S3CopyIfNotExists::Header(
                 "If-None-Match".into(),
                 "*".into(),
-            ));
+            ))
+            // The whole client options: `allow_http` is one of them, set here.
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(cfg.allow_http)
+                    .with_timeout(cfg.request_timeout)
+                    .with_connect_timeout(cfg.request_timeout.min(Duration::from_secs(5))),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: cfg.max_retries,
+                retry_timeout: cfg.retry_timeout,
+            });
         if let Some(endpoint) = cfg.endpoint.as_deref().filter(|e| !e.is_empty()) {
             builder = builder.with_endpoint(endpoint);
         }
