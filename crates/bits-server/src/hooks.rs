@@ -456,6 +456,8 @@ struct Shared {
     attempts: Semaphore,
     /// Events taken off the queue whose deliveries are not finished.
     in_flight: Arc<Semaphore>,
+    /// Deliveries (event × target) queued or under way: what a shutdown waits for.
+    outstanding: AtomicUsize,
     /// Built on the first webhook delivery.
     http: OnceLock<Result<reqwest_s3::Client, String>>,
 }
@@ -503,6 +505,7 @@ impl Hooks {
                     stats: Counters::default(),
                     attempts: Semaphore::new(MAX_CONCURRENT_ATTEMPTS),
                     in_flight: Arc::new(Semaphore::new(capacity)),
+                    outstanding: AtomicUsize::new(0),
                     http: OnceLock::new(),
                 }),
             }),
@@ -552,7 +555,14 @@ impl Hooks {
                 then: std::sync::Mutex::new(Some(then)),
             }),
         };
-        match self.inner.tx.try_send(job) {
+        // Counted before it is queued: a fast delivery must not finish before it is counted.
+        let outstanding = &self.inner.shared.outstanding;
+        outstanding.fetch_add(targets, Ordering::AcqRel);
+        let queued = self.inner.tx.try_send(job);
+        if queued.is_err() {
+            outstanding.fetch_sub(targets, Ordering::AcqRel);
+        }
+        match queued {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 bump(&self.inner.shared.stats.dropped);
@@ -566,6 +576,19 @@ impl Hooks {
             }
         }
         self.ensure_worker();
+    }
+
+    /// Waits until every queued delivery is done (delivered or given up on), at most `limit`;
+    /// returns how many are still outstanding then. For a graceful shutdown.
+    pub async fn drain(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = self.inner.shared.outstanding.load(Ordering::Acquire);
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The counters so far.
@@ -653,6 +676,7 @@ async fn deliver(
                 tracing::debug!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
                     attempt, "hook delivered");
                 job.target_settled();
+                shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
             Err(error) if attempt >= max_attempts => {
@@ -660,6 +684,7 @@ async fn deliver(
                 tracing::error!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
                     attempts = attempt, %error, "hook delivery failed; giving up");
                 job.target_settled();
+                shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
             Err(error) => {

@@ -410,9 +410,20 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     cleanup.abort();
-    match tokio::time::timeout(config.shutdown_grace, server).await {
+    // One grace period for both: the requests in flight, then the hook deliveries they queued.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("shutdown grace period over; exiting with requests still open"),
+    }
+    let left = engine
+        .drain_hooks(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "exiting with hook deliveries pending (owed upload_completed events are delivered again at the next start)"
+        );
     }
     Ok(())
 }

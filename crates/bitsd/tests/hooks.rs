@@ -319,3 +319,30 @@ fn an_owed_completion_event_survives_a_crash_and_is_delivered_once() {
         .close("/upload/owed.bin", &sid)
         .assert_ack(200, None);
 }
+
+/// SIGTERM waits (within `shutdown_grace`) for hook deliveries still under way.
+#[test]
+fn graceful_shutdown_lets_queued_hook_deliveries_finish() {
+    let vdir = "[vdir.hooks]\n\
+                command = [\"sh\", \"-c\", \"sleep 1; cat >> {root}/events.jsonl\"]\n\
+                events = [\"session_created\"]\n";
+    let mut server = Server::start_vdir("shutdown_grace = \"10s\"", vdir);
+    let events_file = server.root().parent().unwrap().join("events.jsonl");
+    let sid = server.conn().create("/upload/late.bin").session();
+    // SAFETY: plain kill(2) on the child the harness started.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "bitsd did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+    assert!(
+        text.contains(sid.as_str()),
+        "the session_created event was not delivered before exit: {text:?}\n{}",
+        server.log_text()
+    );
+}

@@ -104,6 +104,11 @@ impl Engine {
         self.hooks.stats()
     }
 
+    /// At shutdown: lets queued hook deliveries finish, at most `limit`; returns how many did not.
+    pub async fn drain_hooks(&self, limit: std::time::Duration) -> usize {
+        self.hooks.drain(limit).await
+    }
+
     /// The server's metrics (the engine's own counters and every other layer's).
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
