@@ -9,6 +9,7 @@ mod get;
 mod listener;
 
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
+use futures_util::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Method, StatusCode};
 
@@ -135,7 +137,21 @@ async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response 
         &Method::HEAD => "head",
         _ => "other",
     };
-    let resp = route(&front, req).await;
+    // A bug must cost one request an error Ack, never the connection or the process; counted
+    // like every other error Ack. (The accept loop has a last-resort guard of its own.)
+    let resp = match AssertUnwindSafe(route(&front, req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!(packet, "request handler panicked");
+            let ack = bits_proto::Ack::error(
+                500,
+                bits_proto::HResult::E_FAIL,
+                bits_proto::ErrorContext::RemoteFile,
+            );
+            front.metrics.error_ack(&ack);
+            ack::render(&ack, true)
+        }
+    };
     front
         .metrics
         .request(packet, resp.status().as_u16(), started.elapsed());
