@@ -90,6 +90,9 @@ enum Cmd {
         /// Directory on the file system to measure (default: a temp dir under ./target).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        /// Rounds, alternating baseline and server; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Open sessions left idle mid-upload: server memory and file descriptors.
     Idle {
@@ -141,12 +144,14 @@ fn main() -> Result<()> {
             peer,
             peer_prefix,
             dir,
+            rounds,
         } => print(small::run(
             uploads,
             clients,
             file_kib,
             peer.map(|a| (a, peer_prefix)),
             dir.as_deref(),
+            rounds,
         )),
         Cmd::Idle { sessions } => print(idle::run(sessions)),
         Cmd::Download { mib } => print(download::run(mib)),
@@ -167,7 +172,7 @@ fn all(docs: &Path, no_write: bool) -> Result<()> {
         ),
         (
             "Many small uploads",
-            Box::new(|| small::run(2000, 32, 64, None, None)),
+            Box::new(|| small::run(2000, 32, 64, None, None, 3)),
         ),
         (
             "Many small uploads on tmpfs (syncs free: the server's CPU path)",
@@ -176,7 +181,7 @@ fn all(docs: &Path, no_write: bool) -> Result<()> {
                 if !shm.is_dir() {
                     bail!("no /dev/shm here");
                 }
-                small::run(2000, 32, 64, None, Some(&shm.join("bitsd-bench")))
+                small::run(2000, 32, 64, None, Some(&shm.join("bitsd-bench")), 3)
             }),
         ),
         ("Idle sessions", Box::new(|| idle::run(1000))),

@@ -37,7 +37,9 @@ pub fn run(
     file_kib: usize,
     peer: Option<(std::net::SocketAddr, String)>,
     dir: Option<&Path>,
+    rounds: usize,
 ) -> Result<Report> {
+    let rounds = rounds.max(1);
     if let Some((addr, _)) = &peer {
         if !addr.ip().is_loopback() {
             bail!("peer {addr} is not a loopback address");
@@ -74,22 +76,161 @@ pub fn run(
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
 
-    // The same-run baseline: the least a durable server must do per upload on this disk.
-    let baseline = match &peer {
-        None => Some(durable_files_baseline(dir.path(), uploads, clients, &body)?),
-        Some(_) => None,
-    };
-    if let Some(b) = baseline {
+    // Rounds alternate the baseline (the least a durable server must do per upload on this
+    // disk) and the server, so that drift of the disk between runs hits both alike.
+    let (mut base_secs, mut server_secs, mut lat) = (Vec::new(), Vec::new(), Latencies::default());
+    for round in 0..rounds {
+        let measure_baseline = || -> Result<f64> {
+            let b = durable_files_baseline(dir.path(), uploads, clients, &body)?;
+            eprintln!(
+                "small: round {}: baseline (write + fdatasync + rename + dir fsync, {clients} threads): {:.0} files/s",
+                round + 1,
+                uploads as f64 / b
+            );
+            Ok(b)
+        };
+        if peer.is_none() && round % 2 == 0 {
+            base_secs.push(measure_baseline()?);
+        }
+        let (secs, l) = run_clients(addr, &prefix, round, uploads, clients, &body)?;
         eprintln!(
-            "small: baseline (write + fdatasync + rename + dir fsync, {clients} threads): {:.0} files/s",
-            uploads as f64 / b
+            "small: round {}: {who}: {:.0} uploads/s",
+            round + 1,
+            uploads as f64 / secs
         );
+        server_secs.push(secs);
+        lat.create.extend(l.create);
+        lat.fragment.extend(l.fragment);
+        lat.close.extend(l.close);
+        if peer.is_none() && round % 2 == 1 {
+            base_secs.push(measure_baseline()?);
+        }
     }
+    let ratios: Vec<f64> = base_secs
+        .iter()
+        .zip(&server_secs)
+        .map(|(b, s)| b / s)
+        .collect();
+    let baseline = (!base_secs.is_empty()).then(|| median(base_secs.clone()));
+    let secs = median(server_secs.clone());
+    // The ratio of each round, then their median: robust to drift between rounds.
+    let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
+    if let Some(server) = server {
+        drop(server);
+        let published = std::fs::read_dir(dir.path().join("uploads"))?.count();
+        if published != uploads * rounds {
+            bail!("{published} files published, expected {}", uploads * rounds);
+        }
+    }
+    let rate = uploads as f64 / secs;
+    let mib = (uploads * size) as f64 / (1 << 20) as f64;
+    eprintln!(
+        "small: {uploads} uploads in {secs:.2} s: {rate:.0} uploads/s ({:.2} of the target {TARGET_UPLOADS_S:.0}/s)",
+        rate / TARGET_UPLOADS_S
+    );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    out.push_str("| case | uploads | clients | file KiB | seconds | uploads/s | MiB/s | ratio vs baseline | ratio vs target 2000 uploads/s |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    if let Some(b) = baseline {
+        let brate = uploads as f64 / b;
+        out.push_str(&format!(
+            "| baseline: write + fdatasync + rename + dir fsync per file (no HTTP) | {uploads} | {clients} | {file_kib} | {b:.2} | {brate:.0} | {:.1} | 1.00 | {:.2} |\n",
+            mib / b,
+            brate / TARGET_UPLOADS_S
+        ));
+    }
+    out.push_str(&format!(
+        "| {who} | {uploads} | {clients} | {file_kib} | {secs:.2} | {rate:.0} | {:.1} | {} | {:.2} |\n\n",
+        mib / secs,
+        ratio.map_or("-".to_string(), |r| format!("{r:.2}")),
+        rate / TARGET_UPLOADS_S
+    ));
+    out.push_str("| packet type | requests | p50 ms | p99 ms | max ms |\n");
+    out.push_str("|---|---|---|---|---|\n");
+    for (name, v) in [
+        ("Create-Session", lat.create),
+        ("Fragment", lat.fragment),
+        ("Close-Session", lat.close),
+    ] {
+        let v = sorted(v);
+        out.push_str(&format!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} |\n",
+            v.len(),
+            percentile(&v, 0.50) * 1e3,
+            percentile(&v, 0.99) * 1e3,
+            v.last().copied().unwrap_or(0.0) * 1e3
+        ));
+    }
+    out.push_str(&format!(
+        "\n(fs backend, fsync = true, one fragment per upload, one keep-alive connection per \
+         client; bitsd and the {clients} client threads share this machine's {cores} core(s); \
+         {rounds} round(s), baseline and server alternating, median seconds per case, ratio = \
+         median of the rounds' ratios{}; latencies over all rounds)\n",
+        if ratios.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    ));
+    let mut bars = Vec::new();
+    if let Some(b) = baseline {
+        bars.push((
+            "baseline: durable file writes".to_string(),
+            uploads as f64 / b,
+        ));
+    }
+    bars.push((format!("{who}: BITS uploads"), rate));
+    let report = Report::table(out).with_chart(Chart {
+        name: format!("bench-small-{}", fs_name(&base)),
+        title: format!("{uploads} uploads of {file_kib} KiB, {clients} clients"),
+        unit: "uploads/s".to_string(),
+        bars,
+        line: Some(("target 2000 uploads/s".to_string(), TARGET_UPLOADS_S)),
+    });
+    Ok(match baseline {
+        Some(b) => report.with_headline(Headline {
+            figure: format!(
+                "{uploads} uploads of {file_kib} KiB, {clients} clients, on {}",
+                fs_name(&base)
+            ),
+            value: format!(
+                "{rate:.0} uploads/s ({:.2} x target)",
+                rate / TARGET_UPLOADS_S
+            ),
+            baseline: format!(
+                "durable file writes, no HTTP: {:.0} files/s",
+                uploads as f64 / b
+            ),
+            ratio: ratio.unwrap_or(b / secs),
+            target: format!(">= {TARGET_UPLOADS_S:.0} uploads/s"),
+            met: Some(rate >= TARGET_UPLOADS_S),
+        }),
+        None => report,
+    })
+}
 
+/// `clients` threads upload `uploads` files of `body` between them (names tagged with
+/// `round`); wall seconds from the common start and every request's latency.
+fn run_clients(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    round: usize,
+    uploads: usize,
+    clients: usize,
+    body: &[u8],
+) -> Result<(f64, Latencies)> {
     let done = AtomicUsize::new(0);
     let finished = AtomicBool::new(false);
     let barrier = Barrier::new(clients + 1);
-    let (secs, lat) = std::thread::scope(|scope| -> Result<(f64, Latencies)> {
+    std::thread::scope(|scope| -> Result<(f64, Latencies)> {
         let workers: Vec<_> = (0..clients)
             .map(|w| {
                 let (barrier, done, body, prefix) = (&barrier, &done, &body, &prefix);
@@ -100,7 +241,7 @@ pub fn run(
                     let mut conn = conn?;
                     let mut lat = Latencies::default();
                     for i in (w..uploads).step_by(clients) {
-                        let path = format!("{prefix}small-{i}.bin");
+                        let path = format!("{prefix}small-r{round}-{i}.bin");
                         upload(&mut conn, &path, body, &mut lat)
                             .with_context(|| format!("upload {path}"))?;
                         done.fetch_add(1, Ordering::Relaxed);
@@ -150,93 +291,12 @@ pub fn run(
             Some(e) => Err(e),
             None => Ok((secs, all)),
         }
-    })?;
-    if let Some(server) = server {
-        drop(server);
-        let published = std::fs::read_dir(dir.path().join("uploads"))?.count();
-        if published != uploads {
-            bail!("{published} files published, expected {uploads}");
-        }
-    }
-    let rate = uploads as f64 / secs;
-    let mib = (uploads * size) as f64 / (1 << 20) as f64;
-    eprintln!(
-        "small: {uploads} uploads in {secs:.2} s: {rate:.0} uploads/s ({:.2} of the target {TARGET_UPLOADS_S:.0}/s)",
-        rate / TARGET_UPLOADS_S
-    );
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mut out = String::new();
-    out.push_str("| case | uploads | clients | file KiB | seconds | uploads/s | MiB/s | ratio vs baseline | ratio vs target 2000 uploads/s |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    if let Some(b) = baseline {
-        let brate = uploads as f64 / b;
-        out.push_str(&format!(
-            "| baseline: write + fdatasync + rename + dir fsync per file (no HTTP) | {uploads} | {clients} | {file_kib} | {b:.2} | {brate:.0} | {:.1} | 1.00 | {:.2} |\n",
-            mib / b,
-            brate / TARGET_UPLOADS_S
-        ));
-    }
-    out.push_str(&format!(
-        "| {who} | {uploads} | {clients} | {file_kib} | {secs:.2} | {rate:.0} | {:.1} | {} | {:.2} |\n\n",
-        mib / secs,
-        baseline.map_or("-".to_string(), |b| format!("{:.2}", b / secs)),
-        rate / TARGET_UPLOADS_S
-    ));
-    out.push_str("| packet type | requests | p50 ms | p99 ms | max ms |\n");
-    out.push_str("|---|---|---|---|---|\n");
-    for (name, v) in [
-        ("Create-Session", lat.create),
-        ("Fragment", lat.fragment),
-        ("Close-Session", lat.close),
-    ] {
-        let v = sorted(v);
-        out.push_str(&format!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} |\n",
-            v.len(),
-            percentile(&v, 0.50) * 1e3,
-            percentile(&v, 0.99) * 1e3,
-            v.last().copied().unwrap_or(0.0) * 1e3
-        ));
-    }
-    out.push_str(&format!(
-        "\n(fs backend, fsync = true, one fragment per upload, one keep-alive connection per \
-         client; bitsd and the {clients} client threads share this machine's {cores} core(s))\n"
-    ));
-    let mut bars = Vec::new();
-    if let Some(b) = baseline {
-        bars.push((
-            "baseline: durable file writes".to_string(),
-            uploads as f64 / b,
-        ));
-    }
-    bars.push((format!("{who}: BITS uploads"), rate));
-    let report = Report::table(out).with_chart(Chart {
-        name: format!("bench-small-{}", fs_name(&base)),
-        title: format!("{uploads} uploads of {file_kib} KiB, {clients} clients"),
-        unit: "uploads/s".to_string(),
-        bars,
-        line: Some(("target 2000 uploads/s".to_string(), TARGET_UPLOADS_S)),
-    });
-    Ok(match baseline {
-        Some(b) => report.with_headline(Headline {
-            figure: format!(
-                "{uploads} uploads of {file_kib} KiB, {clients} clients, on {}",
-                fs_name(&base)
-            ),
-            value: format!(
-                "{rate:.0} uploads/s ({:.2} x target)",
-                rate / TARGET_UPLOADS_S
-            ),
-            baseline: format!(
-                "durable file writes, no HTTP: {:.0} files/s",
-                uploads as f64 / b
-            ),
-            ratio: b / secs,
-            target: format!(">= {TARGET_UPLOADS_S:.0} uploads/s"),
-            met: Some(rate >= TARGET_UPLOADS_S),
-        }),
-        None => report,
     })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// `clients` threads write `uploads` files of `body` the way a crash-safe server publishes an
@@ -366,7 +426,7 @@ mod tests {
     #[test]
     #[ignore]
     fn small_smoke() {
-        let table = super::run(200, 8, 16, None, None).unwrap().markdown;
+        let table = super::run(200, 8, 16, None, None, 1).unwrap().markdown;
         println!("{table}");
     }
 }

@@ -122,27 +122,35 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl SessionStore for FsStore {
     async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
+        // A new session must survive a power loss once acknowledged: the client may publish
+        // through it with its very first fragment, and a session lost after that would make the
+        // client start over against a destination that now exists. The first record is written
+        // in place (no temporary file: there is no older version to keep), with the empty data
+        // file (see `allocate`) in the same trip to the blocking pool.
         let (me, rec) = (self.clone(), rec.clone());
+        let id = rec.id;
         blocking(move || {
-            // A new session must survive a power loss once acknowledged: the client may publish
-            // through it with its very first fragment, and a session lost after that would make
-            // the client start over against a destination that now exists. The first record is
-            // written in place (no temporary file: there is no older version to keep), then the
-            // record, its directory and the directory entry of the session are synced.
-            let dir = me.dir(rec.id);
-            fs::create_dir(&dir)?;
+            fs::create_dir(me.dir(rec.id))?;
             me.write_meta_with(&rec, MetaWrite::InPlace)?;
-            // The empty data file too (see `allocate`): one trip to the blocking pool per
-            // Create-Session; its entry is made durable by the directory sync below.
             File::create(me.data(rec.id))?;
-            if me.fsync {
-                File::open(me.meta(rec.id))?.sync_data()?;
-                me.sync_dir(&dir)?;
-                me.sync_dir(&me.sessions)?;
-            }
             Ok(())
         })
-        .await
+        .await?;
+        if self.fsync {
+            // The record, its directory and the session's entry in `sessions/`: independent,
+            // all needed before the Ack, so synced side by side (one journal commit's wait, not
+            // three in a row).
+            let (meta, dir, sessions) = (self.meta(id), self.dir(id), self.sessions.clone());
+            let (a, b, c) = tokio::join!(
+                blocking(move || Ok(File::open(meta)?.sync_data()?)),
+                blocking(move || Ok(File::open(dir)?.sync_all()?)),
+                blocking(move || Ok(File::open(sessions)?.sync_all()?)),
+            );
+            a?;
+            b?;
+            c?;
+        }
+        Ok(())
     }
 
     async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
