@@ -1,9 +1,9 @@
 //! The session events the rest of the server observes: metrics count them and per-vdir hooks
 //! deliver them. The engine reports each event once, here, after the state change is stored.
 
-use crate::hooks::{EventKind, HookEvent};
 use bits_proto::SessionId;
 
+use crate::hooks::{EventKind, HookEvent};
 use crate::store::SessionRecord;
 
 /// What happened to a session.

@@ -393,6 +393,7 @@ impl Engine {
                 .data
                 .write(id, rec.received, len, std::pin::pin!(fresh))
                 .await;
+            let before = rec.received;
             rec.received += outcome.durable;
             if let Some(d) = digest {
                 // The digest must cover exactly `received`: after a partial write, fall back to
@@ -401,7 +402,8 @@ impl Engine {
                 rec.received = at;
                 rec.sha256 = state;
             }
-            self.metrics.bytes_received(outcome.durable);
+            // What the session now claims (a digest fallback may claim less than was written).
+            self.metrics.bytes_received(rec.received - before);
             self.registry().set_spooled(id, rec.received);
             if outcome.error.is_some() && guard.was_preempted() {
                 self.sessions.save(&rec).await?;
