@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::report::{Chart, Headline, Report};
 use crate::server::Bitsd;
-use crate::wire::{Conn, PROTOCOL};
+use crate::wire::Conn;
 
 const FRAGMENT: usize = 64 << 10;
 const TOTAL: usize = 1 << 20;
@@ -76,25 +76,7 @@ pub fn run(sessions: usize) -> Result<Report> {
     for i in 0..sessions {
         let path = format!("/upload/idle-{i}.bin");
         let mut conn = Conn::open(server.addr)?;
-        let created = conn.post(
-            &path,
-            &[
-                ("BITS-Packet-Type", "Create-Session"),
-                ("BITS-Supported-Protocols", PROTOCOL),
-            ],
-            &[],
-        )?;
-        if created.status != 200 {
-            bail!(
-                "{path} Create-Session: HTTP {} {:?}",
-                created.status,
-                created.headers
-            );
-        }
-        let sid = created
-            .header("BITS-Session-Id")
-            .context("no BITS-Session-Id")?
-            .to_string();
+        let sid = crate::wire::create_session(&mut conn, &path)?;
         let resp = conn.post(
             &path,
             &[

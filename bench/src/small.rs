@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::report::{Chart, Headline, Report};
 use crate::server::Bitsd;
-use crate::wire::{Conn, PROTOCOL};
+use crate::wire::Conn;
 
 /// The target throughput.
 const TARGET_UPLOADS_S: f64 = 2000.0;
@@ -355,26 +355,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Create-Session, one Fragment with all of `body`, Close-Session; each request timed.
 fn upload(conn: &mut Conn, path: &str, body: &[u8], lat: &mut Latencies) -> Result<()> {
     let t = Instant::now();
-    let created = conn.post(
-        path,
-        &[
-            ("BITS-Packet-Type", "Create-Session"),
-            ("BITS-Supported-Protocols", PROTOCOL),
-        ],
-        &[],
-    )?;
+    let sid = crate::wire::create_session(conn, path)?;
     lat.create.push(t.elapsed().as_secs_f64());
-    if created.status != 200 {
-        bail!(
-            "Create-Session: HTTP {} {:?}",
-            created.status,
-            created.headers
-        );
-    }
-    let sid = created
-        .header("BITS-Session-Id")
-        .context("no BITS-Session-Id")?
-        .to_string();
     let range = format!("bytes 0-{}/{}", body.len() - 1, body.len());
     let t = Instant::now();
     let resp = conn.post(

@@ -111,9 +111,8 @@ impl Post for Conn {
     }
 }
 
-/// Create-Session, `total` bytes in fragments of `body.len()` (each fragment sends a prefix of
-/// `body`), Close-Session.
-pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Result<()> {
+/// Create-Session for `path`; the new session's id.
+pub fn create_session(client: &mut impl Post, path: &str) -> Result<String> {
     let created = client.post(
         path,
         &[
@@ -123,12 +122,22 @@ pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Re
         &[],
     )?;
     if created.status != 200 {
-        bail!("Create-Session: HTTP {}", created.status);
+        bail!(
+            "{path} Create-Session: HTTP {} {:?}",
+            created.status,
+            created.headers
+        );
     }
-    let sid = created
+    Ok(created
         .header("BITS-Session-Id")
         .context("no BITS-Session-Id")?
-        .to_string();
+        .to_string())
+}
+
+/// Create-Session, `total` bytes in fragments of `body.len()` (each fragment sends a prefix of
+/// `body`), Close-Session.
+pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Result<()> {
+    let sid = create_session(client, path)?;
     let mut off = 0u64;
     while off < total {
         let len = (body.len() as u64).min(total - off);
