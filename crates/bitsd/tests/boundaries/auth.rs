@@ -1,0 +1,4 @@
+//! Boundaries: auth.
+
+#[allow(unused_imports)]
+use crate::common::*;

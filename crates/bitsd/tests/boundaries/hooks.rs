@@ -1,0 +1,4 @@
+//! Boundaries: hooks.
+
+#[allow(unused_imports)]
+use crate::common::*;

@@ -1,0 +1,4 @@
+//! Boundaries: storage.
+
+#[allow(unused_imports)]
+use crate::common::*;

@@ -1,0 +1,4 @@
+//! Boundaries: vdirs.
+
+#[allow(unused_imports)]
+use crate::common::*;
