@@ -70,6 +70,15 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     /// The admin listener (metrics, health, session administration); off by default.
     pub admin: AdminConfig,
+    /// Ended sessions (closed, cancelled, expired) remembered at most, so that a repeated
+    /// Close/Cancel whose first Ack was lost is answered 200. Beyond it the oldest are
+    /// forgotten first: a flood of Create+Cancel cannot fill the spool with tombstones.
+    pub max_tombstones: u64,
+    /// Open anonymous sessions at most, across every vdir: the rest of `max_open_sessions`
+    /// stays available to authenticated clients. Absent: only `max_open_sessions` applies.
+    pub max_anonymous_sessions: Option<u64>,
+    /// Open anonymous sessions one client IP address may hold. Absent: no per-address limit.
+    pub max_anonymous_sessions_per_ip: Option<u64>,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
 }
@@ -123,6 +132,9 @@ impl Default for ServerConfig {
             max_spool_bytes_per_identity: None,
             storage: StorageConfig::Fs,
             admin: AdminConfig::default(),
+            max_tombstones: 1_000,
+            max_anonymous_sessions: Some(50_000),
+            max_anonymous_sessions_per_ip: Some(1_000),
             vdirs: vec![VdirConfig::default()],
         }
     }
@@ -192,6 +204,12 @@ pub struct VdirConfig {
     pub notification_timeout: Duration,
     /// Event hooks (webhook and/or command) for this vdir's sessions: `[vdir.hooks]`.
     pub hooks: crate::hooks::HooksConfig,
+    /// Open sessions this vdir may hold at most (all identities); absent: no per-vdir limit.
+    pub max_open_sessions: Option<u64>,
+    /// Where a relative `notification_url` points: the server application's own
+    /// `http://host:port` (IIS runs the application in the same site; bitsd hosts none, so a
+    /// relative URL needs this). The upload URL's directory is kept, as IIS does.
+    pub notification_base: Option<String>,
 }
 
 /// `BITSServerNotificationType`.
@@ -208,17 +226,72 @@ pub enum NotificationType {
 }
 
 impl VdirConfig {
-    /// The storage root for `identity`: `root` with `{user}` replaced by the identity, which
-    /// must then be a safe single path segment. `None` when the root is per-user and the caller
-    /// is anonymous or has an unusable name.
-    pub fn root_for(&self, identity: Option<&str>) -> Option<PathBuf> {
+    /// `root` with `{user}` replaced by `user`, which must be a [`safe_user_name`]; `None` when
+    /// the root is per-user and the caller is anonymous or has an unusable name. This is only
+    /// the substitution: [`ServerConfig::storage_root`] also checks where the result lands.
+    pub fn root_for(&self, user: Option<&str>) -> Option<PathBuf> {
         let template = self.root.to_string_lossy();
-        if !template.contains("{user}") {
+        if !self.is_per_user() {
             return Some(self.root.clone());
         }
-        let user = identity.filter(|u| crate::target::is_safe_segment(u))?;
-        Some(PathBuf::from(template.replace("{user}", user)))
+        let user = user.filter(|u| safe_user_name(u))?;
+        Some(PathBuf::from(template.replace(USER_PLACEHOLDER, user)))
     }
+
+    /// Whether the root holds `{user}` (one directory per identity).
+    pub fn is_per_user(&self) -> bool {
+        self.root.to_string_lossy().contains(USER_PLACEHOLDER)
+    }
+
+    /// The fixed part of the root: the whole root, or the directories before the component
+    /// that holds `{user}`.
+    fn root_base(&self) -> PathBuf {
+        if !self.is_per_user() {
+            return self.root.clone();
+        }
+        let mut base = PathBuf::new();
+        for c in self.root.components() {
+            if c.as_os_str().to_string_lossy().contains(USER_PLACEHOLDER) {
+                break;
+            }
+            base.push(c);
+        }
+        base
+    }
+
+    /// What decides who may read and write below this vdir's root. Two vdirs whose roots
+    /// overlap must agree on all of it, or files would cross from one to the other.
+    fn access_policy(&self) -> (crate::auth::AuthMode, Option<&Path>, bool, bool) {
+        (
+            self.auth,
+            self.users_file.as_deref(),
+            self.require_tls,
+            self.download_enabled,
+        )
+    }
+}
+
+const USER_PLACEHOLDER: &str = "{user}";
+
+/// Whether an identity may name a per-user directory: 1–64 bytes of ASCII letters, digits and
+/// `. _ - @`, not starting with a dot or a dash. Anything wider (spaces, Unicode, `\`) could
+/// alias another name on some file system or tool; such identities cannot use `{user}` roots.
+pub fn safe_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
+/// Why an identity gets no storage root on a vdir.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RootError {
+    #[error("the vdir root is per-user and the client is anonymous or its name is not a safe directory name")]
+    NoUserRoot,
+    #[error("the per-user root {0:?} overlaps the spool or the root of another vdir")]
+    Overlaps(PathBuf),
 }
 
 impl Default for VdirConfig {
@@ -242,6 +315,8 @@ impl Default for VdirConfig {
             notification_url: None,
             notification_timeout: Duration::from_secs(300),
             hooks: crate::hooks::HooksConfig::default(),
+            max_open_sessions: None,
+            notification_base: None,
         }
     }
 }
@@ -278,6 +353,25 @@ pub enum ConfigError {
     UnsupportedOnS3(usize, String),
     #[error("public_url {0:?}: must look like http://host[:port] or https://host[:port], without a path")]
     BadPublicUrl(String),
+    #[error("vdir[{a}].root {root_a:?} and vdir[{b}].root {root_b:?} overlap, but the vdirs differ in auth, users_file, require_tls or download_enabled: files would cross between them")]
+    RootsOverlap {
+        a: usize,
+        root_a: PathBuf,
+        b: usize,
+        root_b: PathBuf,
+    },
+    #[error("vdir[{index}].root {root:?} overlaps the session objects under [storage] prefix {prefix:?} (compared segment by segment)")]
+    RootOverlapsS3Sessions {
+        index: usize,
+        root: String,
+        prefix: String,
+    },
+    #[error("vdir[{0}].notification_url (prefix {1:?}): a relative URL needs notification_base (the application's http://host:port); bitsd itself serves no application")]
+    RelativeNotificationWithoutBase(usize, String),
+    #[error("vdir[{0}].notification_base (prefix {1:?}): must look like http://host[:port], without a path")]
+    BadNotificationBase(usize, String),
+    #[error("max_tombstones must be at least 1")]
+    ZeroTombstones,
     #[error("admin.token: must be non-empty visible ASCII (it is sent as `Authorization: Bearer <token>`)")]
     BadAdminToken,
 }
@@ -328,6 +422,15 @@ impl ServerConfig {
                     {
                         return Err(ConfigError::BadNotificationUrl(i, p.clone()));
                     }
+                    if !lower.starts_with("http://") && v.notification_base.is_none() {
+                        return Err(ConfigError::RelativeNotificationWithoutBase(i, p.clone()));
+                    }
+                }
+            }
+            if let Some(base) = &v.notification_base {
+                let rest = base.strip_prefix("http://");
+                if rest.is_none_or(|r| r.is_empty() || r.contains(['/', '?', '#', '@'])) {
+                    return Err(ConfigError::BadNotificationBase(i, p.clone()));
                 }
             }
             if let Some(h) = &v.host_id {
@@ -351,17 +454,121 @@ impl ServerConfig {
             v.hooks
                 .validate()
                 .map_err(|e| ConfigError::BadHooks(i, e))?;
-            let root = normalize(&v.root);
-            if root.starts_with(&spool) || spool.starts_with(&root) {
+            let root = normalize(&v.root_base());
+            // A per-user base may contain the spool (`X/{user}` beside `X/spool`): then only
+            // the user named like the spool is refused, by `storage_root`.
+            let per_user = v.is_per_user();
+            if let StorageConfig::S3(s3) = &self.storage {
+                if overlaps_s3_sessions(&v.root_base(), &s3.prefix, per_user) {
+                    return Err(ConfigError::RootOverlapsS3Sessions {
+                        index: i,
+                        root: v.root.to_string_lossy().into_owned(),
+                        prefix: s3.prefix.clone(),
+                    });
+                }
+            } else if root.starts_with(&spool) || (!per_user && spool.starts_with(&root)) {
                 return Err(ConfigError::SpoolOverlapsRoot {
                     index: i,
                     spool: self.spool_dir.clone(),
                     root: v.root.clone(),
                 });
             }
+            for (j, o) in self.vdirs[..i].iter().enumerate() {
+                if o.access_policy() == v.access_policy() {
+                    continue;
+                }
+                // Fixed roots are compared whole. With `{user}` only the fixed base is known
+                // here: a fixed root that contains another's base sees every user's files;
+                // anything finer is checked per identity by `storage_root`.
+                let (a, b) = (normalize(&o.root_base()), root.clone());
+                let overlap = match (o.is_per_user(), v.is_per_user()) {
+                    (false, false) => a.starts_with(&b) || b.starts_with(&a),
+                    (false, true) => a.starts_with(&b),
+                    (true, false) => b.starts_with(&a),
+                    (true, true) => a == b,
+                };
+                if overlap {
+                    return Err(ConfigError::RootsOverlap {
+                        a: j,
+                        root_a: o.root.clone(),
+                        b: i,
+                        root_b: v.root.clone(),
+                    });
+                }
+            }
+        }
+        if self.max_tombstones == 0 {
+            return Err(ConfigError::ZeroTombstones);
         }
         Ok(())
     }
+
+    /// Where `user`'s uploads to vdir `index` are stored, checked after substitution: a
+    /// per-user root may not be (or lie inside, or contain) the spool or the session objects,
+    /// nor overlap the root of a vdir with a different access policy (for per-user vdirs: the
+    /// root that vdir would give the same directory name).
+    pub fn storage_root(&self, index: usize, user: Option<&str>) -> Result<PathBuf, RootError> {
+        let vdir = self.vdirs.get(index).ok_or(RootError::NoUserRoot)?;
+        let root = vdir.root_for(user).ok_or(RootError::NoUserRoot)?;
+        if !vdir.is_per_user() {
+            return Ok(root);
+        }
+        let overlaps = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+        let normal = normalize(&root);
+        let crosses_storage = match &self.storage {
+            StorageConfig::S3(s3) => overlaps_s3_sessions(&root, &s3.prefix, false),
+            StorageConfig::Fs => overlaps(&normal, &normalize(&self.spool_dir)),
+        };
+        let crosses_vdir = self.vdirs.iter().enumerate().any(|(j, o)| {
+            if j == index || o.access_policy() == vdir.access_policy() {
+                return false;
+            }
+            if !o.is_per_user() {
+                return overlaps(&normal, &normalize(&o.root));
+            }
+            let base = normalize(&o.root_base());
+            if base.starts_with(&normal) {
+                return true;
+            }
+            // Inside the other vdir's base: the next component is the name that vdir would
+            // substitute; compare with that user's root there.
+            let Ok(below) = normal.strip_prefix(&base) else {
+                return false;
+            };
+            let name = below
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            match name.as_deref().and_then(|n| o.root_for(Some(n))) {
+                Some(theirs) => overlaps(&normal, &normalize(&theirs)),
+                None => false,
+            }
+        });
+        if crosses_storage || crosses_vdir {
+            return Err(RootError::Overlaps(root));
+        }
+        Ok(root)
+    }
+}
+
+/// Whether an object-storage root (a key prefix) and the session objects
+/// (`<prefix>/sessions/…`) share keys, compared on whole segments (`./a//b/` is `a/b`). With
+/// `base_only`, `root` is the fixed base of a per-user root: only a base inside the session
+/// objects is certain to overlap.
+fn overlaps_s3_sessions(root: &Path, prefix: &str, base_only: bool) -> bool {
+    let segments = |s: &str| -> Vec<String> {
+        s.split('/')
+            .filter(|seg| !seg.is_empty() && *seg != ".")
+            .map(str::to_string)
+            .collect()
+    };
+    let root = segments(&root.to_string_lossy());
+    if root.iter().any(|s| s == "..") {
+        return true;
+    }
+    let mut sessions = segments(prefix);
+    sessions.push("sessions".into());
+    root.starts_with(&sessions) || (!base_only && sessions.starts_with(&root))
 }
 
 /// Absolute, lexically normalised path (no file system access, so it works before dirs exist).

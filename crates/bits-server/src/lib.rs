@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod principal;
 pub mod store;
 pub mod target;
 pub mod tls;

@@ -26,9 +26,37 @@ pub enum TargetError {
 /// files published here stay usable when copied to Windows. Windows also reserves the
 /// superscript digits ¹²³ after COM/LPT, and the console names.
 const DEVICE_NAMES: [&str; 32] = [
-    "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "COM0", "COM1", "COM2", "COM3", "COM4",
-    "COM5", "COM6", "COM7", "COM8", "COM9", "COM\u{b9}", "COM\u{b2}", "COM\u{b3}", "LPT0", "LPT1",
-    "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9", "LPT\u{b9}", "LPT\u{b2}",
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "CONIN$",
+    "CONOUT$",
+    "COM0",
+    "COM1",
+    "COM2",
+    "COM3",
+    "COM4",
+    "COM5",
+    "COM6",
+    "COM7",
+    "COM8",
+    "COM9",
+    "COM\u{b9}",
+    "COM\u{b2}",
+    "COM\u{b3}",
+    "LPT0",
+    "LPT1",
+    "LPT2",
+    "LPT3",
+    "LPT4",
+    "LPT5",
+    "LPT6",
+    "LPT7",
+    "LPT8",
+    "LPT9",
+    "LPT\u{b9}",
+    "LPT\u{b2}",
     "LPT\u{b3}",
 ];
 
@@ -55,9 +83,7 @@ impl CanonicalPath {
     /// that does not start with `/`, invalid UTF-8, and segments that decode to something
     /// containing `/`, `\\` or NUL (an encoded separator would make one segment two).
     pub fn decode(raw: &str) -> Result<CanonicalPath, TargetError> {
-        let rest = raw
-            .strip_prefix('/')
-            .ok_or(TargetError::Unsafe("relative path"))?;
+        let rest = raw.strip_prefix('/').ok_or(TargetError::NoVdir)?;
         if rest.is_empty() {
             return Ok(CanonicalPath {
                 segments: Vec::new(),
@@ -331,7 +357,11 @@ mod tests {
             })
         );
         // An encoded separator never joins or splits prefix segments.
-        for p in ["/nested%2Finner/f.txt", "/nested%5Cinner/f.txt", "/nested/inner%00/f"] {
+        for p in [
+            "/nested%2Finner/f.txt",
+            "/nested%5Cinner/f.txt",
+            "/nested/inner%00/f",
+        ] {
             assert!(matches!(resolve(p, &v), Err(TargetError::Unsafe(_))), "{p}");
         }
         assert_eq!(resolve("/x.bin", &v).map(|t| t.vdir), Ok(2));

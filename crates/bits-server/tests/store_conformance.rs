@@ -139,7 +139,11 @@ fn record(destination: Destination) -> SessionRecord {
         vdir: "/up/".into(),
         url: "/up/file.bin".into(),
         destination,
-        owner: Some("alice".into()),
+        owner: Some(bits_server::principal::Principal::new(
+            bits_server::principal::Scheme::Basic,
+            "alice",
+        )),
+        client: None,
         total: None,
         received: 0,
         state: SessionState::Receiving,

@@ -540,7 +540,7 @@ async fn basic_auth_over_tls() {
     assert!(
         packets(&log, "Fragment")
             .iter()
-            .all(|l| l.contains("user=\"alice\"")),
+            .all(|l| l.contains("user=basic:alice")),
         "{log}"
     );
 
@@ -620,7 +620,7 @@ async fn client_certificate_over_tls() {
     let mut state = UploadState::new(&file, &https_url(&s, "carol.bin"), 65_536).unwrap();
     with_cert.upload(&mut state, &mut NoObserver).await.unwrap();
     assert_eq!(std::fs::read(s.upload_path("carol.bin")).unwrap(), data);
-    assert!(s.log_text().contains("user=\"carol\""));
+    assert!(s.log_text().contains("user=cert:carol"));
 
     let without = client_with(Client::builder().tls(trusting(&pki)));
     let err = without.ping(&https_url(&s, "x.bin")).await.unwrap_err();

@@ -451,8 +451,9 @@ fn target_cases() -> Vec<Case> {
         t("/upload/", bad),
         t("/upload", novdir),
         t("/uploadx/a", novdir),
-        t("/upload%2fa", novdir),
-        t("/%75pload/a", novdir),
+        // An encoded separator never joins a vdir prefix to a file name.
+        t("/upload%2fa", bad),
+        t("/upload%5ca", bad),
         t(format!("/%2e%2e/upload/{m}"), novdir),
         t("*", novdir),
         // Traversal spellings other servers decode, here just legal-looking names whose
@@ -589,6 +590,16 @@ fn lookalike_names_land_inside_the_root() {
     let cases: Vec<(Vec<u8>, String)> = vec![
         // Double encoding decodes once: a legal name `%2e%2e`.
         (b"/upload/%252e%252e".to_vec(), "%2e%2e".into()),
+        // The vdir prefix is matched decoded (as IIS does): an encoded letter reaches the same
+        // vdir, and with it the same auth (issue 14, finding 1).
+        (
+            format!("/%75pload/{m}-prefix").into_bytes(),
+            format!("{m}-prefix"),
+        ),
+        (
+            format!("/UPLOAD/{m}-case").into_bytes(),
+            format!("{m}-case"),
+        ),
         (
             format!("/upload/%252e%252e%252f{m}").into_bytes(),
             format!("%2e%2e%2f{m}"),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64_free::basic;
-use common::pki::{tls_table, Issued, Pki};
+use common::pki::{client_config, tls_table, Pki};
 
 const E_ACCESSDENIED: (&str, &str) = ("0x80070005", "0x5");
 const URL: &str = "/upload/a.bin";
@@ -37,33 +37,6 @@ mod base64_free {
         }
         format!("Basic {out}")
     }
-}
-
-fn pem_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(|c| c.unwrap())
-        .collect()
-}
-
-fn client_config(ca: &Pki, identity: Option<&Issued>) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.ca.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match identity {
-        None => builder.with_no_client_auth(),
-        Some(id) => builder
-            .with_client_auth_cert(
-                pem_certs(&id.cert_pem),
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    })
 }
 
 fn add_user(file: &Path, user: &str, password: &str) {

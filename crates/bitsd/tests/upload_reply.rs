@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 const URL: &str = "/upload/a.bin";
-/// The Host header `Conn` sends; reply and original-request URLs are built from it.
+/// The `public_url` host of `notifying_server`: reply and original-request URLs are built from
+/// it (never from the client's Host header).
 const HOST: &str = "127.0.0.1";
 
 // ---------------------------------------------------------------------------------------------
@@ -26,7 +27,7 @@ const HOST: &str = "127.0.0.1";
 /// `more` holds further vdir keys.
 fn notifying_server(mode: &str, url: &str, more: &str) -> Server {
     Server::start(&format!(
-        "[[vdir]]\nnotification_type = \"{mode}\"\nnotification_url = \"{url}\"\n{more}"
+        "public_url = \"http://{HOST}\"\n[[vdir]]\nnotification_type = \"{mode}\"\nnotification_url = \"{url}\"\n{more}"
     ))
 }
 
@@ -518,41 +519,46 @@ fn item_63_query_is_joined_to_a_notification_url_that_has_its_own_query() {
 
 #[test]
 fn item_64_relative_notification_url_is_resolved_against_the_upload_directory() {
+    // bitsd hosts no application: a relative URL resolves against the upload URL's directory
+    // on `notification_base`, the application's own server.
+    let app = App::start(Behaviour::default());
     let s = Server::start_prepared(
-        "[[vdir]]\nnotification_type = \"by_value\"\nnotification_url = \"handler.asp\"",
+        &format!(
+            "[[vdir]]\nnotification_type = \"by_value\"\nnotification_url = \"handler.asp\"\n\
+             notification_base = \"{}\"",
+            app.url("").trim_end_matches('/')
+        ),
         true,
         |root| std::fs::create_dir_all(root.join("uploads/sub")).unwrap(),
     );
     let mut c = s.conn();
-    let url = "/upload/sub/a.bin";
+    let url = "/upload/sub/a.bin?k=v";
     let up = Pending::start(&mut c, url, &pattern(2000, 64), 1000);
-    // bitsd POSTs to itself at /upload/sub/handler.asp and answers its own POST with 405,
-    // which comes back as the application's status.
     let r = up.finish(&mut c);
-    assert_app_error(&r, 405);
-    assert_eq!(r.header("bits-error-code"), Some("0x80190195"));
-    // The log does not print the notification URL's path (only the notifier's connection target
-    // and the relayed status), so what can be checked here is that the notification went to
-    // bitsd's own address; the path resolution itself is pinned by notify.rs's unit test
-    // `resolves_like_iis` ("handler.asp" + "/upload/sub/a.bin" -> "/upload/sub/handler.asp").
-    let log = s.log_text();
-    let own = format!("connecting to {}", s.addr);
-    assert!(
-        log.contains(&own),
-        "log does not show the notifier connecting to bitsd itself ({own}):\n{log}"
-    );
-    assert_eq!(
-        log.matches("connecting to ").count(),
-        log.matches(&own).count(),
-        "the notifier connected somewhere else:\n{log}"
-    );
-    assert!(
-        log.contains("status=405 code=0x80190195"),
-        "log does not show the relayed 405:\n{log}"
-    );
-    // Retransmits keep being relayed (405 is not sticky), and nothing was published.
-    assert_app_error(&up.finish(&mut c), 405);
-    assert!(!s.upload_path("sub/a.bin").exists());
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let call = app.single_call();
+    assert_eq!(call.path, "/upload/sub/handler.asp");
+    assert_eq!(call.query.as_deref(), Some("k=v"));
+}
+
+#[test]
+fn item_64_relative_notification_url_without_a_base_is_refused_by_the_config_check() {
+    // It would resolve to bitsd itself, which answers every notification 405.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bitsd.toml");
+    std::fs::write(
+        &cfg,
+        "[[vdir]]\nnotification_type = \"by_value\"\nnotification_url = \"handler.asp\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bitsd"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("notification_base"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -959,7 +965,7 @@ fn parse_receipt(json: &str) -> (u64, String) {
 fn python_app_full_upload_reply_by_value_and_by_reference() {
     let py = PyApp::start();
     let config = format!(
-        "[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n\
+        "public_url = \"http://{HOST}\"\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n\
          notification_type = \"by_value\"\nnotification_url = \"{}\"\n\
          [[vdir]]\nprefix = \"/ref/\"\nroot = \"{{root}}/ref\"\n\
          notification_type = \"by_reference\"\nnotification_url = \"{}\"\n",
@@ -1151,9 +1157,14 @@ fn app_reply_body_stalling_past_notification_timeout_gives_408_and_is_retried() 
 // Reply URL form (spec §9.4) and lifetime.
 
 #[test]
-fn reply_and_original_request_urls_use_the_host_the_client_used() {
+fn reply_and_original_request_urls_never_use_the_clients_host_header() {
+    // Without public_url they name the address the client's connection reached: a Host header
+    // must not send the client (with its credentials) elsewhere.
     let app = App::start(Behaviour::default());
-    let s = notifying_server("by_value", &app.url("/notify"), "");
+    let s = Server::start(&format!(
+        "[[vdir]]\nnotification_type = \"by_value\"\nnotification_url = \"{}\"",
+        app.url("/notify")
+    ));
     let mut c = s.conn();
     let data = pattern(2000, 94);
     let up = Pending::start(&mut c, URL, &data, 1000);
@@ -1168,15 +1179,15 @@ fn reply_and_original_request_urls_use_the_host_the_client_used() {
     c.write_raw(&raw);
     let r = c.read_response(false);
     let reply_url = format!(
-        "http://bits.example:8080/upload/BITS-Sessions/Replies/{}/responsefile.bin",
+        "http://{}/upload/BITS-Sessions/Replies/{}/responsefile.bin",
+        s.addr,
         spool_name(&up.sid)
     );
     assert_reply_ack(&r, &up.sid, 2000, &reply_url);
     assert_eq!(
         app.single_call().header("bits-original-request-url"),
-        Some("http://bits.example:8080/upload/a.bin")
+        Some(format!("http://{}/upload/a.bin", s.addr).as_str())
     );
-    // The reply is reachable under that path on this server.
     assert!(get(&mut c, path_of(&reply_url), &[]).body == reversed(&data));
 }
 
@@ -1206,7 +1217,7 @@ fn reply_url_uses_the_configured_public_url() {
 fn reply_disappears_when_the_session_times_out() {
     let app = App::start(Behaviour::default());
     let s = Server::start(&format!(
-        "cleanup_interval = \"1s\"\n[[vdir]]\nsession_timeout = \"2s\"\n\
+        "public_url = \"http://{HOST}\"\ncleanup_interval = \"1s\"\n[[vdir]]\nsession_timeout = \"2s\"\n\
          notification_type = \"by_value\"\nnotification_url = \"{}\"",
         app.url("/notify")
     ));
@@ -1393,9 +1404,12 @@ fn retransmit_while_the_notification_is_still_running_does_not_notify_twice() {
 fn item_64_relative_notification_url_ignores_the_clients_host_header() {
     // A client naming another host in Host must not steer the notification there.
     let decoy = App::start(Behaviour::default());
-    let s = Server::start(
-        "[[vdir]]\nnotification_type = \"by_value\"\nnotification_url = \"handler.asp\"",
-    );
+    let app = App::start(Behaviour::default());
+    let s = Server::start(&format!(
+        "[[vdir]]\nnotification_type = \"by_value\"\nnotification_url = \"handler.asp\"\n\
+         notification_base = \"{}\"",
+        app.url("").trim_end_matches('/')
+    ));
     let mut c = s.conn();
     let data = pattern(2000, 641);
     let up = Pending::start(&mut c, URL, &data, 1000);
@@ -1407,8 +1421,9 @@ fn item_64_relative_notification_url_ignores_the_clients_host_header() {
     .into_bytes();
     raw.extend_from_slice(&data[1000..]);
     c.write_raw(&raw);
-    assert_app_error(&c.read_response(false), 405);
+    assert_eq!(c.read_response(false).status, 200);
     assert_no_calls(&decoy);
+    assert_eq!(app.single_call().path, "/upload/handler.asp");
 }
 
 #[test]

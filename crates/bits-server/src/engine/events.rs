@@ -44,7 +44,7 @@ impl super::Engine {
             rec.id.to_string(),
             rec.vdir.clone(),
             rec.destination.path.clone(),
-            rec.owner.clone(),
+            rec.owner.as_ref().map(|p| p.name().to_string()),
         );
         let mut settled = None;
         if event == SessionEvent::Completed {

@@ -12,6 +12,8 @@ pub struct SweepReport {
     pub expired: usize,
     pub tombstones_removed: usize,
     pub busy: usize,
+    /// Sessions the pass could not expire or remove (logged; tried again next pass).
+    pub failed: usize,
 }
 
 /// What start-up recovery did.
@@ -25,6 +27,8 @@ pub struct RecoveryReport {
     /// Sessions of vdirs that are gone or no longer upload-enabled, deleted.
     pub removed: usize,
     pub unreadable: usize,
+    /// Tombstones beyond `max_tombstones`, forgotten oldest first.
+    pub tombstones_forgotten: usize,
 }
 
 impl Engine {
@@ -73,14 +77,28 @@ impl Engine {
                     continue;
                 }
             };
+            // One session that cannot be expired or removed must not stop the others.
             if rec.state.is_open() {
                 if self.is_expired(&rec, now) {
-                    self.expire(&mut rec).await?;
-                    report.expired += 1;
+                    match self.expire(&mut rec).await {
+                        Ok(()) => report.expired += 1,
+                        Err(e) => {
+                            report.failed += 1;
+                            tracing::warn!(session = %id, error = %e, "cleanup could not expire a session");
+                        }
+                    }
                 }
             } else if now.saturating_sub(rec.ended_at.unwrap_or(0)) > ttl {
-                self.sessions.remove(id).await?;
-                report.tombstones_removed += 1;
+                match self.sessions.remove(id).await {
+                    Ok(()) => {
+                        self.registry().drop_tombstone(id);
+                        report.tombstones_removed += 1;
+                    }
+                    Err(e) => {
+                        report.failed += 1;
+                        tracing::warn!(session = %id, error = %e, "cleanup could not remove a tombstone");
+                    }
+                }
             }
         }
         Ok(report)
@@ -90,24 +108,38 @@ impl Engine {
     /// publications, drop sessions of disabled vdirs, and rebuild the destination index.
     pub async fn recover(&self) -> Result<RecoveryReport, BitsError> {
         let mut report = RecoveryReport::default();
+        let mut ended = Vec::new();
         for id in self.sessions.list().await? {
             report.sessions += 1;
             match self.recover_one(id, &mut report).await {
-                Ok(()) => {}
+                Ok(Some(at)) => ended.push((at, id)),
+                Ok(None) => {}
                 Err(e) => {
                     report.unreadable += 1;
                     tracing::error!(session = %id, error = %e, "recovery could not restore session");
                 }
             }
         }
+        // Tombstones are kept oldest first under `max_tombstones`, as while running.
+        ended.sort();
+        let mut evicted = Vec::new();
+        {
+            let mut registry = self.registry();
+            for (_, id) in ended {
+                evicted.extend(registry.add_tombstone(id, self.config.max_tombstones));
+            }
+        }
+        report.tombstones_forgotten = evicted.len();
+        self.forget_tombstones(evicted).await;
         Ok(report)
     }
 
+    /// Restores one session; returns when it ended if it is a tombstone.
     async fn recover_one(
         &self,
         id: SessionId,
         report: &mut RecoveryReport,
-    ) -> Result<(), BitsError> {
+    ) -> Result<Option<u64>, BitsError> {
         let loaded = match self.sessions.load(id).await {
             // Only a record written without sync can be torn (a tombstone, rewritten in place):
             // if no data is held either, nothing acknowledged depends on it.
@@ -122,14 +154,14 @@ impl Engine {
             self.data.discard(id).await?;
             self.sessions.remove(id).await?;
             report.removed += 1;
-            return Ok(());
+            return Ok(None);
         };
         let Some(vdir) = self.vdir_of(&rec).filter(|v| v.upload_enabled) else {
             self.data.discard(id).await?;
             self.sessions.remove(id).await?;
             report.removed += 1;
             tracing::info!(session = %id, vdir = %rec.vdir, "deleted session of a vdir without uploads");
-            return Ok(());
+            return Ok(None);
         };
         match rec.state {
             SessionState::Receiving => {}
@@ -137,13 +169,13 @@ impl Engine {
             SessionState::Committed => {
                 self.registry().insert(&rec);
                 self.redeliver_owed(&rec);
-                return Ok(());
+                return Ok(None);
             }
             // Ended: whatever a crash left in the spool is garbage.
             SessionState::Closed | SessionState::Cancelled | SessionState::Expired => {
                 self.data.discard(id).await?;
                 self.redeliver_owed(&rec);
-                return Ok(());
+                return Ok(Some(rec.ended_at.unwrap_or(0)));
             }
         }
         self.registry().insert(&rec);
@@ -158,7 +190,7 @@ impl Engine {
             match self.publish(&mut rec, &vdir).await {
                 Ok(()) => {
                     report.published += 1;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(BitsError::Storage(StoreError::DataMissing)) => {}
                 Err(e) => return Err(e),
@@ -172,6 +204,6 @@ impl Engine {
             self.registry().set_spooled(id, held);
             report.reconciled += 1;
         }
-        Ok(())
+        Ok(None)
     }
 }

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 
 use crate::config::{ServerConfig, VdirConfig};
 use crate::error::BitsError;
+use crate::principal::{may_act, Principal};
 use crate::store::{
     BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionState,
     SessionStore, StoreError,
@@ -37,7 +38,9 @@ pub struct EngineRequest<'a> {
     /// Request target (path and query) as received.
     pub url: String,
     /// Authenticated principal, `None` for anonymous.
-    pub identity: Option<String>,
+    pub identity: Option<Principal>,
+    /// The client's address (anonymous sessions are limited per address).
+    pub peer: Option<std::net::IpAddr>,
     /// Scheme and authority the client used (for reply URLs), e.g. `http://host:8080`.
     pub public_base: String,
     /// Scheme and authority of this server as seen locally (for relative notification URLs).
@@ -123,12 +126,18 @@ impl Engine {
         self.registry().open_count()
     }
 
+    /// Ended sessions still remembered (at most `max_tombstones`).
+    pub fn tombstones(&self) -> u64 {
+        self.registry().tombstones()
+    }
+
     pub async fn handle(&self, req: EngineRequest<'_>) -> Result<Ack, BitsError> {
         let EngineRequest {
             packet,
             target,
             url,
             identity,
+            peer,
             public_base,
             local_base,
             body,
@@ -141,24 +150,66 @@ impl Engine {
         if !vdir.upload_enabled {
             return Err(BitsError::UploadsDisabled);
         }
-        let who = identity.as_deref();
+        // A session is continued only through the vdir that created it: same prefix, so the
+        // same auth scheme, `require_tls` rule and root.
+        let caller = Caller {
+            identity: identity.as_ref(),
+            vdir: &vdir.prefix,
+        };
         match packet {
             Packet::Ping => Ok(Ack::ok()),
             Packet::CreateSession { protocol } => {
-                self.create(vdir, &target, url, identity, protocol).await
+                self.create(vdir, &target, url, identity, peer, protocol)
+                    .await
             }
             Packet::Fragment { session, range } => {
                 let bases = Bases {
                     public: &public_base,
                     local: &local_base,
                 };
-                self.fragment(session, range, who, &bases, body).await
+                self.fragment(session, range, &caller, &bases, body).await
             }
-            Packet::CloseSession { session } => self.end(session, who, SessionState::Closed).await,
+            Packet::CloseSession { session } => {
+                self.end(session, &caller, SessionState::Closed).await
+            }
             Packet::CancelSession { session } => {
-                self.end(session, who, SessionState::Cancelled).await
+                self.end(session, &caller, SessionState::Cancelled).await
             }
         }
+    }
+
+    /// The destination of a session, derived again from the current configuration: the root
+    /// of the session's vdir for its owner, and its relative path re-validated. What a record
+    /// says about an absolute location is never trusted, so a record changed on disk (or in
+    /// the bucket) cannot publish outside the roots.
+    fn derive_destination(&self, rec: &mut SessionRecord) -> Result<(), BitsError> {
+        let index = self
+            .config
+            .vdirs
+            .iter()
+            .position(|v| v.prefix == rec.vdir)
+            .ok_or(BitsError::SessionNotFound(rec.id))?;
+        let root = self
+            .config
+            .storage_root(index, rec.owner.as_ref().map(Principal::name))
+            .map_err(|e| {
+                tracing::warn!(session = %rec.id, error = %e, "no storage root for the session's owner");
+                BitsError::NotOwner
+            })?;
+        let path = &rec.destination.path;
+        crate::target::check_rel_path(path).map_err(BitsError::BadPath)?;
+        if is_reserved_path(path) {
+            return Err(BitsError::BadPath(crate::target::TargetError::Unsafe(
+                "reserved name",
+            )));
+        }
+        let root = root.to_string_lossy().into_owned();
+        if root != rec.destination.root {
+            tracing::warn!(session = %rec.id, recorded = %rec.destination.root, derived = %root,
+                "session record names another root than the configuration gives; using the configuration's");
+            rec.destination.root = root;
+        }
+        Ok(())
     }
 
     fn vdir_of(&self, rec: &SessionRecord) -> Option<&VdirConfig> {
@@ -174,10 +225,17 @@ impl Engine {
         vdir: &VdirConfig,
         target: &UploadTarget,
         url: String,
-        owner: Option<String>,
+        owner: Option<Principal>,
+        client: Option<std::net::IpAddr>,
         protocol: ProtocolId,
     ) -> Result<Ack, BitsError> {
-        let root = vdir.root_for(owner.as_deref()).ok_or(BitsError::NotOwner)?;
+        let root = self
+            .config
+            .storage_root(target.vdir, owner.as_ref().map(Principal::name))
+            .map_err(|e| {
+                tracing::warn!(vdir = %vdir.prefix, error = %e, "no storage root for this client");
+                BitsError::NotOwner
+            })?;
         if root != vdir.root {
             // A per-user root ({user} in the vdir root) is made on first use.
             self.data.prepare_root(&root.to_string_lossy()).await?;
@@ -186,9 +244,7 @@ impl Engine {
             root: root.to_string_lossy().into_owned(),
             path: target.rel_path.clone(),
         };
-        if target.rel_path.split('/').next() == Some("BITS-Sessions")
-            || crate::store::fs::is_internal_name(&target.rel_path)
-        {
+        if is_reserved_path(&target.rel_path) {
             return Err(BitsError::BadPath(crate::target::TargetError::Unsafe(
                 "reserved name",
             )));
@@ -209,6 +265,7 @@ impl Engine {
             url,
             destination,
             owner,
+            client,
             total: None,
             received: 0,
             state: SessionState::Receiving,
@@ -238,6 +295,25 @@ impl Engine {
                 .filter(|_| rec.owner.is_some())
             {
                 if registry.owned_by(&rec.owner) >= limit {
+                    return Err(BitsError::SessionLimit);
+                }
+            }
+            if vdir
+                .max_open_sessions
+                .is_some_and(|l| registry.open_in_vdir(&vdir.prefix) >= l)
+            {
+                return Err(BitsError::SessionLimit);
+            }
+            if rec.owner.is_none() {
+                let cfg = &self.config;
+                let over_total = cfg
+                    .max_anonymous_sessions
+                    .is_some_and(|l| registry.anonymous() >= l);
+                let over_ip = match (cfg.max_anonymous_sessions_per_ip, rec.client) {
+                    (Some(l), Some(ip)) => registry.anonymous_from(ip) >= l,
+                    _ => false,
+                };
+                if over_total || over_ip {
                     return Err(BitsError::SessionLimit);
                 }
             }
@@ -271,18 +347,19 @@ impl Engine {
             .ok_or(BitsError::SessionBusy)
     }
 
-    /// Loads a session for a request, expiring it first if its timeout has passed.
+    /// Loads a session for a request, expiring it first if its timeout has passed. Only the
+    /// session's owner, through the vdir that created it, gets it.
     async fn load_checked(
         &self,
         id: SessionId,
-        identity: Option<&str>,
+        caller: &Caller<'_>,
     ) -> Result<SessionRecord, BitsError> {
         let mut rec = self
             .sessions
             .load(id)
             .await?
             .ok_or(BitsError::SessionNotFound(id))?;
-        if rec.owner.as_deref() != identity {
+        if rec.vdir != caller.vdir || !may_act(rec.owner.as_ref(), caller.identity) {
             return Err(BitsError::NotOwner);
         }
         if rec.state.is_open() && self.is_expired(&rec, now_ms()) {
@@ -295,12 +372,12 @@ impl Engine {
         &self,
         id: SessionId,
         range: ContentRange,
-        identity: Option<&str>,
+        caller: &Caller<'_>,
         bases: &Bases<'_>,
         mut body: BodyStream<'_>,
     ) -> Result<Ack, BitsError> {
         let mut guard = self.lock(id).await?;
-        let mut rec = self.load_checked(id, identity).await?;
+        let mut rec = self.load_checked(id, caller).await?;
         let vdir = self.vdir_of(&rec).ok_or(BitsError::SessionNotFound(id))?;
         if range.len > vdir.max_fragment_size {
             return Err(BitsError::FragmentTooLarge {
@@ -434,6 +511,7 @@ impl Engine {
     /// completing fragment), then record it. The received length was saved before, so a crash
     /// in between is finished by the retransmitted fragment or by recovery.
     async fn publish(&self, rec: &mut SessionRecord, vdir: &VdirConfig) -> Result<(), BitsError> {
+        self.derive_destination(rec)?;
         let total = rec.received;
         match self
             .data
@@ -467,11 +545,11 @@ impl Engine {
     async fn end(
         &self,
         id: SessionId,
-        identity: Option<&str>,
+        caller: &Caller<'_>,
         to: SessionState,
     ) -> Result<Ack, BitsError> {
         let _guard = self.lock(id).await?;
-        let mut rec = self.load_checked(id, identity).await?;
+        let mut rec = self.load_checked(id, caller).await?;
         match rec.state {
             SessionState::Receiving | SessionState::Committed => {}
             // A repeated Close/Cancel whose first Ack was lost: answer as the first time.
@@ -493,9 +571,48 @@ impl Engine {
         rec.state = to;
         rec.ended_at = Some(now_ms());
         self.sessions.save_ended(rec).await?;
-        self.registry().remove(rec.id);
+        let evicted = {
+            let mut registry = self.registry();
+            registry.remove(rec.id);
+            registry.add_tombstone(rec.id, self.config.max_tombstones)
+        };
+        self.forget_tombstones(evicted).await;
         Ok(())
     }
+
+    /// Removes tombstones beyond `max_tombstones` (oldest first). Best effort: one that cannot
+    /// be removed now is removed by the next expiry sweep.
+    async fn forget_tombstones(&self, ids: Vec<SessionId>) {
+        for id in ids {
+            // A tombstone is never locked for long; skip one that is (it is being answered).
+            let Some(_guard) = self.locks.try_lock(id) else {
+                continue;
+            };
+            match self.sessions.load(id).await {
+                Ok(Some(rec)) if !rec.state.is_open() => {
+                    if let Err(e) = self.sessions.remove(id).await {
+                        tracing::warn!(session = %id, error = %e, "could not forget an old tombstone");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "could not read an old tombstone")
+                }
+            }
+        }
+    }
+}
+
+/// Who is asking, and through which vdir (by prefix).
+struct Caller<'a> {
+    identity: Option<&'a Principal>,
+    vdir: &'a str,
+}
+
+/// Names the server keeps for itself below a vdir: the reply tree and temporary files.
+fn is_reserved_path(rel_path: &str) -> bool {
+    rel_path.split('/').next() == Some("BITS-Sessions")
+        || crate::store::fs::is_internal_name(rel_path)
 }
 
 /// Reads and drops the rest of a body (its length was bounded by the per-request limit).

@@ -1,16 +1,22 @@
 //! In-memory view of the open sessions, rebuilt from storage at start-up: who uploads to which
-//! destination, how many sessions each identity holds, and how many bytes sit in the spool.
+//! destination, how many sessions each identity, vdir and anonymous client address holds, how
+//! many bytes sit in the spool, and which tombstones are kept (oldest first).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 
 use bits_proto::SessionId;
 
+use crate::principal::Principal;
 use crate::store::{Destination, SessionRecord, SessionState};
 
 #[derive(Clone, Debug)]
 pub struct OpenSession {
     pub destination: Destination,
-    pub owner: Option<String>,
+    pub owner: Option<Principal>,
+    pub vdir: String,
+    /// The creating client's address, for anonymous sessions only.
+    pub anonymous_client: Option<IpAddr>,
     /// Bytes of this session held in the spool (0 once published).
     pub spooled: u64,
 }
@@ -19,9 +25,16 @@ pub struct OpenSession {
 pub struct Registry {
     by_id: HashMap<SessionId, OpenSession>,
     by_destination: HashMap<Destination, SessionId>,
-    per_owner: HashMap<Option<String>, u64>,
-    spooled_per_owner: HashMap<Option<String>, u64>,
+    per_owner: HashMap<Option<Principal>, u64>,
+    spooled_per_owner: HashMap<Option<Principal>, u64>,
+    per_vdir: HashMap<String, u64>,
+    anonymous: u64,
+    anonymous_per_ip: HashMap<IpAddr, u64>,
     spooled: u64,
+    /// Ended sessions still on record, in the order they ended (ids may repeat or be stale:
+    /// `tombstone_set` is the truth).
+    tombstone_order: VecDeque<SessionId>,
+    tombstone_set: HashSet<SessionId>,
 }
 
 impl Registry {
@@ -29,7 +42,7 @@ impl Registry {
         self.by_id.len() as u64
     }
 
-    pub fn owned_by(&self, owner: &Option<String>) -> u64 {
+    pub fn owned_by(&self, owner: &Option<Principal>) -> u64 {
         self.per_owner.get(owner).copied().unwrap_or(0)
     }
 
@@ -38,12 +51,51 @@ impl Registry {
     }
 
     /// Spool bytes held by the sessions of one identity.
-    pub fn spooled_by(&self, owner: &Option<String>) -> u64 {
-        self.by_id
-            .values()
-            .filter(|s| s.owner == *owner)
-            .map(|s| s.spooled)
-            .sum()
+    pub fn spooled_by(&self, owner: &Option<Principal>) -> u64 {
+        self.spooled_per_owner.get(owner).copied().unwrap_or(0)
+    }
+
+    pub fn open_in_vdir(&self, prefix: &str) -> u64 {
+        self.per_vdir.get(prefix).copied().unwrap_or(0)
+    }
+
+    pub fn anonymous(&self) -> u64 {
+        self.anonymous
+    }
+
+    pub fn anonymous_from(&self, ip: IpAddr) -> u64 {
+        self.anonymous_per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Remembers an ended session; returns the oldest ones beyond `cap`, to forget now.
+    pub fn add_tombstone(&mut self, id: SessionId, cap: u64) -> Vec<SessionId> {
+        if self.tombstone_set.insert(id) {
+            self.tombstone_order.push_back(id);
+        }
+        let mut evicted = Vec::new();
+        while self.tombstone_set.len() as u64 > cap {
+            let Some(old) = self.tombstone_order.pop_front() else {
+                break;
+            };
+            if self.tombstone_set.remove(&old) {
+                evicted.push(old);
+            }
+        }
+        // Stale ids (forgotten by the sweep) must not pile up in the order queue either.
+        if self.tombstone_order.len() > 2 * self.tombstone_set.len() + 64 {
+            let set = &self.tombstone_set;
+            self.tombstone_order.retain(|id| set.contains(id));
+        }
+        evicted
+    }
+
+    /// Forgets a tombstone removed by other means (the expiry sweep).
+    pub fn drop_tombstone(&mut self, id: SessionId) {
+        self.tombstone_set.remove(&id);
+    }
+
+    pub fn tombstones(&self) -> u64 {
+        self.tombstone_set.len() as u64
     }
 
     pub fn holder_of(&self, dest: &Destination) -> Option<(SessionId, &OpenSession)> {
@@ -64,12 +116,24 @@ impl Registry {
             .or_insert(rec.id);
         *self.per_owner.entry(rec.owner.clone()).or_default() += 1;
         *self.spooled_per_owner.entry(rec.owner.clone()).or_default() += spooled;
+        *self.per_vdir.entry(rec.vdir.clone()).or_default() += 1;
+        let anonymous_client = if rec.owner.is_none() {
+            self.anonymous += 1;
+            if let Some(ip) = rec.client {
+                *self.anonymous_per_ip.entry(ip).or_default() += 1;
+            }
+            rec.client
+        } else {
+            None
+        };
         self.spooled += spooled;
         self.by_id.insert(
             rec.id,
             OpenSession {
                 destination: rec.destination.clone(),
                 owner: rec.owner.clone(),
+                vdir: rec.vdir.clone(),
+                anonymous_client,
                 spooled,
             },
         );
@@ -100,11 +164,24 @@ impl Registry {
         if self.by_destination.get(&s.destination) == Some(&id) {
             self.by_destination.remove(&s.destination);
         }
-        if let Some(n) = self.per_owner.get_mut(&s.owner) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_owner.remove(&s.owner);
+        decrement(&mut self.per_owner, &s.owner);
+        decrement(&mut self.per_vdir, &s.vdir);
+        if s.owner.is_none() {
+            self.anonymous -= 1;
+            if let Some(ip) = s.anonymous_client {
+                decrement(&mut self.anonymous_per_ip, &ip);
             }
+        }
+    }
+}
+
+/// Counts one less for `key`, forgetting it at zero (maps keyed by clients must not keep
+/// every key ever seen).
+fn decrement<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, u64>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
         }
     }
 }
@@ -122,7 +199,8 @@ mod tests {
                 root: "/r".into(),
                 path: path.into(),
             },
-            owner: owner.map(String::from),
+            owner: owner.map(|o| Principal::new(crate::principal::Scheme::Basic, o)),
+            client: None,
             total: None,
             received,
             state: SessionState::Receiving,
@@ -136,6 +214,10 @@ mod tests {
         }
     }
 
+    fn alice() -> Option<Principal> {
+        Some(Principal::new(crate::principal::Scheme::Basic, "alice"))
+    }
+
     #[test]
     fn counts_follow_inserts_and_removals() {
         let mut r = Registry::default();
@@ -146,18 +228,56 @@ mod tests {
         r.insert(&b);
         r.insert(&c);
         assert_eq!(r.open_count(), 3);
-        assert_eq!(r.owned_by(&Some("alice".into())), 2);
+        assert_eq!(r.owned_by(&alice()), 2);
         assert_eq!(r.spooled(), 15);
         assert_eq!(r.holder_of(&a.destination).map(|(id, _)| id), Some(a.id));
         r.set_spooled(a.id, 100);
         assert_eq!(r.spooled(), 105);
-        assert_eq!(r.spooled_by(&Some("alice".into())), 105);
+        assert_eq!(r.spooled_by(&alice()), 105);
         r.remove(a.id);
         r.remove(a.id);
         assert_eq!(r.spooled(), 5);
-        assert_eq!(r.spooled_by(&Some("alice".into())), 5);
+        assert_eq!(r.spooled_by(&alice()), 5);
         assert_eq!(r.spooled_by(&None), 0);
-        assert_eq!(r.owned_by(&Some("alice".into())), 1);
+        assert_eq!(r.owned_by(&alice()), 1);
         assert!(r.holder_of(&a.destination).is_none());
+        assert_eq!(r.open_in_vdir("/upload/"), 2);
+        assert_eq!(r.anonymous(), 1);
+    }
+
+    #[test]
+    fn anonymous_sessions_are_counted_per_address() {
+        let mut r = Registry::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut a = rec("a", None, 0);
+        a.client = Some(ip);
+        r.insert(&a);
+        assert_eq!((r.anonymous(), r.anonymous_from(ip)), (1, 1));
+        r.remove(a.id);
+        assert_eq!((r.anonymous(), r.anonymous_from(ip)), (0, 0));
+        assert!(r.anonymous_per_ip.is_empty() && r.per_vdir.is_empty());
+    }
+
+    #[test]
+    fn tombstones_beyond_the_cap_are_evicted_oldest_first() {
+        let mut r = Registry::default();
+        let ids: Vec<SessionId> = (0..5).map(|_| SessionId::random()).collect();
+        let mut evicted = Vec::new();
+        for id in &ids {
+            evicted.extend(r.add_tombstone(*id, 3));
+        }
+        assert_eq!(evicted, ids[..2]);
+        assert_eq!(r.tombstones(), 3);
+        r.drop_tombstone(ids[2]);
+        assert_eq!(
+            r.add_tombstone(SessionId::random(), 3),
+            Vec::<SessionId>::new()
+        );
+        for _ in 0..10_000 {
+            let id = SessionId::random();
+            r.add_tombstone(id, 3);
+            r.drop_tombstone(id);
+        }
+        assert!(r.tombstone_order.len() < 200);
     }
 }

@@ -36,7 +36,10 @@ impl Engine {
             return Err(BitsError::App { status: 403 });
         }
         let configured = vdir.notification_url.as_deref().unwrap_or_default();
-        let url = notification_url(configured, &rec.url, bases.local);
+        // A relative URL is the application's path beside the upload (as IIS resolves it),
+        // on the application's own server.
+        let base = vdir.notification_base.as_deref().unwrap_or(bases.local);
+        let url = notification_url(configured, &rec.url, base);
         let original_url = format!("{}{}", bases.public, rec.url);
         tracing::debug!(session = %rec.id, url = %url, "notifying the server application");
         let payload = match vdir.notification_type {
@@ -117,6 +120,7 @@ impl Engine {
             }
         };
         if answer.copy_to_destination {
+            self.derive_destination(rec)?;
             match self
                 .data
                 .commit(
@@ -149,7 +153,7 @@ impl Engine {
         &self,
         prefix: &str,
         id: SessionId,
-        identity: Option<&str>,
+        identity: Option<&crate::principal::Principal>,
     ) -> Result<Option<Reply>, BitsError> {
         let Some(rec) = self.sessions.load(id).await? else {
             return Ok(None);
@@ -160,7 +164,7 @@ impl Engine {
             .is_some_and(|u| u.contains(REPLIES_PATH));
         if rec.state != SessionState::Committed
             || rec.vdir != prefix
-            || rec.owner.as_deref() != identity
+            || !crate::principal::may_act(rec.owner.as_ref(), identity)
             || !ours
         {
             return Ok(None);

@@ -7,7 +7,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use bits_proto::{classify, content_length, Ack, PacketType};
 
-use super::{ack, body, local_base, public_base, Frontend};
+use super::{ack, body, local_base, peer_ip, public_base, Frontend};
 use crate::engine::{Engine, EngineRequest};
 use crate::error::BitsError;
 use crate::target::resolve;
@@ -51,6 +51,7 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
                 target,
                 url: url.clone(),
                 identity: identity.clone(),
+                peer: peer_ip(&parts),
                 body: body.as_mut(),
             })
             .await
@@ -80,15 +81,17 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
         .or(ack.session_id)
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
-    let user = identity.as_deref().unwrap_or("-");
+    let user = identity
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |p| p.to_string());
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match &result {
         Ok(_) => tracing::info!(
-            packet = packet_type, session = %session_text, user, path = %url, range, status = ack.status,
+            packet = packet_type, session = %session_text, user = %user, path = %url, range, status = ack.status,
             received = ack.received, elapsed_ms, "bits"
         ),
         Err(e) => tracing::warn!(
-            packet = packet_type, session = %session_text, user, path = %url, range, status = ack.status,
+            packet = packet_type, session = %session_text, user = %user, path = %url, range, status = ack.status,
             code = %ack.error.map(|e| e.code.to_string()).unwrap_or_default(), error = %e, elapsed_ms, "bits"
         ),
     }

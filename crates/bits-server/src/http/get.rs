@@ -33,13 +33,13 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
         Err(BitsError::Unauthenticated) => return super::ack::challenge(),
         Err(_) => return plain(StatusCode::FORBIDDEN),
     };
-    fields.user.clone_from(&identity);
+    fields.user = identity.as_ref().map(|p| p.to_string());
     if let Some(id) = crate::engine::parse_reply_path(&target.rel_path) {
         fields.session = Some(id);
         let head = req.method == Method::HEAD;
         return match front
             .engine()
-            .reply(&vdir.prefix, id, identity.as_deref())
+            .reply(&vdir.prefix, id, identity.as_ref())
             .await
         {
             Ok(Some(reply)) => {
@@ -63,7 +63,10 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
     if !vdir.download_enabled || crate::store::fs::is_internal_name(&target.rel_path) {
         return plain(StatusCode::NOT_FOUND);
     }
-    let Some(root) = vdir.root_for(identity.as_deref()) else {
+    let Ok(root) = config.storage_root(
+        target.vdir,
+        identity.as_ref().map(crate::principal::Principal::name),
+    ) else {
         return plain(StatusCode::FORBIDDEN);
     };
     match crate::store::fs::contained(&root, &target.rel_path).await {

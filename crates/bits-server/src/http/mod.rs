@@ -87,7 +87,7 @@ impl Frontend {
         index: usize,
         vdir: &VdirConfig,
         parts: &http::request::Parts,
-    ) -> Result<Option<String>, BitsError> {
+    ) -> Result<Option<crate::principal::Principal>, BitsError> {
         let conn = parts
             .extensions
             .get::<ConnInfo>()
@@ -98,7 +98,11 @@ impl Frontend {
             .authenticate(index, vdir, &parts.headers, &conn)
             .await
         {
-            AuthOutcome::Allowed(identity) => Ok(identity),
+            // The scheme travels with the name: `basic:alice` is not `cert:alice`.
+            AuthOutcome::Allowed(name) => Ok(name.and_then(|n| {
+                crate::principal::Scheme::of(vdir.auth)
+                    .map(|scheme| crate::principal::Principal::new(scheme, n))
+            })),
             AuthOutcome::Challenge => Err(BitsError::Unauthenticated),
             AuthOutcome::Forbidden => Err(BitsError::NotOwner),
         }
@@ -232,23 +236,18 @@ fn local_base(parts: &http::request::Parts) -> String {
     }
 }
 
-/// How the client reaches this server: `public_url` if configured, else the Host it used.
+/// How the client reaches this server, for reply URLs: `public_url` if configured, else the
+/// address the client's connection reached. Never the client's `Host` header: a reply URL
+/// built from it would send the client (and, with Windows credentials, its logon) wherever the
+/// header pointed.
 fn public_base(config: &crate::ServerConfig, parts: &http::request::Parts) -> String {
-    if let Some(url) = &config.public_url {
-        return url.trim_end_matches('/').to_string();
-    }
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@')
-        });
-    let scheme = if is_tls(parts) { "https" } else { "http" };
-    match host {
-        Some(h) => format!("{scheme}://{h}"),
+    match &config.public_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
         None => local_base(parts),
     }
+}
+
+/// The client's IP address, if the listener recorded it.
+fn peer_ip(parts: &http::request::Parts) -> Option<IpAddr> {
+    parts.extensions.get::<PeerAddr>().map(|p| p.0.ip())
 }

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub type BodyStream<'a> = Pin<&'a mut (dyn Stream<Item = Result<Bytes, io::Error>> + Send)>;
 
 /// Where a completed upload is published: a storage root (a directory for the file system
-/// backend) and a validated relative path below it.
+/// backend) and a validated relative path below it. A stored record's copy is informational:
+/// the engine derives the destination again from the current config before publishing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Destination {
     pub root: String,
@@ -59,18 +60,21 @@ pub struct SessionRecord {
     /// Request target of the Create-Session (path and query), as received.
     pub url: String,
     pub destination: Destination,
-    /// Authenticated identity that created the session; `None` for anonymous.
-    pub owner: Option<String>,
+    /// Authenticated principal that created the session (`basic:alice`); `None` for anonymous.
+    pub owner: Option<crate::principal::Principal>,
+    /// Address of the client that created it (anonymous sessions are counted per address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<std::net::IpAddr>,
     /// Fixed by the first fragment.
     pub total: Option<u64>,
     /// Contiguous bytes held from offset 0, all of them durable.
     pub received: u64,
     pub state: SessionState,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created_at: u64,
-    /// Unix seconds of the last successful session-bound request.
+    /// Unix milliseconds of the last successful session-bound request.
     pub last_activity: u64,
-    /// Unix seconds when the session became a tombstone.
+    /// Unix milliseconds when the session became a tombstone.
     pub ended_at: Option<u64>,
     /// The `BITS-Reply-URL` sent with the completing Ack, once the server application answered.
     #[serde(default)]

@@ -9,3 +9,47 @@ mod auth;
 mod hooks;
 mod storage;
 mod vdirs;
+
+use std::path::Path;
+
+/// Adds `user` with `password` to a users file through `bitsd passwd`.
+pub fn add_user(file: &Path, user: &str, password: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bitsd"))
+        .args(["passwd", "--password-stdin"])
+        .arg(file)
+        .arg(user)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The value of an `Authorization: Basic` header.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Runs `bitsd check-config` on `config`; returns success and stderr.
+pub fn check_config(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bitsd.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bitsd"))
+        .current_dir(dir.path())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
