@@ -511,7 +511,49 @@ fn finding10_oscillating_acks_exhaust_the_retries() {
         .iter()
         .filter(|p| p.as_str() == "Fragment")
         .count();
+    eprintln!("oscillating server: {fragments} fragments, exit 3");
     assert!(fragments <= 40, "{fragments} fragments");
+}
+
+/// The oscillation through lost sessions: every new session gains the same 10 KiB and is then
+/// lost (`BG_E_SESSION_NOT_FOUND`). Each session "progressed", so the restart budget never ran
+/// out; counted against the best offset, the third fruitless restart ends the job.
+#[test]
+fn finding10_sessions_lost_at_the_same_offset_give_up() {
+    let (fake, _) = scripted(move |r, e| {
+        if r.packet() == "Fragment" {
+            let (first, _, _) = r.range();
+            if first >= 10_240 {
+                return Some(Resp::ack(
+                    500,
+                    &[
+                        ("BITS-Error-Code", "0x8020001F"),
+                        ("BITS-Error-Context", "0x5"),
+                    ],
+                ));
+            }
+            return Some(e.handle(r));
+        }
+        None
+    });
+    let env = Env::new();
+    let file = env.file("a.bin", &pattern(100_000, 13));
+    let c = env.cmd(&[
+        "upload",
+        file.to_str().unwrap(),
+        &fake.url("/up/a.bin"),
+        "--fragment-size",
+        "5K",
+    ]);
+    let o = run_bounded(c, Duration::from_secs(20));
+    assert_ne!(o.status.code(), Some(0));
+    let creates = fake
+        .sequence()
+        .iter()
+        .filter(|p| p.as_str() == "Create-Session")
+        .count();
+    eprintln!("sessions lost at the same offset: {creates} sessions");
+    assert!(creates <= 5, "{creates} sessions");
 }
 
 // ---------------------------------------------------------------------------------------------
