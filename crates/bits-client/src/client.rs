@@ -42,7 +42,14 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryPolicy,
     /// Upper bound for the body bytes per second of fragments (`None`: unlimited).
     pub(crate) upload_rate: Option<u64>,
+    /// Largest download or reply accepted (`None`: unbounded).
+    pub(crate) max_size: Option<u64>,
 }
+
+/// The default of [`ClientBuilder::max_size`]: 16 GiB. Large enough for any reply and for
+/// most files a BITS download job fetches, small enough that a hostile server cannot fill a
+/// disk by announcing an endless body.
+pub const DEFAULT_MAX_SIZE: u64 = 16 << 30;
 
 /// Builds a [`Client`].
 #[derive(Clone, Debug)]
@@ -54,6 +61,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     idle_timeout: Duration,
     upload_rate: Option<u64>,
+    max_size: Option<u64>,
 }
 
 impl Default for ClientBuilder {
@@ -68,11 +76,15 @@ impl Default for ClientBuilder {
             // fragment of an upload-reply includes the server application's work.
             idle_timeout: Duration::from_secs(300),
             upload_rate: None,
+            max_size: Some(DEFAULT_MAX_SIZE),
         }
     }
 }
 
 impl ClientBuilder {
+    /// Basic credentials. They are sent only to the origin (scheme, host, port) of the URL a
+    /// transfer is started with: never to another origin named by a redirect, a
+    /// `BITS-Reply-URL` or a `BITS-Host-Id` (as curl does on redirects).
     pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some(Credentials {
             user: user.into(),
@@ -114,6 +126,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Refuses downloads and replies whose announced size is larger than this (`None`: no
+    /// bound; default [`DEFAULT_MAX_SIZE`]). Checked before a byte is written, as is the free
+    /// space of the destination's file system.
+    pub fn max_size(mut self, bytes: Option<u64>) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
     pub fn build(self) -> Result<Client> {
         let tls = crate::tls::client_config(&self.tls)?;
         let authorization = match &self.credentials {
@@ -148,6 +168,7 @@ impl ClientBuilder {
                 user_agent,
                 retry: self.retry,
                 upload_rate: self.upload_rate,
+                max_size: self.max_size,
             }),
         })
     }

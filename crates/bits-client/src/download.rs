@@ -11,7 +11,8 @@ use std::time::SystemTime;
 
 use bits_proto::{ContentRange, HResult};
 use http::header::{
-    ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE,
+    LAST_MODIFIED, LOCATION, RANGE, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
@@ -94,11 +95,12 @@ impl DownloadState {
         PathBuf::from(name)
     }
 
-    /// Bytes held in the partial file.
+    /// Bytes held in the partial file (0 when it is not a file of ours, e.g. a symlink).
     pub fn received(&self) -> u64 {
-        std::fs::metadata(self.partial_path())
-            .map(|m| m.len())
-            .unwrap_or(0)
+        match std::fs::symlink_metadata(self.partial_path()) {
+            Ok(m) if is_own_file(&m) => m.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -135,6 +137,108 @@ impl Sink for Direct<'_> {
     }
 }
 
+/// A partial file this client can have written: a regular file (not a symlink, FIFO or
+/// device) with a single name (a hard link planted beside the destination could point at any
+/// file of the user's).
+fn is_own_file(m: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        m.file_type().is_file() && m.nlink() == 1
+    }
+    #[cfg(not(unix))]
+    {
+        m.file_type().is_file()
+    }
+}
+
+/// Opens the partial file for writing without following a symlink in its last component.
+fn open_partial(create_new: bool) -> std::fs::OpenOptions {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    if create_new {
+        o.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW);
+    }
+    o
+}
+
+/// The error for a partial file that is not ours to write to.
+fn not_ours(path: &Path, why: &str) -> Error {
+    Error::local(
+        path,
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{why}; refusing to write through it (remove it to start over)"),
+        ),
+    )
+}
+
+/// Maps the error of opening a partial file; a symlink (`ELOOP` under `O_NOFOLLOW`) is named.
+fn open_error(path: &Path, e: io::Error) -> Error {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return not_ours(path, "the partial file is a symbolic link");
+    }
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        return not_ours(
+            path,
+            "the partial file was created by someone else meanwhile",
+        );
+    }
+    Error::local(path, e)
+}
+
+/// Bytes available to this user on the file system holding `dir` (`None`: unknown).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs writes into the zeroed struct we own; `c` is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        if rc != 0 {
+            return None;
+        }
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Refuses a body that is not the file's bytes as they are: a `Content-Encoding` other than
+/// identity (we asked for identity; saving gzip as the file would be silent corruption) or a
+/// `Transfer-Encoding` other than chunked (which hyper decodes).
+fn refuse_encodings(headers: &HeaderMap, url: &str) -> Result<()> {
+    let bad = |name: http::header::HeaderName, allowed: &str| {
+        headers
+            .get_all(&name)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(allowed))
+            .map(|c| format!("{name}: {c}"))
+    };
+    match bad(CONTENT_ENCODING, "identity").or_else(|| bad(TRANSFER_ENCODING, "chunked")) {
+        Some(what) => Err(Error::Policy {
+            url: url.to_string(),
+            what: format!(
+                "the answer is sent with {what} (Content-Encoding identity was asked for); an \
+                 encoded body is never saved as the file"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn header(h: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
@@ -157,17 +261,30 @@ impl Client {
         state: &mut DownloadState,
         observer: &mut dyn Observer,
     ) -> Result<DownloadOutcome> {
-        self.fetch(state, &mut Direct(observer)).await
+        let url =
+            Url::parse(&state.url).map_err(|e| Error::Usage(format!("{}: {e}", state.url)))?;
+        crate::upload::check_url(&url)?;
+        self.fetch(state, &mut Direct(observer), &url).await
     }
 
+    /// Downloads `state.url`; the credentials go only to the origin of `origin` (the URL the
+    /// user named: the download itself, or the upload whose reply this is).
     pub(crate) async fn fetch(
         &self,
         state: &mut DownloadState,
         sink: &mut dyn Sink,
+        origin: &Url,
     ) -> Result<DownloadOutcome> {
-        let url =
-            Url::parse(&state.url).map_err(|e| Error::Usage(format!("{}: {e}", state.url)))?;
-        crate::upload::check_url(&url)?;
+        let url = Url::parse(&state.url).map_err(|e| Error::Policy {
+            url: state.url.clone(),
+            what: format!("not a URL: {e}"),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(Error::Policy {
+                url: state.url.clone(),
+                what: "only http:// and https:// URLs are fetched".into(),
+            });
+        }
         let partial = state.partial_path();
         let mut backoff = Backoff::new(self.inner.retry.clone());
         let mut outcome = DownloadOutcome {
@@ -194,7 +311,7 @@ impl Client {
                 first = false;
             }
             let result = self
-                .attempt(&url, state, have, &partial, sink, &mut outcome)
+                .attempt(&url, origin, state, have, &partial, sink, &mut outcome)
                 .await;
             let held = if state.remote.is_some() {
                 state.received()
@@ -246,7 +363,10 @@ impl Client {
         let Some(remote) = &state.remote else {
             return Ok(Next::Fetch { have: 0 });
         };
-        let held = match std::fs::metadata(partial) {
+        let held = match std::fs::symlink_metadata(partial) {
+            // Not a file this client wrote (a planted symlink or hard link): start over, which
+            // replaces it.
+            Ok(m) if !is_own_file(&m) => None,
             Ok(m) => Some(m.len()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::local(partial, e)),
@@ -263,9 +383,11 @@ impl Client {
     }
 
     /// One GET (following redirects) and the streaming of its body.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         url: &Url,
+        origin: &Url,
         state: &mut DownloadState,
         have: u64,
         partial: &Path,
@@ -279,11 +401,14 @@ impl Client {
             .and_then(|r| r.if_range().map(str::to_string));
         let total = state.remote.as_ref().map(|r| r.size).unwrap_or(0);
         let (final_url, resp) = self
-            .get_following(url, have, validator.as_deref(), total, sink)
+            .get_following(url, origin, have, validator.as_deref(), total, sink)
             .await?;
         let status = resp.status();
         let (parts, mut body) = resp.into_parts();
         let furl = final_url.to_string();
+        if status.is_success() {
+            refuse_encodings(&parts.headers, &furl)?;
+        }
         match status {
             StatusCode::OK => {
                 let size = content_length(&parts.headers).ok_or_else(|| Error::Download {
@@ -293,6 +418,7 @@ impl Client {
                         HResult(0x8020_0011)
                     ),
                 })?;
+                self.check_size(size, &furl)?;
                 let version = RemoteVersion::from_headers(&parts.headers, size);
                 let restarted = have > 0;
                 if restarted {
@@ -315,6 +441,7 @@ impl Client {
                     url: furl.clone(),
                     what: "206 to a request without Range".into(),
                 })?;
+                self.check_size(remote.size, &furl)?;
                 let range =
                     header(&parts.headers, CONTENT_RANGE).and_then(|v| ContentRange::parse(v).ok());
                 let (changed, end) = match range {
@@ -361,6 +488,20 @@ impl Client {
         }
     }
 
+    /// The size bound ([`crate::ClientBuilder::max_size`]).
+    fn check_size(&self, size: u64, url: &str) -> Result<()> {
+        match self.inner.max_size {
+            Some(max) if size > max => Err(Error::Policy {
+                url: url.to_string(),
+                what: format!(
+                    "the server announces {size} bytes, more than the size bound of {max} \
+                     bytes (--max-size)"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Forgets the partial data and the remote version: the next request fetches everything.
     async fn restart(
         &self,
@@ -389,6 +530,7 @@ impl Client {
     async fn get_following(
         &self,
         url: &Url,
+        origin: &Url,
         have: u64,
         validator: Option<&str>,
         total: u64,
@@ -397,16 +539,17 @@ impl Client {
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut b = self
-                .base_request(Method::GET, &url)
+                .base_request(Method::GET, &url, origin)
                 .header(ACCEPT_ENCODING, "identity");
             if let (true, Some(v)) = (have > 0, validator) {
                 b = b
                     .header(RANGE, format!("bytes={have}-"))
                     .header(IF_RANGE, v);
             }
-            let req = b
-                .body(ReqBody::Empty)
-                .map_err(|e| Error::Usage(format!("request for {url}: {e}")))?;
+            let req = b.body(ReqBody::Empty).map_err(|e| Error::Download {
+                url: url.to_string(),
+                what: format!("cannot request it: {e}"),
+            })?;
             let activity = Activity::new();
             let mut tick = |_| sink.event(&Event::Progress { done: have, total });
             let resp = self.inner.http.send(req, &activity, &mut tick).await?;
@@ -422,15 +565,15 @@ impl Client {
                 what: format!("redirect to {location:?}: {e}"),
             })?;
             if url.scheme() == "https" && next.scheme() != "https" {
-                return Err(Error::Download {
+                return Err(Error::Policy {
                     url: url.to_string(),
-                    what: format!("refusing a redirect from https to {next}"),
+                    what: format!("a redirect from https to {next} would travel unencrypted"),
                 });
             }
-            if !matches!(next.scheme(), "http" | "https") {
-                return Err(Error::Download {
+            if !matches!(next.scheme(), "http" | "https") || next.host().is_none() {
+                return Err(Error::Policy {
                     url: url.to_string(),
-                    what: format!("refusing a redirect to {next}"),
+                    what: format!("a redirect to {next}: only http(s) redirects are followed"),
                 });
             }
             url = next;
@@ -454,13 +597,43 @@ impl Client {
         sink: &mut dyn Sink,
     ) -> Result<()> {
         let local = |e| Error::local(partial, e);
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(offset == 0)
+        let need = end.saturating_sub(offset);
+        let dir = partial
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Some(free) = free_bytes(dir) {
+            if free < need {
+                return Err(Error::local(
+                    partial,
+                    io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        format!("{need} bytes to write, only {free} bytes free"),
+                    ),
+                ));
+            }
+        }
+        if offset == 0 {
+            // Whatever is there (a previous attempt, or a symlink someone planted) is replaced,
+            // never written through: the new file is created exclusively.
+            match tokio::fs::remove_file(partial).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(local(e)),
+            }
+        }
+        let opts = open_partial(offset == 0);
+        let mut file = tokio::fs::OpenOptions::from(opts)
             .open(partial)
             .await
-            .map_err(local)?;
+            .map_err(|e| open_error(partial, e))?;
+        let meta = file.metadata().await.map_err(local)?;
+        if !is_own_file(&meta) {
+            return Err(not_ours(
+                partial,
+                "the partial file is not a plain file of ours",
+            ));
+        }
         file.set_len(offset).await.map_err(local)?;
         file.seek(io::SeekFrom::Start(offset))
             .await
@@ -510,12 +683,19 @@ impl Client {
             etag: None,
             last_modified: None,
         });
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut opts = open_partial(false);
+        opts.create(true);
+        let file = tokio::fs::OpenOptions::from(opts)
             .open(partial)
             .await
-            .map_err(local)?;
+            .map_err(|e| open_error(partial, e))?;
+        let meta = file.metadata().await.map_err(local)?;
+        if !is_own_file(&meta) {
+            return Err(not_ours(
+                partial,
+                "the partial file is not a plain file of ours",
+            ));
+        }
         file.sync_all().await.map_err(local)?;
         // BITS gives a downloaded file the server's time stamp (Last-Modified).
         if let Some(t) = remote

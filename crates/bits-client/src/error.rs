@@ -24,6 +24,10 @@ pub enum ErrorKind {
     LocalFileChanged,
     /// Bad input from the caller (URL, certificate files, options).
     Usage,
+    /// The client refused what the server asked for, by its own rules: a reply URL or redirect
+    /// that leaves http(s) or downgrades https to http, a body larger than the size bound, a
+    /// body in a content encoding. Retrying does not help; the server must change.
+    Policy,
     /// The observer asked to stop; the persisted state is resumable.
     Interrupted,
 }
@@ -156,6 +160,9 @@ pub enum Error {
     LocalFileChanged { path: PathBuf },
     #[error("{0}")]
     Usage(String),
+    /// The client refused to follow the server (see [`ErrorKind::Policy`]); `what` says why.
+    #[error("{url}: refused: {what}")]
+    Policy { url: String, what: String },
     #[error("interrupted; the job can be resumed")]
     Interrupted,
 }
@@ -178,6 +185,7 @@ impl Error {
             Error::LocalIo { .. } => ErrorKind::LocalIo,
             Error::LocalFileChanged { .. } => ErrorKind::LocalFileChanged,
             Error::Usage(_) => ErrorKind::Usage,
+            Error::Policy { .. } => ErrorKind::Policy,
             Error::Interrupted => ErrorKind::Interrupted,
         }
     }

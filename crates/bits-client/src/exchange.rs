@@ -20,6 +20,8 @@ const MAX_SESSION_ID_LEN: usize = 100;
 pub(crate) struct Outgoing<'a> {
     pub packet: PacketType,
     pub url: &'a url::Url,
+    /// The URL the credentials were given for: they go only to its origin.
+    pub origin: &'a url::Url,
     pub session: Option<&'a str>,
     /// Fragment only: the range and the file it is read from.
     pub fragment: Option<(ContentRange, &'a Path)>,
@@ -138,15 +140,24 @@ impl Ack {
 }
 
 impl Client {
-    /// Common headers of every request: user agent, `Accept`, credentials.
-    pub(crate) fn base_request(&self, method: Method, url: &url::Url) -> http::request::Builder {
+    /// Common headers of every request: user agent, `Accept`, and the credentials — only when
+    /// `url` has the origin (scheme, host, port) of `origin`, the URL they were given for, so
+    /// a server cannot send them elsewhere with a redirect, a reply URL or a Host-Id.
+    pub(crate) fn base_request(
+        &self,
+        method: Method,
+        url: &url::Url,
+        origin: &url::Url,
+    ) -> http::request::Builder {
         let mut b = Request::builder()
             .method(method)
             .uri(url.as_str())
             .header(USER_AGENT, self.inner.user_agent.clone())
             .header(ACCEPT, HeaderValue::from_static("*/*"));
         if let Some(auth) = &self.inner.authorization {
-            b = b.header(AUTHORIZATION, auth.clone());
+            if same_origin(url, origin) {
+                b = b.header(AUTHORIZATION, auth.clone());
+            }
         }
         b
     }
@@ -162,7 +173,7 @@ impl Client {
         let method = Method::from_bytes(BITS_POST.as_bytes())
             .map_err(|e| Error::Usage(format!("method: {e}")))?;
         let mut b = self
-            .base_request(method, out.url)
+            .base_request(method, out.url, out.origin)
             .header(headers::PACKET_TYPE, out.packet.as_str());
         if let Some(id) = out.session {
             b = b.header(headers::SESSION_ID, id);
@@ -229,6 +240,12 @@ impl Client {
     }
 }
 
+/// Same scheme, host and port (default ports made explicit); opaque origins never match.
+pub(crate) fn same_origin(a: &url::Url, b: &url::Url) -> bool {
+    let (a, b) = (a.origin(), b.origin());
+    a.is_tuple() && a == b
+}
+
 /// `Content-Name` for a local file: the bare name, if it is one the protocol allows
 /// (≤ 260 characters, none of `\ / : * ? " < > |`, visible ASCII so it fits a header).
 pub(crate) fn content_name(path: &Path) -> Option<String> {
@@ -244,6 +261,17 @@ pub(crate) fn content_name(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        assert!(same_origin(&u("http://h/a"), &u("http://h:80/b?x")));
+        assert!(same_origin(&u("https://H/a"), &u("https://h:443/")));
+        assert!(!same_origin(&u("https://h/a"), &u("http://h/a")));
+        assert!(!same_origin(&u("http://h/a"), &u("http://h:8080/a")));
+        assert!(!same_origin(&u("http://h/a"), &u("http://h.evil/a")));
+        assert!(!same_origin(&u("file:///a"), &u("file:///a")));
+    }
 
     #[test]
     fn content_names() {

@@ -111,14 +111,31 @@ impl JobStore {
         Some(base.join("bits").join("jobs"))
     }
 
-    /// Opens (creating it, private to the user) the job directory.
+    /// Opens the job directory. A directory this call creates is private to the user (0700);
+    /// an existing one keeps its mode — it may be shared (`/tmp`), and changing it is not ours
+    /// to do.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<JobStore> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)?;
+        }
+        let mut builder = fs::DirBuilder::new();
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        match builder.create(&dir) {
+            Ok(()) => {
+                // The umask may have taken bits away from 0700 (never added any).
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(e),
         }
         Ok(JobStore { dir })
     }
@@ -155,12 +172,20 @@ impl JobStore {
         let tmp = self
             .dir
             .join(format!(".{}.{}.tmp", job.id, std::process::id()));
+        // A leftover of a crashed process with the same pid, or something planted in a shared
+        // state directory: removed, and the new file created exclusively without following
+        // links, so job state is never written through a symlink.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
         }
         let mut f = opts.open(&tmp)?;
         f.write_all(&bytes)?;
@@ -208,11 +233,14 @@ impl JobStore {
 
     /// Takes the job's lock without waiting; `None` when another process holds it.
     pub fn try_lock(&self, id: &str) -> io::Result<Option<JobLock>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(format!("{id}.lock")))?;
+        let mut opts = OpenOptions::new();
+        opts.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let file = opts.open(self.dir.join(format!("{id}.lock")))?;
         #[cfg(unix)]
         {
             use std::os::unix::io::AsRawFd;

@@ -41,6 +41,9 @@ const MAX_RESTARTS: u32 = 3;
 /// Acks in a row that do not move the offset forward before that counts as a failure.
 const MAX_STALLS: u32 = 4;
 
+/// How long the Cancel-Session of an unusable new session may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Size and modification time of the local file: how BITS notices that it changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
@@ -179,6 +182,32 @@ pub(crate) fn check_url(url: &Url) -> Result<()> {
     Ok(())
 }
 
+/// The reply URL a server named for an upload to `dest`: http(s) only, and never plain http
+/// for an https job (the reply would travel in cleartext).
+pub(crate) fn check_reply_url(dest: &Url, reply: &Url) -> Result<()> {
+    let refuse = |what: String| {
+        Err(Error::Policy {
+            url: dest.to_string(),
+            what,
+        })
+    };
+    if !matches!(reply.scheme(), "http" | "https") || reply.host().is_none() {
+        return refuse(format!(
+            "the server names the reply URL {reply}; only http(s) reply URLs are fetched"
+        ));
+    }
+    if dest.scheme() == "https" && reply.scheme() != "https" {
+        return refuse(format!(
+            "the job is https but the server names the reply URL {reply}; the reply would \
+             travel unencrypted"
+        ));
+    }
+    if !reply.username().is_empty() || reply.password().is_some() {
+        return refuse(format!("the reply URL {reply} carries credentials"));
+    }
+    Ok(())
+}
+
 /// What a finished upload did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UploadOutcome {
@@ -265,7 +294,9 @@ impl Client {
             backoff: Backoff::new(self.inner.retry.clone()),
             // Windows resumes an interrupted session with a Ping ([MC-BUP §6 note 9]).
             ping_first: resuming,
+            best: 0,
         };
+        run.best = run.state.acked;
         if let Some(s) = &run.state.session {
             let ev = Event::Resumed {
                 session: &s.id,
@@ -315,6 +346,7 @@ impl Client {
             route,
             backoff: Backoff::new(self.inner.retry.clone()),
             ping_first: false,
+            best: 0,
         };
         run.end_session(PacketType::CancelSession).await?;
         run.state.session = None;
@@ -331,6 +363,7 @@ impl Client {
             let out = Outgoing {
                 packet: PacketType::Ping,
                 url,
+                origin: url,
                 session: None,
                 fragment: None,
                 content_name: None,
@@ -382,6 +415,10 @@ struct Run<'a> {
     content_name: Option<String>,
     /// Send a Ping before the next packet (after a failure, on resume, to a new Host-Id host).
     ping_first: bool,
+    /// The highest offset the server has acknowledged in this run. Only going past it is
+    /// progress (resets the retry budget): a server whose Acks go down and up again must not
+    /// keep the client sending forever.
+    best: u64,
 }
 
 impl Run<'_> {
@@ -415,6 +452,7 @@ impl Run<'_> {
         let out = Outgoing {
             packet,
             url: &url,
+            origin: &self.dest,
             session: self.state.session.as_ref().map(|s| s.id.as_str()),
             fragment: range.map(|r| (r, self.state.file.as_path())),
             content_name: self.content_name.as_deref().filter(|_| with_name),
@@ -527,7 +565,16 @@ impl Run<'_> {
                     .and_then(|v| v.parse().ok()),
             });
             let session = SessionState { id, host_id };
-            self.route = route_for(&self.dest, Some(&session))?;
+            self.route = match route_for(&self.dest, Some(&session)) {
+                Ok(route) => route,
+                Err(e) => {
+                    // The session exists on the server but cannot be used: release it rather
+                    // than leave it to expire, then count the attempt as failed.
+                    self.cancel_unusable(&session.id).await;
+                    self.failed(e).await?;
+                    continue;
+                }
+            };
             self.state.session = Some(session);
             self.state.acked = 0;
             self.state.phase = UploadPhase::Transfer;
@@ -547,6 +594,27 @@ impl Run<'_> {
                 self.ping_first = true;
             }
             return Ok(());
+        }
+    }
+
+    /// One Cancel-Session for a session that was never recorded (its Create-Session Ack was
+    /// unusable), to the original URL; best effort and bounded in time.
+    async fn cancel_unusable(&mut self, id: &str) {
+        let activity = Activity::new();
+        let out = Outgoing {
+            packet: PacketType::CancelSession,
+            url: &self.dest,
+            origin: &self.dest,
+            session: Some(id),
+            fragment: None,
+            content_name: None,
+            max_rate: None,
+        };
+        let mut tick = |_| ControlFlow::Continue(());
+        let sent = self.client.exchange(out, &activity, &mut tick);
+        match tokio::time::timeout(CANCEL_TIMEOUT, sent).await {
+            Ok(Ok(ack)) if ack.is_success() => {}
+            other => tracing::debug!(session = id, ?other, "cancel of an unusable session failed"),
         }
     }
 
@@ -640,6 +708,10 @@ impl Run<'_> {
                         }
                     };
                     if ack.is_success() && received == total {
+                        // The change check before each fragment cannot see a change made while
+                        // the last one was in flight: without this, a torn file would be
+                        // reported as uploaded.
+                        self.check_file()?;
                         let reply = ack
                             .header(headers::REPLY_URL)
                             .filter(|u| !u.is_empty())
@@ -648,7 +720,8 @@ impl Run<'_> {
                         return Ok(Flow::Complete);
                     }
                     // Resume from what the server says it holds, not from what we sent.
-                    let advanced = received > self.state.acked;
+                    let regressed = received < self.state.acked;
+                    let advanced = received > self.best;
                     self.state.acked = received;
                     self.checkpoint()?;
                     self.event(&Event::Progress {
@@ -656,9 +729,21 @@ impl Run<'_> {
                         total,
                     })?;
                     if advanced {
+                        self.best = received;
                         progressed = true;
                         stalls = 0;
                         self.backoff.reset();
+                    } else if regressed {
+                        // The server forgot bytes it had acknowledged: that costs a retry.
+                        stalls = 0;
+                        let e = Error::InvalidResponse {
+                            url: ack.url.clone(),
+                            what: format!(
+                                "the server went back to byte {received} after acknowledging {}",
+                                self.best
+                            ),
+                        };
+                        self.failed(e).await?;
                     } else {
                         stalls += 1;
                         if stalls >= MAX_STALLS {
@@ -718,6 +803,9 @@ impl Run<'_> {
             })?),
             None => None,
         };
+        if let Some(url) = &resolved {
+            check_reply_url(&self.dest, url)?;
+        }
         self.state.reply_url = resolved.as_ref().map(Url::to_string);
         self.state.phase = match (&self.state.reply_to, &resolved) {
             (Some(dest), Some(url)) => UploadPhase::FetchReply {
@@ -742,12 +830,21 @@ impl Run<'_> {
         };
         let mut download = download.clone();
         let url = download.url.clone();
+        // A state persisted by an older client may name a reply URL this one refuses.
+        let parsed = Url::parse(&url).map_err(|e| Error::Policy {
+            url: url.clone(),
+            what: format!("unusable reply URL: {e}"),
+        })?;
+        check_reply_url(&self.dest, &parsed)?;
         self.event(&Event::FetchingReply { url: &url })?;
         let mut sink = ReplySink {
             state: &mut *self.state,
             observer: &mut *self.observer,
         };
-        let got = self.client.fetch(&mut download, &mut sink).await?;
+        let got = self
+            .client
+            .fetch(&mut download, &mut sink, &self.dest)
+            .await?;
         self.outcome.reply_file = Some(got.dest);
         self.outcome.reply_bytes = Some(got.bytes);
         self.state.phase = UploadPhase::Close;

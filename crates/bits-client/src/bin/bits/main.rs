@@ -16,9 +16,19 @@ use clap::{Args, Parser, Subcommand};
     name = "bits",
     version,
     about = "BITS Upload Protocol client: resumable uploads, upload-reply and downloads",
-    after_help = "Exit codes: 0 ok, 2 usage, 3 transient failure after retries (job kept), \
-                  4 fatal protocol error, 5 local I/O error, 6 authentication/certificate, \
-                  7 local file kept changing, 8 job busy in another process, 130 interrupted (job kept)."
+    after_help = "Exit codes (who is at fault):\n  \
+                  0 ok\n  \
+                  1 internal error\n  \
+                  2 usage error: bad arguments or options, unreadable --cacert/--cert/--key, no password\n  \
+                  3 transient failure after all retries: network, 5xx (job kept)\n  \
+                  4 server/protocol error: the server refused (4xx, BITS error) or broke the protocol\n  \
+                  5 local I/O error: local file, state directory, not enough free space\n  \
+                  6 auth: 401/407, or the server certificate did not verify\n  \
+                  7 local file kept changing during the upload\n  \
+                  8 job busy in another bits process\n  \
+                  9 policy refusal: a file: or https-to-http reply URL or redirect, a body over \
+                  --max-size or with a Content-Encoding\n  \
+                  130 interrupted (job kept)"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -62,6 +72,10 @@ pub struct Opts {
     /// Give up on a request after this long without progress.
     #[arg(long, global = true, default_value = "300s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Refuse downloads and replies larger than this (K/M/G suffixes; 0 = no bound). The
+    /// free space of the destination is checked too, before a byte is written.
+    #[arg(long, global = true, value_parser = parse_size, default_value = "16G", value_name = "SIZE")]
+    pub max_size: u64,
     /// Upload at most this many bytes per second (K/M/G suffixes).
     #[arg(long, global = true, value_parser = parse_size, value_name = "RATE")]
     pub limit_rate: Option<u64>,

@@ -6,13 +6,14 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | internal error |
-//! | 2 | usage: bad arguments, unreadable certificate files, no password available |
+//! | 2 | usage: bad arguments, unreadable certificate files, no password available (the caller) |
 //! | 3 | transient failure after all retries (network, 5xx); the job is kept for `bits resume` |
-//! | 4 | fatal protocol or server error (4xx, BITS error codes, not a BITS server) |
-//! | 5 | local I/O error (file unreadable, state directory not writable) |
+//! | 4 | server or protocol error: the server refused (4xx, BITS error codes) or is not a BITS server |
+//! | 5 | local I/O error (file unreadable, state directory not writable, not enough free space) |
 //! | 6 | authentication failed (401/407) or the server certificate did not verify |
 //! | 7 | the local file kept changing during the upload |
 //! | 8 | another `bits` process is running the same job |
+//! | 9 | policy refusal: the client refused what the server asked (a `file:` or https→http reply URL or redirect, a body over `--max-size` or content-encoded) |
 //! | 130 | interrupted (Ctrl-C, SIGTERM); the job is kept for `bits resume` |
 
 use bits_client::{Error, ErrorKind};
@@ -27,6 +28,7 @@ pub const LOCAL_IO: u8 = 5;
 pub const AUTH: u8 = 6;
 pub const FILE_CHANGED: u8 = 7;
 pub const LOCKED: u8 = 8;
+pub const POLICY: u8 = 9;
 pub const INTERRUPTED: u8 = 130;
 
 /// A failed command: what to print and which code to exit with.
@@ -99,6 +101,7 @@ pub fn exit_code(e: &Error) -> u8 {
         ErrorKind::LocalIo => LOCAL_IO,
         ErrorKind::LocalFileChanged => FILE_CHANGED,
         ErrorKind::Usage => USAGE,
+        ErrorKind::Policy => POLICY,
         ErrorKind::Interrupted => INTERRUPTED,
     }
 }
@@ -112,6 +115,7 @@ fn kind_name(code: u8) -> &'static str {
         AUTH => "auth",
         FILE_CHANGED => "local_file_changed",
         LOCKED => "locked",
+        POLICY => "policy",
         INTERRUPTED => "interrupted",
         _ => "internal",
     }
@@ -162,6 +166,12 @@ mod tests {
     fn codes_by_kind() {
         assert_eq!(exit_code(&Error::Interrupted), INTERRUPTED);
         assert_eq!(exit_code(&Error::Usage("x".into())), USAGE);
+        let refused = Error::Policy {
+            url: "u".into(),
+            what: "w".into(),
+        };
+        assert_eq!(exit_code(&refused), POLICY);
+        assert_eq!(Failure::from(&refused).details["kind"], json!("policy"));
         let f = Failure::from(&Error::Auth {
             url: "u".into(),
             status: 401,

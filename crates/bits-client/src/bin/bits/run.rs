@@ -148,6 +148,7 @@ fn client(opts: &Opts, settings: &JobSettings, url: &Url) -> Result<Client, Fail
             max_delay: opts.retry_delay.max(Duration::from_secs(30)),
         })
         .idle_timeout(opts.timeout)
+        .max_size((opts.max_size > 0).then_some(opts.max_size))
         .upload_rate_limit(opts.limit_rate);
     if let Some(user) = &settings.user {
         if url.scheme() == "http" && !opts.quiet {
@@ -388,7 +389,9 @@ async fn run_job(
         Err(e) => {
             let mut f = Failure::from(&e).with("job", json!(job.id));
             match e.kind() {
-                bits_client::ErrorKind::Fatal | bits_client::ErrorKind::Usage => {
+                bits_client::ErrorKind::Fatal
+                | bits_client::ErrorKind::Usage
+                | bits_client::ErrorKind::Policy => {
                     abandon(&client, store, &mut job).await;
                     f = f.with("resumable", json!(false));
                 }
@@ -436,6 +439,18 @@ async fn run_upload(
         match interruptible(client.upload(&mut state, &mut observer)).await {
             Ok(outcome) => return serde_json::to_value(outcome).map_err(|e| local_json(store, e)),
             Err(Error::LocalFileChanged { .. }) if changes < MAX_FILE_CHANGES => changes += 1,
+            Err(e @ Error::LocalFileChanged { .. }) => {
+                // Out of restarts. The server may hold (or have published) a torn copy: drop
+                // the session, and leave a job that starts from scratch when resumed.
+                best_effort_cancel(client, &mut state).await;
+                state.reset()?;
+                job.transfer = Transfer::Upload(state.clone());
+                store.save(job).map_err(|e| Error::LocalIo {
+                    path: store.dir().to_path_buf(),
+                    source: e,
+                })?;
+                return Err(e);
+            }
             Err(e) => return Err(e),
         }
     }
