@@ -329,7 +329,7 @@ pub enum ConfigError {
         "vdir[{0}].prefix = {1:?}: must start and end with '/' and contain no '..', '%' or '\\'"
     )]
     BadPrefix(usize, String),
-    #[error("vdir[{0}].prefix = {1:?}: configured twice (prefixes match case-insensitively)")]
+    #[error("vdir[{0}].prefix = {1:?}: configured twice (prefixes match segment by segment, case-insensitively)")]
     DuplicatePrefix(usize, String),
     #[error("vdir[{0}].max_fragment_size (prefix {1:?}): must be at least 1")]
     ZeroFragmentSize(usize, String),
@@ -407,7 +407,7 @@ impl ServerConfig {
             }
             if self.vdirs[..i]
                 .iter()
-                .any(|o| o.prefix.eq_ignore_ascii_case(p))
+                .any(|o| crate::target::same_prefix(&o.prefix, p))
             {
                 return Err(ConfigError::DuplicatePrefix(i, p.clone()));
             }
@@ -483,8 +483,8 @@ impl ServerConfig {
                 let (a, b) = (normalize(&o.root_base()), root.clone());
                 let overlap = match (o.is_per_user(), v.is_per_user()) {
                     (false, false) => a.starts_with(&b) || b.starts_with(&a),
-                    (false, true) => a.starts_with(&b),
-                    (true, false) => b.starts_with(&a),
+                    (false, true) => b.starts_with(&a),
+                    (true, false) => a.starts_with(&b),
                     (true, true) => a == b,
                 };
                 if overlap {
@@ -637,5 +637,73 @@ mod tests {
         c.vdirs[0].prefix = "upload".into();
         assert!(matches!(c.validate(), Err(ConfigError::BadPrefix(..))));
         assert!(toml::from_str::<ServerConfig>("bogus = 1").is_err());
+    }
+
+    fn vdir(prefix: &str, root: &str, auth: crate::auth::AuthMode) -> VdirConfig {
+        VdirConfig {
+            prefix: prefix.into(),
+            root: root.into(),
+            auth,
+            users_file: (auth == crate::auth::AuthMode::Basic).then(|| "/etc/users".into()),
+            ..VdirConfig::default()
+        }
+    }
+
+    #[test]
+    fn per_user_roots_are_checked_after_substitution() {
+        use crate::auth::AuthMode::{Anonymous, Basic};
+        let mut c = ServerConfig {
+            spool_dir: "/srv/x/spool".into(),
+            ..ServerConfig::default()
+        };
+        c.vdirs = vec![
+            vdir("/u/", "/srv/x/{user}", Basic),
+            vdir("/pub/", "/srv/x/public", Anonymous),
+            vdir("/other/", "/srv/y/{user}/in", Anonymous),
+        ];
+        c.validate().unwrap();
+        assert_eq!(c.storage_root(0, Some("alice")), Ok("/srv/x/alice".into()));
+        assert!(c.storage_root(0, Some("spool")).is_err());
+        assert!(c.storage_root(0, Some("public")).is_err());
+        assert!(c.storage_root(0, None).is_err());
+        for bad in [
+            "..",
+            ".hidden",
+            "-x",
+            "a b",
+            "a/b",
+            "DOMAIN\\u",
+            "\u{e9}",
+            "",
+        ] {
+            assert!(c.storage_root(0, Some(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(c.storage_root(2, Some("bob")), Ok("/srv/y/bob/in".into()));
+        // A fixed root containing another policy's per-user base is refused up front.
+        c.vdirs.push(vdir("/all/", "/srv/y", Anonymous));
+        c.vdirs[3].auth = Basic;
+        c.vdirs[3].users_file = Some("/etc/users".into());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::RootsOverlap { .. })
+        ));
+    }
+
+    #[test]
+    fn s3_roots_are_compared_with_the_session_objects_by_segment() {
+        let p = Path::new;
+        assert!(overlaps_s3_sessions(p("spool"), "spool", false));
+        assert!(overlaps_s3_sessions(
+            p("./spool//sessions"),
+            "spool/",
+            false
+        ));
+        assert!(overlaps_s3_sessions(p("sessions"), "", false));
+        assert!(overlaps_s3_sessions(p("../x"), "", false));
+        assert!(!overlaps_s3_sessions(p("sessionsx"), "", false));
+        assert!(!overlaps_s3_sessions(p("spool/uploads"), "spool", false));
+        // A per-user base above the sessions is checked per user, not refused.
+        assert!(!overlaps_s3_sessions(p("spool"), "spool", true));
+        assert!(overlaps_s3_sessions(p("spool/sessions/u"), "spool", true));
     }
 }

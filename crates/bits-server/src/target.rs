@@ -118,6 +118,14 @@ pub fn prefix_segments(prefix: &str) -> impl Iterator<Item = &str> {
     prefix.split('/').filter(|s| !s.is_empty())
 }
 
+/// Whether two vdir prefixes name the same place (segment by segment, as routing compares
+/// them): such a pair would make routing ambiguous.
+pub fn same_prefix(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) =
+        (prefix_segments(a).collect(), prefix_segments(b).collect());
+    a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| same_segment(x, y))
+}
+
 /// Whether two segments are the same name for routing: compared case-insensitively, as IIS
 /// does (Unicode simple upper-casing, so `ı` and `i` both match `I`).
 fn same_segment(a: &str, b: &str) -> bool {
@@ -367,6 +375,14 @@ mod tests {
         assert_eq!(resolve("/x.bin", &v).map(|t| t.vdir), Ok(2));
         // The vdir itself without its slash names no file (not a file `nested` under `/`).
         assert_eq!(resolve("/nested", &v), Err(TargetError::NoVdir));
+    }
+
+    #[test]
+    fn prefixes_equal_under_routing_are_the_same_prefix() {
+        assert!(same_prefix("/Upload/", "/upload/"));
+        assert!(same_prefix("/stra\u{df}e/", "/STRASSE/"));
+        assert!(same_prefix("/a//b/", "/a/b/"));
+        assert!(!same_prefix("/a/", "/a/b/"));
     }
 
     #[test]
