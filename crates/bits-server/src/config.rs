@@ -95,6 +95,9 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// When set, every admin route except `/healthz` requires `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Open admin connections at most (absent: 64); beyond it new ones wait in the listen
+    /// backlog. Heads must arrive within the server's `header_read_timeout`.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
