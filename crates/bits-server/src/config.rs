@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
+    /// What Basic-auth password checks may cost: `[basic_auth]` (concurrency, queue, failure
+    /// budgets per user name and per client address).
+    pub basic_auth: crate::auth::BasicAuthLimits,
 }
 
 /// The `[storage]` table: `backend = "fs"` (default) or `backend = "s3"` with the S3 keys.
@@ -127,6 +130,7 @@ impl Default for ServerConfig {
             storage: StorageConfig::Fs,
             admin: AdminConfig::default(),
             vdirs: vec![VdirConfig::default()],
+            basic_auth: crate::auth::BasicAuthLimits::default(),
         }
     }
 }
