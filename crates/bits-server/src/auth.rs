@@ -700,6 +700,24 @@ mod tests {
         assert_eq!(ip_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
+    #[test]
+    fn documented_basic_auth_table_parses() {
+        let c: crate::ServerConfig = toml::from_str(
+            r#"
+            [basic_auth]
+            verify_concurrency = 0
+            max_waiting = 64
+            failures_per_user = 10
+            failures_per_ip = 30
+            failure_window = "1m"
+            max_tracked = 10000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.basic_auth.failure_window, Duration::from_secs(60));
+        assert!(toml::from_str::<crate::ServerConfig>("[basic_auth]\nbogus = 1").is_err());
+    }
+
     fn basic_vdir(users_file: &Path) -> VdirConfig {
         VdirConfig {
             auth: AuthMode::Basic,
