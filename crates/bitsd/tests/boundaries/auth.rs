@@ -342,6 +342,15 @@ fn admin_listener_closes_silent_connections() {
         Conn::new(admin).send("GET", "/healthz", &[], b"").status,
         200
     );
+    // A request announcing a body it trickles: answered, and the connection closed rather than
+    // held while the body dribbles in.
+    let mut c = Conn::new(admin);
+    c.write_raw(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nab");
+    let r = c.read_response(false);
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    let started = Instant::now();
+    assert!(c.is_closed());
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 /// Finding 8: the admin listener accepted any number of connections. Past `max_connections`
