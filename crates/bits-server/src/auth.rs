@@ -4,18 +4,24 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::Path;
-use std::sync::Mutex;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use argon2::password_hash;
 use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+    rand_core::{OsRng, RngCore},
+    PasswordHash, PasswordHasher, SaltString,
 };
 use argon2::Argon2;
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::VdirConfig;
 
@@ -47,15 +53,65 @@ pub enum AuthOutcome {
     Challenge,
     /// 403: this connection can never be allowed (no TLS where required, no certificate).
     Forbidden,
+    /// 503: a failure budget is spent or the verification queue is full; nothing was checked.
+    Throttled,
 }
 
 /// How long a verified password is remembered, so that every fragment of an upload does not
 /// pay a full argon2 verification.
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
+/// Verified passwords remembered per users file at most; only right passwords get in, so this
+/// is reached only by that many clients within `VERIFIED_TTL`, and then the oldest is forgotten.
+const VERIFIED_MAX: usize = 4096;
+
+/// The `[basic_auth]` table: what password checks may cost. An argon2 verification takes tens of
+/// milliseconds of CPU and 19 MiB, and anyone who can reach a Basic vdir can ask for one.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BasicAuthLimits {
+    /// Password verifications running at once (each on a blocking thread); the others wait
+    /// their turn without holding a thread. 0 (default): the number of CPUs.
+    pub verify_concurrency: usize,
+    /// Requests allowed to wait for a verification slot; past that they get 503 at once.
+    pub max_waiting: usize,
+    /// Wrong passwords accepted for one user name (existing or not) per `failure_window`; past
+    /// that the name gets 503 without a verification, except for a password verified in the
+    /// last 5 minutes. 0: no limit.
+    pub failures_per_user: u32,
+    /// Wrong passwords accepted from one client address (IPv6: one /64) per `failure_window`;
+    /// past that every Basic request from it gets 503 without a verification. 0: no limit.
+    pub failures_per_ip: u32,
+    /// The window the failure budgets count in; each budget refills when its window ends.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// User names and addresses each failure table tracks at most (memory stays bounded
+    /// against floods of distinct names); when full, the entry with the fewest failures goes.
+    pub max_tracked: usize,
+}
+
+impl Default for BasicAuthLimits {
+    fn default() -> Self {
+        BasicAuthLimits {
+            verify_concurrency: 0,
+            max_waiting: 64,
+            failures_per_user: 10,
+            failures_per_ip: 30,
+            failure_window: Duration::from_secs(60),
+            max_tracked: 10_000,
+        }
+    }
+}
+
 /// The users of one credentials file: lines `name:$argon2id$...`; `#` starts a comment.
 pub struct Users {
     hashes: HashMap<String, String>,
+    /// An argon2 hash of a random password with the parameters of the file's (first) hash:
+    /// verified against for unknown names, so that they cost as much as a wrong password.
+    dummy: String,
+    /// Keys verified passwords in `verified` (randomly keyed): a memory dump must not hand out
+    /// fast, unsalted password hashes.
+    cache_mac: Hmac<Sha256>,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
@@ -67,11 +123,14 @@ pub enum AuthError {
     Syntax(String, usize),
     #[error("vdir {0:?}: auth = \"basic\" needs users_file")]
     MissingUsersFile(String),
+    #[error("{0}: cannot set up password checks: {1}")]
+    Setup(String, String),
 }
 
 impl Users {
     pub fn parse(text: &str, origin: &str) -> Result<Users, AuthError> {
         let mut hashes = HashMap::new();
+        let mut params = None;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -80,13 +139,31 @@ impl Users {
             let (name, hash) = line
                 .split_once(':')
                 .ok_or_else(|| AuthError::Syntax(origin.into(), i + 1))?;
-            if name.is_empty() || PasswordHash::new(hash).is_err() {
+            let parsed =
+                PasswordHash::new(hash).map_err(|_| AuthError::Syntax(origin.into(), i + 1))?;
+            if name.is_empty() {
                 return Err(AuthError::Syntax(origin.into(), i + 1));
+            }
+            if params.is_none() {
+                params = Some(hasher_for(&parsed));
             }
             hashes.insert(name.to_string(), hash.to_string());
         }
+        let mut random = [0u8; 32];
+        OsRng.fill_bytes(&mut random);
+        let dummy = params
+            .unwrap_or_default()
+            .hash_password(&random, &SaltString::generate(&mut OsRng))
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Setup(origin.into(), e.to_string()))?;
+        let mut cache_key = [0u8; 32];
+        OsRng.fill_bytes(&mut cache_key);
+        let cache_mac = <Hmac<Sha256> as Mac>::new_from_slice(&cache_key)
+            .map_err(|e| AuthError::Setup(origin.into(), e.to_string()))?;
         Ok(Users {
             hashes,
+            dummy,
+            cache_mac,
             verified: Mutex::new(HashMap::new()),
         })
     }
@@ -97,40 +174,125 @@ impl Users {
         Users::parse(&text, &origin)
     }
 
-    /// Checks a password (CPU-heavy on a cache miss: call from a blocking context).
-    pub fn verify(&self, user: &str, password: &str) -> bool {
-        let Some(hash) = self.hashes.get(user) else {
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    fn cache_slot(&self, user: &str, password: &str) -> [u8; 32] {
+        // The length prefix keeps ("a\0b", "c") and ("a", "b\0c") apart.
+        let mut mac = self.cache_mac.clone();
+        mac.update(&(user.len() as u64).to_le_bytes());
+        mac.update(user.as_bytes());
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A password verified in the last `VERIFIED_TTL` (cheap: no argon2).
+    pub fn remembered(&self, user: &str, password: &str) -> bool {
+        if !self.hashes.contains_key(user) {
             return false;
-        };
-        let key: [u8; 32] = Sha256::new()
-            .chain_update(user)
-            .chain_update([0])
-            .chain_update(password)
-            .finalize()
-            .into();
-        let now = Instant::now();
-        {
-            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|_, t| now.duration_since(*t) < VERIFIED_TTL);
-            if cache.contains_key(&key) {
-                return true;
-            }
         }
-        let ok = PasswordHash::new(hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let slot = self.cache_slot(user, password);
+        let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&slot).is_some_and(|t| t.elapsed() < VERIFIED_TTL)
+    }
+
+    /// Forgets every verified password (users file reloaded).
+    pub fn forget_verified(&self) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Checks a password: the cache, else one argon2 verification, against the dummy hash for
+    /// an unknown user so that the answer takes as long. CPU-heavy: call from a blocking context.
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        self.remembered(user, password) || self.verify_slow(user, password)
+    }
+
+    /// One argon2 verification, whatever the cache says.
+    fn verify_slow(&self, user: &str, password: &str) -> bool {
+        let (hash, known) = match self.hashes.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (self.dummy.as_str(), false),
+        };
+        let ok = verify_hash(hash, password.as_bytes()) && known;
         if ok {
-            self.verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, now);
+            self.remember(user, password);
         }
         ok
     }
+
+    fn remember(&self, user: &str, password: &str) {
+        let slot = self.cache_slot(user, password);
+        let now = Instant::now();
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_MAX && !cache.contains_key(&slot) {
+            cache.retain(|_, t| now.duration_since(*t) < VERIFIED_TTL);
+            if cache.len() >= VERIFIED_MAX {
+                if let Some(oldest) = cache.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+                    cache.remove(&oldest);
+                }
+            }
+        }
+        cache.insert(slot, now);
+    }
+}
+
+/// Argon2 working memory (19 MiB per verification with the default parameters), kept for
+/// reuse: a fresh allocation per verification leaves a copy cached in each thread's malloc
+/// arena, so resident memory would grow with the number of threads that ever verified rather
+/// than with the number of verifications allowed at once. Holds at most as many buffers as
+/// verifications ever ran concurrently (`verify_concurrency`).
+static SCRATCH: Mutex<Vec<Vec<argon2::Block>>> = Mutex::new(Vec::new());
+
+/// Checks `password` against a PHC argon2 hash string, in reused working memory.
+fn verify_hash(hash: &str, password: &[u8]) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let hasher = hasher_for(&parsed);
+    let blocks = hasher.params().block_count();
+    let mut memory = SCRATCH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop()
+        .unwrap_or_default();
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let computed =
+        hasher.hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks]);
+    SCRATCH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(memory);
+    // `Output` compares in constant time.
+    computed.is_ok() && password_hash::Output::new(&out).is_ok_and(|o| o == expected)
+}
+
+/// The argon2 instance a hash was made with (algorithm, version, cost parameters).
+fn hasher_for(hash: &PasswordHash<'_>) -> Argon2<'static> {
+    let algorithm = argon2::Algorithm::try_from(hash.algorithm).unwrap_or_default();
+    let version = hash
+        .version
+        .and_then(|v| argon2::Version::try_from(v).ok())
+        .unwrap_or_default();
+    let params = argon2::Params::try_from(hash).unwrap_or_default();
+    Argon2::new(algorithm, version, params)
 }
 
 /// An argon2id hash for a users file.
@@ -157,24 +319,195 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-/// Per-vdir authentication, built once from the configuration.
+/// Failures counted per key in fixed windows, in a table of bounded size.
+struct FailureBudget<K> {
+    limit: u32,
+    window: Duration,
+    cap: usize,
+    /// Per key: when its window started, and the attempts counted in it.
+    entries: Mutex<HashMap<K, (Instant, u32)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> FailureBudget<K> {
+    fn new(limit: u32, window: Duration, cap: usize) -> Self {
+        FailureBudget {
+            limit,
+            window,
+            cap: cap.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one attempt against `key` before it is made (so that concurrent attempts cannot
+    /// all slip under the limit); false, and nothing counted, when the budget is spent.
+    fn take(&self, key: &K) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if !entries.contains_key(key) && entries.len() >= self.cap {
+            let window = self.window;
+            entries.retain(|_, (start, _)| now.duration_since(*start) < window);
+            if entries.len() >= self.cap {
+                // The fewest failures, oldest first: keys near their limit are what matters.
+                if let Some(victim) = entries
+                    .iter()
+                    .min_by_key(|(_, (start, n))| (*n, *start))
+                    .map(|(k, _)| k.clone())
+                {
+                    entries.remove(&victim);
+                }
+            }
+        }
+        let (start, n) = entries.entry(key.clone()).or_insert((now, 0));
+        if now.duration_since(*start) >= self.window {
+            *start = now;
+            *n = 0;
+        }
+        if *n >= self.limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back an attempt that succeeded (or was never made).
+    fn refund(&self, key: &K) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, n)) = entries.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The budget key of a client address: IPv6 clients usually hold a whole /64.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// The budget key of a user name: fixed size, however long the name a client sends.
+fn name_key(user: &str) -> [u8; 32] {
+    Sha256::digest(user.as_bytes()).into()
+}
+
+/// Holds a place in the verification queue; gives it back however the request ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-vdir authentication, built once from the configuration; users files reload on demand.
 pub struct Authenticator {
-    users: Vec<Option<std::sync::Arc<Users>>>,
+    /// Per vdir, the users file of a Basic vdir.
+    files: Vec<Option<PathBuf>>,
+    users: RwLock<Vec<Option<Arc<Users>>>>,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    per_user: FailureBudget<[u8; 32]>,
+    per_ip: FailureBudget<IpAddr>,
 }
 
 impl Authenticator {
     pub fn new(vdirs: &[VdirConfig]) -> Result<Authenticator, AuthError> {
-        let users = vdirs
+        Self::with_limits(vdirs, &BasicAuthLimits::default())
+    }
+
+    pub fn with_limits(
+        vdirs: &[VdirConfig],
+        limits: &BasicAuthLimits,
+    ) -> Result<Authenticator, AuthError> {
+        let files = vdirs
             .iter()
             .map(|v| match (v.auth, &v.users_file) {
-                (AuthMode::Basic, Some(path)) => {
-                    Users::load(path).map(|u| Some(std::sync::Arc::new(u)))
-                }
+                (AuthMode::Basic, Some(path)) => Ok(Some(path.clone())),
                 (AuthMode::Basic, None) => Err(AuthError::MissingUsersFile(v.prefix.clone())),
                 _ => Ok(None),
             })
+            .collect::<Result<Vec<_>, _>>()?;
+        let users = files
+            .iter()
+            .map(|f| {
+                f.as_deref()
+                    .map(Users::load)
+                    .transpose()
+                    .map(|u| u.map(Arc::new))
+            })
             .collect::<Result<_, _>>()?;
-        Ok(Authenticator { users })
+        let concurrency = match limits.verify_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Authenticator {
+            files,
+            users: RwLock::new(users),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: limits.max_waiting,
+            per_user: FailureBudget::new(
+                limits.failures_per_user,
+                limits.failure_window,
+                limits.max_tracked,
+            ),
+            per_ip: FailureBudget::new(
+                limits.failures_per_ip,
+                limits.failure_window,
+                limits.max_tracked,
+            ),
+        })
+    }
+
+    /// Re-reads every users file (blocking: file I/O and one argon2 hash each). A file that
+    /// cannot be read or parsed keeps the users loaded before; every verified password is
+    /// forgotten either way. Returns the errors, each naming its file.
+    pub fn reload(&self) -> Vec<AuthError> {
+        let mut errors = Vec::new();
+        let fresh: Vec<Option<Result<Users, AuthError>>> = self
+            .files
+            .iter()
+            .map(|f| f.as_deref().map(Users::load))
+            .collect();
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        for (slot, fresh) in users.iter_mut().zip(fresh) {
+            match fresh {
+                Some(Ok(u)) => *slot = Some(Arc::new(u)),
+                Some(Err(e)) => {
+                    if let Some(old) = slot {
+                        old.forget_verified();
+                    }
+                    errors.push(e);
+                }
+                None => {}
+            }
+        }
+        errors
+    }
+
+    fn users(&self, vdir_index: usize) -> Option<Arc<Users>> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vdir_index)
+            .cloned()
+            .flatten()
     }
 
     pub async fn authenticate(
@@ -183,6 +516,7 @@ impl Authenticator {
         vdir: &VdirConfig,
         headers: &HeaderMap,
         conn: &ConnInfo,
+        peer: Option<IpAddr>,
     ) -> AuthOutcome {
         if vdir.require_tls && !conn.tls {
             return AuthOutcome::Forbidden;
@@ -194,23 +528,81 @@ impl Authenticator {
                 None => AuthOutcome::Forbidden,
             },
             AuthMode::Basic => {
-                let (Some(Some(users)), Some((user, password))) =
-                    (self.users.get(vdir_index), basic_credentials(headers))
+                let (Some(users), Some((user, password))) =
+                    (self.users(vdir_index), basic_credentials(headers))
                 else {
                     return AuthOutcome::Challenge;
                 };
-                let users = users.clone();
-                let name = user.clone();
-                let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
+                self.check_password(users, user, password, peer.map(ip_key))
                     .await
-                    .unwrap_or(false);
-                if ok {
-                    AuthOutcome::Allowed(Some(user))
-                } else {
-                    AuthOutcome::Challenge
-                }
             }
         }
+    }
+
+    /// The address budget first (a spent address gets nothing, not even the cache), then the
+    /// cache (so a client in the middle of an upload survives an attack on its name), then the
+    /// name budget, then a place in the queue, then argon2.
+    async fn check_password(
+        &self,
+        users: Arc<Users>,
+        user: String,
+        password: String,
+        ip: Option<IpAddr>,
+    ) -> AuthOutcome {
+        if ip.is_some_and(|ip| !self.per_ip.take(&ip)) {
+            tracing::debug!(?ip, "failure budget of this address spent: not verifying");
+            return AuthOutcome::Throttled;
+        }
+        let refund_ip = || {
+            if let Some(ip) = ip {
+                self.per_ip.refund(&ip);
+            }
+        };
+        if users.remembered(&user, &password) {
+            refund_ip();
+            return AuthOutcome::Allowed(Some(user));
+        }
+        let name = name_key(&user);
+        if !self.per_user.take(&name) {
+            tracing::debug!("failure budget of this user name spent: not verifying");
+            return AuthOutcome::Throttled;
+        }
+        let Some(permit) = self.verification_slot().await else {
+            refund_ip();
+            self.per_user.refund(&name);
+            tracing::warn!(
+                waiting = self.max_waiting,
+                "password verification queue full: answering 503"
+            );
+            return AuthOutcome::Throttled;
+        };
+        let name_for_check = user.clone();
+        // The permit moves into the blocking task: a client that hangs up must not free its
+        // slot while its verification still runs.
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            users.verify_slow(&name_for_check, &password)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            refund_ip();
+            self.per_user.refund(&name);
+            AuthOutcome::Allowed(Some(user))
+        } else {
+            AuthOutcome::Challenge
+        }
+    }
+
+    /// Waits for one of the `verify_concurrency` slots; `None` when `max_waiting` requests are
+    /// waiting already.
+    async fn verification_slot(&self) -> Option<OwnedSemaphorePermit> {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let _waiting = Waiting(&self.waiting);
+        self.slots.clone().acquire_owned().await.ok()
     }
 }
 
@@ -228,6 +620,150 @@ mod tests {
         assert!(!users.verify("bob", "s3cret"));
         assert!(Users::parse("alice:not-a-hash", "test").is_err());
         assert!(Users::parse("no-colon", "test").is_err());
+    }
+
+    #[test]
+    fn dummy_hash_has_the_users_parameters() {
+        let salt = SaltString::generate(&mut OsRng);
+        let cheap = Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(1024, 3, 1, None).unwrap(),
+        );
+        let hash = cheap.hash_password(b"pw", &salt).unwrap().to_string();
+        let users = Users::parse(&format!("alice:{hash}\n"), "test").unwrap();
+        let dummy = PasswordHash::new(&users.dummy).unwrap();
+        assert_eq!(argon2::Params::try_from(&dummy).unwrap().m_cost(), 1024);
+        assert_eq!(argon2::Params::try_from(&dummy).unwrap().t_cost(), 3);
+        assert!(!users.verify("nobody", "pw"));
+        // An empty file still gets a dummy (default parameters).
+        assert!(!Users::parse("", "test").unwrap().verify("x", "y"));
+    }
+
+    #[test]
+    fn cache_keys_do_not_collide_across_the_name_boundary() {
+        let hash = hash_password("b\0c").unwrap();
+        let users = Users::parse(&format!("a:{hash}\na\0b:{hash}\n"), "test").unwrap();
+        assert!(users.verify("a", "b\0c"));
+        assert!(users.remembered("a", "b\0c"));
+        assert!(!users.remembered("a\0b", "c"));
+    }
+
+    #[test]
+    fn verified_cache_is_bounded_and_forgotten() {
+        let hash = hash_password("pw").unwrap();
+        let users = Users::parse(&format!("alice:{hash}\n"), "test").unwrap();
+        for i in 0..VERIFIED_MAX + 10 {
+            users.remember("alice", &format!("pw{i}"));
+        }
+        assert_eq!(users.verified.lock().unwrap().len(), VERIFIED_MAX);
+        assert!(users.remembered("alice", &format!("pw{}", VERIFIED_MAX + 9)));
+        users.forget_verified();
+        assert!(!users.remembered("alice", &format!("pw{}", VERIFIED_MAX + 9)));
+    }
+
+    #[test]
+    fn failure_budget_counts_refunds_and_stays_bounded() {
+        let b = FailureBudget::new(3, Duration::from_secs(60), 100);
+        assert!(b.take(&1u32) && b.take(&1) && b.take(&1));
+        assert!(!b.take(&1));
+        b.refund(&1);
+        assert!(b.take(&1));
+        assert!(!b.take(&1));
+        // A flood of distinct keys: the table stays at its cap, and the spent key survives it
+        // (it has the most failures).
+        for k in 2..10_000u32 {
+            assert!(b.take(&k));
+        }
+        assert_eq!(b.len(), 100);
+        assert!(!b.take(&1));
+        // Limit 0: no limit, nothing tracked.
+        let open = FailureBudget::new(0, Duration::from_secs(60), 10);
+        assert!((0..100u32).all(|k| open.take(&k)));
+        assert_eq!(open.len(), 0);
+        // The window ends: the budget refills.
+        let short = FailureBudget::new(1, Duration::from_millis(20), 10);
+        assert!(short.take(&1u32));
+        assert!(!short.take(&1));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(short.take(&1));
+    }
+
+    #[test]
+    fn ipv6_budget_keys_cover_a_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ip_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn documented_basic_auth_table_parses() {
+        let c: crate::ServerConfig = toml::from_str(
+            r#"
+            [basic_auth]
+            verify_concurrency = 0
+            max_waiting = 64
+            failures_per_user = 10
+            failures_per_ip = 30
+            failure_window = "1m"
+            max_tracked = 10000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.basic_auth.failure_window, Duration::from_secs(60));
+        assert!(toml::from_str::<crate::ServerConfig>("[basic_auth]\nbogus = 1").is_err());
+    }
+
+    fn basic_vdir(users_file: &Path) -> VdirConfig {
+        VdirConfig {
+            auth: AuthMode::Basic,
+            users_file: Some(users_file.to_path_buf()),
+            ..VdirConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn reload_replaces_users_and_keeps_them_on_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("users");
+        let alice = hash_password("a").unwrap();
+        let bob = hash_password("b").unwrap();
+        std::fs::write(&file, format!("alice:{alice}\nbob:{bob}\n")).unwrap();
+        let vdirs = [basic_vdir(&file)];
+        let auth = Authenticator::new(&vdirs).unwrap();
+        let check = |u: &str, p: &str| {
+            let mut h = HeaderMap::new();
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            h.insert("authorization", format!("Basic {token}").parse().unwrap());
+            let auth = &auth;
+            let vdir = &vdirs[0];
+            async move {
+                auth.authenticate(0, vdir, &h, &ConnInfo::default(), None)
+                    .await
+            }
+        };
+        assert_eq!(
+            check("bob", "b").await,
+            AuthOutcome::Allowed(Some("bob".into()))
+        );
+        std::fs::write(&file, format!("alice:{alice}\n")).unwrap();
+        assert!(auth.reload().is_empty());
+        assert_eq!(check("bob", "b").await, AuthOutcome::Challenge);
+        assert_eq!(
+            check("alice", "a").await,
+            AuthOutcome::Allowed(Some("alice".into()))
+        );
+        std::fs::write(&file, "garbage\n").unwrap();
+        assert_eq!(auth.reload().len(), 1);
+        assert!(auth.users(0).unwrap().verified.lock().unwrap().is_empty());
+        assert_eq!(
+            check("alice", "a").await,
+            AuthOutcome::Allowed(Some("alice".into()))
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub max_anonymous_sessions_per_ip: Option<u64>,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
+    /// What Basic-auth password checks may cost: `[basic_auth]` (concurrency, queue, failure
+    /// budgets per user name and per client address).
+    pub basic_auth: crate::auth::BasicAuthLimits,
 }
 
 /// The `[storage]` table: `backend = "fs"` (default) or `backend = "s3"` with the S3 keys.
@@ -104,6 +107,9 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// When set, every admin route except `/healthz` requires `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Open admin connections at most (absent: 64); beyond it new ones wait in the listen
+    /// backlog. Heads must arrive within the server's `header_read_timeout`.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +142,7 @@ impl Default for ServerConfig {
             max_anonymous_sessions: Some(50_000),
             max_anonymous_sessions_per_ip: Some(1_000),
             vdirs: vec![VdirConfig::default()],
+            basic_auth: crate::auth::BasicAuthLimits::default(),
         }
     }
 }

@@ -275,11 +275,73 @@ fn passwd(file: &std::path::Path, user: &str, from_stdin: bool) -> anyhow::Resul
         .map(String::from)
         .collect();
     lines.push(format!("{user}:{hash}"));
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, lines.join("\n") + "\n")?;
-    std::fs::rename(&tmp, file)?;
+    write_users_file(file, &(lines.join("\n") + "\n"))?;
     println!("{}: {user} set", file.display());
     Ok(())
+}
+
+/// Replaces the users file atomically and durably: a private temp file beside it, fsync,
+/// rename, fsync of the directory. A new file is 0600; an existing one keeps its owner and
+/// group and at most owner read-write and group read (0640), never any world access.
+fn write_users_file(file: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let existing = match std::fs::metadata(file) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let mode = existing
+        .as_ref()
+        .map_or(0o600, |m| m.permissions().mode() & 0o640 | 0o600);
+    if existing
+        .as_ref()
+        .is_some_and(|m| m.permissions().mode() & 0o007 != 0)
+    {
+        eprintln!(
+            "{}: was readable by everyone; now mode {mode:o}",
+            file.display()
+        );
+    }
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = file
+        .file_name()
+        .with_context(|| format!("{}: not a file name", file.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // create_new: never write through a file or symlink someone placed at the temp name.
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| -> anyhow::Result<()> {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        if let Some(m) = &existing {
+            // Keep the service's access (e.g. root:bitsd 0640) when root edits the file.
+            std::os::unix::fs::fchown(&out, Some(m.uid()), Some(m.gid())).with_context(|| {
+                format!("giving {} the owner of {}", tmp.display(), file.display())
+            })?;
+        }
+        out.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, file)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -381,10 +443,12 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         }
         println!("bitsd admin listening on {a}");
     }
+    // Installed before "ready" and whatever the config: SIGHUP's default action is to exit, so
+    // a `systemctl reload` racing the start, or on a server without TLS, would kill it.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    tokio::spawn(reload_on_sighup(hup, frontend.clone()));
     println!("bitsd ready");
-    if let Some(tls) = tls.clone() {
-        tokio::spawn(reload_tls_on_sighup(tls));
-    }
     let cleanup = bits_server::spawn_cleanup(engine.clone(), config.cleanup_interval);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = {
@@ -428,18 +492,18 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the TLS certificate, key and client CA; open connections keep theirs.
-async fn reload_tls_on_sighup(tls: Arc<bits_server::tls::TlsState>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+/// SIGHUP: re-read the users files, and the TLS certificate, key and client CA when configured;
+/// open connections keep theirs. What fails to load keeps its previous version (logged).
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    frontend: Arc<bits_server::http::Frontend>,
+) {
     while hup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("TLS configuration reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "TLS reload failed; keeping the previous configuration")
-            }
+        tracing::info!("SIGHUP: reloading users files and TLS configuration");
+        let frontend = frontend.clone();
+        // File reads and one argon2 hash per users file: off the async workers.
+        if let Err(e) = tokio::task::spawn_blocking(move || frontend.reload()).await {
+            tracing::error!(error = %e, "reload failed");
         }
     }
 }

@@ -52,15 +52,39 @@ pub fn admin_router(engine: Arc<Engine>) -> Router {
         .with_state(Arc::new(Admin { engine, token }))
 }
 
-/// Serves the admin routes on `listener` until `shutdown` resolves.
+/// `[admin] max_connections` when absent: operators and scrapers need a handful.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin routes on `listener` until `shutdown` resolves, with the main listener's
+/// `header_read_timeout` and at most `[admin] max_connections` connections.
 pub async fn serve_admin(
     engine: Arc<Engine>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, admin_router(engine))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let config = engine.config().clone();
+    let cap = config
+        .admin
+        .max_connections
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let app = admin_router(engine).layer(axum::middleware::from_fn(close_if_body));
+    super::listener::serve_capped(app, listener, cap, config.header_read_timeout, shutdown).await
+}
+
+/// No admin route reads a request body, so a request that comes with one is answered and its
+/// connection closed: a slowly trickled body must not hold a connection slot.
+async fn close_if_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    if has_body {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response {

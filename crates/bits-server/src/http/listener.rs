@@ -106,6 +106,44 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves `app` over plain HTTP/1.1 on `listener` with the same connection handling as the
+/// main listener (head timeout, read buffer limit, panic guard) and at most `max_connections`
+/// open at once, until `shutdown` resolves; then waits for the requests in flight.
+pub(crate) async fn serve_capped(
+    app: axum::Router,
+    listener: TcpListener,
+    max_connections: usize,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        // At the cap, stop accepting: new clients wait in the listen backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r { Ok(a) => a, Err(e) => { backoff(e).await; continue } },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let info = ConnInfo::default();
+            drive(stream, app, peer, local, info, header_timeout, watcher).await
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Per-connection read buffer limit (hyper's minimum is 8 KiB).
 const READ_BUFFER_MAX: usize = 16 << 10;
 

@@ -51,7 +51,7 @@ pub struct Frontend {
 impl Frontend {
     pub fn new(engine: Arc<Engine>, tls: Option<Arc<TlsState>>) -> Result<Frontend, AuthError> {
         let config = engine.config();
-        let auth = Authenticator::new(&config.vdirs)?;
+        let auth = Authenticator::with_limits(&config.vdirs, &config.basic_auth)?;
         let limiter = config
             .rate_limit_per_ip
             .and_then(std::num::NonZeroU32::new)
@@ -93,9 +93,10 @@ impl Frontend {
             .get::<ConnInfo>()
             .cloned()
             .unwrap_or_default();
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
         match self
             .auth
-            .authenticate(index, vdir, &parts.headers, &conn)
+            .authenticate(index, vdir, &parts.headers, &conn, peer)
             .await
         {
             // The scheme travels with the name: `basic:alice` is not `cert:alice`.
@@ -105,6 +106,28 @@ impl Frontend {
             })),
             AuthOutcome::Challenge => Err(BitsError::Unauthenticated),
             AuthOutcome::Forbidden => Err(BitsError::NotOwner),
+            AuthOutcome::Throttled => Err(BitsError::RateLimited),
+        }
+    }
+
+    /// SIGHUP: re-reads the users files and, when configured, the TLS certificate, key and
+    /// client CA (blocking: call off the async workers). Whatever fails to load keeps its
+    /// previous version, logged; verified passwords are forgotten either way.
+    pub fn reload(&self) {
+        let errors = self.auth.reload();
+        for e in &errors {
+            tracing::error!(error = %e, "users file reload failed; keeping the users loaded before");
+        }
+        if errors.is_empty() {
+            tracing::info!("users files reloaded");
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous configuration")
+                }
+            }
         }
     }
 
