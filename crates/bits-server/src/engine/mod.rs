@@ -589,6 +589,9 @@ impl Engine {
                 continue;
             };
             match self.sessions.load(id).await {
+                // A tombstone still owing its `upload_completed` event stays until the hook
+                // settles it (the TTL sweep removes it later): forgetting it would lose the event.
+                Ok(Some(rec)) if rec.pending_hook.is_some() => {}
                 Ok(Some(rec)) if !rec.state.is_open() => {
                     if let Err(e) = self.sessions.remove(id).await {
                         tracing::warn!(session = %id, error = %e, "could not forget an old tombstone");

@@ -2,52 +2,12 @@
 //! make expensive; the users file and the admin listener are the operator's side of the same
 //! boundary (issue 14, findings 4 and 8).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
 use crate::common::*;
-
-/// `Basic base64(user:password)`, over raw bytes so tests can send what no client would.
-fn basic_raw(credentials: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::from("Basic ");
-    for chunk in credentials.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn basic(user: &str, password: &str) -> String {
-    basic_raw(format!("{user}:{password}").as_bytes())
-}
-
-fn passwd(file: &Path, user: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bitsd"))
-        .args(["passwd", "--password-stdin"])
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success(), "bitsd passwd failed");
-}
+use crate::{add_user, basic, basic_raw};
 
 /// `/secure/` needs Basic auth against `{root}/users`; `/upload/` is anonymous.
 fn two_vdirs(top: &str) -> String {
@@ -61,7 +21,7 @@ fn two_vdirs(top: &str) -> String {
 fn basic_server(top: &str, users: &[(&str, &str)]) -> Server {
     Server::start_prepared(&two_vdirs(top), false, |dir| {
         for (u, p) in users {
-            passwd(&dir.join("users"), u, p);
+            add_user(&dir.join("users"), u, p);
         }
     })
 }
@@ -282,7 +242,7 @@ fn sighup_reloads_users_files() {
         .map(String::from)
         .collect();
     std::fs::write(&users, kept.join("\n") + "\n").unwrap();
-    passwd(&users, "alice", "looking-glass");
+    add_user(&users, "alice", "looking-glass");
     sighup(&s);
     eventually("bob refused", || {
         try_create(s.addr, &basic("bob", "builder")).0 == 401
@@ -388,15 +348,15 @@ fn passwd_writes_users_file_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
-    passwd(&users, "alice", "wonderland");
+    add_user(&users, "alice", "wonderland");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&users), 0o600, "new users file");
     // An existing file keeps owner and group read, never world access.
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
-    passwd(&users, "bob", "builder");
+    add_user(&users, "bob", "builder");
     assert_eq!(mode(&users), 0o640, "existing 0644 users file");
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
-    passwd(&users, "carol", "x");
+    add_user(&users, "carol", "x");
     assert_eq!(mode(&users), 0o600);
     let text = std::fs::read_to_string(&users).unwrap();
     for u in ["alice:", "bob:", "carol:"] {

@@ -29,10 +29,15 @@ pub fn add_user(file: &Path, user: &str, password: &str) {
 
 /// The value of an `Authorization: Basic` header.
 pub fn basic(user: &str, password: &str) -> String {
+    basic_raw(format!("{user}:{password}").as_bytes())
+}
+
+/// `Basic base64(credentials)`, over raw bytes so tests can send what no client would.
+pub fn basic_raw(credentials: &[u8]) -> String {
     use base64::Engine as _;
     format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        base64::engine::general_purpose::STANDARD.encode(credentials)
     )
 }
 
