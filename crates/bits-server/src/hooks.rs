@@ -1662,6 +1662,162 @@ mod tests {
         assert_eq!(header(&reqs[0].0, "x-bitsd-delivery"), first_id);
     }
 
+    /// An owed event whose `settled` reports on `tx`.
+    fn owed_to(tx: &tokio::sync::mpsc::UnboundedSender<String>, id: &str) -> OwedSettled {
+        let (tx, id) = (tx.clone(), id.to_string());
+        Box::new(move || {
+            Box::pin(async move {
+                let _ = tx.send(id);
+            })
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_cheap_events_neither_drops_nor_delays_owed_ones() {
+        let (slow_url, _slow) = receiver(&[200], Duration::from_secs(30)).await;
+        let (fast_url, fast_rx) = receiver(&[200], Duration::ZERO).await;
+        let hooks = Hooks::new(4);
+        // Every cheap attempt slot taken by a receiver that does not answer, its queue full,
+        // and more turned away.
+        let slow = fast(HooksConfig {
+            timeout: Duration::from_secs(60),
+            ..webhook(&slow_url)
+        });
+        for _ in 0..MAX_CONCURRENT_ATTEMPTS + 4 + 4 + 10 {
+            hooks.emit(&slow, event(EventKind::SessionCreated));
+        }
+        wait_for(&hooks, |s| s.dropped > 0).await;
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel();
+        let ev = event(EventKind::UploadCompleted).with_upload(1, "00");
+        let id = ev.id.clone();
+        let started = Instant::now();
+        assert_eq!(
+            hooks.emit_owed(&fast(webhook(&fast_url)), ev, owed_to(&tx, &id)),
+            Owed::Queued
+        );
+        let got = tokio::time::timeout(Duration::from_secs(5), settled.recv()).await;
+        assert_eq!(got.expect("settled").as_deref(), Some(id.as_str()));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(fast_rx.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_owed_event_already_in_the_lane_is_not_queued_twice() {
+        let (url, rx) = receiver(&[200], Duration::from_millis(100)).await;
+        let cfg = fast(webhook(&url));
+        let hooks = Hooks::new(8);
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel();
+        let ev = event(EventKind::UploadCompleted);
+        let id = ev.id.clone();
+        assert_eq!(
+            hooks.emit_owed(&cfg, ev.clone(), owed_to(&tx, &id)),
+            Owed::Queued
+        );
+        assert_eq!(
+            hooks.emit_owed(&cfg, ev.clone(), owed_to(&tx, &id)),
+            Owed::AlreadyQueued
+        );
+        settled.recv().await.expect("settled");
+        // Settled and forgotten: the same event may be owed again (a later restart).
+        assert_eq!(hooks.emit_owed(&cfg, ev, owed_to(&tx, &id)), Owed::Queued);
+        settled.recv().await.expect("settled");
+        assert_eq!(rx.requests().len(), 2);
+        assert_eq!(hooks.stats().dropped, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_owed_lane_defers_and_the_redo_emits_again() {
+        let (url, rx) = receiver(&[200], Duration::from_millis(50)).await;
+        let cfg = fast(webhook(&url));
+        let hooks = Hooks::with_owed_capacity(8, 2);
+        // The caller's durable record of what it owes; `settled` forgets an event.
+        let owed: Arc<Mutex<Vec<HookEvent>>> = Arc::default();
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let settle = {
+            let (owed, tx) = (Arc::clone(&owed), tx.clone());
+            move |id: String| -> OwedSettled {
+                let (owed, tx) = (Arc::clone(&owed), tx.clone());
+                Box::new(move || {
+                    Box::pin(async move {
+                        owed.lock().unwrap().retain(|e| e.id != id);
+                        let _ = tx.send(id);
+                    })
+                })
+            }
+        };
+        let redos = Arc::new(AtomicUsize::new(0));
+        {
+            let (owed, cfg, settle, redos) = (
+                Arc::clone(&owed),
+                cfg.clone(),
+                settle.clone(),
+                Arc::clone(&redos),
+            );
+            hooks.redo_owed_with(move || {
+                Arc::new(move |hooks: Hooks| {
+                    redos.fetch_add(1, Ordering::Relaxed);
+                    let still: Vec<HookEvent> = owed.lock().unwrap().clone();
+                    for ev in still {
+                        let id = ev.id.clone();
+                        if hooks.emit_owed(&cfg, ev, settle(id)) == Owed::Deferred {
+                            break;
+                        }
+                    }
+                    Box::pin(std::future::ready(true))
+                })
+            });
+        }
+        let mut outcomes = Vec::new();
+        for _ in 0..10 {
+            let ev = event(EventKind::UploadCompleted);
+            owed.lock().unwrap().push(ev.clone());
+            let id = ev.id.clone();
+            outcomes.push(hooks.emit_owed(&cfg, ev, settle(id)));
+        }
+        assert_eq!(outcomes[..2], [Owed::Queued, Owed::Queued]);
+        assert!(outcomes[2..].iter().all(|o| *o == Owed::Deferred));
+        let mut ids = HashSet::new();
+        while ids.len() < 10 {
+            let id = tokio::time::timeout(Duration::from_secs(10), settled.recv())
+                .await
+                .expect("every owed event settles")
+                .expect("settled");
+            assert!(ids.insert(id), "settled twice");
+        }
+        assert!(owed.lock().unwrap().is_empty());
+        assert!(redos.load(Ordering::Relaxed) >= 4, "redone 2 at a time");
+        let s = hooks.stats();
+        assert_eq!((s.delivered, s.dropped), (10, 0));
+        let delivered: HashSet<String> = rx
+            .requests()
+            .iter()
+            .map(|(h, _)| header(h, "x-bitsd-delivery").to_string())
+            .collect();
+        assert_eq!(delivered, ids, "each owed event delivered once");
+        assert_eq!(rx.requests().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_full_owed_lane_without_a_redo_counts_a_drop_for_emit_then() {
+        let (url, _rx) = receiver(&[200], Duration::from_secs(30)).await;
+        let cfg = fast(webhook(&url));
+        let hooks = Hooks::with_owed_capacity(8, 1);
+        hooks.emit_then(
+            &cfg,
+            event(EventKind::UploadCompleted),
+            Some(Box::new(|| {})),
+        );
+        hooks.emit_then(
+            &cfg,
+            event(EventKind::UploadCompleted),
+            Some(Box::new(|| {})),
+        );
+        assert_eq!(hooks.stats().dropped, 1);
+        // Cheap events still have their own room.
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        assert_eq!(hooks.stats().dropped, 1);
+    }
+
     #[test]
     fn works_when_created_and_emitting_outside_a_runtime() {
         let hooks = Hooks::new(4);

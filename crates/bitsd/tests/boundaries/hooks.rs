@@ -183,13 +183,14 @@ fn finding_7_a_flood_of_tiny_completed_uploads_is_deferred_not_lost() {
     let uploads_took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let pairs: usize = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    std::fs::remove_file(server.dir.path().join("gate")).unwrap();
+    let took = wait_for_completions(&server, &sids, Duration::from_secs(60));
+    let delivered = completed_sessions(&server);
+    // The path under test was taken: some completions found the owed lane full.
     assert!(
         server.log_text().contains("owed-event lane full"),
         "the owed-event lane never overflowed"
     );
-    std::fs::remove_file(server.dir.path().join("gate")).unwrap();
-    let took = wait_for_completions(&server, &sids, Duration::from_secs(60));
-    let delivered = completed_sessions(&server);
     eprintln!(
         "{pairs} Create+Cancel pairs, {} tiny uploads in {uploads_took:?}; all delivered {took:?} after the gate opened ({} deliveries)",
         sids.len(),
