@@ -1,7 +1,7 @@
 //! The session events the rest of the server observes: metrics count them and per-vdir hooks
 //! deliver them. The engine reports each event once, here, after the state change is stored.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bits_proto::SessionId;
 
@@ -41,8 +41,8 @@ impl super::Engine {
         if event == SessionEvent::Completed && rec.pending_hook.is_some() {
             let owing = self.owing();
             self.hooks.redo_owed_with(|| {
-                let owing = owing.clone();
-                Arc::new(move |hooks| Box::pin(owing.clone().redo(hooks)))
+                let (owing, resume) = (owing.clone(), Arc::new(Mutex::new(None)));
+                Arc::new(move |hooks| Box::pin(owing.clone().redo(hooks, Arc::clone(&resume))))
             });
             owing.emit_completed(&self.hooks, rec);
             return;
@@ -122,14 +122,23 @@ impl Owing {
 
     /// The owed lane had no room for some completion events: emit again those still owed,
     /// until the lane is full once more. False when the records could not be listed.
-    async fn redo(self, hooks: Hooks) -> bool {
-        let ids = match self.sessions.list().await {
+    ///
+    /// Each pass starts at the record where the last one found the lane full (`resume`), so a
+    /// backlog larger than the lane is walked about once, not once per lane-full.
+    async fn redo(self, hooks: Hooks, resume: Arc<Mutex<Option<SessionId>>>) -> bool {
+        let mut ids = match self.sessions.list().await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list sessions to emit owed completion events again; retrying");
                 return false;
             }
         };
+        ids.sort_unstable();
+        let from = resume.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(from) = from {
+            let at = ids.partition_point(|id| *id < from);
+            ids.rotate_left(at);
+        }
         let mut emitted = 0usize;
         for id in ids {
             let rec = match self.sessions.load(id).await {
@@ -142,7 +151,10 @@ impl Owing {
             }
             match self.emit_completed(&hooks, &rec) {
                 Owed::Queued => emitted += 1,
-                Owed::Deferred => break,
+                Owed::Deferred => {
+                    *resume.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                    break;
+                }
                 Owed::AlreadyQueued | Owed::NotWanted | Owed::Dropped => {}
             }
         }
