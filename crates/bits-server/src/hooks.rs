@@ -1,10 +1,22 @@
 //! Event hooks: telling operators about upload events (session created, upload completed,
 //! session cancelled, session expired) through a webhook, a local command, or both.
 //!
-//! [`Hooks::emit`] never blocks and never fails the caller: it puts the event on a bounded
-//! in-memory queue (or drops it with a warning when the queue is full). A background worker,
-//! started on the tokio runtime of the first `emit`, takes events off the queue and delivers
-//! each one to every configured target independently:
+//! Emitting never blocks and never fails the caller. Events travel in one of two lanes, each
+//! with its own room and its own attempt budget, so that a flood in one cannot drop or delay
+//! the other:
+//!
+//! * **cheap** ([`Hooks::emit`]): events nobody keeps (`session_created`, `session_cancelled`,
+//!   `session_expired`), which any client can provoke by the thousand. A bounded in-memory
+//!   queue; when it is full the event is dropped with a warning and counted in
+//!   [`HookStats::dropped`].
+//! * **owed** ([`Hooks::emit_owed`]): events the caller keeps durably until they are settled
+//!   (the engine's `upload_completed`, owed in the session record). At most
+//!   [`OWED_LANE_CAPACITY`] are held in memory; one that finds the lane full is not dropped but
+//!   deferred: it stays owed in the caller's record, and once the lane has room again the
+//!   caller's redo ([`Hooks::redo_owed_with`]) is asked to emit it again — without a restart.
+//!
+//! Background workers, started on the tokio runtime of the first emit, deliver each event to
+//! every configured target independently:
 //!
 //! * **webhook**: `POST` of the event as JSON with the headers `Content-Type:
 //!   application/json`, `X-Bitsd-Event: <kind>`, `X-Bitsd-Delivery: <event id>` and, when a
@@ -19,19 +31,19 @@
 //!
 //! Failed attempts are retried after `initial_backoff`, doubling up to `max_backoff` (minus up
 //! to 10% jitter), until `max_attempts` attempts have been made; then the delivery is given up
-//! with an error log. At most 16 attempts run at once across the server, and an event waiting
-//! for its next attempt holds none of them, so one slow or dead receiver does not hold up the
-//! others. At most `queue_capacity` events wait in the queue and at most `queue_capacity` more
-//! are being delivered or waiting to be retried (while that many are, new events stay queued).
+//! with an error log. At most 16 attempts per lane run at once across the server, and an event
+//! waiting for its next attempt holds none of them, so one slow or dead receiver does not hold
+//! up the others. At most `queue_capacity` cheap events wait in the queue and at most
+//! `queue_capacity` more are being delivered or waiting to be retried (while that many are, new
+//! ones stay queued).
 //!
-//! Delivery guarantee: the queue lives in memory only. While the process runs, every event
-//! that was queued is delivered at least once per target (a receiver may see the same
+//! Delivery guarantee: the lanes live in memory only. While the process runs, every event that
+//! was queued is delivered at least once per target (a receiver may see the same
 //! `X-Bitsd-Delivery` id more than once, e.g. when its 2xx answer was lost or came after the
-//! timeout) unless it runs out of attempts. Events still queued or waiting to be retried are
-//! lost if the process stops or crashes: at most once across crashes — unless the caller keeps
-//! the event itself and emits it again after a restart with [`Hooks::emit_then`], whose callback
-//! says when it no longer has to (the engine does so for `upload_completed`, in the session
-//! record).
+//! timeout) unless it runs out of attempts. Cheap events still queued or waiting to be retried
+//! are lost if the process stops or crashes: at most once across crashes. Owed events are kept
+//! by their caller until their settle callback has run, so a restart emits them again under
+//! the same id; a deferred one is emitted again by the redo, or by the next start.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -470,27 +482,39 @@ struct Settle {
 
 struct SettleTail {
     then: OwedSettled,
-    /// The event's place in the owed lane, given back after `then`.
+    /// Given back after `then`.
+    place: LanePlace,
+}
+
+/// An owed event's place in the owed lane: its room and its id, given back when dropped (also
+/// when the job is dropped unsettled, e.g. by a runtime shutting down).
+struct LanePlace {
+    shared: Arc<Shared>,
+    id: String,
     _room: OwnedSemaphorePermit,
+}
+
+impl Drop for LanePlace {
+    fn drop(&mut self) {
+        self.shared
+            .owed_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl Job {
     /// One target is done with this job (delivered, or out of attempts).
-    fn target_settled(&self, shared: &Arc<Shared>) {
+    fn target_settled(&self) {
         let Some(settle) = &self.settle else { return };
         if settle.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             let tail = settle.then.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(tail) = tail {
-                let (shared, id) = (Arc::clone(shared), self.id.clone());
                 // Delivery tasks run on the runtime, so spawning cannot fail here.
                 tokio::spawn(async move {
                     (tail.then)().await;
-                    shared
-                        .owed_ids
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    drop(tail._room);
+                    drop(tail.place);
                 });
             }
         }
@@ -728,15 +752,12 @@ impl Hooks {
             self.start_redo();
             return Owed::Deferred;
         };
-        let forget = || {
-            shared
-                .owed_ids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&event.id);
+        let place = LanePlace {
+            shared: Arc::clone(shared),
+            id: event.id.clone(),
+            _room: room,
         };
         let Some(body) = self.serialize(&event) else {
-            forget();
             return Owed::Dropped;
         };
         let targets = target_count(cfg);
@@ -750,7 +771,7 @@ impl Hooks {
                 remaining: AtomicUsize::new(targets),
                 then: std::sync::Mutex::new(Some(SettleTail {
                     then: settled,
-                    _room: room,
+                    place,
                 })),
             }),
         };
@@ -759,7 +780,6 @@ impl Hooks {
             Ok(()) => Owed::Queued,
             Err(_) => {
                 shared.outstanding.fetch_sub(targets, Ordering::AcqRel);
-                forget();
                 bump(&shared.stats.dropped);
                 tracing::warn!(event = %event.event, id = %event.id, session = %event.session,
                     "hook event dropped: the hook worker is not running (its runtime ended)");
@@ -946,7 +966,7 @@ async fn deliver(
                 bump(&shared.stats.delivered);
                 tracing::debug!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
                     attempt, "hook delivered");
-                job.target_settled(&shared);
+                job.target_settled();
                 shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
@@ -954,7 +974,7 @@ async fn deliver(
                 bump(&shared.stats.failed);
                 tracing::error!(target_kind = target.as_str(), event = %job.kind, id = %job.id,
                     attempts = attempt, %error, "hook delivery failed; giving up");
-                job.target_settled(&shared);
+                job.target_settled();
                 shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
