@@ -191,10 +191,14 @@ fn finding_7_a_flood_of_tiny_completed_uploads_is_deferred_not_lost() {
         server.log_text().contains("owed-event lane full"),
         "the owed-event lane never overflowed"
     );
+    let log = server.log_text();
     eprintln!(
-        "{pairs} Create+Cancel pairs, {} tiny uploads in {uploads_took:?}; all delivered {took:?} after the gate opened ({} deliveries)",
+        "{pairs} Create+Cancel pairs, {} tiny uploads in {uploads_took:?}; all delivered {took:?} after the gate opened ({} deliveries, {} redo passes, {} cheap events dropped, peak RSS {} KiB)",
         sids.len(),
-        delivered.len()
+        delivered.len(),
+        log.matches("owed upload_completed events emitted again").count(),
+        log.matches(DROPPED).count(),
+        server.peak_rss_kib()
     );
 }
 
