@@ -1,10 +1,22 @@
 //! Event hooks: telling operators about upload events (session created, upload completed,
 //! session cancelled, session expired) through a webhook, a local command, or both.
 //!
-//! [`Hooks::emit`] never blocks and never fails the caller: it puts the event on a bounded
-//! in-memory queue (or drops it with a warning when the queue is full). A background worker,
-//! started on the tokio runtime of the first `emit`, takes events off the queue and delivers
-//! each one to every configured target independently:
+//! Emitting never blocks and never fails the caller. Events travel in one of two lanes, each
+//! with its own room and its own attempt budget, so that a flood in one cannot drop or delay
+//! the other:
+//!
+//! * **cheap** ([`Hooks::emit`]): events nobody keeps (`session_created`, `session_cancelled`,
+//!   `session_expired`), which any client can provoke by the thousand. A bounded in-memory
+//!   queue; when it is full the event is dropped with a warning and counted in
+//!   [`HookStats::dropped`].
+//! * **owed** ([`Hooks::emit_owed`]): events the caller keeps durably until they are settled
+//!   (the engine's `upload_completed`, owed in the session record). At most
+//!   [`OWED_LANE_CAPACITY`] are held in memory; one that finds the lane full is not dropped but
+//!   deferred: it stays owed in the caller's record, and once the lane has room again the
+//!   caller's redo ([`Hooks::redo_owed_with`]) is asked to emit it again — without a restart.
+//!
+//! Background workers, started on the tokio runtime of the first emit, deliver each event to
+//! every configured target independently:
 //!
 //! * **webhook**: `POST` of the event as JSON with the headers `Content-Type:
 //!   application/json`, `X-Bitsd-Event: <kind>`, `X-Bitsd-Delivery: <event id>` and, when a
@@ -19,20 +31,21 @@
 //!
 //! Failed attempts are retried after `initial_backoff`, doubling up to `max_backoff` (minus up
 //! to 10% jitter), until `max_attempts` attempts have been made; then the delivery is given up
-//! with an error log. At most 16 attempts run at once across the server, and an event waiting
-//! for its next attempt holds none of them, so one slow or dead receiver does not hold up the
-//! others. At most `queue_capacity` events wait in the queue and at most `queue_capacity` more
-//! are being delivered or waiting to be retried (while that many are, new events stay queued).
+//! with an error log. At most 16 attempts per lane run at once across the server, and an event
+//! waiting for its next attempt holds none of them, so one slow or dead receiver does not hold
+//! up the others. At most `queue_capacity` cheap events wait in the queue and at most
+//! `queue_capacity` more are being delivered or waiting to be retried (while that many are, new
+//! ones stay queued).
 //!
-//! Delivery guarantee: the queue lives in memory only. While the process runs, every event
-//! that was queued is delivered at least once per target (a receiver may see the same
+//! Delivery guarantee: the lanes live in memory only. While the process runs, every event that
+//! was queued is delivered at least once per target (a receiver may see the same
 //! `X-Bitsd-Delivery` id more than once, e.g. when its 2xx answer was lost or came after the
-//! timeout) unless it runs out of attempts. Events still queued or waiting to be retried are
-//! lost if the process stops or crashes: at most once across crashes — unless the caller keeps
-//! the event itself and emits it again after a restart with [`Hooks::emit_then`], whose callback
-//! says when it no longer has to (the engine does so for `upload_completed`, in the session
-//! record).
+//! timeout) unless it runs out of attempts. Cheap events still queued or waiting to be retried
+//! are lost if the process stops or crashes: at most once across crashes. Owed events are kept
+//! by their caller until their settle callback has run, so a restart emits them again under
+//! the same id; a deferred one is emitted again by the redo, or by the next start.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -41,6 +54,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -51,6 +65,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 const MAX_CONCURRENT_ATTEMPTS: usize = 16;
 /// Queue size of [`Hooks::default`].
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Owed events (see [`Hooks::emit_owed`]) held in memory at once: queued, being delivered,
+/// waiting for a retry or for their owner to forget them. More stay owed in their owner's
+/// durable record until there is room; this bounds memory, not what is delivered.
+pub const OWED_LANE_CAPACITY: usize = 256;
+/// How often a redo of deferred owed events checks whether the owed lane has room again.
+const OWED_REDO_INTERVAL: Duration = Duration::from_millis(500);
 /// How much of a failing command's standard error is kept for the log.
 const STDERR_LOG_LIMIT: usize = 2048;
 /// How long the standard error of an exited command may stay open (held by a process it left
@@ -406,19 +426,82 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Which lane an event travels in: each has its own room and its own attempt budget, so that
+/// a flood of one cannot hold up the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Events nobody keeps: dropped when their queue is full.
+    Cheap,
+    /// Events their caller keeps durably ([`Hooks::emit_owed`]): never dropped for room.
+    Owed,
+}
+
 /// A queued event with its serialized body, shared by its targets.
 struct Job {
     cfg: Arc<HooksConfig>,
     kind: EventKind,
     id: String,
     body: Bytes,
+    lane: Lane,
     settle: Option<Settle>,
+}
+
+/// Runs once every target of an owed event has been delivered to or given up on. The event
+/// keeps its place in the owed lane until the future ends, so that it is not emitted again
+/// while its owner is still forgetting it.
+pub type OwedSettled = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// Asked, in the background, to emit again with [`Hooks::emit_owed`] the owed events the owed
+/// lane turned away; answers `false` when it could not look (e.g. a storage error) and wants
+/// to be asked again.
+pub type OwedRedo = Arc<dyn Fn(Hooks) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// What [`Hooks::emit_owed`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    /// In the owed lane: it is delivered (or given up on), then `settled` runs.
+    Queued,
+    /// An event with this id is in the owed lane already; this one (and its `settled`) was
+    /// discarded.
+    AlreadyQueued,
+    /// The owed lane is full. The caller keeps owing the event; once there is room, the redo
+    /// set with [`Hooks::redo_owed_with`] is asked to emit it again.
+    Deferred,
+    /// `cfg` does not want events of its kind: nothing is owed (`settled` did not run).
+    NotWanted,
+    /// The worker is gone (its runtime ended) or the event cannot be serialized: it is not
+    /// delivered by this process.
+    Dropped,
 }
 
 /// Called once every target of an event has been delivered to or given up on.
 struct Settle {
     remaining: AtomicUsize,
-    then: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    then: std::sync::Mutex<Option<SettleTail>>,
+}
+
+struct SettleTail {
+    then: OwedSettled,
+    /// Given back after `then`.
+    place: LanePlace,
+}
+
+/// An owed event's place in the owed lane: its room and its id, given back when dropped (also
+/// when the job is dropped unsettled, e.g. by a runtime shutting down).
+struct LanePlace {
+    shared: Arc<Shared>,
+    id: String,
+    _room: OwnedSemaphorePermit,
+}
+
+impl Drop for LanePlace {
+    fn drop(&mut self) {
+        self.shared
+            .owed_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl Job {
@@ -426,9 +509,13 @@ impl Job {
     fn target_settled(&self) {
         let Some(settle) = &self.settle else { return };
         if settle.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let then = settle.then.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(then) = then {
-                then();
+            let tail = settle.then.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(tail) = tail {
+                // Delivery tasks run on the runtime, so spawning cannot fail here.
+                tokio::spawn(async move {
+                    (tail.then)().await;
+                    drop(tail.place);
+                });
             }
         }
     }
@@ -449,13 +536,30 @@ impl Target {
     }
 }
 
-/// What the worker and the delivery tasks share.
+/// What the workers and the delivery tasks share.
 struct Shared {
     stats: Counters,
-    /// Attempts running at once.
+    /// Attempts of cheap events running at once.
     attempts: Semaphore,
-    /// Events taken off the queue whose deliveries are not finished.
+    /// Attempts of owed events running at once: a budget of their own, so that slow deliveries
+    /// of cheap events cannot keep a completion waiting.
+    owed_attempts: Semaphore,
+    /// Cheap events taken off the queue whose deliveries are not finished.
     in_flight: Arc<Semaphore>,
+    /// Places in the owed lane: each owed event holds one from [`Hooks::emit_owed`] until it
+    /// is settled.
+    owed_room: Arc<Semaphore>,
+    /// Places in the owed lane in all, taken or not.
+    owed_capacity: usize,
+    /// Ids of the events in the owed lane, so that one emitted twice (a redo racing the
+    /// original emit) is delivered once.
+    owed_ids: Mutex<HashSet<String>>,
+    /// The owed lane turned an event away since the last redo began.
+    owed_deferred: AtomicBool,
+    /// A redo task is running (at most one).
+    redo_running: AtomicBool,
+    /// Who can emit deferred owed events again.
+    redo: OnceLock<OwedRedo>,
     /// Deliveries (event × target) queued or under way: what a shutdown waits for.
     outstanding: AtomicUsize,
     /// Built on the first webhook delivery.
@@ -464,8 +568,10 @@ struct Shared {
 
 struct Inner {
     tx: mpsc::Sender<Job>,
-    /// The queue's receiving end until the worker is started.
-    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Bounded by `Shared::owed_room`, not by the channel.
+    owed_tx: mpsc::UnboundedSender<Job>,
+    /// The queues' receiving ends until the workers are started.
+    rx: Mutex<Option<(mpsc::Receiver<Job>, mpsc::UnboundedReceiver<Job>)>>,
     started: AtomicBool,
     shared: Arc<Shared>,
 }
@@ -491,20 +597,34 @@ impl fmt::Debug for Hooks {
 }
 
 impl Hooks {
-    /// A dispatcher whose queue holds `queue_capacity` events (at least 1). Needs no runtime:
-    /// the worker is started on the runtime of the first [`Hooks::emit`] made inside one.
+    /// A dispatcher whose queue of cheap events holds `queue_capacity` events (at least 1) and
+    /// whose owed lane holds [`OWED_LANE_CAPACITY`]. Needs no runtime: the workers are started
+    /// on the runtime of the first emit made inside one.
     pub fn new(queue_capacity: usize) -> Hooks {
+        Hooks::with_owed_capacity(queue_capacity, OWED_LANE_CAPACITY)
+    }
+
+    fn with_owed_capacity(queue_capacity: usize, owed_capacity: usize) -> Hooks {
         let capacity = queue_capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
+        let (owed_tx, owed_rx) = mpsc::unbounded_channel();
         Hooks {
             inner: Arc::new(Inner {
                 tx,
-                rx: Mutex::new(Some(rx)),
+                owed_tx,
+                rx: Mutex::new(Some((rx, owed_rx))),
                 started: AtomicBool::new(false),
                 shared: Arc::new(Shared {
                     stats: Counters::default(),
                     attempts: Semaphore::new(MAX_CONCURRENT_ATTEMPTS),
+                    owed_attempts: Semaphore::new(MAX_CONCURRENT_ATTEMPTS),
                     in_flight: Arc::new(Semaphore::new(capacity)),
+                    owed_room: Arc::new(Semaphore::new(owed_capacity.max(1))),
+                    owed_capacity: owed_capacity.max(1),
+                    owed_ids: Mutex::new(HashSet::new()),
+                    owed_deferred: AtomicBool::new(false),
+                    redo_running: AtomicBool::new(false),
+                    redo: OnceLock::new(),
                     outstanding: AtomicUsize::new(0),
                     http: OnceLock::new(),
                 }),
@@ -519,41 +639,53 @@ impl Hooks {
         self.emit_then(cfg, event, None);
     }
 
-    /// Like [`Hooks::emit`]; `settled` runs (on the hook worker) once every target has been
-    /// delivered to or given up on after its last attempt — not when the event is dropped or
-    /// the process stops first. For an event nobody wants it runs at once.
+    /// Like [`Hooks::emit`]; with `settled`, the event travels in the owed lane and `settled`
+    /// runs (on the runtime) once every target has been delivered to or given up on after its
+    /// last attempt — not when the event is dropped (the owed lane is full) or the process
+    /// stops first. For an event nobody wants it runs at once.
     pub fn emit_then(
         &self,
         cfg: &Arc<HooksConfig>,
         event: HookEvent,
         settled: Option<Box<dyn FnOnce() + Send>>,
     ) {
+        let Some(settled) = settled else {
+            self.emit_cheap(cfg, event);
+            return;
+        };
         if !cfg.wants(event.event) {
             tracing::trace!(event = %event.event, id = %event.id, "hook event not wanted");
-            if let Some(settled) = settled {
-                settled();
-            }
+            settled();
             return;
         }
-        let body = match serde_json::to_vec(&event) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                bump(&self.inner.shared.stats.dropped);
-                tracing::warn!(event = %event.event, id = %event.id, error = %e,
-                    "hook event dropped: cannot serialize it");
-                return;
-            }
+        let (kind, id) = (event.event, event.id.clone());
+        let then: OwedSettled = Box::new(move || {
+            settled();
+            Box::pin(std::future::ready(()))
+        });
+        if self.emit_owed(cfg, event, then) == Owed::Deferred {
+            // Nobody keeps it for a redo: this is a drop.
+            bump(&self.inner.shared.stats.dropped);
+            tracing::warn!(event = %kind, %id, "hook event dropped: the owed-event lane is full");
+        }
+    }
+
+    fn emit_cheap(&self, cfg: &Arc<HooksConfig>, event: HookEvent) {
+        if !cfg.wants(event.event) {
+            tracing::trace!(event = %event.event, id = %event.id, "hook event not wanted");
+            return;
+        }
+        let Some(body) = self.serialize(&event) else {
+            return;
         };
-        let targets = usize::from(cfg.webhook_url.is_some()) + usize::from(cfg.command.is_some());
+        let targets = target_count(cfg);
         let job = Job {
             cfg: Arc::clone(cfg),
             kind: event.event,
             id: event.id,
             body,
-            settle: settled.map(|then| Settle {
-                remaining: AtomicUsize::new(targets),
-                then: std::sync::Mutex::new(Some(then)),
-            }),
+            lane: Lane::Cheap,
+            settle: None,
         };
         // Counted before it is queued: a fast delivery must not finish before it is counted.
         let outstanding = &self.inner.shared.outstanding;
@@ -576,6 +708,117 @@ impl Hooks {
             }
         }
         self.ensure_worker();
+    }
+
+    /// Puts an event its caller keeps durably (e.g. `upload_completed`, owed in the session
+    /// record) in the owed lane, which cheap events do not share and which never drops for
+    /// room: when the lane is full the event is [`Owed::Deferred`], the caller keeps owing it,
+    /// and once the lane has room again the redo set with [`Hooks::redo_owed_with`] is asked to
+    /// emit it again — without a restart. An event whose id is already in the lane is
+    /// discarded ([`Owed::AlreadyQueued`]), so a redo cannot deliver it twice. Never blocks.
+    pub fn emit_owed(
+        &self,
+        cfg: &Arc<HooksConfig>,
+        event: HookEvent,
+        settled: OwedSettled,
+    ) -> Owed {
+        if !cfg.wants(event.event) {
+            tracing::trace!(event = %event.event, id = %event.id, "hook event not wanted");
+            return Owed::NotWanted;
+        }
+        let shared = &self.inner.shared;
+        let room = {
+            let mut ids = shared.owed_ids.lock().unwrap_or_else(|p| p.into_inner());
+            if ids.contains(&event.id) {
+                return Owed::AlreadyQueued;
+            }
+            match Arc::clone(&shared.owed_room).try_acquire_owned() {
+                Ok(room) => {
+                    ids.insert(event.id.clone());
+                    Some(room)
+                }
+                Err(_) => None,
+            }
+        };
+        let Some(room) = room else {
+            // One warning per episode: a flood of completions would otherwise flood the log.
+            if !shared.owed_deferred.swap(true, Ordering::AcqRel) {
+                tracing::warn!(event = %event.event, id = %event.id, session = %event.session,
+                    "owed-event lane full: hook event deferred (still owed in the session record; emitted again when there is room)");
+            } else {
+                tracing::debug!(event = %event.event, id = %event.id, session = %event.session,
+                    "owed-event lane full: hook event deferred");
+            }
+            self.start_redo();
+            return Owed::Deferred;
+        };
+        let place = LanePlace {
+            shared: Arc::clone(shared),
+            id: event.id.clone(),
+            _room: room,
+        };
+        let Some(body) = self.serialize(&event) else {
+            return Owed::Dropped;
+        };
+        let targets = target_count(cfg);
+        let job = Job {
+            cfg: Arc::clone(cfg),
+            kind: event.event,
+            id: event.id.clone(),
+            body,
+            lane: Lane::Owed,
+            settle: Some(Settle {
+                remaining: AtomicUsize::new(targets),
+                then: std::sync::Mutex::new(Some(SettleTail {
+                    then: settled,
+                    place,
+                })),
+            }),
+        };
+        shared.outstanding.fetch_add(targets, Ordering::AcqRel);
+        let outcome = match self.inner.owed_tx.send(job) {
+            Ok(()) => Owed::Queued,
+            Err(_) => {
+                shared.outstanding.fetch_sub(targets, Ordering::AcqRel);
+                bump(&shared.stats.dropped);
+                tracing::warn!(event = %event.event, id = %event.id, session = %event.session,
+                    "hook event dropped: the hook worker is not running (its runtime ended)");
+                Owed::Dropped
+            }
+        };
+        self.ensure_worker();
+        outcome
+    }
+
+    /// Sets, once, who emits deferred owed events again (`init` runs only the first time).
+    pub fn redo_owed_with(&self, init: impl FnOnce() -> OwedRedo) {
+        self.inner.shared.redo.get_or_init(init);
+    }
+
+    fn serialize(&self, event: &HookEvent) -> Option<Bytes> {
+        match serde_json::to_vec(event) {
+            Ok(b) => Some(Bytes::from(b)),
+            Err(e) => {
+                bump(&self.inner.shared.stats.dropped);
+                tracing::warn!(event = %event.event, id = %event.id, error = %e,
+                    "hook event dropped: cannot serialize it");
+                None
+            }
+        }
+    }
+
+    /// Starts the redo task unless one runs, there is no runtime, or nobody can redo.
+    fn start_redo(&self) {
+        let shared = &self.inner.shared;
+        if shared.redo.get().is_none() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !shared.redo_running.swap(true, Ordering::AcqRel) {
+            handle.spawn(redo_owed(self.clone()));
+        }
     }
 
     /// Waits until every queued delivery is done (delivered or given up on), at most `limit`;
@@ -602,7 +845,7 @@ impl Hooks {
         }
     }
 
-    /// Starts the worker on the current runtime, if there is one and it is not running yet.
+    /// Starts the workers on the current runtime, if there is one and they are not running yet.
     fn ensure_worker(&self) {
         if self.inner.started.load(Ordering::Acquire) {
             return;
@@ -614,14 +857,53 @@ impl Hooks {
             return;
         };
         let mut slot = self.inner.rx.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rx) = slot.take() {
+        if let Some((rx, owed_rx)) = slot.take() {
             handle.spawn(worker(rx, Arc::clone(&self.inner.shared)));
+            handle.spawn(owed_worker(owed_rx, Arc::clone(&self.inner.shared)));
             self.inner.started.store(true, Ordering::Release);
         }
     }
 }
 
-/// Takes events off the queue and starts their deliveries; ends when every [`Hooks`] is gone.
+fn target_count(cfg: &HooksConfig) -> usize {
+    usize::from(cfg.webhook_url.is_some()) + usize::from(cfg.command.is_some())
+}
+
+/// Asks the redo to emit deferred owed events again whenever the owed lane has room, until a
+/// pass defers none.
+async fn redo_owed(hooks: Hooks) {
+    let shared = Arc::clone(&hooks.inner.shared);
+    let Some(redo) = shared.redo.get().cloned() else {
+        shared.redo_running.store(false, Ordering::Release);
+        return;
+    };
+    // A redo walks every session record: wait for room for a good share of the lane, not one.
+    let worth = (shared.owed_capacity / 4).max(1);
+    loop {
+        tokio::time::sleep(OWED_REDO_INTERVAL).await;
+        if shared.owed_room.available_permits() < worth {
+            continue;
+        }
+        shared.owed_deferred.store(false, Ordering::Release);
+        if !redo(hooks.clone()).await {
+            shared.owed_deferred.store(true, Ordering::Release);
+        }
+        if shared.owed_deferred.load(Ordering::Acquire) {
+            continue;
+        }
+        shared.redo_running.store(false, Ordering::Release);
+        // An event deferred between the check and the store found this task still running
+        // and started none: take it over unless another task did.
+        if !shared.owed_deferred.load(Ordering::Acquire)
+            || shared.redo_running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+    }
+}
+
+/// Takes cheap events off their queue and starts their deliveries; ends when every [`Hooks`]
+/// is gone.
 async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
     loop {
         let Ok(permit) = Arc::clone(&shared.in_flight).acquire_owned().await else {
@@ -630,24 +912,29 @@ async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
         let Some(job) = rx.recv().await else {
             return;
         };
-        let job = Arc::new(job);
-        let permit = Arc::new(permit);
-        if job.cfg.webhook_url.is_some() {
-            tokio::spawn(deliver(
-                Arc::clone(&shared),
-                Arc::clone(&job),
-                Target::Webhook,
-                Arc::clone(&permit),
-            ));
-        }
-        if job.cfg.command.is_some() {
-            tokio::spawn(deliver(
-                Arc::clone(&shared),
-                Arc::clone(&job),
-                Target::Command,
-                permit,
-            ));
-        }
+        start_deliveries(&shared, job, Some(Arc::new(permit)));
+    }
+}
+
+/// Starts the deliveries of owed events at once: each already holds its place in the lane.
+async fn owed_worker(mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
+    while let Some(job) = rx.recv().await {
+        start_deliveries(&shared, job, None);
+    }
+}
+
+fn start_deliveries(shared: &Arc<Shared>, job: Job, permit: Option<Arc<OwnedSemaphorePermit>>) {
+    let job = Arc::new(job);
+    if job.cfg.webhook_url.is_some() {
+        tokio::spawn(deliver(
+            Arc::clone(shared),
+            Arc::clone(&job),
+            Target::Webhook,
+            permit.clone(),
+        ));
+    }
+    if job.cfg.command.is_some() {
+        tokio::spawn(deliver(Arc::clone(shared), job, Target::Command, permit));
     }
 }
 
@@ -656,15 +943,19 @@ async fn deliver(
     shared: Arc<Shared>,
     job: Arc<Job>,
     target: Target,
-    _in_flight: Arc<OwnedSemaphorePermit>,
+    _in_flight: Option<Arc<OwnedSemaphorePermit>>,
 ) {
     let cfg = &job.cfg;
     let max_attempts = cfg.max_attempts.max(1);
+    let attempts = match job.lane {
+        Lane::Cheap => &shared.attempts,
+        Lane::Owed => &shared.owed_attempts,
+    };
     let mut attempt: u32 = 1;
     loop {
         let result = {
             // The semaphore is never closed; without a permit the attempt just runs.
-            let _slot = shared.attempts.acquire().await.ok();
+            let _slot = attempts.acquire().await.ok();
             match target {
                 Target::Webhook => post_webhook(&shared, &job).await,
                 Target::Command => run_command(&job).await,
@@ -1389,6 +1680,162 @@ mod tests {
         let reqs = rx.requests();
         assert_eq!(reqs.len(), 1);
         assert_eq!(header(&reqs[0].0, "x-bitsd-delivery"), first_id);
+    }
+
+    /// An owed event whose `settled` reports on `tx`.
+    fn owed_to(tx: &tokio::sync::mpsc::UnboundedSender<String>, id: &str) -> OwedSettled {
+        let (tx, id) = (tx.clone(), id.to_string());
+        Box::new(move || {
+            Box::pin(async move {
+                let _ = tx.send(id);
+            })
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_cheap_events_neither_drops_nor_delays_owed_ones() {
+        let (slow_url, _slow) = receiver(&[200], Duration::from_secs(30)).await;
+        let (fast_url, fast_rx) = receiver(&[200], Duration::ZERO).await;
+        let hooks = Hooks::new(4);
+        // Every cheap attempt slot taken by a receiver that does not answer, its queue full,
+        // and more turned away.
+        let slow = fast(HooksConfig {
+            timeout: Duration::from_secs(60),
+            ..webhook(&slow_url)
+        });
+        for _ in 0..MAX_CONCURRENT_ATTEMPTS + 4 + 4 + 10 {
+            hooks.emit(&slow, event(EventKind::SessionCreated));
+        }
+        wait_for(&hooks, |s| s.dropped > 0).await;
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel();
+        let ev = event(EventKind::UploadCompleted).with_upload(1, "00");
+        let id = ev.id.clone();
+        let started = Instant::now();
+        assert_eq!(
+            hooks.emit_owed(&fast(webhook(&fast_url)), ev, owed_to(&tx, &id)),
+            Owed::Queued
+        );
+        let got = tokio::time::timeout(Duration::from_secs(5), settled.recv()).await;
+        assert_eq!(got.expect("settled").as_deref(), Some(id.as_str()));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(fast_rx.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_owed_event_already_in_the_lane_is_not_queued_twice() {
+        let (url, rx) = receiver(&[200], Duration::from_millis(100)).await;
+        let cfg = fast(webhook(&url));
+        let hooks = Hooks::new(8);
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel();
+        let ev = event(EventKind::UploadCompleted);
+        let id = ev.id.clone();
+        assert_eq!(
+            hooks.emit_owed(&cfg, ev.clone(), owed_to(&tx, &id)),
+            Owed::Queued
+        );
+        assert_eq!(
+            hooks.emit_owed(&cfg, ev.clone(), owed_to(&tx, &id)),
+            Owed::AlreadyQueued
+        );
+        settled.recv().await.expect("settled");
+        // Settled and forgotten: the same event may be owed again (a later restart).
+        assert_eq!(hooks.emit_owed(&cfg, ev, owed_to(&tx, &id)), Owed::Queued);
+        settled.recv().await.expect("settled");
+        assert_eq!(rx.requests().len(), 2);
+        assert_eq!(hooks.stats().dropped, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_owed_lane_defers_and_the_redo_emits_again() {
+        let (url, rx) = receiver(&[200], Duration::from_millis(50)).await;
+        let cfg = fast(webhook(&url));
+        let hooks = Hooks::with_owed_capacity(8, 2);
+        // The caller's durable record of what it owes; `settled` forgets an event.
+        let owed: Arc<Mutex<Vec<HookEvent>>> = Arc::default();
+        let (tx, mut settled) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let settle = {
+            let (owed, tx) = (Arc::clone(&owed), tx.clone());
+            move |id: String| -> OwedSettled {
+                let (owed, tx) = (Arc::clone(&owed), tx.clone());
+                Box::new(move || {
+                    Box::pin(async move {
+                        owed.lock().unwrap().retain(|e| e.id != id);
+                        let _ = tx.send(id);
+                    })
+                })
+            }
+        };
+        let redos = Arc::new(AtomicUsize::new(0));
+        {
+            let (owed, cfg, settle, redos) = (
+                Arc::clone(&owed),
+                cfg.clone(),
+                settle.clone(),
+                Arc::clone(&redos),
+            );
+            hooks.redo_owed_with(move || {
+                Arc::new(move |hooks: Hooks| {
+                    redos.fetch_add(1, Ordering::Relaxed);
+                    let still: Vec<HookEvent> = owed.lock().unwrap().clone();
+                    for ev in still {
+                        let id = ev.id.clone();
+                        if hooks.emit_owed(&cfg, ev, settle(id)) == Owed::Deferred {
+                            break;
+                        }
+                    }
+                    Box::pin(std::future::ready(true))
+                })
+            });
+        }
+        let mut outcomes = Vec::new();
+        for _ in 0..10 {
+            let ev = event(EventKind::UploadCompleted);
+            owed.lock().unwrap().push(ev.clone());
+            let id = ev.id.clone();
+            outcomes.push(hooks.emit_owed(&cfg, ev, settle(id)));
+        }
+        assert_eq!(outcomes[..2], [Owed::Queued, Owed::Queued]);
+        assert!(outcomes[2..].iter().all(|o| *o == Owed::Deferred));
+        let mut ids = HashSet::new();
+        while ids.len() < 10 {
+            let id = tokio::time::timeout(Duration::from_secs(10), settled.recv())
+                .await
+                .expect("every owed event settles")
+                .expect("settled");
+            assert!(ids.insert(id), "settled twice");
+        }
+        assert!(owed.lock().unwrap().is_empty());
+        assert!(redos.load(Ordering::Relaxed) >= 4, "redone 2 at a time");
+        let s = hooks.stats();
+        assert_eq!((s.delivered, s.dropped), (10, 0));
+        let delivered: HashSet<String> = rx
+            .requests()
+            .iter()
+            .map(|(h, _)| header(h, "x-bitsd-delivery").to_string())
+            .collect();
+        assert_eq!(delivered, ids, "each owed event delivered once");
+        assert_eq!(rx.requests().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_full_owed_lane_without_a_redo_counts_a_drop_for_emit_then() {
+        let (url, _rx) = receiver(&[200], Duration::from_secs(30)).await;
+        let cfg = fast(webhook(&url));
+        let hooks = Hooks::with_owed_capacity(8, 1);
+        hooks.emit_then(
+            &cfg,
+            event(EventKind::UploadCompleted),
+            Some(Box::new(|| {})),
+        );
+        hooks.emit_then(
+            &cfg,
+            event(EventKind::UploadCompleted),
+            Some(Box::new(|| {})),
+        );
+        assert_eq!(hooks.stats().dropped, 1);
+        // Cheap events still have their own room.
+        hooks.emit(&cfg, event(EventKind::SessionCreated));
+        assert_eq!(hooks.stats().dropped, 1);
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The session events the rest of the server observes: metrics count them and per-vdir hooks
 //! deliver them. The engine reports each event once, here, after the state change is stored.
 
+use std::sync::{Arc, Mutex};
+
 use bits_proto::SessionId;
 
-use crate::hooks::{EventKind, HookEvent};
-use crate::store::SessionRecord;
+use super::locks::SessionLocks;
+use crate::config::ServerConfig;
+use crate::hooks::{EventKind, HookEvent, Hooks, Owed, OwedSettled};
+use crate::store::{SessionRecord, SessionState, SessionStore};
 
 /// What happened to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,15 +30,25 @@ impl super::Engine {
     }
 
     fn emit_hook(&self, event: SessionEvent, rec: &SessionRecord) {
-        let Some(vdir) = self.vdir_of(rec) else {
-            return;
-        };
         let kind = match event {
             SessionEvent::Created => EventKind::SessionCreated,
             SessionEvent::Completed => EventKind::UploadCompleted,
             SessionEvent::Cancelled => EventKind::SessionCancelled,
             SessionEvent::Expired => EventKind::SessionExpired,
             SessionEvent::Closed => return,
+        };
+        // Owed in the record: its own lane, never dropped for room (see `Hooks::emit_owed`).
+        if event == SessionEvent::Completed && rec.pending_hook.is_some() {
+            let owing = self.owing();
+            self.hooks.redo_owed_with(|| {
+                let (owing, resume) = (owing.clone(), Arc::new(Mutex::new(None)));
+                Arc::new(move |hooks| Box::pin(owing.clone().redo(hooks, Arc::clone(&resume))))
+            });
+            owing.emit_completed(&self.hooks, rec);
+            return;
+        }
+        let Some(vdir) = self.vdir_of(rec) else {
+            return;
         };
         if !vdir.hooks.wants(kind) {
             return;
@@ -46,32 +60,117 @@ impl super::Engine {
             rec.destination.path.clone(),
             rec.owner.as_ref().map(|p| p.name().to_string()),
         );
-        let mut settled = None;
         if event == SessionEvent::Completed {
-            if let Some(pending) = &rec.pending_hook {
-                hook = hook.as_pending(pending);
-                settled = Some(self.clear_pending_hook(rec.id, pending.id.clone()));
+            hook = with_upload(hook, rec);
+        }
+        self.hooks.emit(&Arc::new(vdir.hooks.clone()), hook);
+    }
+
+    fn owing(&self) -> Owing {
+        Owing {
+            config: self.config.clone(),
+            sessions: self.sessions.clone(),
+            locks: self.locks.clone(),
+        }
+    }
+
+    /// At start-up: deliver again the completion events a crash left owed.
+    pub(super) fn redeliver_owed(&self, rec: &SessionRecord) {
+        if rec.pending_hook.is_some() && rec.state != SessionState::Receiving {
+            tracing::info!(session = %rec.id, "delivering an owed upload_completed event again");
+            self.emit_hook(SessionEvent::Completed, rec);
+        }
+    }
+}
+
+/// What emitting an owed completion event needs, apart from the engine: the redo of deferred
+/// ones runs in the background.
+#[derive(Clone)]
+struct Owing {
+    config: Arc<ServerConfig>,
+    sessions: Arc<dyn SessionStore>,
+    locks: SessionLocks,
+}
+
+impl Owing {
+    /// Emits the `upload_completed` event `rec` owes, under its recorded id and time.
+    fn emit_completed(&self, hooks: &Hooks, rec: &SessionRecord) -> Owed {
+        let Some(pending) = &rec.pending_hook else {
+            return Owed::NotWanted;
+        };
+        let Some(vdir) = self.config.vdirs.iter().find(|v| v.prefix == rec.vdir) else {
+            return Owed::NotWanted;
+        };
+        if !vdir.hooks.wants(EventKind::UploadCompleted) {
+            return Owed::NotWanted;
+        }
+        let hook = HookEvent::new(
+            EventKind::UploadCompleted,
+            rec.id.to_string(),
+            rec.vdir.clone(),
+            rec.destination.path.clone(),
+            rec.owner.clone(),
+        )
+        .as_pending(pending);
+        let settled = self.clear_pending_hook(rec.id, pending.id.clone());
+        hooks.emit_owed(
+            &Arc::new(vdir.hooks.clone()),
+            with_upload(hook, rec),
+            settled,
+        )
+    }
+
+    /// The owed lane had no room for some completion events: emit again those still owed,
+    /// until the lane is full once more. False when the records could not be listed.
+    ///
+    /// Each pass starts at the record where the last one found the lane full (`resume`), so a
+    /// backlog larger than the lane is walked about once, not once per lane-full.
+    async fn redo(self, hooks: Hooks, resume: Arc<Mutex<Option<SessionId>>>) -> bool {
+        let mut ids = match self.sessions.list().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list sessions to emit owed completion events again; retrying");
+                return false;
             }
-            match &rec.sha256 {
-                Some(d) if d.len() == rec.received => {
-                    hook = hook.with_upload(rec.received, &d.hex())
+        };
+        ids.sort_unstable();
+        let from = resume.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(from) = from {
+            let at = ids.partition_point(|id| *id < from);
+            ids.rotate_left(at);
+        }
+        let mut emitted = 0usize;
+        for id in ids {
+            let rec = match self.sessions.load(id).await {
+                Ok(Some(rec)) => rec,
+                // Gone meanwhile, or unreadable: it owes nothing that can be sent.
+                _ => continue,
+            };
+            if rec.pending_hook.is_none() || rec.state == SessionState::Receiving {
+                continue;
+            }
+            match self.emit_completed(&hooks, &rec) {
+                Owed::Queued => emitted += 1,
+                Owed::Deferred => {
+                    *resume.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                    break;
                 }
-                _ => {
-                    tracing::warn!(session = %rec.id, "upload digest not known (record from before hooks were configured, or reconciled); hook sent without sha256");
-                    hook.size = Some(rec.received);
-                }
+                Owed::AlreadyQueued | Owed::NotWanted | Owed::Dropped => {}
             }
         }
-        self.hooks
-            .emit_then(&std::sync::Arc::new(vdir.hooks.clone()), hook, settled);
+        tracing::info!(
+            emitted,
+            "owed upload_completed events emitted again (the owed-event lane had been full)"
+        );
+        true
     }
 
     /// Once the completion event of session `id` is delivered (or given up on), forget that it
     /// is owed. Runs in the background and never preempts a request: a busy session is retried.
-    fn clear_pending_hook(&self, id: SessionId, event: String) -> Box<dyn FnOnce() + Send> {
+    fn clear_pending_hook(&self, id: SessionId, event: String) -> OwedSettled {
         let (sessions, locks) = (self.sessions.clone(), self.locks.clone());
         Box::new(move || {
-            tokio::spawn(async move {
+            Box::pin(async move {
                 // The client's Close-Session usually follows the completing Ack at once: let it
                 // go first (on shared storage a concurrent save would make one of them retry).
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -105,16 +204,21 @@ impl super::Engine {
                 if let Err(e) = cleared {
                     tracing::warn!(session = %id, error = %e, "could not clear the owed completion event");
                 }
-            });
+            })
         })
     }
+}
 
-    /// At start-up: deliver again the completion events a crash left owed.
-    pub(super) fn redeliver_owed(&self, rec: &SessionRecord) {
-        if rec.pending_hook.is_some() && !matches!(rec.state, crate::store::SessionState::Receiving)
-        {
-            tracing::info!(session = %rec.id, "delivering an owed upload_completed event again");
-            self.emit_hook(SessionEvent::Completed, rec);
+/// Adds the size and SHA-256 of the completed upload of `rec`.
+fn with_upload(hook: HookEvent, rec: &SessionRecord) -> HookEvent {
+    match &rec.sha256 {
+        Some(d) if d.len() == rec.received => hook.with_upload(rec.received, &d.hex()),
+        _ => {
+            tracing::warn!(session = %rec.id, "upload digest not known (record from before hooks were configured, or reconciled); hook sent without sha256");
+            HookEvent {
+                size: Some(rec.received),
+                ..hook
+            }
         }
     }
 }
