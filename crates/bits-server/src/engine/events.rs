@@ -109,7 +109,7 @@ impl Owing {
             rec.id.to_string(),
             rec.vdir.clone(),
             rec.destination.path.clone(),
-            rec.owner.clone(),
+            rec.owner.as_ref().map(|p| p.name().to_string()),
         )
         .as_pending(pending);
         let settled = self.clear_pending_hook(rec.id, pending.id.clone());
