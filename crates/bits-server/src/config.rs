@@ -72,6 +72,10 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
+    /// Bytes of fragment bodies the file system store may hold in memory at once, across all
+    /// requests. A write gathers up to 1 MiB before one positioned write; when this budget is
+    /// spent it writes what it has at once instead, so stalled clients cannot pin memory.
+    pub max_buffered_body_bytes: u64,
 }
 
 /// The `[storage]` table: `backend = "fs"` (default) or `backend = "s3"` with the S3 keys.
@@ -124,6 +128,7 @@ impl Default for ServerConfig {
             storage: StorageConfig::Fs,
             admin: AdminConfig::default(),
             vdirs: vec![VdirConfig::default()],
+            max_buffered_body_bytes: 64 << 20,
         }
     }
 }
