@@ -969,3 +969,227 @@ fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::time::Duration;
+
+    fn root_fd(p: &Path) -> OwnedFd {
+        open_root(p).unwrap().unwrap()
+    }
+
+    /// `root/a/b/f`, `out/secret` beside the root, and links in the root: `in` (relative,
+    /// inside), `up` (relative, out), `abs` (absolute, out), `lf` (to the file, inside).
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/f"), b"f").unwrap();
+        fs::create_dir_all(tmp.path().join("out")).unwrap();
+        fs::write(tmp.path().join("out/secret"), b"s").unwrap();
+        symlink("a/b", root.join("in")).unwrap();
+        symlink("../out", root.join("up")).unwrap();
+        symlink(tmp.path().join("out"), root.join("abs")).unwrap();
+        symlink("a/b/f", root.join("lf")).unwrap();
+        (tmp, root)
+    }
+
+    #[test]
+    fn open_beneath_follows_links_only_while_they_stay_inside() {
+        let (_tmp, root) = tree();
+        let r = root_fd(&root);
+        let open = |rel: &str| {
+            open_beneath(r.as_fd(), rel, OFlags::RDONLY)
+                .unwrap()
+                .is_some()
+        };
+        assert!(open("a/b/f"));
+        assert!(open("in/f"));
+        assert!(open("lf"));
+        assert!(open(""), "the root itself");
+        assert!(!open("up/secret"));
+        assert!(!open("abs/secret"));
+        assert!(!open("a/../../out/secret"));
+        assert!(!open("a/b/f/x"), "a file as a directory");
+        assert!(!open("missing/x"));
+    }
+
+    #[test]
+    fn without_openat2_no_link_is_followed() {
+        let (_tmp, root) = tree();
+        let r = root_fd(&root);
+        let open = |parts: &[&str]| {
+            walk_nofollow(r.as_fd(), parts, OFlags::RDONLY)
+                .unwrap()
+                .is_some()
+        };
+        assert!(open(&["a", "b", "f"]));
+        assert!(open(&[]));
+        assert!(!open(&["in", "f"]));
+        assert!(!open(&["lf"]));
+        assert!(!open(&["abs", "secret"]));
+        assert!(!open(&["up", "secret"]));
+    }
+
+    #[tokio::test]
+    async fn published_files_open_only_below_an_existing_root() {
+        let (tmp, root) = tree();
+        assert!(open_published(&root, "in/f").await.unwrap().is_some());
+        assert!(
+            open_published(&root, "a/b").await.unwrap().is_none(),
+            "a directory"
+        );
+        assert!(open_published(&root, "up/secret").await.unwrap().is_none());
+        let missing = tmp.path().join("users/alice");
+        assert!(open_published(&missing, "f").await.unwrap().is_none());
+    }
+
+    /// A spool and a root on two file systems (/dev/shm is tmpfs), or `None` with a note.
+    fn two_file_systems() -> Option<(tempfile::TempDir, tempfile::TempDir)> {
+        let spool = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir_in("/dev/shm").ok()?;
+        let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+        if dev(spool.path()) == dev(root.path()) {
+            println!("note: no second file system here; cross-file-system case skipped");
+            return None;
+        }
+        Some((spool, root))
+    }
+
+    fn session_with(store: &FsStore, data: &[u8]) -> SessionId {
+        let id = SessionId::random();
+        fs::create_dir_all(store.dir(id)).unwrap();
+        fs::write(store.data(id), data).unwrap();
+        id
+    }
+
+    fn ino(p: &Path) -> u64 {
+        fs::symlink_metadata(p).unwrap().ino()
+    }
+
+    #[tokio::test]
+    async fn commit_across_file_systems_replaces_planted_names_and_recognises_its_own_copy() {
+        let Some((spool, root)) = two_file_systems() else {
+            return;
+        };
+        let store = FsStore::open(spool.path(), true).unwrap();
+        let dest = |name: &str| Destination {
+            root: root.path().to_string_lossy().into_owned(),
+            path: name.into(),
+        };
+
+        // A FIFO under the copy's name: opening it for writing would never return.
+        let id = session_with(&store, b"hello");
+        let partial = root.path().join(partial_name(id));
+        let c = std::ffi::CString::new(partial.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.commit(id, 5, &dest("f"), false),
+        )
+        .await
+        .expect("commit hung on a FIFO")
+        .unwrap();
+        assert_eq!(fs::read(root.path().join("f")).unwrap(), b"hello");
+        // A retry after a crash before the publication was recorded: its own copy, linked at
+        // the target, is recognised, not published twice nor refused as existing.
+        store.commit(id, 5, &dest("f"), false).await.unwrap();
+        assert_eq!(ino(&partial), ino(&root.path().join("f")));
+        store.release_upload(id, &dest("f")).await.unwrap();
+        assert!(!partial.exists());
+        // ... and after a crash once the spool copy was released.
+        store.commit(id, 5, &dest("f"), false).await.unwrap();
+
+        // A crash after the copy, before the link: the copy is reused.
+        let id = session_with(&store, b"world");
+        store.commit(id, 5, &dest("g"), false).await.unwrap();
+        fs::remove_file(root.path().join("g")).unwrap();
+        let partial = root.path().join(partial_name(id));
+        let copy = ino(&partial);
+        store.commit(id, 5, &dest("g"), true).await.unwrap();
+        assert_eq!(ino(&root.path().join("g")), copy);
+
+        // A planted link: replaced, and the file published is a regular file.
+        let id = session_with(&store, b"third");
+        let victim = spool.path().join("victim");
+        fs::write(&victim, b"keep!").unwrap();
+        symlink(&victim, root.path().join(partial_name(id))).unwrap();
+        store.commit(id, 5, &dest("h"), true).await.unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep!");
+        assert!(fs::symlink_metadata(root.path().join("h"))
+            .unwrap()
+            .is_file());
+        assert_eq!(fs::read(root.path().join("h")).unwrap(), b"third");
+    }
+
+    #[tokio::test]
+    async fn commit_refuses_a_directory_that_now_leaves_the_root() {
+        let (tmp, root) = tree();
+        let store = FsStore::open(&tmp.path().join("spool"), false).unwrap();
+        let id = session_with(&store, b"data");
+        let dest = Destination {
+            root: root.to_string_lossy().into_owned(),
+            path: "up/x".into(),
+        };
+        assert_eq!(
+            store.inspect(&dest).await.unwrap(),
+            DestinationState::ParentMissing
+        );
+        assert!(store.commit(id, 4, &dest, true).await.is_err());
+        assert!(!tmp.path().join("out/x").exists());
+        store.release_upload(id, &dest).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_spent_body_budget_writes_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        const K: usize = 100 << 10;
+        let store = FsStore::open(tmp.path(), false)
+            .unwrap()
+            .with_body_budget(150 << 10);
+        let id = session_with(&store, b"");
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (Ok::<_, io::Error>(c), rx))
+        });
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut body = Box::pin(body);
+                store.write(id, 0, 1 << 20, body.as_mut()).await
+            })
+        };
+        for i in 0..2u8 {
+            tx.send(Bytes::from(vec![i; K])).await.unwrap();
+        }
+        // The second chunk did not fit the budget: both go to disk while the client stalls,
+        // and the write gives their bytes back.
+        let data = store.data(id);
+        let held = || store.budget.held.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::metadata(&data).unwrap().len() < 2 * K as u64 || held() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing written early"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The third fits the budget again, and waits for more.
+        tx.send(Bytes::from(vec![2; K])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(held(), K as u64);
+        assert_eq!(fs::metadata(&data).unwrap().len(), 2 * K as u64);
+        drop(tx);
+        let out = writer.await.unwrap();
+        assert_eq!(out.durable, 3 * K as u64);
+        assert_eq!(held(), 0);
+        let got = fs::read(&data).unwrap();
+        assert!(got
+            .chunks(K)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+    }
+}
