@@ -408,9 +408,12 @@ fn stat_at(dir: &File, name: &str) -> io::Result<Option<rustix::fs::Stat>> {
 fn remove_at(dir: &File, name: &str) -> io::Result<()> {
     match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::ISDIR | Errno::PERM) => {
+        // EISDIR (Linux) or EPERM (POSIX) for a directory; EPERM also for someone else's
+        // file in a sticky directory, which is then the error reported.
+        Err(e @ (Errno::ISDIR | Errno::PERM)) => {
             match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
                 Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(Errno::NOTDIR) => Err(e.into()),
                 Err(e) => Err(e.into()),
             }
         }

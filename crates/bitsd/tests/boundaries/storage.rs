@@ -169,6 +169,12 @@ fn symlinked_directory_is_followed_by_uploads_and_downloads_alike() {
     assert_eq!(g.status, 200);
     assert!(g.body == data);
 
+    // A FIFO planted in the root: not served, and opening it does not hang the server.
+    let fifo = std::ffi::CString::new(root.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert_eq!(c.send("GET", "/upload/fifo", &[], b"").status, 404);
+
     // A directory swapped for a link out of the root between Create and the completing
     // fragment: the upload is not published outside.
     let r = c.create("/upload/swap/z.bin");
