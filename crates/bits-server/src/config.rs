@@ -84,6 +84,10 @@ pub struct ServerConfig {
     /// What Basic-auth password checks may cost: `[basic_auth]` (concurrency, queue, failure
     /// budgets per user name and per client address).
     pub basic_auth: crate::auth::BasicAuthLimits,
+    /// Bytes of fragment bodies the file system store may hold in memory at once, across all
+    /// requests. A write gathers up to 1 MiB before one positioned write; when this budget is
+    /// spent it writes what it has at once instead, so stalled clients cannot pin memory.
+    pub max_buffered_body_bytes: u64,
 }
 
 /// The `[storage]` table: `backend = "fs"` (default) or `backend = "s3"` with the S3 keys.
@@ -143,6 +147,7 @@ impl Default for ServerConfig {
             max_anonymous_sessions_per_ip: Some(1_000),
             vdirs: vec![VdirConfig::default()],
             basic_auth: crate::auth::BasicAuthLimits::default(),
+            max_buffered_body_bytes: 64 << 20,
         }
     }
 }

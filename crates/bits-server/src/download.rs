@@ -9,6 +9,7 @@
 use std::io::{self, SeekFrom};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -163,6 +164,43 @@ pub trait RangeSource: Send + Sync {
 impl RangeSource for std::path::PathBuf {
     async fn open(&self, range: Range<u64>) -> io::Result<crate::store::ByteStream> {
         file_range(self, range).await
+    }
+}
+
+/// A file opened once (by the check that decided to serve it), read with positioned reads:
+/// the ranges of one answer share the descriptor without sharing a file offset, and what is
+/// served is what was checked, whatever happens to its name meanwhile.
+#[async_trait::async_trait]
+impl RangeSource for Arc<std::fs::File> {
+    async fn open(&self, range: Range<u64>) -> io::Result<crate::store::ByteStream> {
+        Ok(Box::new(Box::pin(stream::try_unfold(
+            (self.clone(), range),
+            |(file, range)| async move {
+                if range.is_empty() {
+                    return Ok(None);
+                }
+                let want = (range.end - range.start).min(READ_CHUNK as u64) as usize;
+                let (file, buf) = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; want];
+                    let n = file.read_at(&mut buf, range.start)?;
+                    buf.truncate(n);
+                    Ok::<_, io::Error>((file, buf))
+                })
+                .await
+                .map_err(io::Error::other)??;
+                if buf.is_empty() {
+                    // Shorter than when it was measured: end the answer short, the client
+                    // sees the Content-Length unmet.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being served",
+                    ));
+                }
+                let next = range.start + buf.len() as u64..range.end;
+                Ok(Some((Bytes::from(buf), (file, next))))
+            },
+        ))))
     }
 }
 fn base_response(status: StatusCode, rep: &Representation) -> Response {

@@ -29,7 +29,10 @@ pub async fn open_engine(
         .storage
     {
         config::StorageConfig::Fs => {
-            let fs = Arc::new(store::fs::FsStore::open(&config.spool_dir, config.fsync)?);
+            let fs = Arc::new(
+                store::fs::FsStore::open(&config.spool_dir, config.fsync)?
+                    .with_body_budget(config.max_buffered_body_bytes),
+            );
             for v in config
                 .vdirs
                 .iter()

@@ -69,32 +69,29 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
     ) else {
         return plain(StatusCode::FORBIDDEN);
     };
-    match crate::store::fs::contained(&root, &target.rel_path).await {
-        Ok(Some(path)) => serve_file(&path, req).await,
+    // Opened without leaving the root (as uploads publish), and served from that descriptor.
+    // A root not made yet (per-user roots are made on first upload) holds nothing: 404.
+    match crate::store::fs::open_published(&root, &target.rel_path).await {
+        Ok(Some(file)) => serve_file(file, &target.rel_path, req).await,
         Ok(None) => plain(StatusCode::NOT_FOUND),
         Err(e) => {
-            tracing::error!(error = %e, "download path check failed");
+            tracing::error!(error = %e, "download open failed");
             plain(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
 }
 
-async fn serve_file(path: &std::path::Path, req: &http::request::Parts) -> Response {
+async fn serve_file(file: std::fs::File, rel_path: &str, req: &http::request::Parts) -> Response {
     let head = req.method == Method::HEAD;
     let served = async {
-        match crate::download::representation(path).await? {
-            Some(rep) => crate::download::respond(&path.to_path_buf(), &rep, &req.headers, head)
-                .await
-                .map(Some),
-            None => Ok(None),
-        }
+        let rep = crate::download::Representation::of(&file.metadata()?);
+        crate::download::respond(&std::sync::Arc::new(file), &rep, &req.headers, head).await
     }
     .await;
     match served {
-        Ok(Some(resp)) => resp,
-        Ok(None) => plain(StatusCode::NOT_FOUND),
+        Ok(resp) => resp,
         Err(e) => {
-            tracing::error!(error = %e, path = %path.display(), "download failed");
+            tracing::error!(error = %e, path = %rel_path, "download failed");
             plain(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }

@@ -5,17 +5,26 @@
 //! <spool>/sessions/<uuid>/meta.json   the SessionRecord, replaced by write-temp + fsync + rename
 //! <spool>/sessions/<uuid>/data        the partial upload, written in place at the received offset
 //! ```
+//!
+//! A vdir root may be writable by others than the server, so nothing below it is reached by a
+//! path string: the destination's directory is opened relative to the root without leaving it
+//! (see [`open_beneath`]), and every name in it is created, linked, renamed or removed
+//! relative to that directory, never following a symbolic link planted under a server name.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bits_proto::SessionId;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 use tokio::task::{spawn_blocking, JoinHandle};
 
 use super::vectored;
@@ -25,13 +34,18 @@ use super::{
 };
 
 /// Bytes gathered from the network before one positioned write; two such batches are in flight
-/// at most (one being filled, one being written), which bounds memory per request.
+/// at most (one being filled, one being written), which bounds memory per request. Across
+/// requests, [`BodyBudget`] bounds it.
 const WRITE_CHUNK: usize = 1 << 20;
+
+/// Default of `max_buffered_body_bytes`.
+pub const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
 
 #[derive(Clone, Debug)]
 pub struct FsStore {
     sessions: PathBuf,
     fsync: bool,
+    budget: Arc<BodyBudget>,
 }
 
 impl FsStore {
@@ -39,7 +53,18 @@ impl FsStore {
     pub fn open(spool: &Path, fsync: bool) -> io::Result<FsStore> {
         let sessions = spool.join("sessions");
         fs::create_dir_all(&sessions)?;
-        Ok(FsStore { sessions, fsync })
+        Ok(FsStore {
+            sessions,
+            fsync,
+            budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
+        })
+    }
+
+    /// Bounds the fragment body bytes all writes of this store gather in memory together
+    /// (`max_buffered_body_bytes`).
+    pub fn with_body_budget(mut self, bytes: u64) -> FsStore {
+        self.budget = BodyBudget::new(bytes);
+        self
     }
 
     fn dir(&self, id: SessionId) -> PathBuf {
@@ -217,72 +242,286 @@ pub fn is_internal_name(rel_path: &str) -> bool {
         .any(|seg| seg.starts_with(PARTIAL_PREFIX))
 }
 
-/// `root/rel_path` if, with every symbolic link resolved, it still lies inside `root`;
-/// `None` if it does not exist or escapes.
-pub async fn contained(root: &Path, rel_path: &str) -> io::Result<Option<PathBuf>> {
-    let (root, path) = (root.to_path_buf(), root.join(rel_path));
-    spawn_blocking(move || {
-        let canonical_root = fs::canonicalize(&root)?;
-        match fs::canonicalize(&path) {
-            Ok(p) if p.starts_with(&canonical_root) => Ok(Some(p)),
-            Ok(_) => Ok(None),
-            Err(e)
-                if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
-            {
-                Ok(None)
+/// Whether the kernel lacks `openat2` (Linux < 5.6, or a seccomp filter that hides it); then
+/// [`open_beneath`] walks component by component.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens the directory `root` itself. It is the operator's to choose, so a symbolic link
+/// there is followed; `None` if it does not exist (a per-user root not made yet).
+fn open_root(root: &Path) -> io::Result<Option<OwnedFd>> {
+    match rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens `rel` (slash-separated, relative) below the directory `root` with `flags`,
+/// following symbolic links only while they stay below `root`: a relative link inside the
+/// root is followed, one that leads out of it (an absolute link, `..` past the root, a
+/// `/proc` magic link) is refused. Uploads and downloads both come through here, so they
+/// agree on what a root contains. `None` if `rel` does not exist, a component is not a
+/// directory, or it leaves the root.
+///
+/// Without `openat2` every component is opened with `O_NOFOLLOW`: stricter (no symbolic link
+/// at all is followed), never looser.
+pub(crate) fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &str,
+    flags: OFlags,
+) -> io::Result<Option<OwnedFd>> {
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Ok(None);
+    }
+    let rel = if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    };
+    let flags = flags | OFlags::CLOEXEC;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        // EAGAIN: a rename elsewhere raced the lookup (the kernel cannot rule out an escape).
+        for _ in 0..8 {
+            match rustix::fs::openat2(root, rel.as_str(), flags, Mode::empty(), resolve) {
+                Ok(fd) => return Ok(Some(fd)),
+                Err(Errno::AGAIN) => continue,
+                Err(Errno::NOSYS) => {
+                    NO_OPENAT2.store(true, Ordering::Relaxed);
+                    break;
+                }
+                // Older container runtimes deny unknown system calls with EPERM.
+                Err(Errno::PERM) => break,
+                Err(e) => return refused_as_none(e),
             }
-            Err(e) => Err(e),
         }
+    }
+    walk_nofollow(root, &parts, flags)
+}
+
+/// [`open_beneath`] without `openat2`: one `openat` per component, none of them a link.
+fn walk_nofollow(
+    root: BorrowedFd<'_>,
+    parts: &[&str],
+    flags: OFlags,
+) -> io::Result<Option<OwnedFd>> {
+    let Some((last, dirs)) = parts.split_last() else {
+        return match rustix::fs::openat(root, ".", flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) => refused_as_none(e),
+        };
+    };
+    let mut dir: Option<OwnedFd> = None;
+    for part in dirs {
+        let at = dir.as_ref().map_or(root, |d| d.as_fd());
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(at, *part, dir_flags, Mode::empty()) {
+            Ok(fd) => dir = Some(fd),
+            Err(e) => return refused_as_none(e),
+        }
+    }
+    let at = dir.as_ref().map_or(root, |d| d.as_fd());
+    match rustix::fs::openat(at, *last, flags | OFlags::NOFOLLOW, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) => refused_as_none(e),
+    }
+}
+
+/// Missing, not a directory, a link refused, or out of the root: all `None`.
+fn refused_as_none(e: Errno) -> io::Result<Option<OwnedFd>> {
+    match e {
+        Errno::NOENT | Errno::NOTDIR | Errno::XDEV | Errno::LOOP => Ok(None),
+        e => Err(e.into()),
+    }
+}
+
+/// The published file `rel_path` below `root`, opened for reading if it is a regular file
+/// reached without leaving the root (see [`open_beneath`]); `None` otherwise, including when
+/// the root itself does not exist yet.
+pub async fn open_published(root: &Path, rel_path: &str) -> io::Result<Option<File>> {
+    let (root, rel) = (root.to_path_buf(), rel_path.to_string());
+    spawn_blocking(move || {
+        let Some(root) = open_root(&root)? else {
+            return Ok(None);
+        };
+        // O_NONBLOCK: a FIFO planted in the root must not hang the open.
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let Some(fd) = open_beneath(root.as_fd(), &rel, flags)? else {
+            return Ok(None);
+        };
+        let file = File::from(fd);
+        Ok(file.metadata()?.is_file().then_some(file))
     })
     .await
     .map_err(io::Error::other)?
 }
 
-fn dest_path(dest: &Destination) -> PathBuf {
-    Path::new(&dest.root).join(&dest.path)
+/// The directory a destination is published into, opened without leaving its root, and the
+/// destination's name in it.
+struct Parent {
+    dir: File,
+    name: String,
 }
 
-fn inspect_blocking(dest: &Destination) -> Result<DestinationState, StoreError> {
-    let path = dest_path(dest);
-    match fs::symlink_metadata(&path) {
-        Ok(m) if m.is_dir() => return Ok(DestinationState::Directory),
-        Ok(_) => return Ok(DestinationState::File),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-            return Ok(DestinationState::ParentMissing)
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let Some(parent) = path.parent() else {
-        return Ok(DestinationState::ParentMissing);
+/// Flags of a destination directory: read-only, so it can be fsynced.
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY);
+
+/// `None` when the root or a directory on the way is missing, or the way leaves the root.
+fn open_parent(dest: &Destination) -> io::Result<Option<Parent>> {
+    let (dir, name) = match dest.path.trim_matches('/').rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", dest.path.trim_matches('/')),
     };
-    match fs::metadata(parent) {
-        Ok(m) if m.is_dir() => Ok(DestinationState::Absent),
-        Ok(_) => Ok(DestinationState::ParentMissing),
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
-            Ok(DestinationState::ParentMissing)
+    if name.is_empty() || name == "." || name == ".." {
+        return Ok(None);
+    }
+    let Some(root) = open_root(Path::new(&dest.root))? else {
+        return Ok(None);
+    };
+    Ok(
+        open_beneath(root.as_fd(), dir, DIR_FLAGS)?.map(|fd| Parent {
+            dir: File::from(fd),
+            name: name.to_string(),
+        }),
+    )
+}
+
+/// The entry `name` in `dir` itself (a link is not followed); `None` if there is none.
+fn stat_at(dir: &File, name: &str) -> io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the entry `name` from `dir`, whatever it is (unlink never follows a link); an
+/// empty directory is removed too.
+fn remove_at(dir: &File, name: &str) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        // EISDIR (Linux) or EPERM (POSIX) for a directory; EPERM also for someone else's
+        // file in a sticky directory, which is then the error reported.
+        Err(e @ (Errno::ISDIR | Errno::PERM)) => {
+            match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(Errno::NOTDIR) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            }
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Body chunks waiting for one gather write.
-#[derive(Default)]
+fn is_regular(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+}
+
+fn same_file(a: &rustix::fs::Stat, b: &rustix::fs::Stat) -> bool {
+    a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}
+
+fn inspect_blocking(dest: &Destination) -> Result<DestinationState, StoreError> {
+    // A directory on the way that is missing, or that leaves the root, is a missing parent:
+    // uploads never create directories, nor publish outside their root.
+    let Some(parent) = open_parent(dest)? else {
+        return Ok(DestinationState::ParentMissing);
+    };
+    Ok(match stat_at(&parent.dir, &parent.name)? {
+        Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            DestinationState::Directory
+        }
+        Some(_) => DestinationState::File,
+        None => DestinationState::Absent,
+    })
+}
+
+/// Fragment body bytes gathered in memory by all writes of one store, against a limit: a
+/// client that sends most of a batch and then stalls would otherwise pin up to
+/// [`WRITE_CHUNK`] per connection, and many such clients the whole server's memory.
+#[derive(Debug)]
+struct BodyBudget {
+    limit: u64,
+    held: AtomicU64,
+}
+
+impl BodyBudget {
+    fn new(limit: u64) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            limit,
+            held: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes `n` bytes of the budget, or nothing if that would exceed it.
+    fn try_take(&self, n: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&t| t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Body chunks waiting for one gather write, with the part of the budget they hold (given
+/// back when the batch is dropped: written, failed or abandoned alike).
 struct Batch {
     chunks: Vec<Bytes>,
     len: u64,
+    budget: Arc<BodyBudget>,
+    reserved: u64,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.budget.give_back(self.reserved);
+    }
 }
 
 impl Batch {
-    fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.len += chunk.len() as u64;
-            self.chunks.push(chunk);
+    fn new(budget: Arc<BodyBudget>) -> Batch {
+        Batch {
+            chunks: Vec::new(),
+            len: 0,
+            budget,
+            reserved: 0,
         }
+    }
+
+    /// Adds a chunk; `false` when the budget could not cover it (it is held anyway, until
+    /// the write the caller then starts at once).
+    fn push(&mut self, chunk: Bytes) -> bool {
+        if chunk.is_empty() {
+            return true;
+        }
+        let n = chunk.len() as u64;
+        self.len += n;
+        self.chunks.push(chunk);
+        let covered = self.budget.try_take(n);
+        if covered {
+            self.reserved += n;
+        }
+        covered
     }
 
     fn is_full(&self) -> bool {
         self.len >= WRITE_CHUNK as u64 || self.chunks.len() >= vectored::MAX_SLICES
+    }
+
+    fn take(&mut self) -> Batch {
+        std::mem::replace(self, Batch::new(self.budget.clone()))
     }
 }
 
@@ -313,16 +552,17 @@ impl DataFile {
     }
 }
 
-/// Writes `chunks` at `pos` on the blocking pool, then (with `sync`) makes the file durable.
+/// Writes `batch` at `pos` on the blocking pool, then (with `sync`) makes the file durable.
 fn spawn_write(
     file: Arc<DataFile>,
     pos: u64,
-    chunks: Vec<Bytes>,
+    batch: Batch,
     sync: bool,
 ) -> JoinHandle<io::Result<u64>> {
     spawn_blocking(move || {
         let f = file.get()?;
-        let n = vectored::write_all_at(f, pos, &chunks)?;
+        let n = vectored::write_all_at(f, pos, &batch.chunks)?;
+        drop(batch);
         if sync {
             f.sync_data()?;
         }
@@ -366,17 +606,19 @@ impl DataStore for FsStore {
         // trip to the blocking pool, not three.
         let file = Arc::new(DataFile::new(self.data(id)));
         // Chunks are kept as they arrived and written with one gather write per batch.
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(self.budget.clone());
         let mut pending: Option<JoinHandle<io::Result<u64>>> = None;
         let mut queued = 0u64; // bytes handed to writes so far
         let mut written = 0u64; // bytes whose writes completed
         let mut synced = false;
         let mut error: Option<StoreError> = None;
         while queued + batch.len < len {
-            match body.next().await {
+            // Over budget, what is gathered is written at once rather than held while the
+            // client takes its time: smaller writes, bounded memory.
+            let over_budget = match body.next().await {
                 Some(Ok(mut chunk)) => {
                     chunk.truncate((len - queued - batch.len) as usize);
-                    batch.push(chunk);
+                    !batch.push(chunk)
                 }
                 Some(Err(e)) => {
                     error = Some(StoreError::Body(e));
@@ -389,8 +631,8 @@ impl DataStore for FsStore {
                     )));
                     break;
                 }
-            }
-            if batch.is_full() && queued + batch.len < len {
+            };
+            if (batch.is_full() || over_budget) && queued + batch.len < len {
                 match finish(pending.take()).await {
                     Ok(n) => written += n,
                     Err(e) => {
@@ -398,14 +640,9 @@ impl DataStore for FsStore {
                         break;
                     }
                 }
-                let full = std::mem::take(&mut batch);
+                let full = batch.take();
                 let n = full.len;
-                pending = Some(spawn_write(
-                    file.clone(),
-                    offset + queued,
-                    full.chunks,
-                    false,
-                ));
+                pending = Some(spawn_write(file.clone(), offset + queued, full, false));
                 queued += n;
             }
         }
@@ -418,16 +655,9 @@ impl DataStore for FsStore {
             && batch.len > 0
             && !matches!(error, Some(StoreError::DiskFull | StoreError::Io(_)))
         {
-            let rest = std::mem::take(&mut batch);
+            let rest = batch.take();
             let sync = self.fsync;
-            match finish(Some(spawn_write(
-                file.clone(),
-                offset + queued,
-                rest.chunks,
-                sync,
-            )))
-            .await
-            {
+            match finish(Some(spawn_write(file.clone(), offset + queued, rest, sync))).await {
                 Ok(n) => {
                     written += n;
                     synced = sync;
@@ -578,15 +808,21 @@ impl FsStore {
         overwrite: bool,
     ) -> Result<(), StoreError> {
         let data = self.data(id);
-        let target = dest_path(dest);
-        let parent = target
-            .parent()
-            .ok_or(StoreError::DataMissing)?
-            .to_path_buf();
+        // Create saw the directory; if it is gone since, or now leads out of the root (a
+        // directory swapped for a link), nothing is published.
+        let parent = open_parent(dest)?.ok_or_else(|| {
+            StoreError::Io(io::Error::new(
+                ErrorKind::NotFound,
+                "the destination directory is missing or leaves its root",
+            ))
+        })?;
         let data_meta = match fs::metadata(&data) {
             Ok(m) => m,
             // Published by an earlier attempt that crashed before recording it.
-            Err(e) if e.kind() == ErrorKind::NotFound && fs::symlink_metadata(&target).is_ok() => {
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && stat_at(&parent.dir, &parent.name)?.is_some() =>
+            {
                 return Ok(())
             }
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::DataMissing),
@@ -600,52 +836,134 @@ impl FsStore {
                 f.sync_all()?;
             }
         }
+        let target = stat_at(&parent.dir, &parent.name)?;
         // Same file system: publish the spool file itself. Otherwise copy next to the target
         // first (kept, like the spool file, until the record says published: a retry after a
         // crash then recognises its own publication by the inode).
-        let source = if same_device(&data_meta, &parent)? {
-            data.clone()
-        } else {
-            let tmp = parent.join(format!("{PARTIAL_PREFIX}{}", id.as_uuid().simple()));
-            if fs::metadata(&tmp).map(|m| m.len() != total).unwrap_or(true) {
-                let mut out = File::create(&tmp)?;
-                io::copy(&mut File::open(&data)?.take(total), &mut out)?;
-                if self.fsync {
-                    out.sync_all()?;
-                }
-            }
-            tmp
-        };
-        if !same_inode(&source, &target) {
+        let (source_dir, source_name, source): (BorrowedFd<'_>, PathBuf, (u64, u64)) =
+            if parent.dir.metadata()?.dev() == data_meta.dev() {
+                (
+                    rustix::fs::CWD,
+                    data.clone(),
+                    (data_meta.dev(), data_meta.ino()),
+                )
+            } else {
+                let name = partial_name(id);
+                let st =
+                    self.copy_beside(&parent, &name, &data, total, &data_meta, target.as_ref())?;
+                (
+                    parent.dir.as_fd(),
+                    PathBuf::from(name),
+                    (st.st_dev, st.st_ino),
+                )
+            };
+        let published = target.is_some_and(|t| (t.st_dev, t.st_ino) == source);
+        if !published {
             if overwrite {
                 // A second name for the same inode, renamed over the target: atomic replace
-                // without giving up the spool name.
-                let staged =
-                    parent.join(format!("{PARTIAL_PREFIX}{}-publish", id.as_uuid().simple()));
-                remove_if_exists(&staged)?;
-                fs::hard_link(&source, &staged)?;
-                fs::rename(&staged, &target)?;
+                // without giving up the spool name. The rename replaces whatever is at the
+                // target (a link there is replaced, not followed).
+                let staged = format!("{}-publish", partial_name(id));
+                remove_at(&parent.dir, &staged)?;
+                rustix::fs::linkat(
+                    source_dir,
+                    &source_name,
+                    &parent.dir,
+                    staged.as_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(io::Error::from)?;
+                rustix::fs::renameat(
+                    &parent.dir,
+                    staged.as_str(),
+                    &parent.dir,
+                    parent.name.as_str(),
+                )
+                .map_err(io::Error::from)?;
             } else {
-                match fs::hard_link(&source, &target) {
+                match rustix::fs::linkat(
+                    source_dir,
+                    &source_name,
+                    &parent.dir,
+                    parent.name.as_str(),
+                    AtFlags::empty(),
+                ) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                        return Err(StoreError::DestinationExists)
-                    }
-                    Err(e) => return Err(e.into()),
+                    Err(Errno::EXIST) => return Err(StoreError::DestinationExists),
+                    Err(e) => return Err(io::Error::from(e).into()),
                 }
             }
         }
-        self.sync_dir(&parent)?;
+        if self.fsync {
+            parent.dir.sync_all()?;
+        }
         Ok(())
+    }
+
+    /// The server's own copy of the upload named `name` in the destination's directory (the
+    /// spool is on another file system), made if there is no trustworthy one from an earlier
+    /// attempt. The name is predictable, and the directory may be writable by others: an
+    /// earlier copy is reused only if it is a regular file owned by the server, of the right
+    /// size, and linked nowhere but (once published) at the target itself. Anything else
+    /// under the name (a link, a FIFO, someone else's file) is removed, never opened, and
+    /// the copy made afresh with `O_EXCL | O_NOFOLLOW`.
+    fn copy_beside(
+        &self,
+        parent: &Parent,
+        name: &str,
+        data: &Path,
+        total: u64,
+        data_meta: &fs::Metadata,
+        target: Option<&rustix::fs::Stat>,
+    ) -> Result<rustix::fs::Stat, StoreError> {
+        if let Some(st) = stat_at(&parent.dir, name)? {
+            let own = is_regular(&st)
+                && st.st_uid == data_meta.uid()
+                && u64::try_from(st.st_size) == Ok(total)
+                && (st.st_nlink == 1
+                    || (st.st_nlink == 2 && target.is_some_and(|t| same_file(t, &st))));
+            if own {
+                return Ok(st);
+            }
+            tracing::warn!(name, dir = %parent.name, "removing an unexpected file under the server's temporary name");
+        }
+        // A name planted again between the removal and the creation: remove it again.
+        let mut attempts = 0;
+        let mut out = loop {
+            remove_at(&parent.dir, name)?;
+            match rustix::fs::openat(
+                &parent.dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            ) {
+                Ok(fd) => break File::from(fd),
+                Err(Errno::EXIST) if attempts < 3 => attempts += 1,
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+        };
+        io::copy(&mut File::open(data)?.take(total), &mut out)?;
+        if self.fsync {
+            out.sync_all()?;
+        }
+        Ok(rustix::fs::fstat(&out).map_err(io::Error::from)?)
     }
 
     fn release_blocking(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
         remove_if_exists(&self.data(id))?;
-        if let Some(parent) = dest_path(dest).parent() {
-            remove_if_exists(&parent.join(format!("{PARTIAL_PREFIX}{}", id.as_uuid().simple())))?;
+        if let Some(parent) = open_parent(dest)? {
+            let name = partial_name(id);
+            remove_at(&parent.dir, &name)?;
+            // Left by a crash between linking and renaming it over the target.
+            remove_at(&parent.dir, &format!("{name}-publish"))?;
         }
         Ok(())
     }
+}
+
+/// The name of a session's copy next to its destination.
+fn partial_name(id: SessionId) -> String {
+    format!("{PARTIAL_PREFIX}{}", id.as_uuid().simple())
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
@@ -655,13 +973,226 @@ fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn same_device(data: &fs::Metadata, dir: &Path) -> Result<bool, StoreError> {
-    Ok(fs::metadata(dir)?.dev() == data.dev())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::time::Duration;
 
-fn same_inode(a: &Path, b: &Path) -> bool {
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
+    fn root_fd(p: &Path) -> OwnedFd {
+        open_root(p).unwrap().unwrap()
+    }
+
+    /// `root/a/b/f`, `out/secret` beside the root, and links in the root: `in` (relative,
+    /// inside), `up` (relative, out), `abs` (absolute, out), `lf` (to the file, inside).
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/f"), b"f").unwrap();
+        fs::create_dir_all(tmp.path().join("out")).unwrap();
+        fs::write(tmp.path().join("out/secret"), b"s").unwrap();
+        symlink("a/b", root.join("in")).unwrap();
+        symlink("../out", root.join("up")).unwrap();
+        symlink(tmp.path().join("out"), root.join("abs")).unwrap();
+        symlink("a/b/f", root.join("lf")).unwrap();
+        (tmp, root)
+    }
+
+    #[test]
+    fn open_beneath_follows_links_only_while_they_stay_inside() {
+        let (_tmp, root) = tree();
+        let r = root_fd(&root);
+        let open = |rel: &str| {
+            open_beneath(r.as_fd(), rel, OFlags::RDONLY)
+                .unwrap()
+                .is_some()
+        };
+        assert!(open("a/b/f"));
+        assert!(open("in/f"));
+        assert!(open("lf"));
+        assert!(open(""), "the root itself");
+        assert!(!open("up/secret"));
+        assert!(!open("abs/secret"));
+        assert!(!open("a/../../out/secret"));
+        assert!(!open("a/b/f/x"), "a file as a directory");
+        assert!(!open("missing/x"));
+    }
+
+    #[test]
+    fn without_openat2_no_link_is_followed() {
+        let (_tmp, root) = tree();
+        let r = root_fd(&root);
+        let open = |parts: &[&str]| {
+            walk_nofollow(r.as_fd(), parts, OFlags::RDONLY)
+                .unwrap()
+                .is_some()
+        };
+        assert!(open(&["a", "b", "f"]));
+        assert!(open(&[]));
+        assert!(!open(&["in", "f"]));
+        assert!(!open(&["lf"]));
+        assert!(!open(&["abs", "secret"]));
+        assert!(!open(&["up", "secret"]));
+    }
+
+    #[tokio::test]
+    async fn published_files_open_only_below_an_existing_root() {
+        let (tmp, root) = tree();
+        assert!(open_published(&root, "in/f").await.unwrap().is_some());
+        assert!(
+            open_published(&root, "a/b").await.unwrap().is_none(),
+            "a directory"
+        );
+        assert!(open_published(&root, "up/secret").await.unwrap().is_none());
+        let missing = tmp.path().join("users/alice");
+        assert!(open_published(&missing, "f").await.unwrap().is_none());
+    }
+
+    /// A spool and a root on two file systems (/dev/shm is tmpfs), or `None` with a note.
+    fn two_file_systems() -> Option<(tempfile::TempDir, tempfile::TempDir)> {
+        let spool = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir_in("/dev/shm").ok()?;
+        let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+        if dev(spool.path()) == dev(root.path()) {
+            println!("note: no second file system here; cross-file-system case skipped");
+            return None;
+        }
+        Some((spool, root))
+    }
+
+    fn session_with(store: &FsStore, data: &[u8]) -> SessionId {
+        let id = SessionId::random();
+        fs::create_dir_all(store.dir(id)).unwrap();
+        fs::write(store.data(id), data).unwrap();
+        id
+    }
+
+    fn ino(p: &Path) -> u64 {
+        fs::symlink_metadata(p).unwrap().ino()
+    }
+
+    #[tokio::test]
+    async fn commit_across_file_systems_replaces_planted_names_and_recognises_its_own_copy() {
+        let Some((spool, root)) = two_file_systems() else {
+            return;
+        };
+        let store = FsStore::open(spool.path(), true).unwrap();
+        let dest = |name: &str| Destination {
+            root: root.path().to_string_lossy().into_owned(),
+            path: name.into(),
+        };
+
+        // A FIFO under the copy's name: opening it for writing would never return.
+        let id = session_with(&store, b"hello");
+        let partial = root.path().join(partial_name(id));
+        let c = std::ffi::CString::new(partial.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.commit(id, 5, &dest("f"), false),
+        )
+        .await
+        .expect("commit hung on a FIFO")
+        .unwrap();
+        assert_eq!(fs::read(root.path().join("f")).unwrap(), b"hello");
+        // A retry after a crash before the publication was recorded: its own copy, linked at
+        // the target, is recognised, not published twice nor refused as existing.
+        store.commit(id, 5, &dest("f"), false).await.unwrap();
+        assert_eq!(ino(&partial), ino(&root.path().join("f")));
+        store.release_upload(id, &dest("f")).await.unwrap();
+        assert!(!partial.exists());
+        // ... and after a crash once the spool copy was released.
+        store.commit(id, 5, &dest("f"), false).await.unwrap();
+
+        // A crash after the copy, before the link: the copy is reused.
+        let id = session_with(&store, b"world");
+        store.commit(id, 5, &dest("g"), false).await.unwrap();
+        fs::remove_file(root.path().join("g")).unwrap();
+        let partial = root.path().join(partial_name(id));
+        let copy = ino(&partial);
+        store.commit(id, 5, &dest("g"), true).await.unwrap();
+        assert_eq!(ino(&root.path().join("g")), copy);
+
+        // A planted link: replaced, and the file published is a regular file.
+        let id = session_with(&store, b"third");
+        let victim = spool.path().join("victim");
+        fs::write(&victim, b"keep!").unwrap();
+        symlink(&victim, root.path().join(partial_name(id))).unwrap();
+        store.commit(id, 5, &dest("h"), true).await.unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep!");
+        assert!(fs::symlink_metadata(root.path().join("h"))
+            .unwrap()
+            .is_file());
+        assert_eq!(fs::read(root.path().join("h")).unwrap(), b"third");
+    }
+
+    #[tokio::test]
+    async fn commit_refuses_a_directory_that_now_leaves_the_root() {
+        let (tmp, root) = tree();
+        let store = FsStore::open(&tmp.path().join("spool"), false).unwrap();
+        let id = session_with(&store, b"data");
+        let dest = Destination {
+            root: root.to_string_lossy().into_owned(),
+            path: "up/x".into(),
+        };
+        assert_eq!(
+            store.inspect(&dest).await.unwrap(),
+            DestinationState::ParentMissing
+        );
+        assert!(store.commit(id, 4, &dest, true).await.is_err());
+        assert!(!tmp.path().join("out/x").exists());
+        store.release_upload(id, &dest).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_spent_body_budget_writes_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        const K: usize = 100 << 10;
+        let store = FsStore::open(tmp.path(), false)
+            .unwrap()
+            .with_body_budget(150 << 10);
+        let id = session_with(&store, b"");
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (Ok::<_, io::Error>(c), rx))
+        });
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut body = Box::pin(body);
+                store.write(id, 0, 1 << 20, body.as_mut()).await
+            })
+        };
+        for i in 0..2u8 {
+            tx.send(Bytes::from(vec![i; K])).await.unwrap();
+        }
+        // The second chunk did not fit the budget: both go to disk while the client stalls,
+        // and the write gives their bytes back.
+        let data = store.data(id);
+        let held = || store.budget.held.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::metadata(&data).unwrap().len() < 2 * K as u64 || held() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing written early"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The third fits the budget again, and waits for more.
+        tx.send(Bytes::from(vec![2; K])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(held(), K as u64);
+        assert_eq!(fs::metadata(&data).unwrap().len(), 2 * K as u64);
+        drop(tx);
+        let out = writer.await.unwrap();
+        assert_eq!(out.durable, 3 * K as u64);
+        assert_eq!(held(), 0);
+        let got = fs::read(&data).unwrap();
+        assert!(got
+            .chunks(K)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
     }
 }
