@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{pattern, Fake, Req, Resp};
+use support::{assert_code, pattern, scripted, server_pki, text, Emulator, Env, Fake, Req, Resp};
 
 const P: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
 const SID: &str = "{00000000-0000-0000-0000-000000000001}";
@@ -23,6 +23,12 @@ const SID: &str = "{00000000-0000-0000-0000-000000000001}";
 struct Emu {
     held: Vec<u8>,
     sessions: u32,
+}
+
+impl Emulator for Emu {
+    fn handle(&mut self, r: &Req) -> Resp {
+        Emu::handle(self, r)
+    }
 }
 
 impl Emu {
@@ -70,77 +76,6 @@ impl Emu {
     }
 }
 
-/// A fake BITS server whose hook may answer first (`Some`); the emulator answers the rest.
-fn scripted(
-    mut hook: impl FnMut(&Req, &mut Emu) -> Option<Resp> + Send + 'static,
-) -> (Fake, Arc<Mutex<Emu>>) {
-    let emu = Arc::new(Mutex::new(Emu::default()));
-    let e2 = emu.clone();
-    let fake = Fake::start(move |r| {
-        let mut e = e2.lock().unwrap();
-        match hook(r, &mut e) {
-            Some(resp) => resp,
-            None => e.handle(r),
-        }
-    });
-    (fake, emu)
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, data).unwrap();
-        p
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bits"));
-        c.arg("--state-dir")
-            .arg(self.path("state"))
-            .args(["--retry-delay", "10ms", "--quiet"])
-            .args(args)
-            .env_remove("BITS_PASSWORD")
-            .env_remove("BITS_STATE_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run bits")
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, expected: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
-
 /// Runs a command, killing it (and failing the test) if it runs longer than `limit`.
 fn run_bounded(mut c: Command, limit: Duration) -> Output {
     let mut child = c.spawn().expect("spawn bits");
@@ -168,18 +103,7 @@ fn auth_of(r: &Req) -> Option<&str> {
 /// A TLS front (certificate for 127.0.0.1 from a fresh CA) that forwards every connection to
 /// `backend`; returns its address and the CA's PEM. Runs on its own thread and runtime.
 fn tls_front(backend: std::net::SocketAddr) -> (std::net::SocketAddr, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, "boundaries CA");
-    let ca = p.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    let (ca, cert, key) = server_pki("boundaries CA");
     let certs = vec![cert.der().clone()];
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -230,7 +154,7 @@ fn tls_front(backend: std::net::SocketAddr) -> (std::net::SocketAddr, String) {
 fn finding10_credentials_not_sent_to_a_foreign_reply_url() {
     let other = Fake::start(|_| Resp::new(200, &[]).body(b"reply".to_vec()));
     let reply_url = other.url("/r.bin");
-    let (fake, _) = scripted(move |r, e| {
+    let (fake, _) = scripted::<Emu>(move |r, e| {
         if r.packet() == "Fragment" && Emu::completes(r) {
             let mut resp = e.handle(r);
             resp.headers
@@ -239,7 +163,7 @@ fn finding10_credentials_not_sent_to_a_foreign_reply_url() {
         }
         None
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 1));
     let out = env.path("reply.out");
     let o = env
@@ -279,7 +203,7 @@ fn finding10_credentials_not_sent_across_a_redirect() {
         "/b" => Resp::new(302, &[("Location", &target)]),
         _ => Resp::new(404, &[]),
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let dest = env.path("out.bin");
     let o = env
         .cmd(&[
@@ -304,7 +228,7 @@ fn finding10_credentials_not_sent_across_a_redirect() {
 /// credentials (the Cancel of the session, to the original origin, still carries them).
 #[test]
 fn finding10_credentials_not_sent_to_a_host_id_host() {
-    let (fake, _) = scripted(|r, e| {
+    let (fake, _) = scripted::<Emu>(|r, e| {
         if r.packet() == "Create-Session" {
             let mut resp = e.handle(r);
             resp.headers
@@ -313,7 +237,7 @@ fn finding10_credentials_not_sent_to_a_host_id_host() {
         }
         None
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 2));
     let o = env
         .cmd(&[
@@ -342,7 +266,7 @@ fn finding10_credentials_not_sent_to_a_host_id_host() {
 fn finding10_https_job_refuses_an_http_reply_url() {
     let plain = Fake::start(|_| Resp::new(200, &[]).body(b"reply".to_vec()));
     let reply_url = plain.url("/r.bin");
-    let (fake, _) = scripted(move |r, e| {
+    let (fake, _) = scripted::<Emu>(move |r, e| {
         if r.packet() == "Fragment" && Emu::completes(r) {
             let mut resp = e.handle(r);
             resp.headers
@@ -352,7 +276,7 @@ fn finding10_https_job_refuses_an_http_reply_url() {
         None
     });
     let (front, ca) = tls_front(fake.addr);
-    let env = Env::new();
+    let env = Env::quiet();
     let ca_path = env.file("ca.pem", ca.as_bytes());
     let file = env.file("a.bin", &pattern(3000, 3));
     let out = env.path("reply.out");
@@ -385,7 +309,7 @@ fn finding10_https_job_refuses_an_http_reply_url() {
 /// session is cancelled.
 #[test]
 fn finding10_file_reply_url_is_a_policy_refusal() {
-    let (fake, _) = scripted(move |r, e| {
+    let (fake, _) = scripted::<Emu>(move |r, e| {
         if r.packet() == "Fragment" && Emu::completes(r) {
             let mut resp = e.handle(r);
             resp.headers
@@ -394,7 +318,7 @@ fn finding10_file_reply_url_is_a_policy_refusal() {
         }
         None
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 4));
     let out = env.path("reply.out");
     let o = env.run(&[
@@ -420,12 +344,12 @@ fn finding10_file_reply_url_is_a_policy_refusal() {
 /// Create-Session, everything from byte 0) and the server ends up with the new content.
 #[test]
 fn finding10_file_changed_during_the_last_fragment_restarts_the_upload() {
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 5));
     let new_content = pattern(3500, 6);
     let (path, nc) = (file.clone(), new_content.clone());
     let mut changed = false;
-    let (fake, emu) = scripted(move |r, _| {
+    let (fake, emu) = scripted::<Emu>(move |r, _| {
         if r.packet() == "Fragment" && !changed {
             changed = true;
             std::fs::write(&path, &nc).unwrap();
@@ -457,11 +381,11 @@ fn finding10_file_changed_during_the_last_fragment_restarts_the_upload() {
 /// fails with exit 7, never 0.
 #[test]
 fn finding10_file_that_keeps_changing_fails_instead_of_exiting_0() {
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 7));
     let path = file.clone();
     let mut n = 0;
-    let (fake, _) = scripted(move |r, _| {
+    let (fake, _) = scripted::<Emu>(move |r, _| {
         if r.packet() == "Fragment" {
             n += 1;
             std::fs::write(&path, pattern(3000 + n * 10, n as u64)).unwrap();
@@ -484,7 +408,7 @@ fn finding10_file_that_keeps_changing_fails_instead_of_exiting_0() {
 #[test]
 fn finding10_oscillating_acks_exhaust_the_retries() {
     let mut flip = false;
-    let (fake, _) = scripted(move |r, _| match r.packet() {
+    let (fake, _) = scripted::<Emu>(move |r, _| match r.packet() {
         "Fragment" => {
             flip = !flip;
             let n = if flip { "10240" } else { "5120" };
@@ -492,7 +416,7 @@ fn finding10_oscillating_acks_exhaust_the_retries() {
         }
         _ => None,
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(100_000, 8));
     let mut c = env.cmd(&[
         "upload",
@@ -520,7 +444,7 @@ fn finding10_oscillating_acks_exhaust_the_retries() {
 /// out; counted against the best offset, the third fruitless restart ends the job.
 #[test]
 fn finding10_sessions_lost_at_the_same_offset_give_up() {
-    let (fake, _) = scripted(move |r, e| {
+    let (fake, _) = scripted::<Emu>(move |r, e| {
         if r.packet() == "Fragment" {
             let (first, _, _) = r.range();
             if first >= 10_240 {
@@ -536,7 +460,7 @@ fn finding10_sessions_lost_at_the_same_offset_give_up() {
         }
         None
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(100_000, 13));
     let c = env.cmd(&[
         "upload",
@@ -571,7 +495,7 @@ fn mode(p: &Path) -> u32 {
 #[test]
 fn finding10_state_dir_keeps_the_mode_of_an_existing_directory() {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::new();
+    let env = Env::quiet();
     let shared = env.path("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -603,7 +527,7 @@ fn finding10_partial_download_does_not_follow_a_planted_symlink() {
     let body = pattern(4000, 9);
     let b2 = body.clone();
     let fake = Fake::start(move |_| Resp::new(200, &[("ETag", "\"v1\"")]).body(b2.clone()));
-    let env = Env::new();
+    let env = Env::quiet();
     let victim = env.file("victim", b"precious");
     let dest = env.path("out.bin");
     std::os::unix::fs::symlink(&victim, env.path("out.bin.bits-part")).unwrap();
@@ -657,7 +581,7 @@ async fn finding10_resumed_download_does_not_follow_a_planted_symlink() {
 #[test]
 fn finding10_download_bounded_by_max_size() {
     let fake = Fake::start(|_| Resp::new(200, &[]).body(vec![7; 3000]));
-    let env = Env::new();
+    let env = Env::quiet();
     let dest = env.path("out.bin");
     let o = env.run(&[
         "download",
@@ -681,7 +605,7 @@ fn finding10_download_bounded_by_max_size() {
 /// A reply larger than `--max-size` is refused the same way.
 #[test]
 fn finding10_reply_bounded_by_max_size() {
-    let (fake, _) = scripted(move |r, e| {
+    let (fake, _) = scripted::<Emu>(move |r, e| {
         if r.method == "GET" {
             return Some(Resp::new(200, &[]).body(vec![1; 5000]));
         }
@@ -692,7 +616,7 @@ fn finding10_reply_bounded_by_max_size() {
         }
         None
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 11));
     let out = env.path("reply.out");
     let o = env.run(&[
@@ -717,7 +641,7 @@ fn finding10_download_bounded_by_free_space() {
         r.close = true;
         r
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let dest = env.path("out.bin");
     let o = env.run(&[
         "download",
@@ -739,7 +663,7 @@ fn finding10_content_encoded_download_is_refused() {
     let fake = Fake::start(|_| {
         Resp::new(200, &[("Content-Encoding", "gzip")]).body(vec![0x1f, 0x8b, 8, 0, 0])
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let dest = env.path("out.bin");
     let o = env.run(&["download", &fake.url("/f"), dest.to_str().unwrap()]);
     assert_code(&o, 9);
@@ -758,7 +682,7 @@ fn finding10_content_encoded_download_is_refused() {
 /// cancelled (at the original URL) before the client gives up or retries.
 #[test]
 fn finding10_unusable_host_id_cancels_its_session() {
-    let (fake, _) = scripted(|r, _| {
+    let (fake, _) = scripted::<Emu>(|r, _| {
         if r.packet() == "Create-Session" {
             return Some(Resp::ack(
                 200,
@@ -771,7 +695,7 @@ fn finding10_unusable_host_id_cancels_its_session() {
         }
         None
     });
-    let env = Env::new();
+    let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 12));
     let o = env.run(&[
         "upload",
@@ -803,7 +727,7 @@ fn finding10_unusable_host_id_cancels_its_session() {
 
 #[test]
 fn finding10_exit_codes_are_documented() {
-    let env = Env::new();
+    let env = Env::quiet();
     let help = text(&env.run(&["--help"]).stdout);
     for needle in ["2 usage", "4 server", "5 local", "6 auth", "9 policy"] {
         assert!(help.contains(needle), "{needle:?} missing from:\n{help}");

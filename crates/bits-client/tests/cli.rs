@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Fake, Resp};
+use support::{assert_code, server_pki, text, Env, Fake, Resp};
 
 // ---------------------------------------------------------------------------------------------
 // bitsd
@@ -106,74 +106,6 @@ impl Drop for Bitsd {
 
 // ---------------------------------------------------------------------------------------------
 // bits
-
-/// A temp dir with a state directory; `bits` commands run with `--state-dir` in it.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, data).unwrap();
-        p
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bits"));
-        c.arg("--state-dir")
-            .arg(self.state())
-            .args(["--retry-delay", "50ms"])
-            .args(args)
-            .env_remove("BITS_PASSWORD")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run bits")
-    }
-
-    /// Job files in the state directory.
-    fn jobs(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(self.state()) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "json"))
-                .collect(),
-            Err(_) => vec![],
-        }
-    }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, expected: i32) {
-    assert_eq!(
-        code(o),
-        expected,
-        "stdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
 
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
@@ -628,18 +560,8 @@ fn usage_and_local_errors() {
 /// works; no trust → exit 6; `--insecure` works only when given, and warns.
 #[test]
 fn tls_basic_auth_cacert_and_insecure() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     let pki_dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "cli test CA");
-    let ca = p.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    let (ca, cert, key) = server_pki("cli test CA");
     let d = pki_dir.path();
     std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(d.join("cert.pem"), cert.pem()).unwrap();

@@ -13,7 +13,7 @@ use bits_client::{
     Client, DownloadState, Error, ErrorKind, NoObserver, RetryPolicy, UploadState, Url,
     MIN_FRAGMENT_SIZE,
 };
-use support::{pattern, Fake, Recorder, Req, Resp};
+use support::{pattern, scripted, Emulator, Fake, Recorder, Req, Resp};
 
 const P: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
 
@@ -41,6 +41,12 @@ struct Emu {
     sessions: u32,
     session: String,
     done: bool,
+}
+
+impl Emulator for Emu {
+    fn handle(&mut self, r: &Req) -> Resp {
+        Emu::handle(self, r)
+    }
 }
 
 impl Emu {
@@ -86,22 +92,6 @@ impl Emu {
             other => panic!("unexpected packet {other:?}"),
         }
     }
-}
-
-/// A fake whose hook may answer a request first (`Some`), else the emulator does.
-fn scripted(
-    mut hook: impl FnMut(&Req, &mut Emu) -> Option<Resp> + Send + 'static,
-) -> (Fake, Arc<Mutex<Emu>>) {
-    let emu = Arc::new(Mutex::new(Emu::default()));
-    let e2 = emu.clone();
-    let fake = Fake::start(move |r| {
-        let mut e = e2.lock().unwrap();
-        match hook(r, &mut e) {
-            Some(resp) => resp,
-            None => e.handle(r),
-        }
-    });
-    (fake, emu)
 }
 
 fn fragments(fake: &Fake) -> Vec<(u64, u64)> {
@@ -297,7 +287,7 @@ async fn mc_bup_4_2_upload_reply_host_id_and_backslash_reply_url() {
 /// goes back to the original URL (here the same server, which still has the session).
 #[tokio::test]
 async fn unreachable_host_id_falls_back_after_the_timeout() {
-    let (fake, emu) = scripted(|r, e| {
+    let (fake, emu) = scripted::<Emu>(|r, e| {
         if r.packet() == "Create-Session" {
             e.sessions += 1;
             e.session = Emu::session_id(e.sessions);
@@ -352,7 +342,7 @@ async fn unreachable_host_id_falls_back_after_the_timeout() {
 #[tokio::test]
 async fn resumes_from_the_servers_offset_not_from_what_was_sent() {
     let mut n = 0;
-    let (fake, emu) = scripted(move |r, e| {
+    let (fake, emu) = scripted::<Emu>(move |r, e| {
         if r.packet() != "Fragment" {
             return None;
         }
@@ -394,7 +384,7 @@ async fn resumes_from_the_servers_offset_not_from_what_was_sent() {
 /// would): the client halves 1 MiB fragments until they fit.
 #[tokio::test]
 async fn shrinks_fragments_on_413() {
-    let (fake, emu) = scripted(|r, _| {
+    let (fake, emu) = scripted::<Emu>(|r, _| {
         (r.packet() == "Fragment" && r.body.len() > 20_000).then(|| Resp::new(413, &[]))
     });
     let dir = tempfile::tempdir().unwrap();
@@ -418,7 +408,7 @@ async fn shrinks_fragments_on_413() {
 /// with a typed fatal error.
 #[tokio::test]
 async fn never_shrinks_below_5_kib() {
-    let (fake, _) = scripted(|r, _| (r.packet() == "Fragment").then(|| Resp::new(413, &[])));
+    let (fake, _) = scripted::<Emu>(|r, _| (r.packet() == "Fragment").then(|| Resp::new(413, &[])));
     let dir = tempfile::tempdir().unwrap();
     let file = file_with(&dir, "a.bin", &pattern(200_000, 47));
     let url = Url::parse(&fake.url("/upload/a.bin")).unwrap();
@@ -450,7 +440,7 @@ async fn never_shrinks_below_5_kib() {
 #[tokio::test]
 async fn session_not_found_on_a_fragment_restarts_from_byte_zero() {
     let mut n = 0;
-    let (fake, emu) = scripted(move |r, _| {
+    let (fake, emu) = scripted::<Emu>(move |r, _| {
         if r.packet() == "Fragment" {
             n += 1;
             if n == 3 {
@@ -503,7 +493,7 @@ async fn session_not_found_on_a_fragment_restarts_from_byte_zero() {
 /// budget is spent, then a transient error that still carries status and HRESULT.
 #[tokio::test]
 async fn transient_errors_are_retried_with_a_ping_then_reported() {
-    let (fake, _) = scripted(|r, _| {
+    let (fake, _) = scripted::<Emu>(|r, _| {
         (r.packet() == "Fragment").then(|| {
             Resp::ack(
                 503,
@@ -547,7 +537,7 @@ async fn transient_errors_are_retried_with_a_ping_then_reported() {
 #[tokio::test]
 async fn server_application_errors_follow_the_context_7_rules() {
     let mut calls = 0;
-    let (fake, _) = scripted(move |r, e| {
+    let (fake, _) = scripted::<Emu>(move |r, e| {
         if r.packet() == "Fragment" && r.range().0 + r.range().1 == r.range().2 {
             calls += 1;
             if calls == 1 {
@@ -580,7 +570,7 @@ async fn server_application_errors_follow_the_context_7_rules() {
         ]
     );
 
-    let (fake, _) = scripted(|r, _| {
+    let (fake, _) = scripted::<Emu>(|r, _| {
         (r.packet() == "Fragment").then(|| {
             Resp::ack(
                 403,
@@ -612,7 +602,7 @@ async fn server_application_errors_follow_the_context_7_rules() {
 async fn close_and_cancel_follow_the_retry_rules() {
     async fn run_close(answers: Vec<Resp>) -> (Result<(), Error>, usize) {
         let answers = Arc::new(Mutex::new(answers.into_iter()));
-        let (fake, _) = scripted(move |r, _| {
+        let (fake, _) = scripted::<Emu>(move |r, _| {
             if r.packet() == "Close-Session" {
                 return answers.lock().unwrap().next();
             }
@@ -660,7 +650,7 @@ async fn close_and_cancel_follow_the_retry_rules() {
 
     // Cancel-Session: 502 resent, then 200; the session is forgotten.
     let mut cancels = 0;
-    let (fake, _) = scripted(move |r, _| {
+    let (fake, _) = scripted::<Emu>(move |r, _| {
         if r.packet() == "Cancel-Session" {
             cancels += 1;
             if cancels == 1 {
@@ -750,7 +740,7 @@ async fn protocol_mismatch_non_bits_servers_and_auth_are_typed() {
 /// A zero-length file is one empty fragment, `bytes */0` (docs/decisions.md #18).
 #[tokio::test]
 async fn zero_byte_upload_sends_one_empty_fragment() {
-    let (fake, emu) = scripted(|r, e| {
+    let (fake, emu) = scripted::<Emu>(|r, e| {
         if r.packet() == "Fragment" {
             assert_eq!(r.header("Content-Range"), Some("bytes */0"));
             assert_eq!(r.header("Content-Length"), Some("0"));
@@ -824,7 +814,7 @@ async fn reply_download_resumes_with_range_after_a_cut() {
     let reply = pattern(10_240, 54);
     let r2 = reply.clone();
     let mut gets = 0;
-    let (fake, _) = scripted(move |r, e| {
+    let (fake, _) = scripted::<Emu>(move |r, e| {
         if r.method == "GET" {
             gets += 1;
             let lm = ("Last-Modified", "Tue, 01 Apr 2025 10:00:00 GMT");

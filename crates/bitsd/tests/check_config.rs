@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn bitsd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bitsd"));
@@ -39,27 +39,6 @@ fn write_cert(dir: &Path) {
     let server = pki.issue("bitsd check-config", true, false);
     std::fs::write(dir.join("cert.pem"), server.cert_pem).unwrap();
     std::fs::write(dir.join("key.pem"), server.key_pem).unwrap();
-}
-
-/// Adds `user` to a users file with `bitsd passwd --password-stdin`.
-fn add_user(file: &Path, user: &str) {
-    use std::io::Write;
-    let mut child = bitsd()
-        .arg("passwd")
-        .arg(file)
-        .arg(user)
-        .arg("--password-stdin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"correct horse\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "bitsd passwd failed");
 }
 
 /// (case name, TOML with `{d}` standing for the temp dir, strings stderr must contain).
@@ -346,7 +325,7 @@ fn tls_basic_example_passes_with_its_files() {
         text(&out.stderr)
     );
 
-    add_user(&d.join("users"), "alice");
+    common::add_user(&d.join("users"), "alice", "pw");
     let out = check(&path);
     assert!(
         out.status.success() && text(&out.stdout).contains("ok"),

@@ -483,20 +483,6 @@ fn https_url(s: &Server, name: &str) -> Url {
     .unwrap()
 }
 
-fn add_user(file: &Path, user: &str, password: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bitsd"))
-        .args(["passwd", "--password-stdin"])
-        .arg(file)
-        .arg(user)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 fn trusting(pki: &Pki) -> TlsOptions {
     TlsOptions {
         ca_pem: Some(pki.ca.pem().into_bytes()),

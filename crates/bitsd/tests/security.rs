@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,20 +36,6 @@ mod base64_free {
         }
         format!("Basic {out}")
     }
-}
-
-fn add_user(file: &Path, user: &str, password: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bitsd"))
-        .args(["passwd", "--password-stdin"])
-        .arg(file)
-        .arg(user)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 /// A server with a Basic-auth, TLS-only upload vdir; users alice/wonderland and bob/builder.

@@ -286,3 +286,126 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Running the `bits` CLI
+
+/// A temp dir with a state directory; `bits` commands run with `--state-dir` in it and with
+/// `flags` before their own arguments.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    flags: &'static [&'static str],
+}
+
+impl Env {
+    /// Progress on, short retry delay.
+    pub fn new() -> Env {
+        Env::with_flags(&["--retry-delay", "50ms"])
+    }
+
+    /// Quiet, shorter retry delay (tests that read only exit codes and JSON).
+    pub fn quiet() -> Env {
+        Env::with_flags(&["--retry-delay", "10ms", "--quiet"])
+    }
+
+    fn with_flags(flags: &'static [&'static str]) -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            flags,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn state(&self) -> std::path::PathBuf {
+        self.path("state")
+    }
+
+    pub fn file(&self, name: &str, data: &[u8]) -> std::path::PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bits"));
+        c.arg("--state-dir")
+            .arg(self.state())
+            .args(self.flags)
+            .args(args)
+            .env_remove("BITS_PASSWORD")
+            .env_remove("BITS_STATE_DIR")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().expect("run bits")
+    }
+
+    /// Job files in the state directory.
+    pub fn jobs(&self) -> Vec<std::path::PathBuf> {
+        match std::fs::read_dir(self.state()) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[track_caller]
+pub fn assert_code(o: &std::process::Output, expected: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(expected),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// A server emulation that a scripted fake falls back on.
+pub trait Emulator: Default + Send + 'static {
+    fn handle(&mut self, r: &Req) -> Resp;
+}
+
+/// A fake whose hook may answer a request first (`Some`), else the emulator does.
+pub fn scripted<E: Emulator>(
+    mut hook: impl FnMut(&Req, &mut E) -> Option<Resp> + Send + 'static,
+) -> (Fake, Arc<Mutex<E>>) {
+    let emu = Arc::new(Mutex::new(E::default()));
+    let e2 = emu.clone();
+    let fake = Fake::start(move |r| {
+        let mut e = e2.lock().unwrap();
+        match hook(r, &mut e) {
+            Some(resp) => resp,
+            None => e.handle(r),
+        }
+    });
+    (fake, emu)
+}
+
+/// A fresh CA and a server certificate for localhost/127.0.0.1 signed by it:
+/// (CA certificate, server certificate, server key pair).
+pub fn server_pki(ca_name: &str) -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, ca_name);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca, cert, key)
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::{add_user, basic, basic_raw};
+use crate::{basic, basic_raw};
 
 /// `/secure/` needs Basic auth against `{root}/users`; `/upload/` is anonymous.
 fn two_vdirs(top: &str) -> String {

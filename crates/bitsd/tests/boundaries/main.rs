@@ -10,23 +10,6 @@ mod hooks;
 mod storage;
 mod vdirs;
 
-use std::path::Path;
-
-/// Adds `user` with `password` to a users file through `bitsd passwd`.
-pub fn add_user(file: &Path, user: &str, password: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bitsd"))
-        .args(["passwd", "--password-stdin"])
-        .arg(file)
-        .arg(user)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 /// The value of an `Authorization: Basic` header.
 pub fn basic(user: &str, password: &str) -> String {
     basic_raw(format!("{user}:{password}").as_bytes())

@@ -194,19 +194,7 @@ fn symlinked_directory_is_followed_by_uploads_and_downloads_alike() {
 fn get_under_a_per_user_root_not_yet_created_is_404() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users.txt");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bitsd"))
-        .args(["passwd", "--password-stdin"])
-        .arg(&users)
-        .arg("alice")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "wonderland").unwrap();
-    }
-    assert!(child.wait().unwrap().success());
+    add_user(&users, "alice", "wonderland");
     let s = Server::start_with(
         &format!(
             "[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/users/{{user}}\"\nauth = \"basic\"\ndownload_enabled = true\nusers_file = \"{}\"\n",

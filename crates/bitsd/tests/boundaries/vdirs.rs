@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::pki::{client_config, tls_table, Pki};
 use crate::common::*;
-use crate::{add_user, basic, check_config};
+use crate::{basic, check_config};
 
 const E_ACCESSDENIED: (&str, &str) = ("0x80070005", "0x5");
 
@@ -148,23 +148,25 @@ fn finding2_sessions_keep_their_tls_rule_and_auth_scheme() {
     t.fragment("/secure/x.bin", &sid, 0, &data[..1000], 3000)
         .assert_ack(200, None);
 
-    // Plain HTTP, Basic alice, through the other vdir.
+    // The rest of the upload as Basic alice.
     let auth = basic("alice", "wonderland");
-    let mut p = s.conn();
-    let r = p.send(
-        "BITS_POST",
-        "/plain/x.bin",
-        &with_auth(
-            &auth,
-            &[
-                ("BITS-Packet-Type", "Fragment"),
-                ("BITS-Session-Id", &sid),
-                ("Content-Range", "bytes 1000-2999/3000"),
-            ],
-        ),
-        &data[1000..],
-    );
-    r.assert_ack(403, Some(E_ACCESSDENIED));
+    let finish = |c: &mut Conn, path: &str| {
+        c.send(
+            "BITS_POST",
+            path,
+            &with_auth(
+                &auth,
+                &[
+                    ("BITS-Packet-Type", "Fragment"),
+                    ("BITS-Session-Id", &sid),
+                    ("Content-Range", "bytes 1000-2999/3000"),
+                ],
+            ),
+            &data[1000..],
+        )
+    };
+    // Plain HTTP, through the other vdir.
+    finish(&mut s.conn(), "/plain/x.bin").assert_ack(403, Some(E_ACCESSDENIED));
 
     // Same vdir, now Basic: the principal basic:alice is not cert:alice.
     drop(t);
@@ -172,20 +174,7 @@ fn finding2_sessions_keep_their_tls_rule_and_auth_scheme() {
     s.restart();
     // The listener asks every TLS client for a certificate while a client CA is configured.
     let mut b = Conn::try_tls(s.tls_addr.unwrap(), alice_cert).unwrap();
-    let r = b.send(
-        "BITS_POST",
-        "/secure/x.bin",
-        &with_auth(
-            &auth,
-            &[
-                ("BITS-Packet-Type", "Fragment"),
-                ("BITS-Session-Id", &sid),
-                ("Content-Range", "bytes 1000-2999/3000"),
-            ],
-        ),
-        &data[1000..],
-    );
-    r.assert_ack(403, Some(E_ACCESSDENIED));
+    finish(&mut b, "/secure/x.bin").assert_ack(403, Some(E_ACCESSDENIED));
     assert!(files_below(&s.dir.path().join("secure")).is_empty());
     assert!(files_below(&s.dir.path().join("plain")).is_empty());
     std::mem::forget(dir);

@@ -643,3 +643,20 @@ pub const E_PATH_NOT_FOUND: (&str, &str) = ("0x80070003", "0x5");
 pub const SESSION_NOT_FOUND: (&str, &str) = ("0x8020001F", "0x5");
 pub const TOO_LARGE: (&str, &str) = ("0x80200020", "0x5");
 pub const HTTP_413: (&str, &str) = ("0x8019019D", "0x5");
+
+/// Adds `user` with `password` to a users file through `bitsd passwd --password-stdin`.
+pub fn add_user(file: &Path, user: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitsd"))
+        .args(["passwd", "--password-stdin"])
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn bitsd passwd");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password");
+    assert!(
+        child.wait().expect("bitsd passwd").success(),
+        "bitsd passwd failed"
+    );
+}
