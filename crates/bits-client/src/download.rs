@@ -153,6 +153,26 @@ fn is_own_file(m: &std::fs::Metadata) -> bool {
 }
 
 /// Opens the partial file for writing without following a symlink in its last component.
+/// Opens the partial file with `opts` (never through a link) and checks it is a plain file of
+/// ours: one link, regular.
+async fn open_own_partial(partial: &Path, opts: std::fs::OpenOptions) -> Result<tokio::fs::File> {
+    let file = tokio::fs::OpenOptions::from(opts)
+        .open(partial)
+        .await
+        .map_err(|e| open_error(partial, e))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| Error::local(partial, e))?;
+    if !is_own_file(&meta) {
+        return Err(not_ours(
+            partial,
+            "the partial file is not a plain file of ours",
+        ));
+    }
+    Ok(file)
+}
+
 fn open_partial(create_new: bool) -> std::fs::OpenOptions {
     let mut o = std::fs::OpenOptions::new();
     o.write(true);
@@ -622,18 +642,7 @@ impl Client {
                 Err(e) => return Err(local(e)),
             }
         }
-        let opts = open_partial(offset == 0);
-        let mut file = tokio::fs::OpenOptions::from(opts)
-            .open(partial)
-            .await
-            .map_err(|e| open_error(partial, e))?;
-        let meta = file.metadata().await.map_err(local)?;
-        if !is_own_file(&meta) {
-            return Err(not_ours(
-                partial,
-                "the partial file is not a plain file of ours",
-            ));
-        }
+        let mut file = open_own_partial(partial, open_partial(offset == 0)).await?;
         file.set_len(offset).await.map_err(local)?;
         file.seek(io::SeekFrom::Start(offset))
             .await
@@ -685,17 +694,7 @@ impl Client {
         });
         let mut opts = open_partial(false);
         opts.create(true);
-        let file = tokio::fs::OpenOptions::from(opts)
-            .open(partial)
-            .await
-            .map_err(|e| open_error(partial, e))?;
-        let meta = file.metadata().await.map_err(local)?;
-        if !is_own_file(&meta) {
-            return Err(not_ours(
-                partial,
-                "the partial file is not a plain file of ours",
-            ));
-        }
+        let file = open_own_partial(partial, opts).await?;
         file.sync_all().await.map_err(local)?;
         // BITS gives a downloaded file the server's time stamp (Last-Modified).
         if let Some(t) = remote

@@ -423,13 +423,7 @@ async fn run_upload(
                 "{} changed since the upload started: starting over",
                 state.file.display()
             ));
-            best_effort_cancel(client, &mut state).await;
-            state.reset()?;
-            job.transfer = Transfer::Upload(state.clone());
-            store.save(job).map_err(|e| Error::LocalIo {
-                path: store.dir().to_path_buf(),
-                source: e,
-            })?;
+            start_over(client, &mut state, job, store).await?;
         }
         let mut observer = JobObserver {
             store,
@@ -442,13 +436,7 @@ async fn run_upload(
             Err(e @ Error::LocalFileChanged { .. }) => {
                 // Out of restarts. The server may hold (or have published) a torn copy: drop
                 // the session, and leave a job that starts from scratch when resumed.
-                best_effort_cancel(client, &mut state).await;
-                state.reset()?;
-                job.transfer = Transfer::Upload(state.clone());
-                store.save(job).map_err(|e| Error::LocalIo {
-                    path: store.dir().to_path_buf(),
-                    source: e,
-                })?;
+                start_over(client, &mut state, job, store).await?;
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -486,6 +474,22 @@ async fn best_effort_cancel(client: &Client, state: &mut UploadState) {
         client.cancel(state, &mut NoObserver),
     )
     .await;
+}
+
+/// The local file changed: drop the server session and save a job that starts from byte 0.
+async fn start_over(
+    client: &Client,
+    state: &mut UploadState,
+    job: &mut Job,
+    store: &JobStore,
+) -> Result<(), Error> {
+    best_effort_cancel(client, state).await;
+    state.reset()?;
+    job.transfer = Transfer::Upload(state.clone());
+    store.save(job).map_err(|e| Error::LocalIo {
+        path: store.dir().to_path_buf(),
+        source: e,
+    })
 }
 
 /// A job that cannot succeed: release the server session, delete partial data and the job.
