@@ -593,7 +593,7 @@ impl Engine {
                 // settles it (the TTL sweep removes it later): forgetting it would lose the event.
                 Ok(Some(rec)) if rec.pending_hook.is_some() => {}
                 Ok(Some(rec)) if !rec.state.is_open() => {
-                    if let Err(e) = self.sessions.remove(id).await {
+                    if let Err(e) = self.sessions.forget_ended(id).await {
                         tracing::warn!(session = %id, error = %e, "could not forget an old tombstone");
                     }
                 }

@@ -209,6 +209,15 @@ impl SessionStore for FsStore {
         .await
     }
 
+    async fn forget_ended(&self, id: SessionId) -> Result<(), StoreError> {
+        let dir = self.dir(id);
+        blocking(move || match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        })
+        .await
+    }
+
     async fn list(&self) -> Result<Vec<SessionId>, StoreError> {
         let dir = self.sessions.clone();
         blocking(move || {

@@ -69,6 +69,11 @@ impl SessionStore for Instrumented {
         self.timed("remove", self.sessions.remove(id)).await
     }
 
+    async fn forget_ended(&self, id: SessionId) -> Result<(), StoreError> {
+        self.timed("forget_ended", self.sessions.forget_ended(id))
+            .await
+    }
+
     async fn list(&self) -> Result<Vec<SessionId>, StoreError> {
         self.timed("list", self.sessions.list()).await
     }

@@ -173,6 +173,11 @@ pub trait SessionStore: Send + Sync + 'static {
     }
     /// Forgets the record entirely.
     async fn remove(&self, id: SessionId) -> Result<(), StoreError>;
+    /// Forgets an ended record (a tombstone). It may skip making the removal durable: a
+    /// tombstone that comes back after a power loss is forgotten again at start-up.
+    async fn forget_ended(&self, id: SessionId) -> Result<(), StoreError> {
+        self.remove(id).await
+    }
     async fn list(&self) -> Result<Vec<SessionId>, StoreError>;
     /// A cheap check that the store answers (for the admin listener's `/readyz`).
     async fn probe(&self) -> Result<(), StoreError> {
