@@ -75,10 +75,11 @@ pub struct ServerConfig {
     /// forgotten first: a flood of Create+Cancel cannot fill the spool with tombstones.
     pub max_tombstones: u64,
     /// Open anonymous sessions at most, across every vdir: the rest of `max_open_sessions`
-    /// stays available to authenticated clients. Absent: only `max_open_sessions` applies.
-    pub max_anonymous_sessions: Option<u64>,
-    /// Open anonymous sessions one client IP address may hold. Absent: no per-address limit.
-    pub max_anonymous_sessions_per_ip: Option<u64>,
+    /// stays available to authenticated clients. 0: only `max_open_sessions` applies.
+    pub max_anonymous_sessions: u64,
+    /// Open anonymous sessions one client IP address may hold; 0: no per-address limit (set
+    /// that behind a reverse proxy or load balancer, where every client has its address).
+    pub max_anonymous_sessions_per_ip: u64,
     #[serde(rename = "vdir")]
     pub vdirs: Vec<VdirConfig>,
     /// What Basic-auth password checks may cost: `[basic_auth]` (concurrency, queue, failure
@@ -143,8 +144,8 @@ impl Default for ServerConfig {
             storage: StorageConfig::Fs,
             admin: AdminConfig::default(),
             max_tombstones: 1_000,
-            max_anonymous_sessions: Some(50_000),
-            max_anonymous_sessions_per_ip: Some(1_000),
+            max_anonymous_sessions: 50_000,
+            max_anonymous_sessions_per_ip: 1_000,
             vdirs: vec![VdirConfig::default()],
             basic_auth: crate::auth::BasicAuthLimits::default(),
             max_buffered_body_bytes: 64 << 20,

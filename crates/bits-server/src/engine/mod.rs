@@ -306,13 +306,14 @@ impl Engine {
             }
             if rec.owner.is_none() {
                 let cfg = &self.config;
-                let over_total = cfg
-                    .max_anonymous_sessions
-                    .is_some_and(|l| registry.anonymous() >= l);
-                let over_ip = match (cfg.max_anonymous_sessions_per_ip, rec.client) {
-                    (Some(l), Some(ip)) => registry.anonymous_from(ip) >= l,
-                    _ => false,
-                };
+                let over = |used: u64, limit: u64| limit > 0 && used >= limit;
+                let over_total = over(registry.anonymous(), cfg.max_anonymous_sessions);
+                let over_ip = rec.client.is_some_and(|ip| {
+                    over(
+                        registry.anonymous_from(ip),
+                        cfg.max_anonymous_sessions_per_ip,
+                    )
+                });
                 if over_total || over_ip {
                     return Err(BitsError::SessionLimit);
                 }
