@@ -182,9 +182,11 @@ impl Engine {
         // Complete: the crash came between recording the last bytes and publishing them, or
         // between publishing and recording that. Publishing is idempotent, so finish it.
         // With notification, completion waits for the client's retransmit: the application must
-        // be told while a client is there to receive its answer.
+        // be told while a client is there to receive its answer. Once it has answered asking
+        // for the copy, the copy is finished here like a publication.
         if rec.total == Some(rec.received)
-            && vdir.notification_type == crate::config::NotificationType::None
+            && (vdir.notification_type == crate::config::NotificationType::None
+                || super::reply::copy_pending(&rec))
         {
             let vdir = vdir.clone();
             match self.publish(&mut rec, &vdir).await {

@@ -19,8 +19,7 @@ use crate::config::{ServerConfig, VdirConfig};
 use crate::error::BitsError;
 use crate::principal::{may_act, Principal};
 use crate::store::{
-    BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionState,
-    SessionStore, StoreError,
+    BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionState, SessionStore,
 };
 use crate::target::UploadTarget;
 
@@ -249,6 +248,11 @@ impl Engine {
                 "reserved name",
             )));
         }
+        // Refused now, not at the completing fragment (where a retrying client would add a
+        // part per retry to a session that can never complete).
+        self.data
+            .check_name(&destination)
+            .map_err(|why| BitsError::BadPath(crate::target::TargetError::Unsafe(why)))?;
         let conflict = || BitsError::DestinationExists {
             status: vdir.conflict_status.status(),
         };
@@ -512,34 +516,7 @@ impl Engine {
     /// completing fragment), then record it. The received length was saved before, so a crash
     /// in between is finished by the retransmitted fragment or by recovery.
     async fn publish(&self, rec: &mut SessionRecord, vdir: &VdirConfig) -> Result<(), BitsError> {
-        self.derive_destination(rec)?;
-        let total = rec.received;
-        match self
-            .data
-            .commit(rec.id, total, &rec.destination, vdir.allow_overwrites)
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::DestinationExists) => {
-                return Err(BitsError::DestinationExists {
-                    status: vdir.conflict_status.status(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        }
-        rec.state = SessionState::Committed;
-        // The completion event is owed from here on: recorded in the same durable save.
-        if vdir.hooks.wants(crate::hooks::EventKind::UploadCompleted) {
-            rec.pending_hook = Some(crate::hooks::PendingEvent::now());
-        }
-        self.sessions.save(rec).await?;
-        self.registry().set_spooled(rec.id, 0);
-        if let Err(e) = self.data.release_upload(rec.id, &rec.destination).await {
-            tracing::warn!(session = %rec.id, error = %e, "could not drop the spool copy of a published upload");
-        }
-        tracing::info!(session = %rec.id, destination = %rec.destination.path, bytes = total, "upload published");
-        self.observe(SessionEvent::Completed, rec);
-        Ok(())
+        self.settle(rec, vdir, true).await
     }
 
     /// Close-Session and Cancel-Session: release everything and leave a tombstone.

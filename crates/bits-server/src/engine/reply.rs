@@ -32,6 +32,11 @@ impl Engine {
         if vdir.notification_type == NotificationType::None {
             return self.publish(rec, vdir).await;
         }
+        if copy_pending(rec) {
+            // The application answered 200 and asked for the copy before a crash or a failed
+            // commit: carry out its recorded answer, never ask it again.
+            return self.settle(rec, vdir, true).await;
+        }
         if rec.app_forbidden {
             return Err(BitsError::App { status: 403 });
         }
@@ -119,19 +124,37 @@ impl Engine {
                 )
             }
         };
+        rec.reply_url = Some(reply_url);
+        tracing::info!(session = %rec.id, copied = answer.copy_to_destination, reply = ?rec.reply_url, "server application notified");
         if answer.copy_to_destination {
+            // The answer is recorded before the copy: the copy consumes the upload's data on
+            // object storage, so after a crash in between only the record can say what the
+            // application asked for (see `copy_pending`).
+            self.sessions.save(rec).await?;
+        }
+        self.settle(rec, vdir, answer.copy_to_destination).await
+    }
+
+    /// Completion's one home, for uploads with and without notification: publishes the bytes
+    /// at the destination when `publish` (always without notification; with it, when the
+    /// application asked for the copy), records the session as complete with its
+    /// `upload_completed` event owed in the same save, drops the spool copy of a published
+    /// upload, and emits the event.
+    pub(super) async fn settle(
+        &self,
+        rec: &mut SessionRecord,
+        vdir: &VdirConfig,
+        publish: bool,
+    ) -> Result<(), BitsError> {
+        let total = rec.received;
+        if publish {
             self.derive_destination(rec)?;
             match self
                 .data
-                .commit(
-                    rec.id,
-                    rec.received,
-                    &rec.destination,
-                    vdir.allow_overwrites,
-                )
+                .commit(rec.id, total, &rec.destination, vdir.allow_overwrites)
                 .await
             {
-                Ok(()) => self.registry().set_spooled(rec.id, 0),
+                Ok(()) => {}
                 Err(StoreError::DestinationExists) => {
                     return Err(BitsError::DestinationExists {
                         status: vdir.conflict_status.status(),
@@ -139,11 +162,22 @@ impl Engine {
                 }
                 Err(e) => return Err(e.into()),
             }
+            crash_point(CrashPoint::AfterCommit);
         }
-        rec.reply_url = Some(reply_url);
         rec.state = SessionState::Committed;
+        // The completion event is owed from here on: recorded in the same durable save.
+        if vdir.hooks.wants(crate::hooks::EventKind::UploadCompleted) {
+            rec.pending_hook = Some(crate::hooks::PendingEvent::now());
+        }
         self.sessions.save(rec).await?;
-        tracing::info!(session = %rec.id, copied = answer.copy_to_destination, reply = ?rec.reply_url, "server application notified");
+        if publish {
+            self.registry().set_spooled(rec.id, 0);
+            if let Err(e) = self.data.release_upload(rec.id, &rec.destination).await {
+                tracing::warn!(session = %rec.id, error = %e, "could not drop the spool copy of a published upload");
+            }
+            tracing::info!(session = %rec.id, destination = %rec.destination.path, bytes = total, "upload published");
+        }
+        self.observe(super::SessionEvent::Completed, rec);
         Ok(())
     }
 
@@ -194,6 +228,40 @@ impl crate::download::RangeSource for Reply {
             .read_reply(self.id, range)
             .await
             .map_err(io::Error::other)
+    }
+}
+
+/// Whether the application answered 200 asking for the copy, and the copy is not yet recorded
+/// as done: the answer (its reply URL) is saved with the session still receiving. Without the
+/// copy, the answer and the completion are one save, so this state never arises.
+pub(super) fn copy_pending(rec: &SessionRecord) -> bool {
+    rec.state == SessionState::Receiving && rec.reply_url.is_some()
+}
+
+/// Places where a test may have the process die (see [`crash_point`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    /// Right after `DataStore::commit` returned, before the completion is recorded.
+    AfterCommit,
+}
+
+/// Test-only fault injection: `BITSD_TEST_CRASH_AFTER=commit` in the environment makes the
+/// process SIGKILL itself at that point, so the crash tests can stop it exactly between two
+/// storage steps. Read once per process; never set it in production.
+fn crash_point(at: CrashPoint) {
+    static ARMED: std::sync::OnceLock<Option<CrashPoint>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(
+        || match std::env::var("BITSD_TEST_CRASH_AFTER").as_deref() {
+            Ok("commit") => Some(CrashPoint::AfterCommit),
+            _ => None,
+        },
+    );
+    if *armed == Some(at) {
+        tracing::error!("BITSD_TEST_CRASH_AFTER: killing the process (test fault point)");
+        // SAFETY: kill(2) on our own pid has no memory effects; it does not return.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
     }
 }
 

@@ -170,4 +170,8 @@ impl DataStore for Instrumented {
     fn local_files(&self, id: SessionId) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
         self.data.local_files(id)
     }
+
+    fn check_name(&self, dest: &Destination) -> Result<(), &'static str> {
+        self.data.check_name(dest)
+    }
 }

@@ -188,6 +188,12 @@ pub trait SessionStore: Send + Sync + 'static {
 #[async_trait]
 pub trait DataStore: Send + Sync + 'static {
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError>;
+    /// Whether the store can hold a file at `dest` at all (a name it cannot represent, such as
+    /// an object key over its length limit); `Err` says why, for the client's 400.
+    fn check_name(&self, dest: &Destination) -> Result<(), &'static str> {
+        let _ = dest;
+        Ok(())
+    }
     /// Prepares empty temporary storage for a session's upload.
     async fn allocate(&self, id: SessionId) -> Result<(), StoreError>;
     /// Makes a per-user destination root usable (a directory for the file system; nothing for

@@ -16,6 +16,9 @@
 //!
 //! Keys are object_store paths: the prefix and the destination root are split into whole
 //! `/`-separated segments (empty segments dropped), because object_store lists by segment.
+//! A published key is the decoded name as the client sent it (`~`, `{}`, `%`, spaces and
+//! non-ASCII stay as they are): it is built with `Path::parse`, which keeps the string, never
+//! with `Path::from`, which percent-encodes characters AWS recommends avoiding.
 //!
 //! Concurrency: `save` is a compare-and-swap on the ETag this store last saw for the record
 //! (a lost race gives [`StoreError::Conflict`]). The engine serialises requests per session on
@@ -60,6 +63,11 @@ const IN_FLIGHT: usize = 2;
 /// User metadata (`x-amz-meta-bits-session`) on a published object: which session published
 /// it, so that a commit repeated after a crash recognises its own earlier publication.
 const SESSION_TAG: &str = "bits-session";
+/// The longest key S3 accepts, in UTF-8 bytes.
+const MAX_KEY_BYTES: usize = 1024;
+/// Records whose ETag is remembered at most. Past it an arbitrary entry is forgotten: that
+/// session's next save is a plain overwrite, as after a restart.
+const MAX_ETAGS: usize = 65_536;
 
 /// Where the object-storage backend keeps its objects.
 #[derive(Clone, Serialize, Deserialize)]
@@ -131,8 +139,48 @@ pub struct S3Store {
     bucket: String,
     /// The key prefix, as a path.
     root: Path,
-    /// The ETag of each record as this store last wrote or read it, for conditional saves.
-    etags: Mutex<HashMap<SessionId, String>>,
+    /// The ETag of each open session's record as this store last wrote or read it, for
+    /// conditional saves.
+    etags: Mutex<Etags>,
+}
+
+/// ETags of open sessions' records: an ended session's entry is dropped when its record is
+/// saved or read as ended, or removed, and there are at most [`MAX_ETAGS`] entries.
+#[derive(Default)]
+struct Etags(HashMap<SessionId, String>);
+
+impl Etags {
+    fn get(&self, id: &SessionId) -> Option<&String> {
+        self.0.get(id)
+    }
+
+    /// Remembers the ETag of `id`'s record, or forgets it (`None`, or the session has ended:
+    /// a tombstone is not saved conditionally again, and there may be many).
+    fn note(&mut self, id: SessionId, etag: Option<String>, open: bool) {
+        match etag.filter(|_| open) {
+            Some(e) => {
+                if self.0.len() >= MAX_ETAGS && !self.0.contains_key(&id) {
+                    let victim = self.0.keys().next().copied();
+                    if let Some(victim) = victim {
+                        self.0.remove(&victim);
+                    }
+                }
+                self.0.insert(id, e);
+            }
+            None => {
+                self.0.remove(&id);
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &SessionId) {
+        self.0.remove(id);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl fmt::Debug for S3Store {
@@ -290,7 +338,7 @@ impl S3Store {
             store: Arc::new(store),
             bucket: cfg.bucket,
             root: Path::from(cfg.prefix.as_str()),
-            etags: Mutex::new(HashMap::new()),
+            etags: Mutex::new(Etags::default()),
         })
     }
 
@@ -324,20 +372,25 @@ impl S3Store {
         Self::below(&self.dir(id), "commit.tmp")
     }
 
-    fn dest_key(dest: &Destination) -> Path {
-        Self::below(&Path::from(dest.root.as_str()), &dest.path)
+    /// The published key: the root's segments (empty ones dropped), then the relative path,
+    /// both raw.
+    fn dest_key_text(dest: &Destination) -> String {
+        let mut key = String::with_capacity(dest.root.len() + dest.path.len() + 1);
+        for segment in dest.root.split('/').filter(|s| !s.is_empty()) {
+            key.push_str(segment);
+            key.push('/');
+        }
+        key.push_str(&dest.path);
+        key
     }
 
-    fn etags(&self) -> MutexGuard<'_, HashMap<SessionId, String>> {
+    fn dest_key(dest: &Destination) -> Result<Path, StoreError> {
+        Path::parse(Self::dest_key_text(dest))
+            .map_err(|e| StoreError::Io(io::Error::new(ErrorKind::InvalidInput, e)))
+    }
+
+    fn etags(&self) -> MutexGuard<'_, Etags> {
         self.etags.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn remember(&self, id: SessionId, etag: Option<String>) {
-        let mut etags = self.etags();
-        match etag {
-            Some(e) => etags.insert(id, e),
-            None => etags.remove(&id),
-        };
     }
 
     fn record_json(rec: &SessionRecord) -> Result<PutPayload, StoreError> {
@@ -564,7 +617,7 @@ impl SessionStore for S3Store {
             .await
         {
             Ok(r) => {
-                self.remember(rec.id, r.e_tag);
+                self.etags().note(rec.id, r.e_tag, rec.state.is_open());
                 Ok(())
             }
             Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::Io(io::Error::new(
@@ -584,16 +637,13 @@ impl SessionStore for S3Store {
         };
         let etag = got.meta.e_tag.clone();
         let bytes = got.bytes().await.map_err(os_err)?;
-        let rec = serde_json::from_slice(&bytes)
+        let rec: SessionRecord = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))?;
         // Take the ETag read here only if no save finished meanwhile: a slow read must not
         // replace a newer ETag with an older one.
         let mut etags = self.etags();
         if etags.get(&id) == before.as_ref() {
-            match etag {
-                Some(e) => etags.insert(id, e),
-                None => etags.remove(&id),
-            };
+            etags.note(id, etag, rec.state.is_open());
         }
         Ok(Some(rec))
     }
@@ -615,13 +665,13 @@ impl SessionStore for S3Store {
             .put_opts(&self.meta(rec.id), Self::record_json(rec)?, mode.into())
             .await
             .map_err(os_err)?;
-        self.remember(rec.id, r.e_tag);
+        self.etags().note(rec.id, r.e_tag, rec.state.is_open());
         Ok(())
     }
 
     async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
         self.delete_below(&self.dir(id)).await?;
-        self.etags().remove(&id);
+        self.etags().forget(&id);
         Ok(())
     }
 
@@ -654,7 +704,7 @@ impl SessionStore for S3Store {
 impl DataStore for S3Store {
     /// Object stores have no directories: a destination is a file or absent.
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
-        match self.store.head(&Self::dest_key(dest)).await {
+        match self.store.head(&Self::dest_key(dest)?).await {
             Ok(_) => Ok(DestinationState::File),
             Err(object_store::Error::NotFound { .. }) => Ok(DestinationState::Absent),
             Err(e) => Err(os_err(e)),
@@ -663,6 +713,15 @@ impl DataStore for S3Store {
 
     async fn allocate(&self, _id: SessionId) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn check_name(&self, dest: &Destination) -> Result<(), &'static str> {
+        if Self::dest_key_text(dest).len() > MAX_KEY_BYTES {
+            return Err("name too long for the object store (keys are at most 1024 bytes)");
+        }
+        Self::dest_key(dest)
+            .map(|_| ())
+            .map_err(|_| "name the object store cannot hold")
     }
 
     /// All or nothing: `durable` is `len` when the whole body was stored, else 0.
@@ -704,7 +763,7 @@ impl DataStore for S3Store {
         dest: &Destination,
         overwrite: bool,
     ) -> Result<(), StoreError> {
-        let target = Self::dest_key(dest);
+        let target = Self::dest_key(dest)?;
         if total == 0 {
             return self.commit_empty(id, &target, overwrite).await;
         }
@@ -874,6 +933,66 @@ mod tests {
         assert_eq!(segs.iter().map(|s| s.take).sum::<u64>(), 12);
         assert_eq!(plan(&sorted(vec![part(1, 10)]), u64::MAX).0, 0);
         assert_eq!(plan(&[], u64::MAX).0, 0);
+    }
+
+    #[test]
+    fn published_keys_are_the_raw_names() {
+        let dest = |root: &str, path: &str| Destination {
+            root: root.into(),
+            path: path.into(),
+        };
+        for (root, path, key) in [
+            ("uploads", "~tilde", "uploads/~tilde"),
+            ("/uploads//", "a{b}", "uploads/a{b}"),
+            ("uploads/alice", "100% ready", "uploads/alice/100% ready"),
+            ("uploads", "d/été 日本.bin", "uploads/d/été 日本.bin"),
+        ] {
+            let d = dest(root, path);
+            assert_eq!(S3Store::dest_key(&d).unwrap().as_ref(), key);
+        }
+        // Over S3's limit only with the root prefix counted.
+        let name = "n".repeat(MAX_KEY_BYTES - "uploads/".len());
+        let store = S3Store::new(S3Config {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            bucket: "b".into(),
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            allow_http: true,
+            request_timeout: Duration::from_secs(1),
+            retry_timeout: Duration::from_secs(1),
+            max_retries: 0,
+        })
+        .unwrap();
+        assert!(store.check_name(&dest("uploads", &name)).is_ok());
+        assert!(store
+            .check_name(&dest("uploads/", &format!("{name}x")))
+            .is_err());
+        // Multi-byte characters count as their UTF-8 length.
+        let wide = "é".repeat(MAX_KEY_BYTES / 2);
+        assert!(store.check_name(&dest("", &wide)).is_ok());
+        assert!(store.check_name(&dest("u", &wide)).is_err());
+    }
+
+    #[test]
+    fn etags_forget_ended_sessions_and_stay_capped() {
+        let mut etags = Etags::default();
+        let id = SessionId::random();
+        etags.note(id, Some("\"1\"".into()), true);
+        assert_eq!(etags.get(&id).map(String::as_str), Some("\"1\""));
+        etags.note(id, Some("\"2\"".into()), false);
+        assert_eq!(etags.len(), 0);
+        for _ in 0..MAX_ETAGS + 10 {
+            etags.note(SessionId::random(), Some("e".into()), true);
+        }
+        assert_eq!(etags.len(), MAX_ETAGS);
+        // A known entry is updated in place, never evicting another.
+        let known = SessionId::random();
+        etags.note(known, Some("a".into()), true);
+        etags.note(known, Some("b".into()), true);
+        assert_eq!(etags.len(), MAX_ETAGS);
+        assert_eq!(etags.get(&known).map(String::as_str), Some("b"));
     }
 
     #[test]
