@@ -235,6 +235,11 @@ fn s3_crash_between_commit_and_record_is_finished_by_the_retransmit() {
     ];
     let died = Conn::new(s.addr).try_send("BITS_POST", url, &headers, &data[half..]);
     assert!(died.is_err(), "the fault point did not stop the server");
+    // The socket closes as the process exits, a moment before it can be reaped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!s.is_running(), "bitsd still runs after the fault point");
     s.kill();
     // The application answered once; the parts are gone, the record is not yet complete.
