@@ -1016,6 +1016,43 @@ mod tests {
     }
 
     #[test]
+    fn downloads_never_reach_session_objects_or_temporary_names() {
+        let store = S3Store::new(S3Config {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            bucket: "b".into(),
+            prefix: "spool".into(),
+            region: default_region(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            allow_http: true,
+            request_timeout: default_request_timeout(),
+            retry_timeout: default_retry_timeout(),
+            max_retries: 0,
+        })
+        .unwrap();
+        let key = |root: &str, path: &str| {
+            store
+                .published_key(&Destination {
+                    root: root.into(),
+                    path: path.into(),
+                })
+                .map(|k| k.to_string())
+        };
+        assert_eq!(
+            key("uploads", "a/b.bin").as_deref(),
+            Some("uploads/a/b.bin")
+        );
+        assert_eq!(key("spool/other", "x").as_deref(), Some("spool/other/x"));
+        assert_eq!(key("", "spool/sessions/u/meta.json"), None);
+        assert_eq!(key("spool", "sessions/u/parts/p"), None);
+        assert_eq!(key("/spool//sessions", "u/reply"), None);
+        assert_eq!(key("uploads", ".bits-partial-x"), None);
+        assert_eq!(key("uploads", "d/.bits-partial-x/y"), None);
+        assert_eq!(key("uploads", ""), None);
+        assert_eq!(key("uploads", "//"), None);
+    }
+
+    #[test]
     fn part_names_round_trip() {
         let name = format!("{:020}-{:020}-{}", 5u64, 7u64, "ab12");
         assert_eq!(parse_part_name(&name), Some((5, 7)));
