@@ -298,6 +298,46 @@ fn published_files_are_served_from_object_storage_by_every_node() {
     }
     c.cancel("/upload/open.bin", &sid).assert_ack(200, None);
 
+    // Overwritten while being served: the answer ends short rather than mixing two versions.
+    let window = &files[3].1;
+    let mut tcp = std::net::TcpStream::connect(addrs[1]).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut tcp,
+        b"GET /upload/window.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = vec![0u8; 64 << 10];
+    let mut n = 0;
+    while n < got.len() {
+        n += std::io::Read::read(&mut tcp, &mut got[n..]).unwrap();
+    }
+    rt.block_on(async {
+        store
+            .put(
+                &ObjectPath::from("uploads/window.bin"),
+                PutPayload::from(pattern(window.len(), 99)),
+            )
+            .await
+            .unwrap();
+    });
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
+    got.truncate(n);
+    got.extend_from_slice(&rest);
+    let body_at = find(&got, b"\r\n\r\n").unwrap() + 4;
+    let body = &got[body_at..];
+    assert!(
+        body.len() < window.len(),
+        "an overwritten object is not served whole ({} bytes)",
+        body.len()
+    );
+    assert!(
+        body == &window[..body.len()],
+        "only the old version's bytes"
+    );
+
     eprintln!(
         "farm_downloads: {} files checked on 2 nodes in {:?}",
         files.len(),
