@@ -362,7 +362,7 @@ pub enum ConfigError {
     BadNotificationUrl(usize, String),
     #[error("vdir[{0}].host_id (prefix {1:?}): must be a host name or IP literal of at most 300 characters")]
     BadHostId(usize, String),
-    #[error("vdir[{0}] (prefix {1:?}): with [storage] backend = \"s3\", set download_enabled = false and do not use notification_type = \"by_reference\" (published files are not yet served from object storage; by-reference needs local paths)")]
+    #[error("vdir[{0}] (prefix {1:?}): notification_type = \"by_reference\" is not supported with [storage] backend = \"s3\": it hands the server application local file paths (BITS-Request-DataFile-Name, BITS-Response-DataFile-Name), and object storage has none; use notification_type = \"by_value\"")]
     UnsupportedOnS3(usize, String),
     #[error("public_url {0:?}: must look like http://host[:port] or https://host[:port], without a path")]
     BadPublicUrl(String),
@@ -457,7 +457,7 @@ impl ServerConfig {
                 }
             }
             if matches!(self.storage, StorageConfig::S3(_))
-                && (v.download_enabled || v.notification_type == NotificationType::ByReference)
+                && v.notification_type == NotificationType::ByReference
             {
                 return Err(ConfigError::UnsupportedOnS3(i, p.clone()));
             }

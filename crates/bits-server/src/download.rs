@@ -3,63 +3,37 @@
 //! order, 416 with `Content-Range: bytes */len`, a stable second-accurate `Last-Modified`, a
 //! strong `ETag`, `If-Range` / `If-None-Match` / `If-Modified-Since`, never a content coding.
 //!
+//! Where the bytes come from is a [`RangeSource`]: a published file of any storage backend
+//! ([`crate::store::PublishedFile`]) or a stored reply.
+//!
 //! Range syntax is parsed by `http-range-header`; satisfiability is decided here, because that
 //! crate rejects overlapping ranges and over-long suffixes that RFC 9110 says to serve.
 
-use std::io::{self, SeekFrom};
+use std::io;
 use std::ops::Range;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, StreamExt};
 use http::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_range_header::{EndPosition, StartPosition};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
+
+use crate::store::{ByteStream, PublishedFile};
 
 /// More ranges than this in one request are answered with the whole file instead.
 const MAX_RANGES: usize = 32;
 const OCTET_STREAM: &str = "application/octet-stream";
-const READ_CHUNK: usize = 256 << 10;
 
-/// What is being served: size and version identity of one file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Representation {
-    pub len: u64,
-    /// Whole seconds: HTTP dates cannot carry more, and BITS compares them for equality.
-    pub modified: SystemTime,
-    pub etag: String,
-}
+pub use crate::store::Representation;
 
-impl Representation {
-    pub fn of(meta: &std::fs::Metadata) -> Representation {
-        use std::os::unix::fs::MetadataExt;
-        // HTTP dates end at 9999-12-31; a file stamped later must not break serving it.
-        let secs = (meta.mtime().max(0) as u64).min(253_402_300_799);
-        Representation {
-            len: meta.len(),
-            modified: UNIX_EPOCH + std::time::Duration::from_secs(secs),
-            etag: format!(
-                "\"{:x}-{:x}-{:x}-{:x}\"",
-                meta.ino(),
-                meta.len(),
-                secs,
-                meta.mtime_nsec()
-            ),
-        }
-    }
-
-    fn last_modified(&self) -> String {
-        httpdate::fmt_http_date(self.modified)
-    }
+fn last_modified(rep: &Representation) -> String {
+    httpdate::fmt_http_date(rep.modified)
 }
 
 /// The answer to one GET/HEAD, before any byte is read.
@@ -144,71 +118,26 @@ pub fn plan(headers: &HeaderMap, rep: &Representation) -> Plan {
     }
 }
 
-/// Bytes `range` of the file at `path`, streamed.
-pub async fn file_range(path: &Path, range: Range<u64>) -> io::Result<crate::store::ByteStream> {
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(SeekFrom::Start(range.start)).await?;
-    Ok(Box::new(ReaderStream::with_capacity(
-        file.take(range.end - range.start),
-        READ_CHUNK,
-    )))
-}
-
 /// Where the bytes of an answer come from.
 #[async_trait::async_trait]
 pub trait RangeSource: Send + Sync {
-    async fn open(&self, range: Range<u64>) -> io::Result<crate::store::ByteStream>;
+    async fn open(&self, range: Range<u64>) -> io::Result<ByteStream>;
 }
 
+/// A published file from whichever backend stores it.
 #[async_trait::async_trait]
-impl RangeSource for std::path::PathBuf {
-    async fn open(&self, range: Range<u64>) -> io::Result<crate::store::ByteStream> {
-        file_range(self, range).await
+impl RangeSource for Box<dyn PublishedFile> {
+    async fn open(&self, range: Range<u64>) -> io::Result<ByteStream> {
+        self.read(range).await.map_err(io::Error::other)
     }
 }
 
-/// A file opened once (by the check that decided to serve it), read with positioned reads:
-/// the ranges of one answer share the descriptor without sharing a file offset, and what is
-/// served is what was checked, whatever happens to its name meanwhile.
-#[async_trait::async_trait]
-impl RangeSource for Arc<std::fs::File> {
-    async fn open(&self, range: Range<u64>) -> io::Result<crate::store::ByteStream> {
-        Ok(Box::new(Box::pin(stream::try_unfold(
-            (self.clone(), range),
-            |(file, range)| async move {
-                if range.is_empty() {
-                    return Ok(None);
-                }
-                let want = (range.end - range.start).min(READ_CHUNK as u64) as usize;
-                let (file, buf) = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; want];
-                    let n = file.read_at(&mut buf, range.start)?;
-                    buf.truncate(n);
-                    Ok::<_, io::Error>((file, buf))
-                })
-                .await
-                .map_err(io::Error::other)??;
-                if buf.is_empty() {
-                    // Shorter than when it was measured: end the answer short, the client
-                    // sees the Content-Length unmet.
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shrank while being served",
-                    ));
-                }
-                let next = range.start + buf.len() as u64..range.end;
-                Ok(Some((Bytes::from(buf), (file, next))))
-            },
-        ))))
-    }
-}
 fn base_response(status: StatusCode, rep: &Representation) -> Response {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&rep.last_modified()) {
+    if let Ok(v) = HeaderValue::from_str(&last_modified(rep)) {
         h.insert(LAST_MODIFIED, v);
     }
     if let Ok(v) = HeaderValue::from_str(&rep.etag) {
@@ -223,9 +152,12 @@ fn set(resp: &mut Response, name: http::header::HeaderName, value: String) {
     }
 }
 
-/// Serves the file at `path`, described by `rep`, for a GET (`head = false`) or HEAD.
+/// Serves `source`, described by `rep`, for a GET (`head = false`) or HEAD. A single range
+/// is opened before the status is sent (a failure is still a 500); the parts of a multipart
+/// answer are opened one after another as the body reaches them, so a backend that reads by
+/// request holds one open read per answer, not one per range.
 pub async fn respond(
-    source: &dyn RangeSource,
+    source: Arc<dyn RangeSource>,
     rep: &Representation,
     headers: &HeaderMap,
     head: bool,
@@ -293,17 +225,29 @@ pub async fn respond(
             let body = if head {
                 None
             } else {
-                let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
-                for (i, r) in ranges.iter().enumerate() {
-                    parts.push(
-                        stream::once(std::future::ready(Ok(Bytes::from(part_head(i, r))))).boxed(),
-                    );
-                    parts.push(source.open(r.clone()).await?.boxed());
-                }
-                parts.push(stream::once(std::future::ready(Ok(Bytes::from(tail)))).boxed());
-                Some(Body::from_stream(
-                    stream::iter(parts).flatten().map_err(io::Error::other),
-                ))
+                let heads: Vec<Bytes> = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Bytes::from(part_head(i, r)))
+                    .collect();
+                let parts = stream::iter(heads.into_iter().zip(ranges))
+                    .then(move |(head, r)| {
+                        let source = source.clone();
+                        async move {
+                            let lead = stream::once(std::future::ready(Ok(head)));
+                            match source.open(r).await {
+                                Ok(bytes) => lead.chain(bytes).boxed(),
+                                // The status is sent: end the body short, the client sees the
+                                // Content-Length unmet.
+                                Err(e) => {
+                                    lead.chain(stream::once(std::future::ready(Err(e)))).boxed()
+                                }
+                            }
+                        }
+                    })
+                    .flatten()
+                    .chain(stream::once(std::future::ready(Ok(Bytes::from(tail)))));
+                Some(Body::from_stream(parts))
             };
             (resp, total, body)
         }
@@ -315,23 +259,10 @@ pub async fn respond(
     Ok(resp)
 }
 
-/// Opens `path` for serving: `None` if it is missing or not a regular file.
-pub async fn representation(path: &Path) -> io::Result<Option<Representation>> {
-    match tokio::fs::metadata(path).await {
-        Ok(m) if m.is_file() => Ok(Some(Representation::of(&m))),
-        Ok(_) => Ok(None),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn rep(len: u64) -> Representation {
         Representation {
@@ -396,7 +327,7 @@ mod tests {
             Plan::NotModified
         );
         assert_eq!(plan(&with(&[("if-none-match", "\"x\"")]), &r), Plan::Full);
-        let lm = r.last_modified();
+        let lm = last_modified(&r);
         assert_eq!(
             plan(&with(&[("if-modified-since", &lm)]), &r),
             Plan::NotModified

@@ -204,9 +204,10 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         &["storage.backend", "nfs"],
     ),
     (
-        "s3 backend with downloads left on",
-        "[storage]\nbackend = \"s3\"\nbucket = \"b\"\naccess_key = \"a\"\nsecret_key = \"s\"\n",
-        &["vdir[0]", "download_enabled"],
+        "s3 backend with by-reference notification (needs local files)",
+        "[storage]\nbackend = \"s3\"\nbucket = \"b\"\naccess_key = \"a\"\nsecret_key = \"s\"\n\
+         [[vdir]]\nnotification_type = \"by_reference\"\nnotification_url = \"http://127.0.0.1:1/\"\n",
+        &["vdir[0]", "by_reference"],
     ),
     (
         "basic auth without users_file",

@@ -120,6 +120,11 @@ impl Engine {
         &self.config
     }
 
+    /// The upload data store, for serving published files.
+    pub fn data(&self) -> &Arc<dyn DataStore> {
+        &self.data
+    }
+
     /// Number of open (not yet closed, cancelled or expired) sessions.
     pub fn open_sessions(&self) -> u64 {
         self.registry().open_count()

@@ -1,10 +1,13 @@
 //! GET/HEAD: stored replies and published files.
 
+use std::sync::Arc;
+
 use axum::response::Response;
 use http::{Method, StatusCode};
 
 use super::{plain, Frontend};
 use crate::error::BitsError;
+use crate::store::Destination;
 use crate::target::resolve;
 
 /// Who asked and for which session's reply: for the request's log line.
@@ -43,9 +46,8 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
             .await
         {
             Ok(Some(reply)) => {
-                match crate::download::respond(&reply, &reply.representation, &req.headers, head)
-                    .await
-                {
+                let rep = reply.representation.clone();
+                match crate::download::respond(Arc::new(reply), &rep, &req.headers, head).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(error = %e, session = %id, "reply download failed");
@@ -60,7 +62,7 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
             }
         };
     }
-    if !vdir.download_enabled || crate::store::fs::is_internal_name(&target.rel_path) {
+    if !vdir.download_enabled {
         return plain(StatusCode::NOT_FOUND);
     }
     let Ok(root) = config.storage_root(
@@ -69,29 +71,27 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
     ) else {
         return plain(StatusCode::FORBIDDEN);
     };
-    // Opened without leaving the root (as uploads publish), and served from that descriptor.
-    // A root not made yet (per-user roots are made on first upload) holds nothing: 404.
-    match crate::store::fs::open_published(&root, &target.rel_path).await {
-        Ok(Some(file)) => serve_file(file, &target.rel_path, req).await,
-        Ok(None) => plain(StatusCode::NOT_FOUND),
+    let dest = Destination {
+        root: root.to_string_lossy().into_owned(),
+        path: target.rel_path.clone(),
+    };
+    // The store decides what is published (never its own temporary or session names) and
+    // hands back that one version: every range of this answer is read from it. A root not
+    // made yet (per-user roots are made on first upload) holds nothing: 404.
+    let file = match front.engine().data().open_published(&dest).await {
+        Ok(Some(file)) => file,
+        Ok(None) => return plain(StatusCode::NOT_FOUND),
         Err(e) => {
-            tracing::error!(error = %e, "download open failed");
-            plain(StatusCode::INTERNAL_SERVER_ERROR)
+            tracing::error!(error = %e, path = %target.rel_path, "download open failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR);
         }
-    }
-}
-
-async fn serve_file(file: std::fs::File, rel_path: &str, req: &http::request::Parts) -> Response {
+    };
     let head = req.method == Method::HEAD;
-    let served = async {
-        let rep = crate::download::Representation::of(&file.metadata()?);
-        crate::download::respond(&std::sync::Arc::new(file), &rep, &req.headers, head).await
-    }
-    .await;
-    match served {
+    let rep = file.representation().clone();
+    match crate::download::respond(Arc::new(file), &rep, &req.headers, head).await {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::error!(error = %e, path = %rel_path, "download failed");
+            tracing::error!(error = %e, path = %target.rel_path, "download failed");
             plain(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }

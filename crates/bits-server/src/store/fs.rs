@@ -29,8 +29,8 @@ use tokio::task::{spawn_blocking, JoinHandle};
 
 use super::vectored;
 use super::{
-    BodyStream, DataStore, Destination, DestinationState, SessionRecord, SessionStore, StoreError,
-    WriteOutcome,
+    BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
+    Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
 };
 
 /// Bytes gathered from the network before one positioned write; two such batches are in flight
@@ -242,14 +242,10 @@ impl SessionStore for FsStore {
 
 /// Prefix of the temporary copy made next to a destination when the spool is on another
 /// file system; such files are never served.
-const PARTIAL_PREFIX: &str = ".bits-partial-";
+pub(crate) const PARTIAL_PREFIX: &str = ".bits-partial-";
 
-/// Whether a relative path names one of the server's own temporary files.
-pub fn is_internal_name(rel_path: &str) -> bool {
-    rel_path
-        .split('/')
-        .any(|seg| seg.starts_with(PARTIAL_PREFIX))
-}
+/// Kept under this name for callers that predate the backend-neutral one.
+pub use super::is_internal_name;
 
 /// Whether the kernel lacks `openat2` (Linux < 5.6, or a seccomp filter that hides it); then
 /// [`open_beneath`] walks component by component.
@@ -349,6 +345,103 @@ fn refused_as_none(e: Errno) -> io::Result<Option<OwnedFd>> {
     match e {
         Errno::NOENT | Errno::NOTDIR | Errno::XDEV | Errno::LOOP => Ok(None),
         e => Err(e.into()),
+    }
+}
+
+/// Bytes read per positioned read when serving a file.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Size and identity of a local file. The tag names the inode and the exact mtime, so a file
+/// replaced or rewritten in place gets a new one.
+pub fn representation_of(meta: &fs::Metadata) -> Representation {
+    let secs = meta.mtime();
+    Representation::at_unix_seconds(
+        meta.len(),
+        secs,
+        format!(
+            "\"{:x}-{:x}-{:x}-{:x}\"",
+            meta.ino(),
+            meta.len(),
+            (secs.max(0) as u64).min(super::LAST_HTTP_SECOND),
+            meta.mtime_nsec()
+        ),
+    )
+}
+
+/// The regular file at `path` (a path the server owns, such as a stored reply): `None` if it
+/// is missing or not a regular file.
+pub async fn representation(path: &Path) -> io::Result<Option<Representation>> {
+    match tokio::fs::metadata(path).await {
+        Ok(m) if m.is_file() => Ok(Some(representation_of(&m))),
+        Ok(_) => Ok(None),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes `range` of the file at `path`, streamed.
+pub async fn file_range(path: &Path, range: std::ops::Range<u64>) -> io::Result<ByteStream> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(io::SeekFrom::Start(range.start)).await?;
+    Ok(Box::new(tokio_util::io::ReaderStream::with_capacity(
+        file.take(range.end - range.start),
+        READ_CHUNK,
+    )))
+}
+
+/// Bytes `range` of an open file, by positioned reads: several ranges of one answer share the
+/// descriptor without sharing a file offset.
+fn read_at_stream(file: Arc<File>, range: std::ops::Range<u64>) -> ByteStream {
+    Box::new(Box::pin(futures_util::stream::try_unfold(
+        (file, range),
+        |(file, range)| async move {
+            if range.is_empty() {
+                return Ok(None);
+            }
+            let want = (range.end - range.start).min(READ_CHUNK as u64) as usize;
+            let (file, buf) = spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; want];
+                let n = file.read_at(&mut buf, range.start)?;
+                buf.truncate(n);
+                Ok::<_, io::Error>((file, buf))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            if buf.is_empty() {
+                // Shorter than when it was measured: end the answer short, the client sees
+                // the Content-Length unmet.
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "file shrank while being served",
+                ));
+            }
+            let next = range.start + buf.len() as u64..range.end;
+            Ok(Some((Bytes::from(buf), (file, next))))
+        },
+    )))
+}
+
+/// A published file opened once, by the check that decided to serve it, and read from that
+/// descriptor: what is served is what was checked, whatever happens to its name meanwhile.
+struct OpenFile {
+    file: Arc<File>,
+    rep: Representation,
+}
+
+#[async_trait]
+impl PublishedFile for OpenFile {
+    fn representation(&self) -> &Representation {
+        &self.rep
+    }
+
+    async fn read(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError> {
+        Ok(read_at_stream(self.file.clone(), range))
     }
 }
 
@@ -791,20 +884,42 @@ impl DataStore for FsStore {
     async fn reply_representation(
         &self,
         id: SessionId,
-    ) -> Result<Option<crate::download::Representation>, StoreError> {
-        Ok(crate::download::representation(&self.reply(id)).await?)
+    ) -> Result<Option<Representation>, StoreError> {
+        Ok(representation(&self.reply(id)).await?)
     }
 
     async fn read_reply(
         &self,
         id: SessionId,
         range: std::ops::Range<u64>,
-    ) -> Result<super::ByteStream, StoreError> {
-        Ok(crate::download::file_range(&self.reply(id), range).await?)
+    ) -> Result<ByteStream, StoreError> {
+        Ok(file_range(&self.reply(id), range).await?)
     }
 
     fn local_files(&self, id: SessionId) -> Option<(PathBuf, PathBuf)> {
         Some((self.data(id), self.reply(id)))
+    }
+
+    /// Through [`open_published`]: never a link out of the root, never a FIFO or directory.
+    async fn open_published(
+        &self,
+        dest: &Destination,
+    ) -> Result<Option<Box<dyn PublishedFile>>, StoreError> {
+        if is_internal_name(&dest.path) {
+            return Ok(None);
+        }
+        let Some(file) = open_published(Path::new(&dest.root), &dest.path).await? else {
+            return Ok(None);
+        };
+        let file = Arc::new(file);
+        let f = file.clone();
+        let meta = spawn_blocking(move || f.metadata())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(Some(Box::new(OpenFile {
+            file,
+            rep: representation_of(&meta),
+        })))
     }
 }
 

@@ -1,7 +1,7 @@
 //! A decorator that times every storage call into `bitsd_storage_operation_seconds{op}` and
 //! otherwise delegates untouched, so backends stay free of metrics code.
 //!
-//! Calls returning a stream (`read_upload`, `read_reply`) are timed until the stream is open,
+//! Calls returning a stream (`read_upload`, `read_reply`, `open_published`) are timed until the stream is open,
 //! not until it is read. `write` is timed over the whole fragment body, which includes waiting
 //! for the client's bytes.
 
@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use bits_proto::SessionId;
 
 use super::{
-    BodyStream, ByteStream, DataStore, Destination, DestinationState, SessionRecord, SessionStore,
-    StoreError, WriteOutcome,
+    BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
+    Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
 };
 use crate::metrics::Metrics;
 
@@ -153,7 +153,7 @@ impl DataStore for Instrumented {
     async fn reply_representation(
         &self,
         id: SessionId,
-    ) -> Result<Option<crate::download::Representation>, StoreError> {
+    ) -> Result<Option<Representation>, StoreError> {
         self.timed("reply_representation", self.data.reply_representation(id))
             .await
     }
@@ -173,5 +173,13 @@ impl DataStore for Instrumented {
 
     fn check_name(&self, dest: &Destination) -> Result<(), &'static str> {
         self.data.check_name(dest)
+    }
+
+    async fn open_published(
+        &self,
+        dest: &Destination,
+    ) -> Result<Option<Box<dyn PublishedFile>>, StoreError> {
+        self.timed("open_published", self.data.open_published(dest))
+            .await
     }
 }

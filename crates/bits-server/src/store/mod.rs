@@ -240,7 +240,7 @@ pub trait DataStore: Send + Sync + 'static {
     async fn reply_representation(
         &self,
         id: SessionId,
-    ) -> Result<Option<crate::download::Representation>, StoreError>;
+    ) -> Result<Option<Representation>, StoreError>;
     /// Bytes `range` of the stored reply.
     async fn read_reply(
         &self,
@@ -250,6 +250,59 @@ pub trait DataStore: Send + Sync + 'static {
     /// Local paths of the upload and of the reply, for by-reference notification; `None` for
     /// backends without local files.
     fn local_files(&self, id: SessionId) -> Option<(std::path::PathBuf, std::path::PathBuf)>;
+    /// The published file `dest.path` below the root `dest.root`, opened for serving; `None`
+    /// when there is none (missing, not a regular file, reached only by leaving the root, or
+    /// one of the server's own names: temporary copies, session objects). What the handle
+    /// reads is the version it describes, whatever happens to the name meanwhile (or the read
+    /// fails).
+    async fn open_published(
+        &self,
+        dest: &Destination,
+    ) -> Result<Option<Box<dyn PublishedFile>>, StoreError>;
+}
+
+/// Size and version identity of a stored file, as HTTP describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Representation {
+    pub len: u64,
+    /// Whole seconds: HTTP dates cannot carry more, and BITS compares them for equality.
+    pub modified: std::time::SystemTime,
+    /// A strong entity tag, quoted: the same tag means the same bytes.
+    pub etag: String,
+}
+
+/// The last second an HTTP date can express (9999-12-31T23:59:59Z): a file stamped later must
+/// not break serving it.
+pub const LAST_HTTP_SECOND: u64 = 253_402_300_799;
+
+impl Representation {
+    /// `modified` from Unix seconds, clamped to what an HTTP date can carry.
+    pub fn at_unix_seconds(len: u64, secs: i64, etag: String) -> Representation {
+        let secs = (secs.max(0) as u64).min(LAST_HTTP_SECOND);
+        Representation {
+            len,
+            modified: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            etag,
+        }
+    }
+}
+
+/// A published file opened by [`DataStore::open_published`].
+#[async_trait]
+pub trait PublishedFile: Send + Sync {
+    fn representation(&self) -> &Representation;
+    /// Bytes `range` (within `0..len`) of the version described by
+    /// [`PublishedFile::representation`]; a stream that ends early or fails if that version
+    /// is gone.
+    async fn read(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError>;
+}
+
+/// Whether `rel_path` names (or lies below) one of the server's temporary copies next to a
+/// destination: these are never served, on any backend.
+pub fn is_internal_name(rel_path: &str) -> bool {
+    rel_path
+        .split('/')
+        .any(|seg| seg.starts_with(fs::PARTIAL_PREFIX))
 }
 
 /// An owned byte stream read from storage.

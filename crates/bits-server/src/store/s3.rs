@@ -51,8 +51,8 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BodyStream, ByteStream, DataStore, Destination, DestinationState, SessionRecord, SessionStore,
-    StoreError, WriteOutcome,
+    BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
+    Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
 };
 
 /// Multipart part size: the S3 minimum for every part but the last. Memory per streamed body
@@ -838,7 +838,7 @@ impl DataStore for S3Store {
     async fn reply_representation(
         &self,
         id: SessionId,
-    ) -> Result<Option<crate::download::Representation>, StoreError> {
+    ) -> Result<Option<Representation>, StoreError> {
         match self.store.head(&self.reply(id)).await {
             Ok(meta) => {
                 let secs = meta.last_modified.timestamp().clamp(0, 253_402_300_799) as u64;
@@ -848,7 +848,7 @@ impl DataStore for S3Store {
                 } else {
                     format!("\"{tag}\"")
                 };
-                Ok(Some(crate::download::Representation {
+                Ok(Some(Representation {
                     len: meta.size,
                     modified: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
                     etag,
@@ -899,6 +899,145 @@ impl DataStore for S3Store {
 
     fn local_files(&self, _id: SessionId) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
         None
+    }
+
+    /// One HEAD of `<dest.root>/<dest.path>`; reads are ranged GETs pinned to what it saw.
+    async fn open_published(
+        &self,
+        dest: &Destination,
+    ) -> Result<Option<Box<dyn PublishedFile>>, StoreError> {
+        let Some(key) = self.published_key(dest) else {
+            return Ok(None);
+        };
+        let meta = match self.store.head(&key).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(os_err(e)),
+        };
+        Ok(Some(Box::new(PublishedObject {
+            store: self.store.clone(),
+            rep: object_representation(&meta),
+            key,
+            e_tag: meta.e_tag,
+            version: meta.version,
+        })))
+    }
+}
+
+/// Bytes of a published object fetched per GET: each GET must finish within
+/// `request_timeout`, and it is read only as fast as the downloading client reads, so a
+/// whole large file is never one request.
+const READ_WINDOW: u64 = 8 << 20;
+
+impl S3Store {
+    /// The key a download of `dest` may read, or `None` for a name that is never served: the
+    /// root itself, a temporary name, or anything below the session objects (a vdir root may
+    /// not overlap them, see the config check; this holds even if it did).
+    fn published_key(&self, dest: &Destination) -> Option<Path> {
+        if super::is_internal_name(&dest.path) || dest.path.split('/').all(str::is_empty) {
+            return None;
+        }
+        let key = Self::dest_key(dest).ok()?;
+        (!key.prefix_matches(&self.sessions())).then_some(key)
+    }
+}
+
+/// HTTP's view of an object: S3's ETag (an MD5 or multipart digest, strong and quoted) and
+/// `Last-Modified`. A store that sends no ETag gets one made of size and time.
+fn object_representation(meta: &object_store::ObjectMeta) -> Representation {
+    let secs = meta.last_modified.timestamp();
+    let etag = match meta.e_tag.as_deref() {
+        Some(t) if t.starts_with('"') => t.to_string(),
+        Some(t) if !t.is_empty() => format!("\"{t}\""),
+        _ => format!("\"{:x}-{:x}\"", meta.size, secs.max(0)),
+    };
+    Representation::at_unix_seconds(meta.size, secs, etag)
+}
+
+/// A published object as one HEAD found it.
+struct PublishedObject {
+    store: Arc<AmazonS3>,
+    key: Path,
+    rep: Representation,
+    /// Sent as `If-Match` (and the version, on a versioned bucket) with every ranged GET, so
+    /// an object replaced meanwhile fails the read instead of mixing two versions in one
+    /// answer.
+    e_tag: Option<String>,
+    version: Option<String>,
+}
+
+impl PublishedObject {
+    async fn get(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError> {
+        let got = get_window(
+            self.store.clone(),
+            self.key.clone(),
+            self.e_tag.clone(),
+            self.version.clone(),
+            range,
+        )
+        .await
+        .map_err(os_err)?;
+        Ok(Box::new(SyncStream(Mutex::new(got))))
+    }
+}
+
+async fn get_window(
+    store: Arc<AmazonS3>,
+    key: Path,
+    e_tag: Option<String>,
+    version: Option<String>,
+    range: std::ops::Range<u64>,
+) -> Result<BoxStream<'static, io::Result<Bytes>>, object_store::Error> {
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(range)),
+        if_match: e_tag,
+        version,
+        ..GetOptions::default()
+    };
+    let got = store.get_opts(&key, opts).await?;
+    Ok(got.into_stream().map_err(io::Error::from).boxed())
+}
+
+#[async_trait]
+impl PublishedFile for PublishedObject {
+    fn representation(&self) -> &Representation {
+        &self.rep
+    }
+
+    /// The first window is requested before returning, so a failure can still become an
+    /// error status; later windows are requested as the body reaches them.
+    async fn read(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError> {
+        let range = range.start..range.end.min(self.rep.len);
+        if range.is_empty() {
+            return Ok(Box::new(stream::empty()));
+        }
+        let first_end = range.end.min(range.start.saturating_add(READ_WINDOW));
+        let first = self.get(range.start..first_end).await?;
+        if first_end == range.end {
+            return Ok(first);
+        }
+        let (store, key, e_tag, version) = (
+            self.store.clone(),
+            self.key.clone(),
+            self.e_tag.clone(),
+            self.version.clone(),
+        );
+        let windows = (first_end..range.end)
+            .step_by(READ_WINDOW as usize)
+            .map(move |s| s..s.saturating_add(READ_WINDOW).min(range.end));
+        let rest = stream::iter(windows)
+            .then(move |w| {
+                get_window(
+                    store.clone(),
+                    key.clone(),
+                    e_tag.clone(),
+                    version.clone(),
+                    w,
+                )
+            })
+            .map_err(io::Error::from)
+            .try_flatten();
+        Ok(Box::new(SyncStream(Mutex::new(first.chain(rest).boxed()))))
     }
 }
 
@@ -993,6 +1132,43 @@ mod tests {
         etags.note(known, Some("b".into()), true);
         assert_eq!(etags.len(), MAX_ETAGS);
         assert_eq!(etags.get(&known).map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn downloads_never_reach_session_objects_or_temporary_names() {
+        let store = S3Store::new(S3Config {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            bucket: "b".into(),
+            prefix: "spool".into(),
+            region: default_region(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            allow_http: true,
+            request_timeout: default_request_timeout(),
+            retry_timeout: default_retry_timeout(),
+            max_retries: 0,
+        })
+        .unwrap();
+        let key = |root: &str, path: &str| {
+            store
+                .published_key(&Destination {
+                    root: root.into(),
+                    path: path.into(),
+                })
+                .map(|k| k.to_string())
+        };
+        assert_eq!(
+            key("uploads", "a/b.bin").as_deref(),
+            Some("uploads/a/b.bin")
+        );
+        assert_eq!(key("spool/other", "x").as_deref(), Some("spool/other/x"));
+        assert_eq!(key("", "spool/sessions/u/meta.json"), None);
+        assert_eq!(key("spool", "sessions/u/parts/p"), None);
+        assert_eq!(key("/spool//sessions", "u/reply"), None);
+        assert_eq!(key("uploads", ".bits-partial-x"), None);
+        assert_eq!(key("uploads", "d/.bits-partial-x/y"), None);
+        assert_eq!(key("uploads", ""), None);
+        assert_eq!(key("uploads", "//"), None);
     }
 
     #[test]
