@@ -180,8 +180,8 @@ fn a_cancel_racing_a_fragment_on_another_node_leaves_no_part() {
         Server::start_with(&config, false),
         Server::start_with(&config, false),
     );
-    let path = "/upload/raced.bin";
     for round in 0..3 {
+        let path = &format!("/upload/raced-{round}.bin");
         let sid = create(a.addr, path).session();
         let data = pattern(256 * 1024, round);
         let mut c = Conn::new(a.addr);
