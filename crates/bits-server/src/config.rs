@@ -19,6 +19,14 @@ pub struct ServerConfig {
     /// How often expired sessions and old tombstones are swept (IIS: every 12 hours).
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// With `[storage] backend = "s3"` (a farm): how often this node reconciles what it
+    /// counts as open (sessions, destinations held, spool bytes per identity) with the
+    /// records in the bucket, so that sessions ended or created through other nodes are
+    /// counted right within this time. Each pass lists the session prefixes and reads every
+    /// open record once. `0s`: only the cleanup pass and refusals reconcile. Ignored with the
+    /// file system backend, where this node's memory is the truth.
+    #[serde(with = "humantime_serde")]
+    pub registry_refresh_interval: Duration,
     /// How long a closed or cancelled session id keeps answering a repeated Close/Cancel with 200.
     #[serde(with = "humantime_serde")]
     pub tombstone_ttl: Duration,
@@ -123,6 +131,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             spool_dir: PathBuf::from("bits-data/spool"),
             cleanup_interval: Duration::from_secs(12 * 3600),
+            registry_refresh_interval: Duration::from_secs(30),
             tombstone_ttl: DEFAULT_SESSION_TIMEOUT,
             fsync: true,
             header_read_timeout: Duration::from_secs(30),

@@ -60,14 +60,37 @@ pub async fn open_engine(
     Ok((engine, report))
 }
 
-/// Runs the cleanup sweep every `interval` until the engine is dropped elsewhere.
+/// Runs the cleanup sweep every `interval` (and, on a shared store, the registry refresh every
+/// `registry_refresh_interval`) until the task is aborted.
 pub fn spawn_cleanup(engine: Arc<Engine>, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // A farm node also reconciles its open sessions with the store, more often.
+        let mut refresh = engine.registry_refresh_interval().map(|every| {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Start-up recovery has just built the registry from the store.
+            t.reset();
+            t
+        });
         loop {
-            tick.tick().await;
+            let refresh_due = async {
+                match refresh.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = refresh_due => {
+                    if let Err(e) = engine.refresh_registry(Duration::ZERO).await {
+                        tracing::warn!(error = %e, "could not reconcile the open sessions with the store");
+                    }
+                    continue;
+                }
+            }
             match engine.sweep().await {
                 Ok(r) if r.expired + r.tombstones_removed > 0 => {
                     tracing::info!(

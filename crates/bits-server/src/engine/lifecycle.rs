@@ -1,10 +1,40 @@
-//! Session lifecycle outside of requests: idle expiry, tombstone removal, and start-up recovery.
+//! Session lifecycle outside of requests: idle expiry, tombstone removal, start-up recovery,
+//! and (on a store shared by a farm) reconciling this node's registry with the store.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use bits_proto::SessionId;
 
 use super::{now_ms, Engine};
 use crate::error::BitsError;
 use crate::store::{SessionRecord, SessionState, StoreError};
+
+/// The least time between two refreshes forced by refusals that the previous one did not
+/// lift: a refresh reads every open record, so a flood of Create-Sessions against a node that
+/// is truly at its limit costs at most one refresh a second.
+pub(super) const FORCED_REFRESH_GAP: Duration = Duration::from_secs(1);
+
+/// What one registry refresh did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RefreshReport {
+    /// Open sessions this node counted that the store holds as ended, or not at all.
+    pub dropped: usize,
+    /// Open sessions in the store this node did not count (created on another node).
+    pub added: usize,
+    /// Sessions skipped because a request on this node held them (it keeps them current).
+    pub busy: usize,
+}
+
+/// Releases the refresh slot however the refresh ends (an error, or a Create-Session whose
+/// client went away dropping the future); the flag says whether it counts as fruitless.
+struct Refreshing<'a>(&'a Engine, bool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.registry().end_refresh(self.1, Instant::now());
+    }
+}
 
 /// What one cleanup pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -101,7 +131,185 @@ impl Engine {
                 }
             }
         }
+        // A farm's registry is reconciled along with the pass.
+        if self.shared_store() {
+            if let Err(e) = self.refresh_registry(Duration::ZERO).await {
+                tracing::warn!(error = %e, "cleanup could not reconcile the open sessions");
+            }
+        }
         Ok(report)
+    }
+
+    /// Whether other nodes may change the store behind this node's back (a farm on object
+    /// storage): then the registry is only a cache of the store and is reconciled with it.
+    pub(super) fn shared_store(&self) -> bool {
+        matches!(self.config.storage, crate::config::StorageConfig::S3(_))
+    }
+
+    /// How often the registry is reconciled with the store; `None` where it is not shared (one
+    /// node's registry is the truth) or the refresh is turned off.
+    pub fn registry_refresh_interval(&self) -> Option<Duration> {
+        let every = self.config.registry_refresh_interval;
+        (self.shared_store() && !every.is_zero()).then_some(every)
+    }
+
+    /// Reconciles the registry with the store: open sessions it counts whose records ended or
+    /// are gone are dropped, open records it has not seen are added, and every open session's
+    /// spool usage is taken from its record. `None` when another refresh is running, or when
+    /// one forced by a refusal lifted nothing less than `gap` ago (`gap` zero: the periodic
+    /// pass, which always runs). Records a request on this node holds
+    /// are skipped (that request keeps them current).
+    pub async fn refresh_registry(
+        &self,
+        gap: Duration,
+    ) -> Result<Option<RefreshReport>, BitsError> {
+        if !self.registry().begin_refresh(gap, Instant::now()) {
+            return Ok(None);
+        }
+        let forced = !gap.is_zero();
+        let mut running = Refreshing(self, forced);
+        let mut report = RefreshReport::default();
+        let listed = self.sessions.list().await?;
+        let mut ended = HashSet::new();
+        for &id in &listed {
+            let (ours, theirs) = {
+                let r = self.registry();
+                (r.is_tombstone(id), r.ended_elsewhere(id))
+            };
+            // An ended record never reopens: read it once.
+            if theirs {
+                ended.insert(id);
+            }
+            if !(ours || theirs) {
+                self.reconcile_one(id, &mut report, &mut ended).await;
+            }
+        }
+        let listed: HashSet<SessionId> = listed.into_iter().collect();
+        let unlisted: Vec<SessionId> = self
+            .registry()
+            .open_ids()
+            .into_iter()
+            .filter(|id| !listed.contains(id))
+            .collect();
+        for id in unlisted {
+            self.reconcile_one(id, &mut report, &mut ended).await;
+        }
+        self.registry().set_ended_elsewhere(ended);
+        running.1 = forced && report.dropped == 0;
+        if report.dropped + report.added > 0 {
+            tracing::info!(
+                dropped = report.dropped,
+                added = report.added,
+                "open sessions reconciled with the store"
+            );
+        }
+        self.metrics.set_open(self.registry().open_count());
+        Ok(Some(report))
+    }
+
+    async fn reconcile_one(
+        &self,
+        id: SessionId,
+        report: &mut RefreshReport,
+        ended: &mut HashSet<SessionId>,
+    ) {
+        // Held by a request here (also a Create-Session between registering and storing it).
+        let Some(_guard) = self.locks.try_lock(id) else {
+            report.busy += 1;
+            return;
+        };
+        let loaded = match self.sessions.load(id).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "refresh skipped an unreadable session");
+                return;
+            }
+        };
+        let mut registry = self.registry();
+        match loaded {
+            Some(rec) if rec.state.is_open() => {
+                if !registry.is_open(id) {
+                    report.added += 1;
+                }
+                registry.track(&rec);
+            }
+            other => {
+                if registry.is_open(id) {
+                    registry.remove(id);
+                    report.dropped += 1;
+                }
+                if other.is_some() && !registry.is_tombstone(id) {
+                    ended.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Before refusing a Create-Session because `id` holds its destination: checks the holder
+    /// against the store (another node may have ended it) and expires it if idle too long, as
+    /// a request touching it would. The registry then tells whether it still holds.
+    pub(super) async fn verify_holder(&self, id: SessionId) {
+        // A request here holds it: it is open.
+        let Some(_guard) = self.locks.try_lock(id) else {
+            return;
+        };
+        match self.sessions.load(id).await {
+            Ok(Some(mut rec)) if rec.state.is_open() => {
+                if self.is_expired(&rec, now_ms()) {
+                    if let Err(e) = self.expire(&mut rec).await {
+                        tracing::warn!(session = %id, error = %e, "could not expire an idle holder");
+                    }
+                }
+            }
+            Ok(_) => {
+                tracing::info!(session = %id, "a destination's holder was ended on another node; released");
+                self.registry().remove(id);
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "could not check a destination's holder")
+            }
+        }
+    }
+
+    /// After a fragment's data write, with the record as it was loaded for the request: a
+    /// Cancel or Close on another node meanwhile deleted the session's parts before this
+    /// write's part existed, so it is deleted now (else it would stay, uncounted, until the
+    /// tombstone goes) and the fragment is answered as for an ended session. A record changed
+    /// in any other way lost a race to another node, as the conditional save would report.
+    pub(super) async fn check_unchanged(&self, loaded: &SessionRecord) -> Result<(), BitsError> {
+        match self.sessions.load(loaded.id).await? {
+            Some(now) if now == *loaded => Ok(()),
+            Some(now) if now.state.is_open() => Err(BitsError::Storage(StoreError::Conflict(
+                format!("session {} changed during the fragment", loaded.id),
+            ))),
+            _ => Err(self.drop_ended(loaded.id).await),
+        }
+    }
+
+    /// Saves a fragment's claim; when the conditional save lost to another node that ended
+    /// the session, deletes what this request wrote (see [`Engine::check_unchanged`]).
+    pub(super) async fn save_claim(&self, rec: &SessionRecord) -> Result<(), BitsError> {
+        match self.sessions.save(rec).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(why)) => match self.sessions.load(rec.id).await {
+                Ok(Some(now)) if now.state.is_open() => {
+                    Err(BitsError::Storage(StoreError::Conflict(why)))
+                }
+                Ok(_) => Err(self.drop_ended(rec.id).await),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn drop_ended(&self, id: SessionId) -> BitsError {
+        tracing::info!(session = %id, "session ended on another node during a fragment; its data is deleted again");
+        if let Err(e) = self.data.discard(id).await {
+            tracing::warn!(session = %id, error = %e, "could not delete the data of a session ended elsewhere");
+            return e.into();
+        }
+        self.registry().remove(id);
+        BitsError::SessionNotFound(id)
     }
 
     /// Start-up: reconcile every session with the data actually held, finish interrupted

@@ -290,44 +290,38 @@ impl Engine {
                 .then(crate::digest::Sha256State::default),
             pending_hook: None,
         };
-        {
-            let mut registry = self.registry();
-            if !vdir.allow_overwrites && registry.holder_of(&rec.destination).is_some() {
-                return Err(conflict());
-            }
-            if registry.open_count() >= self.config.max_open_sessions {
-                return Err(BitsError::SessionLimit);
-            }
-            if let Some(limit) = self
-                .config
-                .max_sessions_per_identity
-                .filter(|_| rec.owner.is_some())
-            {
-                if registry.owned_by(&rec.owner) >= limit {
-                    return Err(BitsError::SessionLimit);
+        // The id is new, so its lock is free: held until the record is stored, so that a
+        // registry refresh meanwhile does not take the session for one that is gone.
+        let _creating = self.locks.try_lock(rec.id);
+        // On a shared store this node's counts may be stale (sessions ended through other
+        // nodes): a refusal is checked against the store once before it is given.
+        let unchecked = self.shared_store();
+        let (mut holder_checked, mut limits_checked) = (!unchecked, !unchecked);
+        loop {
+            let refusal = {
+                let mut registry = self.registry();
+                match self.admit(&registry, &rec, vdir) {
+                    Ok(()) => {
+                        registry.insert(&rec);
+                        break;
+                    }
+                    Err(refusal) => refusal,
                 }
-            }
-            if vdir
-                .max_open_sessions
-                .is_some_and(|l| registry.open_in_vdir(&vdir.prefix) >= l)
-            {
-                return Err(BitsError::SessionLimit);
-            }
-            if rec.owner.is_none() {
-                let cfg = &self.config;
-                let over = |used: u64, limit: u64| limit > 0 && used >= limit;
-                let over_total = over(registry.anonymous(), cfg.max_anonymous_sessions);
-                let over_ip = rec.client.is_some_and(|ip| {
-                    over(
-                        registry.anonymous_from(ip),
-                        cfg.max_anonymous_sessions_per_ip,
-                    )
-                });
-                if over_total || over_ip {
-                    return Err(BitsError::SessionLimit);
+            };
+            match refusal {
+                Refusal::Held(holder) if !holder_checked => {
+                    holder_checked = true;
+                    self.verify_holder(holder).await;
                 }
+                Refusal::Limit if !limits_checked => {
+                    limits_checked = true;
+                    if let Err(e) = self.refresh_registry(lifecycle::FORCED_REFRESH_GAP).await {
+                        tracing::warn!(error = %e, "could not reconcile the open sessions before refusing");
+                    }
+                }
+                Refusal::Held(_) => return Err(conflict()),
+                Refusal::Limit => return Err(BitsError::SessionLimit),
             }
-            registry.insert(&rec);
         }
         let stored = async {
             self.sessions.create(&rec).await?;
@@ -348,6 +342,54 @@ impl Engine {
                 .clone()
                 .map(|h| (h, vdir.host_id_fallback_timeout)),
         ))
+    }
+
+    /// Whether this node's registry lets a new session in: its destination free (unless
+    /// overwrites are allowed) and every session limit below its cap.
+    fn admit(
+        &self,
+        registry: &Registry,
+        rec: &SessionRecord,
+        vdir: &VdirConfig,
+    ) -> Result<(), Refusal> {
+        if !vdir.allow_overwrites {
+            if let Some((holder, _)) = registry.holder_of(&rec.destination) {
+                return Err(Refusal::Held(holder));
+            }
+        }
+        if registry.open_count() >= self.config.max_open_sessions {
+            return Err(Refusal::Limit);
+        }
+        if let Some(limit) = self
+            .config
+            .max_sessions_per_identity
+            .filter(|_| rec.owner.is_some())
+        {
+            if registry.owned_by(&rec.owner) >= limit {
+                return Err(Refusal::Limit);
+            }
+        }
+        if vdir
+            .max_open_sessions
+            .is_some_and(|l| registry.open_in_vdir(&vdir.prefix) >= l)
+        {
+            return Err(Refusal::Limit);
+        }
+        if rec.owner.is_none() {
+            let cfg = &self.config;
+            let over = |used: u64, limit: u64| limit > 0 && used >= limit;
+            let over_total = over(registry.anonymous(), cfg.max_anonymous_sessions);
+            let over_ip = rec.client.is_some_and(|ip| {
+                over(
+                    registry.anonymous_from(ip),
+                    cfg.max_anonymous_sessions_per_ip,
+                )
+            });
+            if over_total || over_ip {
+                return Err(Refusal::Limit);
+            }
+        }
+        Ok(())
     }
 
     async fn lock(&self, id: SessionId) -> Result<SessionGuard, BitsError> {
@@ -428,25 +470,35 @@ impl Engine {
                 received: rec.received,
             });
         }
+        // As stored, to tell after the data write whether another node changed it meanwhile.
+        let loaded = rec.clone();
         rec.total = Some(range.total);
         rec.last_activity = now_ms();
         if range.end() <= rec.received {
             drain(body.as_mut()).await;
         } else {
             let len = range.end() - rec.received;
-            {
+            let over_quota = || {
                 let registry = self.registry();
                 let over = |used: u64, quota: Option<u64>| {
                     quota.is_some_and(|q| used.saturating_add(len) > q)
                 };
-                if over(registry.spooled(), self.config.spool_quota)
+                over(registry.spooled(), self.config.spool_quota)
                     || (rec.owner.is_some()
                         && self.config.max_spool_bytes_per_identity.is_some()
                         && over(
                             registry.spooled_by(&rec.owner),
                             self.config.max_spool_bytes_per_identity,
                         ))
-                {
+            };
+            if over_quota() {
+                // Bytes of sessions ended through other nodes may still be counted here.
+                if self.shared_store() {
+                    if let Err(e) = self.refresh_registry(lifecycle::FORCED_REFRESH_GAP).await {
+                        tracing::warn!(error = %e, "could not reconcile spool usage before refusing");
+                    }
+                }
+                if over_quota() {
                     return Err(BitsError::DiskFull);
                 }
             }
@@ -480,6 +532,9 @@ impl Engine {
                 .data
                 .write(id, rec.received, len, std::pin::pin!(fresh))
                 .await;
+            if outcome.durable > 0 {
+                self.check_unchanged(&loaded).await?;
+            }
             let before = rec.received;
             rec.received += outcome.durable;
             if let Some(d) = digest {
@@ -491,7 +546,8 @@ impl Engine {
             }
             // What the session now claims (a digest fallback may claim less than was written).
             self.metrics.bytes_received(rec.received - before);
-            self.registry().set_spooled(id, rec.received);
+            // Also registers a session created through another node.
+            self.registry().track(&rec);
             if outcome.error.is_some() && guard.was_preempted() {
                 self.sessions.save(&rec).await?;
                 return Err(BitsError::Preempted);
@@ -506,7 +562,7 @@ impl Engine {
         // stays until then, so a crash in between is finished by the retransmit.
         let completes = rec.total == Some(rec.received);
         if !completes || vdir.notification_type != crate::config::NotificationType::None {
-            self.sessions.save(&rec).await?;
+            self.save_claim(&rec).await?;
         }
         if completes {
             self.complete(&mut rec, vdir, bases).await?;
@@ -587,6 +643,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// Why this node's registry refuses a new session.
+enum Refusal {
+    /// Another open session uploads to the destination.
+    Held(SessionId),
+    /// A session limit is reached.
+    Limit,
 }
 
 /// Who is asking, and through which vdir (by prefix).

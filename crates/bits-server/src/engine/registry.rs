@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use bits_proto::SessionId;
 
@@ -35,6 +36,14 @@ pub struct Registry {
     /// `tombstone_set` is the truth).
     tombstone_order: VecDeque<SessionId>,
     tombstone_set: HashSet<SessionId>,
+    /// Sessions another node ended, as of the last refresh: an ended record never reopens, so
+    /// the next refresh need not read it again. Replaced by each refresh (never grows past
+    /// what the store lists).
+    ended_elsewhere: HashSet<SessionId>,
+    /// When the last refresh forced by a refusal ended without dropping anything, and whether
+    /// a refresh is running (one at a time).
+    last_fruitless_refresh: Option<Instant>,
+    refreshing: bool,
 }
 
 impl Registry {
@@ -96,6 +105,64 @@ impl Registry {
 
     pub fn tombstones(&self) -> u64 {
         self.tombstone_set.len() as u64
+    }
+
+    pub fn is_tombstone(&self, id: SessionId) -> bool {
+        self.tombstone_set.contains(&id)
+    }
+
+    pub fn is_open(&self, id: SessionId) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// Every open session this node counts.
+    pub fn open_ids(&self) -> Vec<SessionId> {
+        self.by_id.keys().copied().collect()
+    }
+
+    /// Whether a refresh found `id` ended by another node (so it need not be read again).
+    pub fn ended_elsewhere(&self, id: SessionId) -> bool {
+        self.ended_elsewhere.contains(&id)
+    }
+
+    /// What a refresh learned about sessions other nodes ended.
+    pub fn set_ended_elsewhere(&mut self, ids: HashSet<SessionId>) {
+        self.ended_elsewhere = ids;
+    }
+
+    /// Claims the right to run a refresh: none is running, and no refresh forced by a refusal
+    /// dropped nothing within `gap` (one that freed something may be followed at once: the
+    /// view was stale). Released by [`Registry::end_refresh`].
+    pub fn begin_refresh(&mut self, gap: Duration, now: Instant) -> bool {
+        if self.refreshing || self.last_fruitless_refresh.is_some_and(|t| now < t + gap) {
+            return false;
+        }
+        self.refreshing = true;
+        true
+    }
+
+    /// `fruitless`: a refresh forced by a refusal dropped nothing (the refusal stood).
+    pub fn end_refresh(&mut self, fruitless: bool, now: Instant) {
+        self.refreshing = false;
+        if fruitless {
+            self.last_fruitless_refresh = Some(now);
+        }
+    }
+
+    /// Brings one open session's entry in line with its record: registers it if this node
+    /// has not seen it (created or continued on another node), else updates its spool usage.
+    pub fn track(&mut self, rec: &SessionRecord) {
+        match self.by_id.get(&rec.id) {
+            Some(s) if s.destination == rec.destination => {
+                let spooled = if rec.state == SessionState::Receiving {
+                    rec.received
+                } else {
+                    0
+                };
+                self.set_spooled(rec.id, spooled);
+            }
+            _ => self.insert(rec),
+        }
     }
 
     pub fn holder_of(&self, dest: &Destination) -> Option<(SessionId, &OpenSession)> {
@@ -279,5 +346,51 @@ mod tests {
             r.drop_tombstone(id);
         }
         assert!(r.tombstone_order.len() < 200);
+    }
+
+    #[test]
+    fn track_registers_an_unseen_session_and_updates_a_known_one() {
+        let mut r = Registry::default();
+        let mut a = rec("a", Some("alice"), 10);
+        r.track(&a);
+        assert_eq!((r.open_count(), r.spooled_by(&alice())), (1, 10));
+        a.received = 40;
+        r.track(&a);
+        assert_eq!(
+            (r.open_count(), r.spooled(), r.owned_by(&alice())),
+            (1, 40, 1)
+        );
+        a.state = SessionState::Committed;
+        r.track(&a);
+        assert_eq!((r.open_count(), r.spooled()), (1, 0));
+        assert_eq!(r.holder_of(&a.destination).map(|(id, _)| id), Some(a.id));
+        r.remove(a.id);
+        assert_eq!((r.open_count(), r.owned_by(&alice())), (0, 0));
+        assert!(r.spooled_per_owner.is_empty() && r.per_owner.is_empty());
+    }
+
+    #[test]
+    fn one_refresh_at_a_time_and_fruitless_ones_spaced() {
+        let mut r = Registry::default();
+        let gap = Duration::from_secs(1);
+        let t0 = Instant::now();
+        assert!(r.begin_refresh(gap, t0));
+        assert!(!r.begin_refresh(gap, t0), "one at a time");
+        r.end_refresh(false, t0);
+        assert!(
+            r.begin_refresh(gap, t0),
+            "one that freed something may follow at once"
+        );
+        r.end_refresh(true, t0);
+        assert!(
+            !r.begin_refresh(gap, t0 + gap / 2),
+            "a fruitless one is spaced"
+        );
+        assert!(
+            r.begin_refresh(Duration::ZERO, t0 + gap / 2),
+            "the periodic pass"
+        );
+        r.end_refresh(true, t0 + gap / 2);
+        assert!(r.begin_refresh(gap, t0 + gap * 2));
     }
 }

@@ -1,0 +1,211 @@
+//! What each node of a farm knows about open sessions: a session ended through one node must
+//! stop counting on the others (destination held, session limits, `bitsd_sessions_open`), and a
+//! fragment stored on one node while another cancels the session must not leave its part in
+//! the bucket. Two bitsd nodes on one SeaweedFS bucket, `[storage] backend = "s3"`.
+
+mod common;
+use common::*;
+
+#[path = "../../bits-server/tests/support/seaweed.rs"]
+mod seaweed;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+
+/// One node's config; `top` holds extra top-level keys.
+fn node_config(weed: &seaweed::SeaweedFs, top: &str) -> String {
+    format!(
+        "session_lock_timeout = \"2s\"\nbody_idle_timeout = \"5s\"\n\
+         admin = {{ listen = \"127.0.0.1:0\" }}\n{top}\n\
+         [storage]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\nprefix = \"spool\"\n\
+         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
+         [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = false\n",
+        weed.endpoint, weed.bucket
+    )
+}
+
+fn create(node: SocketAddr, path: &str) -> Response {
+    Conn::new(node).create(path)
+}
+
+fn cancel(node: SocketAddr, path: &str, sid: &str) -> Response {
+    Conn::new(node).cancel(path, sid)
+}
+
+/// `bitsd_sessions_open` on a node's admin listener.
+fn open_on(s: &Server) -> f64 {
+    let r = Conn::new(s.admin_addr.expect("admin listener")).send("GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body)
+        .expect("utf-8 metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("bitsd_sessions_open "))
+        .expect("bitsd_sessions_open sample")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Waits until every node reports `want` open sessions; panics with what they report.
+fn wait_open(nodes: &[&Server], want: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got: Vec<f64> = nodes.iter().map(|n| open_on(n)).collect();
+        if got.iter().all(|&g| g == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bitsd_sessions_open per node: {got:?}, expected {want} on each"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bucket(weed: &seaweed::SeaweedFs) -> impl ObjectStore {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    AmazonS3Builder::new()
+        .with_endpoint(&weed.endpoint)
+        .with_bucket_name(&weed.bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("any")
+        .with_secret_access_key("any")
+        .with_allow_http(true)
+        .build()
+        .expect("s3 client")
+}
+
+/// Fragment objects (`.../parts/...`) anywhere under the session prefix.
+fn parts_in(weed: &seaweed::SeaweedFs) -> Vec<String> {
+    let store = bucket(weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        store
+            .list(Some(&ObjectPath::from("spool")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.contains("/parts/"))
+            .collect()
+    })
+}
+
+/// The periodic refresh is off (1 h): only the checks made before refusing can notice what
+/// the other node did. The same name is created again on the first node after a cancel on
+/// the second, and create-here/cancel-there pairs never run the first node into its limit.
+#[test]
+fn a_cancel_on_another_node_frees_the_name_and_the_slot() {
+    let weed = seaweed::SeaweedFs::start("bits-farm-free");
+    let config = node_config(
+        &weed,
+        "max_open_sessions = 2\nregistry_refresh_interval = \"1h\"",
+    );
+    let (a, b) = (
+        Server::start_with(&config, false),
+        Server::start_with(&config, false),
+    );
+    let path = "/upload/same.bin";
+    let first = create(a.addr, path);
+    first.assert_ack(200, None);
+    cancel(b.addr, path, &first.session()).assert_ack(200, None);
+    let again = create(a.addr, path);
+    again.assert_ack(200, None);
+    assert_ne!(again.session(), first.session());
+    cancel(b.addr, path, &again.session()).assert_ack(200, None);
+
+    for i in 0..8 {
+        let path = format!("/upload/drift-{i}.bin");
+        let r = create(a.addr, &path);
+        assert_eq!(
+            r.status,
+            200,
+            "create #{i} on the first node: {:?}\n{}",
+            r.headers,
+            a.log_text()
+        );
+        cancel(b.addr, &path, &r.session()).assert_ack(200, None);
+    }
+}
+
+/// Every node's `bitsd_sessions_open` follows the bucket within the refresh interval: sessions
+/// created through the other node are added, sessions cancelled through it are dropped.
+#[test]
+fn open_counts_converge_on_every_node() {
+    let weed = seaweed::SeaweedFs::start("bits-farm-count");
+    let config = node_config(&weed, "registry_refresh_interval = \"300ms\"");
+    let (a, b) = (
+        Server::start_with(&config, false),
+        Server::start_with(&config, false),
+    );
+    let x = create(a.addr, "/upload/x.bin");
+    x.assert_ack(200, None);
+    let y = create(b.addr, "/upload/y.bin");
+    y.assert_ack(200, None);
+    wait_open(&[&a, &b], 2.0, Duration::from_secs(5));
+    // Once known, a session open on one node holds its name on the other too.
+    let refused = create(b.addr, "/upload/x.bin");
+    assert!(
+        refused.status == 403 || refused.status == 409,
+        "a name held through the other node: {}",
+        refused.status
+    );
+    cancel(b.addr, "/upload/x.bin", &x.session()).assert_ack(200, None);
+    cancel(a.addr, "/upload/y.bin", &y.session()).assert_ack(200, None);
+    let t = Instant::now();
+    wait_open(&[&a, &b], 0.0, Duration::from_secs(5));
+    eprintln!(
+        "both nodes back to 0 open sessions {} ms after the cross-node cancels",
+        t.elapsed().as_millis()
+    );
+}
+
+/// A fragment streams into the first node slowly; the second node cancels the session in the
+/// middle. When the body ends, its part is stored after the cancel deleted the session's parts:
+/// the first node must delete it again.
+#[test]
+fn a_cancel_racing_a_fragment_on_another_node_leaves_no_part() {
+    let weed = seaweed::SeaweedFs::start("bits-farm-race");
+    let config = node_config(&weed, "");
+    let (a, b) = (
+        Server::start_with(&config, false),
+        Server::start_with(&config, false),
+    );
+    for round in 0..3 {
+        let path = &format!("/upload/raced-{round}.bin");
+        let sid = create(a.addr, path).session();
+        let data = pattern(256 * 1024, round);
+        let mut c = Conn::new(a.addr);
+        let range = format!("bytes 0-{}/{}", data.len() - 1, data.len());
+        let len = data.len().to_string();
+        let head = request_bytes(
+            "BITS_POST",
+            path,
+            &[
+                ("BITS-Packet-Type", "Fragment"),
+                ("BITS-Session-Id", &sid),
+                ("Content-Range", &range),
+                ("Content-Length", &len),
+            ],
+            b"",
+        );
+        c.write_raw(&head);
+        c.write_raw(&data[..data.len() / 2]);
+        std::thread::sleep(Duration::from_millis(300));
+        cancel(b.addr, path, &sid).assert_ack(200, None);
+        c.write_raw(&data[data.len() / 2..]);
+        let r = c.read_response(false);
+        assert_ne!(r.status, 200, "a fragment of a cancelled session");
+        let left = parts_in(&weed);
+        assert!(left.is_empty(), "round {round}: parts left: {left:?}");
+    }
+}
