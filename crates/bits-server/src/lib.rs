@@ -105,4 +105,3 @@ pub fn spawn_cleanup(engine: Arc<Engine>, interval: Duration) -> tokio::task::Jo
         }
     })
 }
-pub mod download;

@@ -19,7 +19,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
-use bits_server::download::{plan, Plan, Representation};
+use bits_server::http::range::{plan, Plan, Representation};
 use http::header::{HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
 use http::HeaderMap;
 use libfuzzer_sys::fuzz_target;

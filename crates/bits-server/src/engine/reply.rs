@@ -218,16 +218,20 @@ impl Engine {
 pub struct Reply {
     data: std::sync::Arc<dyn crate::store::DataStore>,
     id: SessionId,
-    pub representation: crate::download::Representation,
+    representation: crate::store::Representation,
 }
 
 #[async_trait::async_trait]
-impl crate::download::RangeSource for Reply {
-    async fn open(&self, range: std::ops::Range<u64>) -> io::Result<crate::store::ByteStream> {
-        self.data
-            .read_reply(self.id, range)
-            .await
-            .map_err(io::Error::other)
+impl crate::store::PublishedFile for Reply {
+    fn representation(&self) -> &crate::store::Representation {
+        &self.representation
+    }
+
+    async fn read(
+        &self,
+        range: std::ops::Range<u64>,
+    ) -> Result<crate::store::ByteStream, StoreError> {
+        self.data.read_reply(self.id, range).await
     }
 }
 

@@ -8,6 +8,7 @@ use http::{Method, StatusCode};
 use super::{plain, Frontend};
 use crate::error::BitsError;
 use crate::store::Destination;
+use crate::store::PublishedFile as _;
 use crate::target::resolve;
 
 /// Who asked and for which session's reply: for the request's log line.
@@ -46,8 +47,8 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
             .await
         {
             Ok(Some(reply)) => {
-                let rep = reply.representation.clone();
-                match crate::download::respond(Arc::new(reply), &rep, &req.headers, head).await {
+                let rep = reply.representation().clone();
+                match super::range::respond(Arc::new(reply), &rep, &req.headers, head).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(error = %e, session = %id, "reply download failed");
@@ -88,7 +89,7 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
     };
     let head = req.method == Method::HEAD;
     let rep = file.representation().clone();
-    match crate::download::respond(Arc::new(file), &rep, &req.headers, head).await {
+    match super::range::respond(Arc::from(file), &rep, &req.headers, head).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::error!(error = %e, path = %target.rel_path, "download failed");

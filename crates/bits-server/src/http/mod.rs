@@ -7,6 +7,7 @@ mod bits;
 mod body;
 mod get;
 mod listener;
+pub mod range;
 
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;

@@ -3,8 +3,9 @@
 //! order, 416 with `Content-Range: bytes */len`, a stable second-accurate `Last-Modified`, a
 //! strong `ETag`, `If-Range` / `If-None-Match` / `If-Modified-Since`, never a content coding.
 //!
-//! Where the bytes come from is a [`RangeSource`]: a published file of any storage backend
-//! ([`crate::store::PublishedFile`]) or a stored reply.
+//! Where the bytes come from is a [`PublishedFile`]: a published file of any storage backend,
+//! or a stored reply (the engine's `Reply`). This module depends on the store's view of a file,
+//! never the other way round.
 //!
 //! Range syntax is parsed by `http-range-header`; satisfiability is decided here, because that
 //! crate rejects overlapping ranges and over-long suffixes that RFC 9110 says to serve.
@@ -118,18 +119,9 @@ pub fn plan(headers: &HeaderMap, rep: &Representation) -> Plan {
     }
 }
 
-/// Where the bytes of an answer come from.
-#[async_trait::async_trait]
-pub trait RangeSource: Send + Sync {
-    async fn open(&self, range: Range<u64>) -> io::Result<ByteStream>;
-}
-
-/// A published file from whichever backend stores it.
-#[async_trait::async_trait]
-impl RangeSource for Box<dyn PublishedFile> {
-    async fn open(&self, range: Range<u64>) -> io::Result<ByteStream> {
-        self.read(range).await.map_err(io::Error::other)
-    }
+/// The bytes of `range` from `source`, as an I/O stream for the response body.
+async fn open(source: &dyn PublishedFile, range: Range<u64>) -> io::Result<ByteStream> {
+    source.read(range).await.map_err(io::Error::other)
 }
 
 fn base_response(status: StatusCode, rep: &Representation) -> Response {
@@ -157,7 +149,7 @@ fn set(resp: &mut Response, name: http::header::HeaderName, value: String) {
 /// answer are opened one after another as the body reaches them, so a backend that reads by
 /// request holds one open read per answer, not one per range.
 pub async fn respond(
-    source: Arc<dyn RangeSource>,
+    source: Arc<dyn PublishedFile>,
     rep: &Representation,
     headers: &HeaderMap,
     head: bool,
@@ -179,7 +171,7 @@ pub async fn respond(
             let body = if head {
                 None
             } else {
-                Some(Body::from_stream(source.open(0..len).await?))
+                Some(Body::from_stream(open(source.as_ref(), 0..len).await?))
             };
             (resp, len, body)
         }
@@ -195,7 +187,7 @@ pub async fn respond(
             let body = if head {
                 None
             } else {
-                Some(Body::from_stream(source.open(r).await?))
+                Some(Body::from_stream(open(source.as_ref(), r).await?))
             };
             (resp, n, body)
         }
@@ -235,7 +227,7 @@ pub async fn respond(
                         let source = source.clone();
                         async move {
                             let lead = stream::once(std::future::ready(Ok(head)));
-                            match source.open(r).await {
+                            match open(source.as_ref(), r).await {
                                 Ok(bytes) => lead.chain(bytes).boxed(),
                                 // The status is sent: end the body short, the client sees the
                                 // Content-Length unmet.
