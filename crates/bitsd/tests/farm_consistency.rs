@@ -209,3 +209,38 @@ fn a_cancel_racing_a_fragment_on_another_node_leaves_no_part() {
         assert!(left.is_empty(), "round {round}: parts left: {left:?}");
     }
 }
+
+/// A spool quota counts bytes stored through every node: 800 KiB stored through node B for a
+/// session created on node A, then another 800 KiB on node A for a second session, with a
+/// 1 MiB `spool_quota`, is refused on A with the disk-full Ack (each node alone holds less).
+#[test]
+fn a_quota_counts_bytes_stored_through_other_nodes() {
+    let weed = seaweed::SeaweedFs::start("bits-farm-quota");
+    let config = node_config(
+        &weed,
+        "spool_quota = 1048576\nregistry_refresh_interval = \"300ms\"",
+    );
+    let (a, b) = (
+        Server::start_with(&config, false),
+        Server::start_with(&config, false),
+    );
+    let chunk = pattern(800 << 10, 15);
+    let total = 2 * chunk.len() as u64;
+    let first = create(a.addr, "/upload/q1.bin").session();
+    Conn::new(b.addr)
+        .fragment("/upload/q1.bin", &first, 0, &chunk, total)
+        .assert_ack(200, None);
+    let second = create(a.addr, "/upload/q2.bin").session();
+    // Node A learns the other node's bytes at its next refresh.
+    std::thread::sleep(Duration::from_millis(1_000));
+    Conn::new(a.addr)
+        .fragment("/upload/q2.bin", &second, 0, &chunk, total)
+        .assert_ack(500, Some(("0x80070070", "0x5")));
+    // Freed through the other node, the quota has room again on A (at its next refresh; the
+    // client retries a disk-full Ack anyway).
+    cancel(b.addr, "/upload/q1.bin", &first).assert_ack(200, None);
+    std::thread::sleep(Duration::from_millis(1_000));
+    Conn::new(a.addr)
+        .fragment("/upload/q2.bin", &second, 0, &chunk, total)
+        .assert_ack(200, None);
+}
