@@ -158,7 +158,7 @@ impl Engine {
         // same auth scheme, `require_tls` rule and root.
         let caller = Caller {
             identity: identity.as_ref(),
-            vdir: &vdir.prefix,
+            vdir,
         };
         match packet {
             Packet::Ping => Ok(Ack::ok()),
@@ -411,7 +411,7 @@ impl Engine {
             .load(id)
             .await?
             .ok_or(BitsError::SessionNotFound(id))?;
-        if rec.vdir != caller.vdir || !may_act(rec.owner.as_ref(), caller.identity) {
+        if rec.vdir != caller.vdir.prefix || !may_act(rec.owner.as_ref(), caller.identity) {
             return Err(BitsError::NotOwner);
         }
         if rec.state.is_open() && self.is_expired(&rec, now_ms()) {
@@ -430,7 +430,8 @@ impl Engine {
     ) -> Result<Ack, BitsError> {
         let mut guard = self.lock(id).await?;
         let mut rec = self.load_checked(id, caller).await?;
-        let vdir = self.vdir_of(&rec).ok_or(BitsError::SessionNotFound(id))?;
+        // Bound to its vdir (load_checked): the URL's vdir is the session's.
+        let vdir = caller.vdir;
         if range.len > vdir.max_fragment_size {
             return Err(BitsError::FragmentTooLarge {
                 len: range.len,
@@ -656,7 +657,8 @@ enum Refusal {
 /// Who is asking, and through which vdir (by prefix).
 struct Caller<'a> {
     identity: Option<&'a Principal>,
-    vdir: &'a str,
+    /// The vdir the URL resolved to (resolved once per request).
+    vdir: &'a VdirConfig,
 }
 
 /// Names the server keeps for itself below a vdir: the reply tree and temporary files.
