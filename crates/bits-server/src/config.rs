@@ -93,9 +93,11 @@ pub struct ServerConfig {
     /// What Basic-auth password checks may cost: `[basic_auth]` (concurrency, queue, failure
     /// budgets per user name and per client address).
     pub basic_auth: crate::auth::BasicAuthLimits,
-    /// Bytes of fragment bodies the file system store may hold in memory at once, across all
-    /// requests. A write gathers up to 1 MiB before one positioned write; when this budget is
-    /// spent it writes what it has at once instead, so stalled clients cannot pin memory.
+    /// Bytes of fragment bodies the storage backends may hold in memory at once, across all
+    /// requests. fs: a write gathers up to 1 MiB before one positioned write, and writes what it
+    /// has at once when the budget is spent. S3: each piece (≤ 5 MiB) is held until stored; a
+    /// write that finds the budget spent waits up to `body_idle_timeout`, then goes on with a
+    /// minimal piece. Stalled clients cannot pin memory either way.
     pub max_buffered_body_bytes: u64,
 }
 

@@ -25,28 +25,31 @@ pub use error::BitsError;
 pub async fn open_engine(
     config: Arc<ServerConfig>,
 ) -> Result<(Arc<Engine>, engine::RecoveryReport), std::io::Error> {
-    let (sessions, data): (Arc<dyn store::SessionStore>, Arc<dyn store::DataStore>) = match &config
-        .storage
-    {
-        config::StorageConfig::Fs => {
-            let fs = Arc::new(
-                store::fs::FsStore::open(&config.spool_dir, config.fsync)?
-                    .with_body_budget(config.max_buffered_body_bytes),
-            );
-            for v in config
-                .vdirs
-                .iter()
-                .filter(|v| v.upload_enabled && !v.root.to_string_lossy().contains("{user}"))
-            {
-                std::fs::create_dir_all(&v.root)?;
+    let (sessions, data): (Arc<dyn store::SessionStore>, Arc<dyn store::DataStore>) =
+        match &config.storage {
+            config::StorageConfig::Fs => {
+                let fs = Arc::new(
+                    store::fs::FsStore::open(&config.spool_dir, config.fsync)?
+                        .with_body_budget(config.max_buffered_body_bytes),
+                );
+                for v in config
+                    .vdirs
+                    .iter()
+                    .filter(|v| v.upload_enabled && !v.root.to_string_lossy().contains("{user}"))
+                {
+                    std::fs::create_dir_all(&v.root)?;
+                }
+                (fs.clone(), fs)
             }
-            (fs.clone(), fs)
-        }
-        config::StorageConfig::S3(s3) => {
-            let s3 = Arc::new(store::s3::S3Store::new(s3.clone()).map_err(std::io::Error::other)?);
-            (s3.clone(), s3)
-        }
-    };
+            config::StorageConfig::S3(s3) => {
+                let s3 = Arc::new(
+                    store::s3::S3Store::new(s3.clone())
+                        .map_err(std::io::Error::other)?
+                        .with_body_budget(config.max_buffered_body_bytes, config.body_idle_timeout),
+                );
+                (s3.clone(), s3)
+            }
+        };
     // Every storage call is timed into the engine's metrics.
     let metrics = Arc::new(metrics::Metrics::new());
     let timed = Arc::new(store::instrumented::Instrumented::new(

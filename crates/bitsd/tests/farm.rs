@@ -1,7 +1,8 @@
 //! A farm: three bitsd nodes on one SeaweedFS bucket. Fragments go to nodes chosen at random,
 //! some are retried on a second node while the first still holds a stalled copy, one node is
 //! SIGKILLed mid-way; every file must land byte-identical and no fragment object may remain
-//! after Close-Session. Then an upload-reply session spread over the surviving nodes.
+//! after Close-Session. Then an upload-reply session spread over the surviving nodes, and every
+//! file read back from each surviving node by GET, by Range and by HEAD.
 
 mod common;
 use common::*;
@@ -37,7 +38,7 @@ fn node_config(endpoint: &str, bucket: &str, notify_url: &str, events: &Path) ->
         "session_lock_timeout = \"2s\"\nbody_idle_timeout = \"2s\"\n\
          [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nprefix = \"spool\"\n\
          access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
-         [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = false\n\
+         [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = true\n\
          [vdir.hooks]\ncommand = [\"sh\", \"-c\", \"cat >> {events}\"]\nevents = [\"upload_completed\"]\n\
          [[vdir]]\nprefix = \"/reply/\"\nroot = \"replies\"\ndownload_enabled = false\n\
          notification_type = \"by_value\"\nnotification_url = \"{notify_url}\"\n",
@@ -357,6 +358,44 @@ fn three_nodes_share_sessions_on_seaweedfs() {
             "temporary objects left: {leftovers:?}"
         );
     });
+    // Every file is served by every node that survived the kill (and by the restarted one):
+    // whole, by a range, and by HEAD, from the shared bucket.
+    let survivors: Vec<usize> = (0..3).filter(|&n| alive[n]).collect();
+    assert_eq!(survivors.len(), 2);
+    let mut reads = 0;
+    for n in survivors.iter().copied().chain([1]) {
+        let node = nodes[n].addr;
+        for (name, data) in &files {
+            let path = format!("/upload/{name}");
+            let g = Conn::new(node).send("GET", &path, &[], b"");
+            assert_eq!(g.status, 200, "GET {name} on node {n}");
+            assert!(g.body == data[..], "GET {name} on node {n}: bytes differ");
+            let first = rng.below(data.len() as u64) as usize;
+            let last = (first + rng.below(256 * 1024) as usize).min(data.len() - 1);
+            let range = format!("bytes={first}-{last}");
+            let g = Conn::new(node).send("GET", &path, &[("Range", range.as_str())], b"");
+            assert_eq!(g.status, 206, "{range} of {name} on node {n}");
+            assert_eq!(
+                g.header("content-range"),
+                Some(format!("bytes {first}-{last}/{}", data.len()).as_str()),
+                "{range} of {name} on node {n}"
+            );
+            assert!(
+                g.body == data[first..=last],
+                "{range} of {name} on node {n}: bytes differ"
+            );
+            let h = Conn::new(node).send("HEAD", &path, &[], b"");
+            assert_eq!(h.status, 200, "HEAD {name} on node {n}");
+            assert_eq!(
+                h.header("content-length"),
+                Some(data.len().to_string().as_str()),
+                "HEAD {name} on node {n}"
+            );
+            assert!(h.body.is_empty());
+            reads += 3;
+        }
+    }
+    eprintln!("farm: {reads} GET/Range/HEAD reads from the surviving and restarted nodes");
     eprintln!("farm: 20 files, {fragments_sent} fragments over 3 nodes ({stalled_retries} retried while a stalled copy was held), node 1 SIGKILLed mid-way; upload-reply across nodes");
     drop(nodes);
 }

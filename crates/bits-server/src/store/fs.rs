@@ -16,7 +16,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,6 +27,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use tokio::task::{spawn_blocking, JoinHandle};
 
+use super::budget::BodyBudget;
 use super::vectored;
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
@@ -544,37 +545,6 @@ fn inspect_blocking(dest: &Destination) -> Result<DestinationState, StoreError> 
         Some(_) => DestinationState::File,
         None => DestinationState::Absent,
     })
-}
-
-/// Fragment body bytes gathered in memory by all writes of one store, against a limit: a
-/// client that sends most of a batch and then stalls would otherwise pin up to
-/// [`WRITE_CHUNK`] per connection, and many such clients the whole server's memory.
-#[derive(Debug)]
-struct BodyBudget {
-    limit: u64,
-    held: AtomicU64,
-}
-
-impl BodyBudget {
-    fn new(limit: u64) -> Arc<BodyBudget> {
-        Arc::new(BodyBudget {
-            limit,
-            held: AtomicU64::new(0),
-        })
-    }
-
-    /// Takes `n` bytes of the budget, or nothing if that would exceed it.
-    fn try_take(&self, n: u64) -> bool {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(n).filter(|&t| t <= self.limit)
-            })
-            .is_ok()
-    }
-
-    fn give_back(&self, n: u64) {
-        self.held.fetch_sub(n, Ordering::AcqRel);
-    }
 }
 
 /// Body chunks waiting for one gather write, with the part of the budget they hold (given

@@ -2,6 +2,7 @@
 //! ([`DataStore`]). The engine sees nothing else, so an object-storage backend fits beside
 //! the local file system one.
 
+mod budget;
 pub mod fs;
 pub mod instrumented;
 pub mod s3;

@@ -39,27 +39,36 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bits_proto::SessionId;
 use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, BoxStream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3CopyIfNotExists};
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore,
-    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
-    UpdateVersion, WriteMultipart,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload,
+    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion,
 };
 use serde::{Deserialize, Serialize};
 
+use super::budget::{BodyBudget, Reservation};
+use super::fs::DEFAULT_BODY_BUDGET;
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
     Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
 };
 
-/// Multipart part size: the S3 minimum for every part but the last. Memory per streamed body
-/// is bounded by about `CHUNK * (IN_FLIGHT + 1)`.
+/// The largest buffer one body fills before storing it: the S3 minimum size of a multipart
+/// part (every part but the last). A fragment body is stored as one object per such piece.
 const CHUNK: usize = 5 << 20;
-/// Parts uploaded concurrently per body.
+/// The smallest piece a fragment body is cut into when the body budget is short, and what a
+/// write may take beyond the budget once it has waited for it as long as a body may idle.
+const MIN_PIECE: u64 = 256 << 10;
+/// Multipart parts uploaded concurrently per composed object (commit, reply).
 const IN_FLIGHT: usize = 2;
+/// Default of how long a write waits for body budget before going on with [`MIN_PIECE`]:
+/// the default `body_idle_timeout`.
+const DEFAULT_BUDGET_PATIENCE: Duration = Duration::from_secs(120);
 /// User metadata (`x-amz-meta-bits-session`) on a published object: which session published
 /// it, so that a commit repeated after a crash recognises its own earlier publication.
 const SESSION_TAG: &str = "bits-session";
@@ -142,6 +151,10 @@ pub struct S3Store {
     /// The ETag of each open session's record as this store last wrote or read it, for
     /// conditional saves.
     etags: Mutex<Etags>,
+    /// Bounds the body bytes all writes buffer before storing them (`max_buffered_body_bytes`).
+    budget: Arc<BodyBudget>,
+    /// How long a write waits for budget before going on beyond it (`body_idle_timeout`).
+    budget_patience: Duration,
 }
 
 /// ETags of open sessions' records: an ended session's entry is dropped when its record is
@@ -267,21 +280,82 @@ fn early_end() -> StoreError {
     StoreError::Body(io::Error::new(ErrorKind::UnexpectedEof, "body ended early"))
 }
 
-/// The next non-empty chunk of `body`, cut to at most `room` bytes.
-async fn next_chunk(body: &mut BodyStream<'_>, room: u64) -> Result<Option<Bytes>, StoreError> {
+/// How a read of a body piece ended before filling it.
+enum End {
+    /// The body ended.
+    Eof,
+    Failed(StoreError),
+}
+
+/// The next non-empty chunk of `body`, or how it ended.
+async fn next_chunk(body: &mut BodyStream<'_>) -> Result<Bytes, End> {
     loop {
         match body.next().await {
             Some(Ok(chunk)) if chunk.is_empty() => continue,
-            Some(Ok(mut chunk)) => {
-                if (chunk.len() as u64) > room {
-                    chunk.truncate(room as usize);
-                }
-                return Ok(Some(chunk));
-            }
-            Some(Err(e)) => return Err(StoreError::Body(e)),
-            None => return Ok(None),
+            Some(Ok(chunk)) => return Ok(chunk),
+            Some(Err(e)) => return Err(End::Failed(StoreError::Body(e))),
+            None => return Err(End::Eof),
         }
     }
+}
+
+/// Up to `max` bytes of the body, copied into one buffer of their own (so no network buffer
+/// they were cut from stays pinned while the piece is stored): at most `min` bytes are read
+/// before budget for them is reserved, waiting for it if need be, and the piece is as large as
+/// the reservation. A chunk reaching past the piece leaves its rest in `carry`. Returns the
+/// bytes with their reservation (none if the body had ended) and what stopped the read early.
+async fn read_piece(
+    body: &mut BodyStream<'_>,
+    carry: &mut Option<Bytes>,
+    budget: &Arc<BodyBudget>,
+    patience: Duration,
+    min: u64,
+    max: u64,
+) -> (Option<(Bytes, Reservation)>, Option<End>) {
+    // Budget is reserved once the body sends something: a client that stalls before its
+    // first byte holds none.
+    let first = match carry.take() {
+        Some(c) => c,
+        None => match next_chunk(body).await {
+            Ok(c) => c,
+            Err(end) => return (None, Some(end)),
+        },
+    };
+    let grant = budget.reserve(min, max, patience).await;
+    let room = grant.bytes() as usize;
+    let mut buf = bytes::BytesMut::with_capacity(room);
+    let mut next = Ok(first);
+    let end = loop {
+        match next {
+            Ok(mut chunk) => {
+                if chunk.len() > room - buf.len() {
+                    *carry = Some(chunk.split_off(room - buf.len()));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Err(end) => break Some(end),
+        }
+        if buf.len() >= room {
+            break None;
+        }
+        next = next_chunk(body).await;
+    };
+    (Some((buf.freeze(), grant)), end)
+}
+
+/// Waits until at most `left` part uploads are still running; the first failure ends it.
+async fn settle(
+    parts: &mut tokio::task::JoinSet<Result<(), object_store::Error>>,
+    left: usize,
+) -> Result<(), StoreError> {
+    while parts.len() > left {
+        match parts.join_next().await {
+            Some(Ok(Ok(()))) | None => {}
+            Some(Ok(Err(e))) => return Err(os_err(e)),
+            Some(Err(e)) => return Err(StoreError::Io(io::Error::other(e))),
+        }
+    }
+    Ok(())
 }
 
 /// Makes an object_store stream `Sync` (as [`ByteStream`] requires): the stream is only ever
@@ -339,7 +413,18 @@ impl S3Store {
             bucket: cfg.bucket,
             root: Path::from(cfg.prefix.as_str()),
             etags: Mutex::new(Etags::default()),
+            budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
+            budget_patience: DEFAULT_BUDGET_PATIENCE,
         })
+    }
+
+    /// Bounds the body bytes all writes of this store buffer in memory together
+    /// (`max_buffered_body_bytes`); a write waits up to `patience` (`body_idle_timeout`) for
+    /// its share before going on with a minimal piece beyond the bound.
+    pub fn with_body_budget(mut self, bytes: u64, patience: Duration) -> S3Store {
+        self.budget = BodyBudget::new(bytes);
+        self.budget_patience = patience;
+        self
     }
 
     fn below(base: &Path, rest: &str) -> Path {
@@ -500,7 +585,7 @@ impl S3Store {
     /// Streams `body` into one new object at `key`. With `limit`, exactly that many bytes must
     /// arrive (more are not read); otherwise the body is read to its end. Nothing is stored
     /// unless the whole body arrived. A body that fits in one chunk is a single PutObject,
-    /// a larger one a multipart upload with backpressure.
+    /// a larger one a multipart upload whose parts each hold their budget until stored.
     async fn upload(
         &self,
         key: &Path,
@@ -509,29 +594,32 @@ impl S3Store {
         attributes: Attributes,
     ) -> Result<u64, StoreError> {
         let want = limit.unwrap_or(u64::MAX);
-        let (mut head, mut got, mut ended) = (Vec::new(), 0u64, false);
-        while got < want && got < CHUNK as u64 {
-            match next_chunk(&mut body, want - got).await? {
-                Some(chunk) => {
-                    got += chunk.len() as u64;
-                    head.push(chunk);
-                }
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
+        let mut carry = None;
+        // Parts but the last must be whole chunks: each reserves all of one.
+        let next = |got: u64| (want - got).min(CHUNK as u64);
+        let (head, end) = read_piece(
+            &mut body,
+            &mut carry,
+            &self.budget,
+            self.budget_patience,
+            next(0),
+            next(0),
+        )
+        .await;
+        let mut got = head.as_ref().map_or(0, |(b, _)| b.len() as u64);
+        match end {
+            Some(End::Failed(e)) => return Err(e),
+            Some(End::Eof) if limit.is_some() => return Err(early_end()),
+            _ => {}
         }
-        if ended && limit.is_some() {
-            return Err(early_end());
-        }
-        if ended || got >= want {
+        if end.is_some() || got >= want {
             let opts = PutOptions {
                 attributes,
                 ..PutOptions::default()
             };
+            let (bytes, _grant) = head.map_or((Bytes::new(), None), |(b, g)| (b, Some(g)));
             self.store
-                .put_opts(key, head.into_iter().collect(), opts)
+                .put_opts(key, bytes.into(), opts)
                 .await
                 .map_err(os_err)?;
             return Ok(got);
@@ -540,39 +628,86 @@ impl S3Store {
             attributes,
             ..PutMultipartOptions::default()
         };
-        let upload = self
+        let mut upload = self
             .store
             .put_multipart_opts(key, opts)
             .await
             .map_err(os_err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
-        for chunk in head {
-            writer.put(chunk);
-        }
+        // Parts are stored by tasks of their own, so they finish (and give their budget back)
+        // while this body waits for more budget.
+        let mut parts = tokio::task::JoinSet::new();
+        let start = |upload: &mut Box<dyn MultipartUpload>,
+                     parts: &mut tokio::task::JoinSet<_>,
+                     piece: Option<(Bytes, Reservation)>| {
+            if let Some((bytes, grant)) = piece {
+                let part = upload.put_part(bytes.into());
+                parts.spawn(async move {
+                    let stored = part.await;
+                    drop(grant);
+                    stored
+                });
+            }
+        };
+        start(&mut upload, &mut parts, head);
         let failure = loop {
             if got >= want {
                 break None;
             }
-            let chunk = match next_chunk(&mut body, want - got).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) if limit.is_some() => break Some(early_end()),
-                Ok(None) => break None,
-                Err(e) => break Some(e),
-            };
-            if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
-                break Some(os_err(e));
+            if let Err(e) = settle(&mut parts, IN_FLIGHT - 1).await {
+                break Some(e);
             }
-            got += chunk.len() as u64;
-            writer.put(chunk);
+            let (piece, end) = read_piece(
+                &mut body,
+                &mut carry,
+                &self.budget,
+                self.budget_patience,
+                next(got),
+                next(got),
+            )
+            .await;
+            got += piece.as_ref().map_or(0, |(b, _)| b.len() as u64);
+            start(&mut upload, &mut parts, piece);
+            match end {
+                None => {}
+                Some(End::Eof) if limit.is_none() => break None,
+                Some(End::Eof) => break Some(early_end()),
+                Some(End::Failed(e)) => break Some(e),
+            }
+        };
+        let failure = match failure {
+            Some(e) => Some(e),
+            None => settle(&mut parts, 0).await.err(),
         };
         if let Some(e) = failure {
-            if let Err(abort) = writer.abort().await {
+            parts.abort_all();
+            if let Err(abort) = upload.abort().await {
                 tracing::warn!(key = %key, error = %abort, "could not abort a multipart upload");
             }
             return Err(e);
         }
-        writer.finish().await.map_err(os_err)?;
+        upload.complete().await.map_err(os_err)?;
         Ok(got)
+    }
+
+    /// Stores bytes `[offset, offset + len)` of the upload as one part object, holding
+    /// `grant` until it is stored.
+    fn store_piece(
+        &self,
+        id: SessionId,
+        offset: u64,
+        bytes: Bytes,
+        grant: Reservation,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let len = bytes.len() as u64;
+        let name = format!("{offset:020}-{len:020}-{}", uuid::Uuid::new_v4().simple());
+        let key = Self::below(&self.parts_dir(id), &name);
+        let store = self.store.clone();
+        async move {
+            let stored = store.put(&key, bytes.into()).await;
+            drop(grant);
+            stored.map(|_| len).map_err(os_err)
+        }
+        .boxed()
     }
 
     /// Publishes an empty upload (no parts exist for it).
@@ -724,32 +859,72 @@ impl DataStore for S3Store {
             .map_err(|_| "name the object store cannot hold")
     }
 
-    /// All or nothing: `durable` is `len` when the whole body was stored, else 0.
+    /// The body is stored as one object per piece of at most [`CHUNK`] bytes, each piece as
+    /// large as the body budget allows (at least [`MIN_PIECE`]); one piece is stored while
+    /// the next is read. `durable` counts the whole pieces stored in order before the first
+    /// failure: a body shorter than one piece is all or nothing, as a single object was.
     async fn write(
         &self,
         id: SessionId,
         offset: u64,
         len: u64,
-        body: BodyStream<'_>,
+        mut body: BodyStream<'_>,
     ) -> WriteOutcome {
-        if len == 0 {
-            return WriteOutcome {
-                durable: 0,
-                error: None,
+        let mut carry = None;
+        let (mut read, mut durable) = (0u64, 0u64);
+        let mut storing: Option<BoxFuture<'static, Result<u64, StoreError>>> = None;
+        let mut error = None;
+        while read < len {
+            let want = (len - read).min(CHUNK as u64);
+            let reading = read_piece(
+                &mut body,
+                &mut carry,
+                &self.budget,
+                self.budget_patience,
+                MIN_PIECE,
+                want,
+            );
+            let ((piece, end), stored) = match storing.take() {
+                Some(s) => {
+                    let (r, s) = futures_util::future::join(reading, s).await;
+                    (r, Some(s))
+                }
+                None => (reading.await, None),
             };
+            match stored {
+                Some(Ok(n)) => durable += n,
+                Some(Err(e)) => {
+                    error = Some(e);
+                    break;
+                }
+                None => {}
+            }
+            // A piece cut short by the body's end or failure is not stored: every object is a
+            // whole piece, as the earlier pieces of this body are.
+            if let (Some((bytes, grant)), None) = (piece, &end) {
+                let n = bytes.len() as u64;
+                storing = Some(self.store_piece(id, offset + read, bytes, grant));
+                read += n;
+            }
+            match end {
+                None => {}
+                Some(End::Eof) => {
+                    error = Some(early_end());
+                    break;
+                }
+                Some(End::Failed(e)) => {
+                    error = Some(e);
+                    break;
+                }
+            }
         }
-        let name = format!("{offset:020}-{len:020}-{}", uuid::Uuid::new_v4().simple());
-        let key = Self::below(&self.parts_dir(id), &name);
-        match self.upload(&key, body, Some(len), Attributes::new()).await {
-            Ok(durable) => WriteOutcome {
-                durable,
-                error: None,
-            },
-            Err(e) => WriteOutcome {
-                durable: 0,
-                error: Some(e),
-            },
+        if let Some(s) = storing {
+            match s.await {
+                Ok(n) => durable += n,
+                Err(e) => error = error.or(Some(e)),
+            }
         }
+        WriteOutcome { durable, error }
     }
 
     async fn held(&self, id: SessionId) -> Result<u64, StoreError> {
