@@ -5,6 +5,7 @@
 
 mod support {
     pub mod seaweed;
+    pub mod seaweed_client;
 }
 
 use std::io;
@@ -21,7 +22,7 @@ use bits_server::store::{
 };
 use bytes::Bytes;
 use futures_util::{stream, FutureExt, Stream, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -575,15 +576,7 @@ async fn s3_backend() {
     };
     let store = Arc::new(S3Store::new(config.clone()).expect("s3 store"));
     let other = S3Store::new(config).expect("second s3 store");
-    let client = AmazonS3Builder::new()
-        .with_endpoint(&weed.endpoint)
-        .with_bucket_name(&weed.bucket)
-        .with_region("us-east-1")
-        .with_access_key_id("any")
-        .with_secret_access_key("any")
-        .with_allow_http(true)
-        .build()
-        .expect("s3 client");
+    let client = weed.client();
     let b = Backend {
         kind: Kind::S3,
         sessions: store.clone(),

@@ -11,6 +11,8 @@ use std::path::Path;
 
 #[path = "../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
+#[path = "../../bits-server/tests/support/seaweed_client.rs"]
+mod seaweed_client;
 
 #[path = "apps/axum_app.rs"]
 mod app;
@@ -18,7 +20,6 @@ mod app;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -314,16 +315,7 @@ fn three_nodes_share_sessions_on_seaweedfs() {
     }
 
     // Every file is in the bucket, byte for byte; no fragment objects are left.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = AmazonS3Builder::new()
-        .with_endpoint(&weed.endpoint)
-        .with_bucket_name(&weed.bucket)
-        .with_region("us-east-1")
-        .with_access_key_id("any")
-        .with_secret_access_key("any")
-        .with_allow_http(true)
-        .build()
-        .expect("s3 client");
+    let store = weed.client();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -7,6 +7,8 @@ use common::*;
 
 #[path = "../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
+#[path = "../../bits-server/tests/support/seaweed_client.rs"]
+mod seaweed_client;
 
 #[path = "apps/axum_app.rs"]
 mod app;
@@ -17,7 +19,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -96,16 +97,7 @@ fn upload_two(c: &mut Conn, url: &str, data: &[u8]) -> (String, Response) {
 }
 
 fn bucket_client(weed: &seaweed::SeaweedFs) -> object_store::aws::AmazonS3 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    AmazonS3Builder::new()
-        .with_endpoint(&weed.endpoint)
-        .with_bucket_name(&weed.bucket)
-        .with_region("us-east-1")
-        .with_access_key_id("any")
-        .with_secret_access_key("any")
-        .with_allow_http(true)
-        .build()
-        .expect("s3 client")
+    weed.client()
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -8,12 +8,13 @@ use common::*;
 
 #[path = "../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
+#[path = "../../bits-server/tests/support/seaweed_client.rs"]
+mod seaweed_client;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
@@ -68,16 +69,7 @@ fn wait_open(nodes: &[&Server], want: f64, within: Duration) {
 }
 
 fn bucket(weed: &seaweed::SeaweedFs) -> impl ObjectStore {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    AmazonS3Builder::new()
-        .with_endpoint(&weed.endpoint)
-        .with_bucket_name(&weed.bucket)
-        .with_region("us-east-1")
-        .with_access_key_id("any")
-        .with_secret_access_key("any")
-        .with_allow_http(true)
-        .build()
-        .expect("s3 client")
+    weed.client()
 }
 
 /// Fragment objects (`.../parts/...`) anywhere under the session prefix.

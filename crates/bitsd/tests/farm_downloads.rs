@@ -8,8 +8,9 @@ use common::*;
 
 #[path = "../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
+#[path = "../../bits-server/tests/support/seaweed_client.rs"]
+mod seaweed_client;
 
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -227,16 +228,7 @@ fn published_files_are_served_from_object_storage_by_every_node() {
 
     // Names the server keeps for itself, planted in the bucket where a download could reach
     // them, and what is not a file.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = AmazonS3Builder::new()
-        .with_endpoint(&weed.endpoint)
-        .with_bucket_name(&weed.bucket)
-        .with_region("us-east-1")
-        .with_access_key_id("any")
-        .with_secret_access_key("any")
-        .with_allow_http(true)
-        .build()
-        .expect("s3 client");
+    let store = weed.client();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
