@@ -103,16 +103,22 @@ impl Server {
             .expect("spawn bitsd");
         let stdout = child.stdout.take().expect("stdout");
         self.child = Some(child);
-        let mut lines = BufReader::new(stdout).lines();
+        // Lines arrive through a channel, so the start-up deadline holds even when bitsd hangs
+        // without printing anything; the reader thread keeps draining stdout afterwards so
+        // the child never blocks on a full pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Once nobody listens any more, keep reading so the pipe never fills.
+                let _ = tx.send(line);
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            assert!(
-                Instant::now() < deadline,
-                "bitsd did not start; log:\n{}",
-                self.log_text()
-            );
-            match lines.next() {
-                Some(Ok(line)) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
                     if let Some(addr) = line.strip_prefix("bitsd listening on ") {
                         self.addr = addr.trim().parse().expect("listen addr");
                     } else if let Some(addr) = line.strip_prefix("bitsd listening (tls) on ") {
@@ -123,11 +129,14 @@ impl Server {
                         break;
                     }
                 }
-                _ => panic!("bitsd exited before listening; log:\n{}", self.log_text()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("bitsd did not start within 20 s; log:\n{}", self.log_text())
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("bitsd exited before listening; log:\n{}", self.log_text())
+                }
             }
         }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
     }
 
     pub fn log_text(&self) -> String {
