@@ -63,10 +63,24 @@ impl Bitsd {
             .stderr(log)
             .spawn()
             .expect("spawn bitsd");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Lines through a channel: the start-up deadline holds even if bitsd prints nothing,
+        // and the reader keeps draining stdout afterwards.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
         let (mut addr, mut tls_addr) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("bitsd did not start within 20 s");
+            };
             if let Some(a) = line.strip_prefix("bitsd listening on ") {
                 addr = Some(a.trim().parse().unwrap());
             } else if let Some(a) = line.strip_prefix("bitsd listening (tls) on ") {
@@ -75,7 +89,6 @@ impl Bitsd {
                 break;
             }
         }
-        std::thread::spawn(move || for _ in lines {});
         Bitsd {
             addr: addr.expect("bitsd did not start"),
             tls_addr,
