@@ -22,3 +22,7 @@ pub use session_id::SessionId;
 
 /// The extension method every upload message uses.
 pub const BITS_POST: &str = "BITS_POST";
+
+/// Longest URL a BITS client accepts (INTERNET_MAX_URL_LENGTH + the BITS allowance): reply URLs,
+/// static response URLs and notification URLs are held to it.
+pub const MAX_URL_CHARS: usize = 2200;

@@ -369,7 +369,7 @@ pub enum ConfigError {
     CleanupInterval,
     #[error("vdir[{0}].notification_url (prefix {1:?}): required when notification_type is set")]
     MissingNotificationUrl(usize, String),
-    #[error("vdir[{0}].notification_url (prefix {1:?}): must be an http:// URL or a relative path, at most 2200 characters")]
+    #[error("vdir[{0}].notification_url (prefix {1:?}): must be an http:// URL or a relative path, at most {max} characters", max = bits_proto::MAX_URL_CHARS)]
     BadNotificationUrl(usize, String),
     #[error("vdir[{0}].host_id (prefix {1:?}): must be a host name or IP literal of at most 300 characters")]
     BadHostId(usize, String),
@@ -440,7 +440,7 @@ impl ServerConfig {
                 (_, None) => return Err(ConfigError::MissingNotificationUrl(i, p.clone())),
                 (_, Some(url)) => {
                     let lower = url.to_ascii_lowercase();
-                    if url.len() > 2200
+                    if url.len() > bits_proto::MAX_URL_CHARS
                         || lower.starts_with("https://")
                         || (lower.contains("://") && !lower.starts_with("http://"))
                     {

@@ -52,7 +52,10 @@ pub enum BitsError {
     AppTimeout,
     #[error("the server application is unreachable: {0}")]
     AppUnreachable(String),
-    #[error("the reply URL is longer than 2200 characters")]
+    #[error(
+        "the reply URL is longer than {} characters",
+        bits_proto::MAX_URL_CHARS
+    )]
     ReplyUrlTooLong,
     #[error("storage failed: {0}")]
     Storage(StoreError),

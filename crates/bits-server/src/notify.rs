@@ -13,9 +13,6 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-/// Longest reply URL a client accepts.
-pub const MAX_REPLY_URL: usize = 2200;
-
 type NotifyBody = BoxBody<Bytes, io::Error>;
 
 /// What the application is sent.

@@ -63,8 +63,8 @@ const DEVICE_NAMES: [&str; 32] = [
 /// Longest segment accepted (NAME_MAX on Linux).
 const MAX_SEGMENT_BYTES: usize = 255;
 
-/// Longest relative path accepted: under PATH_MAX with room for any root, and under the
-/// 2,200-character URL limit of BITS clients.
+/// Longest relative path accepted: under PATH_MAX with room for any root, and under the URL
+/// limit of BITS clients ([`bits_proto::MAX_URL_CHARS`]).
 const MAX_PATH_BYTES: usize = 2048;
 
 /// A request path decoded once: its segments, percent-decoded as UTF-8. Everything that

@@ -11,7 +11,7 @@ use super::{Bases, Engine};
 use crate::config::{NotificationType, VdirConfig};
 use crate::error::BitsError;
 use crate::metrics::NotificationOutcome;
-use crate::notify::{notification_url, NotifyError, Payload, MAX_REPLY_URL};
+use crate::notify::{notification_url, NotifyError, Payload};
 use crate::store::{SessionRecord, SessionState, StoreError};
 
 /// Path segment under a vdir prefix where stored replies are served, as on IIS.
@@ -96,7 +96,9 @@ impl Engine {
             }
         };
         let reply_url = match answer.static_url {
-            Some(url) if url.len() > MAX_REPLY_URL => return Err(BitsError::ReplyUrlTooLong),
+            Some(url) if url.len() > bits_proto::MAX_URL_CHARS => {
+                return Err(BitsError::ReplyUrlTooLong)
+            }
             Some(url) => {
                 // The reply lives elsewhere: nothing of ours to serve.
                 self.data.remove_reply(rec.id).await?;
