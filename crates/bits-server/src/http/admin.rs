@@ -40,16 +40,35 @@ struct Admin {
 /// The admin routes over `engine`, protected by the configured `[admin] token`.
 pub fn admin_router(engine: Arc<Engine>) -> Router {
     let token = engine.config().admin.token.clone();
-    Router::new()
-        .route("/healthz", get(healthz))
+    let state = Arc::new(Admin { engine, token });
+    // Every route but /healthz checks the token once, here.
+    let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/sessions", get(list))
         .route("/admin/sessions/{id}", get(show))
         .route("/admin/sessions/{id}/cancel", post(cancel))
         .route("/admin/gc", post(gc))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin route") })
-        .with_state(Arc::new(Admin { engine, token }))
+        .with_state(state)
+}
+
+async fn require_token(
+    State(admin): State<Arc<Admin>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match denied(&admin, req.headers()) {
+        Some(resp) => resp,
+        None => next.run(req).await,
+    }
 }
 
 /// `[admin] max_connections` when absent: operators and scrapers need a handful.
@@ -169,10 +188,7 @@ async fn healthz() -> Response {
     respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
 }
 
-async fn readyz(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(resp) = denied(&admin, &headers) {
-        return resp;
-    }
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     match admin.engine.probe_storage().await {
         Ok(()) => respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
         Err(e) => {
@@ -186,10 +202,7 @@ async fn readyz(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
     }
 }
 
-async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(resp) = denied(&admin, &headers) {
-        return resp;
-    }
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     let metrics = admin.engine.metrics();
     metrics.set_open(admin.engine.open_sessions());
     metrics.set_hook_stats(admin.engine.hook_stats());
@@ -199,10 +212,7 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respons
     }
 }
 
-async fn list(State(admin): State<Arc<Admin>>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Some(resp) = denied(&admin, &headers) {
-        return resp;
-    }
+async fn list(State(admin): State<Arc<Admin>>, uri: Uri) -> Response {
     let all = uri.query().unwrap_or_default().split('&').any(|kv| {
         matches!(
             kv.split_once('=').unwrap_or((kv, "1")),
@@ -218,20 +228,16 @@ async fn list(State(admin): State<Arc<Admin>>, headers: HeaderMap, uri: Uri) -> 
     }
 }
 
-/// The session id of a `/admin/sessions/{id}` route, once the caller is allowed in.
-fn session_arg(admin: &Admin, headers: &HeaderMap, id: &str) -> Result<SessionId, Box<Response>> {
-    if let Some(resp) = denied(admin, headers) {
-        return Err(Box::new(resp));
-    }
+/// The session id of a `/admin/sessions/{id}` route.
+fn session_arg(id: &str) -> Result<SessionId, Box<Response>> {
     SessionId::parse(id.trim()).map_err(|_| Box::new(bad_id(id)))
 }
 
 async fn show(
     State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match session_arg(&admin, &headers, &id) {
+    let id = match session_arg(&id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };
@@ -245,10 +251,9 @@ async fn show(
 /// 200 and the tombstone; 409 and the record if it had ended already; 404 if unknown.
 async fn cancel(
     State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match session_arg(&admin, &headers, &id) {
+    let id = match session_arg(&id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };
@@ -265,10 +270,7 @@ async fn cancel(
     }
 }
 
-async fn gc(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(resp) = denied(&admin, &headers) {
-        return resp;
-    }
+async fn gc(State(admin): State<Arc<Admin>>) -> Response {
     match admin.engine.gc().await {
         Ok(r) => json_response(
             StatusCode::OK,
@@ -276,6 +278,7 @@ async fn gc(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
                 "expired": r.expired,
                 "tombstones_removed": r.tombstones_removed,
                 "busy": r.busy,
+                "failed": r.failed,
             }),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
