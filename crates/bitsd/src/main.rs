@@ -1,6 +1,6 @@
 //! `bitsd`: the BITS upload server daemon.
 
-mod admin;
+mod admin_client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,14 +48,14 @@ enum Command {
     /// Administer the sessions of a running server through its admin listener.
     Sessions {
         #[command(subcommand)]
-        command: admin::SessionsCommand,
+        command: admin_client::SessionsCommand,
         #[command(flatten)]
-        admin: admin::AdminArgs,
+        admin: admin_client::AdminArgs,
     },
     /// Run a cleanup pass (expire idle sessions, forget old tombstones) on a running server now.
     Gc {
         #[command(flatten)]
-        admin: admin::AdminArgs,
+        admin: admin_client::AdminArgs,
         /// Print the admin API's JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -229,9 +229,9 @@ fn main() -> anyhow::Result<()> {
             password_stdin,
         }) => passwd(&file, &user, password_stdin),
         Some(Command::Sessions { command, admin }) => {
-            exit_on_error("sessions", admin::sessions(&admin, &command))
+            exit_on_error("sessions", admin_client::sessions(&admin, &command))
         }
-        Some(Command::Gc { admin, json }) => exit_on_error("gc", admin::gc(&admin, json)),
+        Some(Command::Gc { admin, json }) => exit_on_error("gc", admin_client::gc(&admin, json)),
         None => serve(cli.serve),
     }
 }

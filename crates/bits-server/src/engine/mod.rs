@@ -2,10 +2,10 @@
 //! storage traits. It never sees HTTP: it takes a [`Packet`] plus a body stream and answers with
 //! an [`Ack`] or a [`BitsError`].
 
-mod admin;
 mod events;
 mod lifecycle;
 mod locks;
+mod operator;
 mod registry;
 mod reply;
 
@@ -23,10 +23,10 @@ use crate::store::{
 };
 use crate::target::UploadTarget;
 
-pub use admin::AdminCancel;
 pub use events::SessionEvent;
 pub use lifecycle::{RecoveryReport, SweepReport};
 use locks::{SessionGuard, SessionLocks};
+pub use operator::AdminCancel;
 use registry::Registry;
 pub use reply::{parse_reply_path, Reply};
 

@@ -233,10 +233,7 @@ fn session_arg(id: &str) -> Result<SessionId, Box<Response>> {
     SessionId::parse(id.trim()).map_err(|_| Box::new(bad_id(id)))
 }
 
-async fn show(
-    State(admin): State<Arc<Admin>>,
-    Path(id): Path<String>,
-) -> Response {
+async fn show(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
     let id = match session_arg(&id) {
         Ok(id) => id,
         Err(resp) => return *resp,
@@ -249,10 +246,7 @@ async fn show(
 }
 
 /// 200 and the tombstone; 409 and the record if it had ended already; 404 if unknown.
-async fn cancel(
-    State(admin): State<Arc<Admin>>,
-    Path(id): Path<String>,
-) -> Response {
+async fn cancel(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
     let id = match session_arg(&id) {
         Ok(id) => id,
         Err(resp) => return *resp,
