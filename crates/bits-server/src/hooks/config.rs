@@ -76,7 +76,7 @@ impl fmt::Debug for HooksConfig {
     }
 }
 
-/// A bad `[hooks]` setting: `key` is the offending key, e.g. `webhook_url`.
+/// A bad `[vdir.hooks]` setting: `key` is the offending key, e.g. `webhook_url`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("hooks.{key}: {reason}")]
 pub struct HookConfigError {
