@@ -90,7 +90,7 @@ pub struct SessionRecord {
     /// An `upload_completed` hook event not yet delivered (or given up on): recorded with the
     /// completion, so a crash before delivery is followed by a redelivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_hook: Option<crate::hooks::PendingEvent>,
+    pub pending_hook: Option<crate::hooks::event::PendingEvent>,
 }
 
 mod session_id_text {
