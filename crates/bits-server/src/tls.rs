@@ -49,6 +49,12 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// Builds a rustls server configuration from the files named in `cfg`.
+/// Makes ring the process-wide rustls crypto provider unless one is installed already: the
+/// https clients (object storage, webhooks) build their configs from it.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn load(cfg: &TlsConfig) -> Result<Arc<RustlsConfig>, TlsError> {
     let chain = certs(&cfg.cert)?;
     let key_bytes = std::fs::read(&cfg.key).map_err(|e| TlsError::Read(cfg.key.clone(), e))?;

@@ -30,8 +30,7 @@ impl WebhookClient {
     fn client(&self) -> Result<&reqwest_s3::Client, String> {
         self.http
             .get_or_init(|| {
-                // https needs a process-wide rustls provider (the S3 backend installs the same).
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                crate::tls::install_crypto_provider();
                 reqwest_s3::Client::builder()
                     .user_agent(concat!("bitsd/", env!("CARGO_PKG_VERSION")))
                     .redirect(reqwest_s3::redirect::Policy::none())

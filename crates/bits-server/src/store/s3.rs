@@ -376,10 +376,9 @@ impl Stream for SyncStream {
 }
 
 impl S3Store {
-    /// Builds the client (no request is made). Installs ring as the process-wide rustls
-    /// crypto provider if none is installed yet: the https client needs one.
+    /// Builds the client (no request is made).
     pub fn new(cfg: S3Config) -> Result<S3Store, StoreError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
