@@ -125,8 +125,8 @@ pub enum StoreError {
     Io(io::Error),
     /// A conditional write lost a race: the stored object changed since this node last read
     /// or wrote it (another node of a farm sharing the store). Only the object-storage backend
-    /// reports it; the engine serialises requests per session on one node, so today it only
-    /// surfaces as a storage error. Retrying after reloading the record is the caller's job.
+    /// reports it. The request that lost answers 503 (`http/ack.rs`): the client retries and the
+    /// retry reloads the winner's record.
     #[error("the session record was changed concurrently: {0}")]
     Conflict(String),
 }

@@ -22,8 +22,8 @@
 //!
 //! Concurrency: `save` is a compare-and-swap on the ETag this store last saw for the record
 //! (a lost race gives [`StoreError::Conflict`]). The engine serialises requests per session on
-//! one node only; handling `Conflict` farm-wide (reload and retry in the engine) is the next
-//! step before several nodes may share one bucket.
+//! one node only; across nodes the loser of a race answers 503 and the client's retry reads the
+//! winner's record (docs/farm.md, "Why no acknowledged byte is lost").
 //!
 //! Abandoned multipart uploads (a crash in the middle of a write) are not cleaned up here:
 //! configure a bucket lifecycle rule that aborts incomplete multipart uploads.
