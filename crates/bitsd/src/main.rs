@@ -1,6 +1,8 @@
 //! `bitsd`: the BITS upload server daemon.
 
 mod admin_client;
+mod config_file;
+mod passwd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,114 +80,6 @@ struct ServeArgs {
     spool: Option<PathBuf>,
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<ServerConfig> {
-    let config: ServerConfig = match path {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).map_err(|e| {
-                // toml names unknown and missing keys, but a wrong value only by its position.
-                let key = e.span().and_then(|s| toml_key_at(&text, s.start));
-                let key = key.map(|k| format!(" (key `{k}`)")).unwrap_or_default();
-                anyhow::Error::new(e).context(format!("parsing {}{key}", p.display()))
-            })?
-        }
-        None => ServerConfig::default(),
-    };
-    Ok(config)
-}
-
-/// The dotted key, as a user would name it (`vdir[1].max_fragment_size`, `tls.cert`), of the
-/// TOML line holding byte `offset`; the table name when that line is a table header. Good enough
-/// for error messages, not a TOML parser.
-fn toml_key_at(text: &str, offset: usize) -> Option<String> {
-    let mut table = String::new();
-    // Each `[[array]]` table seen so far and the index of its latest element.
-    let mut arrays: Vec<(String, usize)> = Vec::new();
-    let mut start = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        let header = match t.strip_prefix("[[") {
-            Some(r) => r.split_once("]]").map(|(n, _)| (n, true)),
-            None => t
-                .strip_prefix('[')
-                .and_then(|r| r.split_once(']'))
-                .map(|(n, _)| (n, false)),
-        };
-        if let Some((name, is_array)) = header {
-            let name: Vec<&str> = name
-                .split('.')
-                .map(|c| c.trim().trim_matches('"'))
-                .collect();
-            let name = name.join(".");
-            // `[vdir.x]` after `[[vdir]]` belongs to the latest vdir element.
-            table = match arrays
-                .iter()
-                .filter(|(a, _)| name.starts_with(&format!("{a}.")))
-                .max_by_key(|(a, _)| a.len())
-            {
-                Some((a, i)) => format!("{a}[{i}]{}", &name[a.len()..]),
-                None => name.clone(),
-            };
-            if is_array {
-                let i = match arrays.iter_mut().find(|(a, _)| *a == name) {
-                    Some((_, i)) => {
-                        *i += 1;
-                        *i
-                    }
-                    None => {
-                        arrays.push((name, 0));
-                        0
-                    }
-                };
-                table = format!("{table}[{i}]");
-            }
-        }
-        if offset < start + line.len() {
-            if header.is_some() {
-                return Some(table);
-            }
-            let key = t.split_once('=')?.0.trim().trim_matches('"');
-            return Some(if table.is_empty() {
-                key.to_string()
-            } else {
-                format!("{table}.{key}")
-            });
-        }
-        start += line.len();
-    }
-    None
-}
-
-/// `check-config`: what `serve` checks before it binds — syntax, validation, and the files the
-/// config names (TLS certificate, key and client CA; Basic-auth users files).
-fn check_config(path: &PathBuf) -> anyhow::Result<()> {
-    let config = load_config(Some(path))?;
-    let checks = || -> anyhow::Result<()> {
-        config.validate()?;
-        if let Some(t) = &config.tls {
-            let named = [
-                ("tls.cert", Some(&t.cert)),
-                ("tls.key", Some(&t.key)),
-                ("tls.client_ca", t.client_ca.as_ref()),
-            ];
-            for (key, file) in named {
-                if let Some(file) = file {
-                    std::fs::metadata(file)
-                        .with_context(|| format!("{key} = {:?}", file.display()))?;
-                }
-            }
-            bits_server::tls::load(t).context("tls.cert, tls.key or tls.client_ca")?;
-        }
-        for (i, v) in config.vdirs.iter().enumerate() {
-            bits_server::auth::Authenticator::new(std::slice::from_ref(v))
-                .with_context(|| format!("vdir[{i}].users_file"))?;
-        }
-        Ok(())
-    };
-    checks().with_context(|| path.display().to_string())
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Human,
@@ -214,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { config }) => {
-            if let Err(e) = check_config(&config) {
+            if let Err(e) = config_file::check_config(&config) {
                 // One message naming the bad key, without the backtrace RUST_BACKTRACE would add.
                 eprintln!("bitsd check-config: {e:#}");
                 std::process::exit(1);
@@ -227,7 +121,7 @@ fn main() -> anyhow::Result<()> {
             file,
             user,
             password_stdin,
-        }) => passwd(&file, &user, password_stdin),
+        }) => passwd::passwd(&file, &user, password_stdin),
         Some(Command::Sessions { command, admin }) => {
             exit_on_error("sessions", admin_client::sessions(&admin, &command))
         }
@@ -245,107 +139,8 @@ fn exit_on_error(command: &str, result: anyhow::Result<()>) -> anyhow::Result<()
     Ok(())
 }
 
-fn passwd(file: &std::path::Path, user: &str, from_stdin: bool) -> anyhow::Result<()> {
-    if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
-        anyhow::bail!("a user name must be non-empty and contain no ':' or control characters");
-    }
-    let password = if from_stdin {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        line.trim_end_matches(['\r', '\n']).to_string()
-    } else {
-        let first = rpassword::prompt_password(format!("password for {user}: "))?;
-        if rpassword::prompt_password("again: ")? != first {
-            anyhow::bail!("the passwords differ");
-        }
-        first
-    };
-    if password.is_empty() {
-        anyhow::bail!("empty password");
-    }
-    let hash = bits_server::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
-    let existing = match std::fs::read_to_string(file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-    };
-    let mut lines: Vec<String> = existing
-        .lines()
-        .filter(|l| l.split_once(':').map(|(n, _)| n) != Some(user))
-        .map(String::from)
-        .collect();
-    lines.push(format!("{user}:{hash}"));
-    write_users_file(file, &(lines.join("\n") + "\n"))?;
-    println!("{}: {user} set", file.display());
-    Ok(())
-}
-
-/// Replaces the users file atomically and durably: a private temp file beside it, fsync,
-/// rename, fsync of the directory. A new file is 0600; an existing one keeps its owner and
-/// group and at most owner read-write and group read (0640), never any world access.
-fn write_users_file(file: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let existing = match std::fs::metadata(file) {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-    };
-    let mode = existing
-        .as_ref()
-        .map_or(0o600, |m| m.permissions().mode() & 0o640 | 0o600);
-    if existing
-        .as_ref()
-        .is_some_and(|m| m.permissions().mode() & 0o007 != 0)
-    {
-        eprintln!(
-            "{}: was readable by everyone; now mode {mode:o}",
-            file.display()
-        );
-    }
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = file
-        .file_name()
-        .with_context(|| format!("{}: not a file name", file.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    // create_new: never write through a file or symlink someone placed at the temp name.
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| -> anyhow::Result<()> {
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        if let Some(m) = &existing {
-            // Keep the service's access (e.g. root:bitsd 0640) when root edits the file.
-            std::os::unix::fs::fchown(&out, Some(m.uid()), Some(m.gid())).with_context(|| {
-                format!("giving {} the owner of {}", tmp.display(), file.display())
-            })?;
-        }
-        out.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        out.write_all(text.as_bytes())?;
-        out.sync_all()?;
-        std::fs::rename(&tmp, file)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
-        std::fs::File::open(&dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = load_config(args.config.as_ref())?;
+    let mut config = config_file::load_config(args.config.as_ref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
