@@ -226,6 +226,7 @@ fn node_killed_mid_fragment_the_other_node_finishes() {
     Conn::new(victim.addr)
         .fragment(path, &sid, 0, &data[..FRAG], total)
         .assert_ack(200, None);
+    assert_eq!(markers(&weed, &sid).len(), 1, "not through the fast path");
     // The second fragment: headers and most of its body reach the victim, which dies.
     let mut c = Conn::new(victim.addr);
     let range = format!("bytes {}-{}/{}", FRAG, 2 * FRAG - 1, total);
