@@ -7,6 +7,10 @@
 //! `cargo run --release -p bench -- farm` starts one SeaweedFS on loopback and compares the
 //! upload throughput of one bitsd node with that of three nodes sharing its bucket.
 //!
+//! `cargo run --release -p bench -- publish` uploads 2 GiB in 8 MiB fragments through one node
+//! on SeaweedFS: the publishing (final) Ack against the median Fragment Ack, and ingest
+//! against a raw S3 PUT of the same bytes.
+//!
 //! `small`, `idle`, `download` and `cpu` measure many small uploads, memory of idle sessions,
 //! GET throughput against `cat`, and instructions per MiB ingested; `all` runs everything.
 
@@ -15,6 +19,7 @@ mod download;
 mod farm;
 mod idle;
 mod plot;
+mod publish;
 mod report;
 #[path = "../../crates/bits-server/tests/support/seaweed.rs"]
 mod seaweed;
@@ -71,6 +76,19 @@ enum Cmd {
         /// Nodes in the farm case (at least 2).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+    },
+    /// One large upload through one node on SeaweedFS: median Fragment Ack, the final
+    /// (publishing) Ack, and ingest throughput against a raw S3 PUT of the same bytes.
+    Publish {
+        /// Upload size in MiB.
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+        /// Fragment size in MiB.
+        #[arg(long, default_value_t = 8)]
+        fragment_mib: u64,
+        /// Runs (upload and raw PUT each); medians are reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// Many small uploads from concurrent clients: uploads/s and latency per packet type.
     Small {
@@ -137,6 +155,11 @@ fn main() -> Result<()> {
             runs,
             nodes,
         } => print(farm::farm(file_mib, concurrency, rounds, runs, nodes)),
+        Cmd::Publish {
+            mib,
+            fragment_mib,
+            runs,
+        } => print(publish::publish(mib, fragment_mib, runs)),
         Cmd::Small {
             uploads,
             clients,

@@ -529,10 +529,25 @@ impl Engine {
                     std::future::ready(item)
                 })
                 .take_until(guard.preempted());
-            let outcome = self
-                .data
-                .write(id, rec.received, len, std::pin::pin!(fresh))
-                .await;
+            // Without notification nothing reads the upload back before it is published, so
+            // the store may write it toward its destination: derived here from the
+            // configuration, as publishing does, never taken from the record.
+            let toward = (vdir.notification_type == crate::config::NotificationType::None)
+                .then(|| self.derive_destination(&mut rec).ok())
+                .flatten()
+                .map(|()| rec.destination.clone());
+            let outcome = match &toward {
+                Some(dest) => {
+                    self.data
+                        .write_for_destination(id, rec.received, len, std::pin::pin!(fresh), dest)
+                        .await
+                }
+                None => {
+                    self.data
+                        .write(id, rec.received, len, std::pin::pin!(fresh))
+                        .await
+                }
+            };
             if outcome.durable > 0 {
                 self.check_unchanged(&loaded).await?;
             }

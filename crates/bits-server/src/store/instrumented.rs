@@ -109,6 +109,21 @@ impl DataStore for Instrumented {
             .await
     }
 
+    async fn write_for_destination(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        body: BodyStream<'_>,
+        dest: &Destination,
+    ) -> WriteOutcome {
+        self.timed(
+            "write",
+            self.data.write_for_destination(id, offset, len, body, dest),
+        )
+        .await
+    }
+
     async fn held(&self, id: SessionId) -> Result<u64, StoreError> {
         self.timed("held", self.data.held(id)).await
     }

@@ -211,6 +211,22 @@ pub trait DataStore: Send + Sync + 'static {
         len: u64,
         body: BodyStream<'_>,
     ) -> WriteOutcome;
+    /// [`DataStore::write`] for an upload nothing reads back before it is published at `dest`
+    /// (a vdir without notification). `dest` is the destination the engine derived from the
+    /// configuration, never one read from a stored record: a backend may write the bytes
+    /// straight toward it (object storage: parts of a multipart upload at the destination
+    /// key, completed by `commit`), and `commit` must refuse to publish them anywhere else.
+    async fn write_for_destination(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        body: BodyStream<'_>,
+        dest: &Destination,
+    ) -> WriteOutcome {
+        let _ = dest;
+        self.write(id, offset, len, body).await
+    }
     /// Bytes physically present for the session (for crash recovery).
     async fn held(&self, id: SessionId) -> Result<u64, StoreError>;
     /// Publishes the first `total` bytes atomically at `dest`. Idempotent: calling it again after

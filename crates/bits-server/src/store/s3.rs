@@ -1,18 +1,32 @@
 //! Object-storage backend (S3 API, checked against SeaweedFS): records and upload data are
-//! objects below a key prefix, published by a server-side copy.
+//! objects below a key prefix; an upload is published by completing a multipart upload at the
+//! destination key.
 //!
 //! ```text
 //! <prefix>/sessions/<uuid>/meta.json        the SessionRecord (create-only put, then If-Match updates)
 //! <prefix>/sessions/<uuid>/parts/<o>-<l>-<r> one object per fragment write: bytes [o, o+l), both
 //!                                            20-digit decimal, r random hex; only complete bodies
-//! <prefix>/sessions/<uuid>/commit.tmp       the composed upload, copied to the destination
+//! <prefix>/sessions/<uuid>/mp/upload        {key, upload_id} of the session's multipart upload
+//!                                            (create-only: one per session, whichever node wins)
+//! <prefix>/sessions/<uuid>/mp/c<n>          claim of multipart part n: "<offset>-<len>" (create-only)
+//! <prefix>/sessions/<uuid>/mp/p<n>-<o>-<l>-<e> part n holds bytes [o, o+l) and has ETag hex(e):
+//!                                            written once the part is stored
+//! <prefix>/sessions/<uuid>/commit.tmp       left by older versions (composed copy); removed on discard
 //! <prefix>/sessions/<uuid>/reply            the server application's reply
 //! <dest.root>/<dest.path>                   the published upload (dest.root is a key prefix here)
 //! ```
 //!
-//! Objects cannot be appended to, so every fragment write is its own object, and `held`
-//! reconstructs the contiguous coverage from the part names. BITS data for a range never
-//! changes, so overlapping or duplicate parts are harmless.
+//! Objects cannot be appended to, so every fragment write is its own object (a standalone part),
+//! or, for a fragment of at least 5 MiB that starts exactly where the multipart parts end (on a
+//! vdir without notification: the engine calls [`DataStore::write_for_destination`]), one or more parts of the session's
+//! multipart upload, which is created at the destination key. `held` reconstructs the
+//! contiguous coverage from the marker and part names. BITS data for a range never changes, so
+//! overlapping or duplicate parts are harmless; a multipart part number is claimed for one byte
+//! range before it is uploaded, so two nodes can only ever upload the same bytes to one number.
+//! At completion the standalone bytes after the multipart parts (bounded when fragments are
+//! large and aligned) are read back into further parts, and the upload is completed at the
+//! destination (`If-None-Match: *` unless overwrites are allowed): no copy, no work
+//! proportional to the file.
 //!
 //! Keys are object_store paths: the prefix and the destination root are split into whole
 //! `/`-separated segments (empty segments dropped), because object_store lists by segment.
@@ -43,7 +57,9 @@ use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, BoxStream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3CopyIfNotExists};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
+use object_store::signer::{HeaderName, HeaderValue, Method, SignedUrlOptions, Signer};
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload,
     ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
@@ -74,6 +90,13 @@ const DEFAULT_BUDGET_PATIENCE: Duration = Duration::from_secs(120);
 const SESSION_TAG: &str = "bits-session";
 /// The longest key S3 accepts, in UTF-8 bytes.
 const MAX_KEY_BYTES: usize = 1024;
+/// The smallest multipart part S3 accepts, but for the last.
+const MIN_PART: u64 = 5 << 20;
+/// Multipart parts per upload at most (S3's limit).
+const MAX_PARTS: usize = 10_000;
+/// Standalone bytes read back into one multipart part at completion; a remainder up to twice
+/// this is one last part.
+const PACK_PART: u64 = 8 << 20;
 /// Records whose ETag is remembered at most. Past it an arbitrary entry is forgotten: that
 /// session's next save is a plain overwrite, as after a restart.
 const MAX_ETAGS: usize = 65_536;
@@ -155,6 +178,12 @@ pub struct S3Store {
     budget: Arc<BodyBudget>,
     /// How long a write waits for budget before going on beyond it (`body_idle_timeout`).
     budget_patience: Duration,
+    /// For the one request object_store cannot send: CompleteMultipartUpload with
+    /// `If-None-Match: *` (presigned by object_store, sent as is).
+    http: reqwest_s3::Client,
+    /// The multipart upload of sessions this node wrote to lately, and where its chain of
+    /// parts ended then: saves listing `mp/` and reading `mp/upload` on every fragment.
+    uploads: Mutex<HashMap<SessionId, Cached>>,
 }
 
 /// ETags of open sessions' records: an ended session's entry is dropped when its record is
@@ -227,11 +256,126 @@ struct Segment {
     take: u64,
 }
 
+/// The session's multipart upload, as `mp/upload` records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct UploadInfo {
+    /// The destination key it was created at.
+    key: String,
+    upload_id: String,
+}
+
+/// A stored multipart part: number, bytes `[offset, offset + len)`, ETag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Marker {
+    number: usize,
+    offset: u64,
+    len: u64,
+    etag: String,
+}
+
+impl Marker {
+    fn name(&self) -> String {
+        let hex: String = self.etag.bytes().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "p{:05}-{:020}-{:020}-{hex}",
+            self.number, self.offset, self.len
+        )
+    }
+}
+
+/// `p<number>-<offset>-<len>-<hex etag>` as written by [`Marker::name`].
+fn parse_marker(name: &str) -> Option<Marker> {
+    let mut it = name.strip_prefix('p')?.splitn(4, '-');
+    let number = it.next()?.parse().ok()?;
+    let offset = it.next()?.parse().ok()?;
+    let len = it.next()?.parse().ok()?;
+    let hex = it.next()?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    let etag = String::from_utf8(bytes?).ok()?;
+    Some(Marker {
+        number,
+        offset,
+        len,
+        etag,
+    })
+}
+
+/// What `mp/` holds: whether the upload exists, and the stored parts by number.
+#[derive(Default)]
+struct MpState {
+    upload: bool,
+    markers: HashMap<usize, Marker>,
+}
+
+impl MpState {
+    /// The parts 1, 2, … that follow each other without a gap from offset 0: the end of the
+    /// bytes they hold, the next part number, and their ids for completion.
+    fn chain(&self) -> (u64, usize, Vec<PartId>) {
+        let (mut end, mut number, mut ids) = (0u64, 1usize, Vec::new());
+        while let Some(m) = self
+            .markers
+            .get(&number)
+            .filter(|m| m.offset == end && m.len > 0)
+        {
+            end += m.len;
+            ids.push(PartId {
+                content_id: m.etag.clone(),
+            });
+            number += 1;
+        }
+        (end, number, ids)
+    }
+}
+
+/// Why [`S3Store::stream_parts`] stopped before the end of its fragment.
+enum Stop {
+    /// The next part number is claimed for other bytes: this piece (read, holding its
+    /// budget) and the rest of the fragment become standalone parts.
+    Claimed(Bytes, Reservation),
+    Failed(StoreError),
+}
+
+/// What this node last knew of a session's multipart upload.
+#[derive(Clone)]
+struct Cached {
+    info: UploadInfo,
+    /// The end of the chain of parts, and the next part number, as this node left them.
+    end: u64,
+    next: usize,
+}
+
+/// Sessions whose multipart upload is remembered at most; past it an arbitrary one is
+/// forgotten (its next fragment lists `mp/` again).
+const MAX_CACHED: usize = 4096;
+
+/// The multipart pieces a fragment of `len` (at least [`MIN_PART`]) bytes is cut into: as
+/// many as fit at [`MIN_PART`] or more each, equal but for the last.
+fn pieces(len: u64) -> Vec<u64> {
+    let n = (len / MIN_PART).max(1);
+    let base = len / n;
+    let mut out = vec![base; n as usize];
+    if let Some(last) = out.last_mut() {
+        *last = len - base * (n - 1);
+    }
+    out
+}
+
 /// Chooses parts covering `[0, limit)` contiguously from offset 0 (as far as they reach):
 /// at each step the part starting at or before the covered length that reaches furthest.
 /// `parts` must be sorted by offset. Returns the covered length and the byte ranges to read.
 fn plan(parts: &[Part], limit: u64) -> (u64, Vec<Segment>) {
-    let (mut covered, mut segments, mut i) = (0u64, Vec::new(), 0usize);
+    plan_from(parts, 0, limit)
+}
+
+/// [`plan`] from offset `from` on: returns the end of the contiguous coverage (`from` if none).
+fn plan_from(parts: &[Part], from: u64, limit: u64) -> (u64, Vec<Segment>) {
+    let (mut covered, mut segments, mut i) = (from, Vec::new(), 0usize);
     while covered < limit {
         let mut best: Option<&Part> = None;
         while let Some(p) = parts.get(i).filter(|p| p.offset <= covered) {
@@ -407,6 +551,13 @@ impl S3Store {
         let store = builder
             .build()
             .map_err(|e| StoreError::Io(io::Error::new(ErrorKind::InvalidInput, e)))?;
+        let http = reqwest_s3::Client::builder()
+            .timeout(cfg.request_timeout)
+            .redirect(reqwest_s3::redirect::Policy::none())
+            .retry(reqwest_s3::retry::never())
+            .no_proxy()
+            .build()
+            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
         Ok(S3Store {
             store: Arc::new(store),
             bucket: cfg.bucket,
@@ -414,6 +565,8 @@ impl S3Store {
             etags: Mutex::new(Etags::default()),
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
             budget_patience: DEFAULT_BUDGET_PATIENCE,
+            http,
+            uploads: Mutex::new(HashMap::new()),
         })
     }
 
@@ -454,6 +607,18 @@ impl S3Store {
 
     fn commit_tmp(&self, id: SessionId) -> Path {
         Self::below(&self.dir(id), "commit.tmp")
+    }
+
+    fn mp_dir(&self, id: SessionId) -> Path {
+        Self::below(&self.dir(id), "mp")
+    }
+
+    fn mp_upload(&self, id: SessionId) -> Path {
+        Self::below(&self.mp_dir(id), "upload")
+    }
+
+    fn mp_claim(&self, id: SessionId, number: usize) -> Path {
+        Self::below(&self.mp_dir(id), &format!("c{number:05}"))
     }
 
     /// The published key: the root's segments (empty ones dropped), then the relative path,
@@ -709,6 +874,494 @@ impl S3Store {
         .boxed()
     }
 
+    /// The session's multipart state as listed below `mp/`.
+    async fn mp_state(&self, id: SessionId) -> Result<MpState, StoreError> {
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&self.mp_dir(id)))
+            .try_collect()
+            .await
+            .map_err(os_err)?;
+        let mut state = MpState::default();
+        for m in objects {
+            match m.location.filename() {
+                Some("upload") => state.upload = true,
+                Some(name) => {
+                    if let Some(marker) = parse_marker(name) {
+                        state.markers.entry(marker.number).or_insert(marker);
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(state)
+    }
+
+    async fn upload_info(&self, id: SessionId) -> Result<Option<UploadInfo>, StoreError> {
+        let got = match self.store.get(&self.mp_upload(id)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(os_err(e)),
+        };
+        let bytes = got.bytes().await.map_err(os_err)?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(id.to_string(), format!("mp/upload: {e}")))
+    }
+
+    /// The session's multipart upload, created at `key` (tagged with the session) unless one
+    /// exists. Two nodes may race here: the create-only `mp/upload` picks one upload, the loser
+    /// aborts its own.
+    async fn ensure_upload(&self, id: SessionId, key: &Path) -> Result<UploadInfo, StoreError> {
+        if let Some(info) = self.upload_info(id).await? {
+            return Ok(info);
+        }
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata(SESSION_TAG.into()),
+            id.as_uuid().hyphenated().to_string().into(),
+        );
+        let opts = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let upload_id = self
+            .store
+            .create_multipart_opts(key, opts)
+            .await
+            .map_err(os_err)?;
+        let info = UploadInfo {
+            key: key.to_string(),
+            upload_id,
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        let put = self
+            .store
+            .put_opts(
+                &self.mp_upload(id),
+                json.into(),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match put {
+            Ok(_) => Ok(info),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                if let Err(e) = self.store.abort_multipart(key, &info.upload_id).await {
+                    tracing::warn!(session = %id, error = %e, "could not abort a multipart upload that lost a race");
+                }
+                self.upload_info(id).await?.ok_or(StoreError::DataMissing)
+            }
+            Err(e) => {
+                let _ = self.store.abort_multipart(key, &info.upload_id).await;
+                Err(os_err(e))
+            }
+        }
+    }
+
+    /// Claims multipart part `number` for bytes `[offset, offset + len)`: `Ok(None)` when the
+    /// claim is (or already was) exactly this, else the range it was claimed for.
+    async fn claim(
+        &self,
+        id: SessionId,
+        number: usize,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let key = self.mp_claim(id, number);
+        let body = format!("{offset}-{len}");
+        match self
+            .store
+            .put_opts(
+                &key,
+                body.clone().into_bytes().into(),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) => return Ok(None),
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(os_err(e)),
+        }
+        let got = self.store.get(&key).await.map_err(os_err)?;
+        let bytes = got.bytes().await.map_err(os_err)?;
+        if bytes.as_ref() == body.as_bytes() {
+            return Ok(None);
+        }
+        let text = std::str::from_utf8(&bytes).unwrap_or_default();
+        let mut it = text.splitn(2, '-');
+        let parsed = (|| Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?)))();
+        Ok(Some(parsed.unwrap_or((u64::MAX, 0))))
+    }
+
+    /// Uploads `data` (bytes from `offset`) as claimed part `number` of the upload at `key`,
+    /// then its marker: the bytes count as held only once both are stored. `grant` is the
+    /// budget `data` holds, given back once the part is stored. `key` is the destination
+    /// derived from the configuration, checked against `info` by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn put_piece(
+        &self,
+        id: SessionId,
+        key: Path,
+        upload_id: String,
+        number: usize,
+        offset: u64,
+        data: PutPayload,
+        grant: Option<Reservation>,
+    ) -> BoxFuture<'static, Result<Marker, StoreError>> {
+        let store = self.store.clone();
+        let mp_dir = self.mp_dir(id);
+        async move {
+            let len = data.content_length() as u64;
+            let part = store.put_part(&key, &upload_id, number - 1, data).await;
+            drop(grant);
+            let part = part.map_err(os_err)?;
+            let marker = Marker {
+                number,
+                offset,
+                len,
+                etag: part.content_id,
+            };
+            store
+                .put(&Self::below(&mp_dir, &marker.name()), PutPayload::new())
+                .await
+                .map_err(os_err)?;
+            Ok(marker)
+        }
+        .boxed()
+    }
+
+    fn cached(&self, id: SessionId) -> Option<Cached> {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn remember(&self, id: SessionId, entry: Option<Cached>) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        match entry {
+            Some(c) => {
+                if uploads.len() >= MAX_CACHED && !uploads.contains_key(&id) {
+                    let victim = uploads.keys().next().copied();
+                    if let Some(victim) = victim {
+                        uploads.remove(&victim);
+                    }
+                }
+                uploads.insert(id, c);
+            }
+            None => {
+                uploads.remove(&id);
+            }
+        }
+    }
+
+    /// Where a fragment at `offset` of `len` bytes can go straight into the session's
+    /// multipart upload at `key` (the destination the engine derived from the configuration):
+    /// the upload and the first part number, or `None` for standalone parts. An upload found
+    /// at another key (`mp/upload` names it) is never written to.
+    async fn direct_target(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        key: &Path,
+    ) -> Result<Option<(UploadInfo, usize)>, StoreError> {
+        if len < MIN_PART {
+            return Ok(None);
+        }
+        let count = pieces(len).len();
+        // What this node left is right unless another node extended the chain since: then the
+        // fragment starts elsewhere and the listing is asked. A claim settles the rest.
+        if let Some(c) = self
+            .cached(id)
+            .filter(|c| c.end == offset && c.info.key == key.as_ref())
+        {
+            return Ok((c.next + count - 1 <= MAX_PARTS).then_some((c.info, c.next)));
+        }
+        let state = self.mp_state(id).await?;
+        let (end, next, _) = state.chain();
+        if offset != end || next + count - 1 > MAX_PARTS {
+            return Ok(None);
+        }
+        let info = if state.upload {
+            self.upload_info(id).await?
+        } else if offset == 0 {
+            Some(self.ensure_upload(id, key).await?)
+        } else {
+            None
+        };
+        let Some(info) = info else {
+            return Ok(None);
+        };
+        if info.key != key.as_ref() {
+            tracing::warn!(session = %id, upload = %info.key, destination = %key,
+                "the session's multipart upload is not at the configured destination; storing standalone parts");
+            return Ok(None);
+        }
+        Ok(Some((info, next)))
+    }
+
+    /// Streams `len` bytes of `body` into parts `first..` of the upload, each piece (5–10
+    /// MiB) reserved from the body budget before it is read and given back once stored; the
+    /// claim of a part runs while its piece is read, and one piece is stored while the next
+    /// is read. Returns the bytes stored (contiguous from `offset`) and why it stopped early.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_parts(
+        &self,
+        id: SessionId,
+        info: &UploadInfo,
+        key: &Path,
+        first: usize,
+        offset: u64,
+        len: u64,
+        body: &mut BodyStream<'_>,
+        carry: &mut Option<Bytes>,
+    ) -> (u64, Option<Stop>) {
+        let mut durable = 0u64;
+        let mut at = offset;
+        let mut storing: Option<BoxFuture<'static, Result<Marker, StoreError>>> = None;
+        let mut stop = None;
+        for (i, piece) in pieces(len).into_iter().enumerate() {
+            let number = first + i;
+            let reading = futures_util::future::join(
+                self.claim(id, number, at, piece),
+                read_piece(
+                    body,
+                    carry,
+                    &self.budget,
+                    self.budget_patience,
+                    piece,
+                    piece,
+                ),
+            );
+            let ((claimed, (got, end)), stored) = match storing.take() {
+                Some(s) => {
+                    let (r, s) = futures_util::future::join(reading, s).await;
+                    (r, Some(s))
+                }
+                None => (reading.await, None),
+            };
+            match stored {
+                Some(Ok(m)) => durable += m.len,
+                Some(Err(e)) => {
+                    stop = Some(Stop::Failed(e));
+                    break;
+                }
+                None => {}
+            }
+            match (got, end) {
+                (_, Some(End::Failed(e))) => {
+                    stop = Some(Stop::Failed(e));
+                    break;
+                }
+                (_, Some(End::Eof)) | (None, None) => {
+                    stop = Some(Stop::Failed(early_end()));
+                    break;
+                }
+                (Some((bytes, grant)), None) => match claimed {
+                    Ok(None) => {
+                        storing = Some(self.put_piece(
+                            id,
+                            key.clone(),
+                            info.upload_id.clone(),
+                            number,
+                            at,
+                            bytes.into(),
+                            Some(grant),
+                        ));
+                        at += piece;
+                    }
+                    Ok(Some(_)) => {
+                        stop = Some(Stop::Claimed(bytes, grant));
+                        break;
+                    }
+                    Err(e) => {
+                        stop = Some(Stop::Failed(e));
+                        break;
+                    }
+                },
+            }
+        }
+        if let Some(s) = storing {
+            match s.await {
+                Ok(m) => durable += m.len,
+                // A piece read after this one cannot be kept: durable bytes are contiguous.
+                Err(e) => stop = Some(Stop::Failed(e)),
+            }
+        }
+        (durable, stop)
+    }
+
+    /// CompleteMultipartUpload with `If-None-Match: *`, which object_store only sends for its
+    /// own copies: presigned by it (so credentials and signing stay its business) and sent here.
+    async fn complete_if_absent(
+        &self,
+        key: &Path,
+        upload_id: &str,
+        parts: &[PartId],
+    ) -> Result<(), StoreError> {
+        let opts = SignedUrlOptions::default()
+            .with_query([("uploadId", upload_id)])
+            .with_signed_header(
+                HeaderName::from_static("if-none-match"),
+                HeaderValue::from_static("*"),
+            );
+        let url = self
+            .store
+            .signed_url_opts(Method::POST, key, Duration::from_secs(300), &opts)
+            .await
+            .map_err(os_err)?;
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (i, p) in parts.iter().enumerate() {
+            let etag = p
+                .content_id
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
+            xml.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
+                i + 1
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let resp = self
+            .http
+            .post(url.as_str())
+            .header("if-none-match", "*")
+            .body(xml)
+            .send()
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        // S3 may report a failed completion in a 200 body.
+        if status.as_u16() == 412 || text.contains("<Code>PreconditionFailed</Code>") {
+            return Err(StoreError::DestinationExists);
+        }
+        if !status.is_success() || text.contains("<Error>") {
+            let snippet: String = text.chars().take(300).collect();
+            return Err(StoreError::Io(io::Error::other(format!(
+                "CompleteMultipartUpload answered {status}: {snippet}"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Aborts the session's multipart upload, if it has one.
+    async fn abort_upload(&self, id: SessionId) -> Result<(), StoreError> {
+        let Some(info) = self.upload_info(id).await? else {
+            return Ok(());
+        };
+        let key = Path::parse(&info.key)
+            .map_err(|e| StoreError::Io(io::Error::new(ErrorKind::InvalidInput, e)))?;
+        match self.store.abort_multipart(&key, &info.upload_id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    /// Bytes `[from, from + len)` from the standalone parts, in memory (at most two
+    /// [`PACK_PART`]s), with the body budget they hold until stored.
+    async fn read_back(
+        &self,
+        parts: &[Part],
+        from: u64,
+        len: u64,
+    ) -> Result<(PutPayload, Reservation), StoreError> {
+        let (covered, segments) = plan_from(parts, from, from + len);
+        if covered < from + len {
+            return Err(StoreError::DataMissing);
+        }
+        let grant = self.budget.reserve(len, len, self.budget_patience).await;
+        let chunks: Vec<Bytes> = self
+            .read_segments(segments)
+            .try_collect()
+            .await
+            .map_err(StoreError::Io)?;
+        Ok((chunks.into_iter().collect(), grant))
+    }
+
+    /// Deletes what a published session no longer needs: standalone parts and multipart
+    /// bookkeeping (the completed upload itself is gone).
+    async fn release_data(&self, id: SessionId) -> Result<(), StoreError> {
+        self.remember(id, None);
+        self.delete_below(&self.parts_dir(id)).await?;
+        self.delete_below(&self.mp_dir(id)).await
+    }
+
+    /// The body is stored as one object per piece of at most [`CHUNK`] bytes, each piece as
+    /// large as the body budget allows (at least [`MIN_PIECE`]); one piece is stored while
+    /// the next is read. `durable` counts the whole pieces stored in order before the first
+    /// failure: a body shorter than one piece is all or nothing, as a single object was. `carry`
+    /// holds bytes already taken from the body.
+    async fn write_standalone(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        mut body: BodyStream<'_>,
+        mut carry: Option<Bytes>,
+    ) -> WriteOutcome {
+        let (mut read, mut durable) = (0u64, 0u64);
+        let mut storing: Option<BoxFuture<'static, Result<u64, StoreError>>> = None;
+        let mut error = None;
+        while read < len {
+            let want = (len - read).min(CHUNK as u64);
+            let reading = read_piece(
+                &mut body,
+                &mut carry,
+                &self.budget,
+                self.budget_patience,
+                MIN_PIECE,
+                want,
+            );
+            let ((piece, end), stored) = match storing.take() {
+                Some(s) => {
+                    let (r, s) = futures_util::future::join(reading, s).await;
+                    (r, Some(s))
+                }
+                None => (reading.await, None),
+            };
+            match stored {
+                Some(Ok(n)) => durable += n,
+                Some(Err(e)) => {
+                    error = Some(e);
+                    break;
+                }
+                None => {}
+            }
+            // A piece cut short by the body's end or failure is not stored: every object is a
+            // whole piece, as the earlier pieces of this body are.
+            if let (Some((bytes, grant)), None) = (piece, &end) {
+                let n = bytes.len() as u64;
+                storing = Some(self.store_piece(id, offset + read, bytes, grant));
+                read += n;
+            }
+            match end {
+                None => {}
+                Some(End::Eof) => {
+                    error = Some(early_end());
+                    break;
+                }
+                Some(End::Failed(e)) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(s) = storing {
+            match s.await {
+                Ok(n) => durable += n,
+                Err(e) => error = error.or(Some(e)),
+            }
+        }
+        WriteOutcome { durable, error }
+    }
+
     /// Publishes an empty upload (no parts exist for it).
     async fn commit_empty(
         &self,
@@ -858,78 +1511,99 @@ impl DataStore for S3Store {
             .map_err(|_| "name the object store cannot hold")
     }
 
-    /// The body is stored as one object per piece of at most [`CHUNK`] bytes, each piece as
-    /// large as the body budget allows (at least [`MIN_PIECE`]); one piece is stored while
-    /// the next is read. `durable` counts the whole pieces stored in order before the first
-    /// failure: a body shorter than one piece is all or nothing, as a single object was.
     async fn write(
         &self,
         id: SessionId,
         offset: u64,
         len: u64,
-        mut body: BodyStream<'_>,
+        body: BodyStream<'_>,
     ) -> WriteOutcome {
+        self.write_standalone(id, offset, len, body, None).await
+    }
+
+    /// A fragment of at least 5 MiB that starts where the session's multipart parts end goes
+    /// straight into parts of the multipart upload at `dest` (derived from the configuration
+    /// by the engine); any other, or the rest of one whose next part number another node
+    /// claimed for other bytes, is stored as by [`DataStore::write`].
+    async fn write_for_destination(
+        &self,
+        id: SessionId,
+        offset: u64,
+        len: u64,
+        mut body: BodyStream<'_>,
+        dest: &Destination,
+    ) -> WriteOutcome {
+        let key = match Self::dest_key(dest) {
+            Ok(key) => key,
+            Err(_) => return self.write_standalone(id, offset, len, body, None).await,
+        };
+        let direct = match self.direct_target(id, offset, len, &key).await {
+            Ok(direct) => direct,
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "no multipart upload for this fragment; storing standalone parts");
+                None
+            }
+        };
+        let Some((info, first)) = direct else {
+            return self.write_standalone(id, offset, len, body, None).await;
+        };
         let mut carry = None;
-        let (mut read, mut durable) = (0u64, 0u64);
-        let mut storing: Option<BoxFuture<'static, Result<u64, StoreError>>> = None;
-        let mut error = None;
-        while read < len {
-            let want = (len - read).min(CHUNK as u64);
-            let reading = read_piece(
-                &mut body,
-                &mut carry,
-                &self.budget,
-                self.budget_patience,
-                MIN_PIECE,
-                want,
-            );
-            let ((piece, end), stored) = match storing.take() {
-                Some(s) => {
-                    let (r, s) = futures_util::future::join(reading, s).await;
-                    (r, Some(s))
-                }
-                None => (reading.await, None),
+        let (durable, stop) = self
+            .stream_parts(id, &info, &key, first, offset, len, &mut body, &mut carry)
+            .await;
+        let (bytes, grant) = match stop {
+            None => {
+                self.remember(
+                    id,
+                    Some(Cached {
+                        info,
+                        end: offset + len,
+                        next: first + pieces(len).len(),
+                    }),
+                );
+                return WriteOutcome {
+                    durable,
+                    error: None,
+                };
+            }
+            Some(Stop::Failed(e)) => {
+                self.remember(id, None);
+                return WriteOutcome {
+                    durable,
+                    error: Some(e),
+                };
+            }
+            Some(Stop::Claimed(bytes, grant)) => (bytes, grant),
+        };
+        self.remember(id, None);
+        // The piece already read goes first, then the rest of the body.
+        let at = offset + durable;
+        let n = bytes.len() as u64;
+        if let Err(e) = self.store_piece(id, at, bytes, grant).await {
+            return WriteOutcome {
+                durable,
+                error: Some(e),
             };
-            match stored {
-                Some(Ok(n)) => durable += n,
-                Some(Err(e)) => {
-                    error = Some(e);
-                    break;
-                }
-                None => {}
-            }
-            // A piece cut short by the body's end or failure is not stored: every object is a
-            // whole piece, as the earlier pieces of this body are.
-            if let (Some((bytes, grant)), None) = (piece, &end) {
-                let n = bytes.len() as u64;
-                storing = Some(self.store_piece(id, offset + read, bytes, grant));
-                read += n;
-            }
-            match end {
-                None => {}
-                Some(End::Eof) => {
-                    error = Some(early_end());
-                    break;
-                }
-                Some(End::Failed(e)) => {
-                    error = Some(e);
-                    break;
-                }
-            }
         }
-        if let Some(s) = storing {
-            match s.await {
-                Ok(n) => durable += n,
-                Err(e) => error = error.or(Some(e)),
-            }
+        let rest = self
+            .write_standalone(id, at + n, len - durable - n, body, carry)
+            .await;
+        WriteOutcome {
+            durable: durable + n + rest.durable,
+            error: rest.error,
         }
-        WriteOutcome { durable, error }
     }
 
     async fn held(&self, id: SessionId) -> Result<u64, StoreError> {
-        Ok(plan(&self.parts(id).await?, u64::MAX).0)
+        let (end, _, _) = self.mp_state(id).await?.chain();
+        Ok(plan_from(&self.parts(id).await?, end, u64::MAX).0)
     }
 
+    /// Completes the session's multipart upload at the destination: parts streamed in by
+    /// `write` stay where they are; standalone bytes after them are read back into further
+    /// parts (bounded when fragments were large and aligned). With `overwrite` off the
+    /// completion carries `If-None-Match: *`. The object is tagged with the session, so a
+    /// repeat after a crash recognises its own publication.
     async fn commit(
         &self,
         id: SessionId,
@@ -942,53 +1616,96 @@ impl DataStore for S3Store {
             return self.commit_empty(id, &target, overwrite).await;
         }
         let parts = self.parts(id).await?;
-        if parts.is_empty() {
-            // Published by an earlier attempt that crashed before recording it.
-            return match self.published(&target, id).await? {
-                Some(_) => Ok(()),
-                None => Err(StoreError::DataMissing),
-            };
+        let state = self.mp_state(id).await?;
+        if self.published(&target, id).await? == Some(true) {
+            // Published by an earlier attempt: only clean up.
+            return self.release_data(id).await;
         }
-        // Published, but the parts not yet deleted: only clean up.
-        if self.published(&target, id).await? != Some(true) {
-            let (covered, segments) = plan(&parts, total);
-            if covered < total {
-                return Err(StoreError::DataMissing);
+        if parts.is_empty() && state.markers.is_empty() {
+            return Err(StoreError::DataMissing);
+        }
+        let info = self.ensure_upload(id, &target).await?;
+        if info.key != target.as_ref() {
+            // `target` is derived from the configuration; `mp/upload` is only an object in the
+            // bucket. An upload elsewhere (a vdir root changed mid-session, or the object
+            // altered) is never completed: it must not choose where bytes are published.
+            tracing::error!(session = %id, upload = %info.key, destination = %target,
+                "refusing to complete a multipart upload that is not at the configured destination");
+            return Err(StoreError::Io(io::Error::other(format!(
+                "the session's multipart upload is at {}, not at the destination {target}",
+                info.key
+            ))));
+        }
+        let (mut end, mut number, mut ids) = state.chain();
+        if end > total {
+            return Err(StoreError::Io(io::Error::other(
+                "multipart parts reach past the upload's length",
+            )));
+        }
+        while end < total {
+            if number > MAX_PARTS {
+                return Err(StoreError::Io(io::Error::other(
+                    "upload needs more than 10 000 multipart parts",
+                )));
             }
-            let tmp = self.commit_tmp(id);
-            let mut attributes = Attributes::new();
-            attributes.insert(
-                Attribute::Metadata(SESSION_TAG.into()),
-                id.as_uuid().hyphenated().to_string().into(),
-            );
-            let mut source = self.read_segments(segments);
-            self.upload(&tmp, source.as_mut(), Some(total), attributes)
-                .await
-                // Here the "body" is our own objects: a failure is a storage error.
-                .map_err(|e| match e {
-                    StoreError::Body(e) => StoreError::Io(e),
-                    e => e,
-                })?;
-            let copied = if overwrite {
-                self.store.copy(&tmp, &target).await
+            let left = total - end;
+            let mut len = if left <= 2 * PACK_PART {
+                left
             } else {
-                self.store.copy_if_not_exists(&tmp, &target).await
+                PACK_PART
             };
-            let published = match copied {
-                Ok(()) => Ok(()),
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    Err(StoreError::DestinationExists)
+            if let Some((o, l)) = self.claim(id, number, end, len).await? {
+                // An earlier attempt (or a dead node's fragment) claimed this number: its
+                // range is as good if it is a valid part here.
+                if o != end || l == 0 || l > left || (l < MIN_PART && l != left) {
+                    return Err(StoreError::Io(io::Error::other(format!(
+                        "multipart part {number} is claimed for bytes {o}+{l}"
+                    ))));
                 }
-                Err(e) => Err(os_err(e)),
-            };
-            let removed = self.delete_one(&tmp).await;
-            published?;
-            removed?;
+                len = l;
+            }
+            let (data, grant) = self.read_back(&parts, end, len).await?;
+            let marker = self
+                .put_piece(
+                    id,
+                    target.clone(),
+                    info.upload_id.clone(),
+                    number,
+                    end,
+                    data,
+                    Some(grant),
+                )
+                .await?;
+            ids.push(PartId {
+                content_id: marker.etag,
+            });
+            end += len;
+            number += 1;
         }
-        self.delete_below(&self.parts_dir(id)).await
+        let completed = if overwrite {
+            self.store
+                .complete_multipart(&target, &info.upload_id, ids)
+                .await
+                .map(|_| ())
+                .map_err(os_err)
+        } else {
+            self.complete_if_absent(&target, &info.upload_id, &ids)
+                .await
+        };
+        if let Err(e) = completed {
+            // A racing or earlier completion of this very upload fails the repeat (the upload
+            // is gone, or the object now exists): the session tag tells it was ours.
+            if self.published(&target, id).await? != Some(true) {
+                return Err(e);
+            }
+        }
+        self.release_data(id).await
     }
 
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
+        self.remember(id, None);
+        self.abort_upload(id).await?;
+        self.delete_below(&self.mp_dir(id)).await?;
         self.delete_below(&self.parts_dir(id)).await?;
         self.delete_one(&self.reply(id)).await?;
         self.delete_one(&self.commit_tmp(id)).await
@@ -1000,6 +1717,14 @@ impl DataStore for S3Store {
             return Err(StoreError::DataMissing);
         }
         let (len, segments) = plan(&parts, u64::MAX);
+        // Bytes already in multipart parts cannot be read before completion: never hand the
+        // application a shortened upload (only a vdir that gained notification mid-session:
+        // the engine writes toward the destination only without notification).
+        if self.mp_state(id).await?.chain().0 > len {
+            return Err(StoreError::Unsupported(
+                "by-value notification of bytes already in a multipart upload",
+            ));
+        }
         let stream = SyncStream(Mutex::new(self.read_segments(segments)));
         Ok((len, Box::new(stream)))
     }
@@ -1343,6 +2068,51 @@ mod tests {
         assert_eq!(key("uploads", "d/.bits-partial-x/y"), None);
         assert_eq!(key("uploads", ""), None);
         assert_eq!(key("uploads", "//"), None);
+    }
+
+    #[test]
+    fn fragments_cut_into_valid_multipart_pieces() {
+        for len in [
+            MIN_PART,
+            MIN_PART + 1,
+            8 << 20,
+            2 * MIN_PART - 1,
+            2 * MIN_PART,
+            64 << 20,
+            (64 << 20) + 7,
+        ] {
+            let p = pieces(len);
+            assert_eq!(p.iter().sum::<u64>(), len);
+            assert!(
+                p.iter()
+                    .all(|&l| (MIN_PART..2 * MIN_PART + p.len() as u64).contains(&l)),
+                "{len}: {p:?}"
+            );
+        }
+        assert_eq!(pieces(8 << 20), vec![8 << 20]);
+    }
+
+    #[test]
+    fn markers_round_trip_and_chain_without_gaps() {
+        let m = |number, offset, len| Marker {
+            number,
+            offset,
+            len,
+            etag: format!("\"e{number}\""),
+        };
+        let one = m(1, 0, 10);
+        assert_eq!(parse_marker(&one.name()), Some(one.clone()));
+        assert_eq!(parse_marker("c00001"), None);
+        assert_eq!(parse_marker("upload"), None);
+        let mut state = MpState::default();
+        for mk in [one, m(2, 10, 5), m(4, 15, 5)] {
+            state.markers.insert(mk.number, mk);
+        }
+        let (end, next, ids) = state.chain();
+        assert_eq!((end, next, ids.len()), (15, 3, 2));
+        // A part that does not start where the chain ends is not part of it.
+        state.markers.insert(3, m(3, 14, 1));
+        assert_eq!(state.chain().0, 15);
     }
 
     #[test]
