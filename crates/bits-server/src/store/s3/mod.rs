@@ -67,6 +67,13 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
+mod config;
+mod parts;
+mod read;
+
+pub use config::S3Config;
+use parts::{cover, cover_from, parse_part_name, Part, Segment};
+
 use super::budget::{BodyBudget, Reservation};
 use super::fs::DEFAULT_BODY_BUDGET;
 use super::{
@@ -100,71 +107,6 @@ const PACK_PART: u64 = 8 << 20;
 /// Records whose ETag is remembered at most. Past it an arbitrary entry is forgotten: that
 /// session's next save is a plain overwrite, as after a restart.
 const MAX_ETAGS: usize = 65_536;
-
-/// Where the object-storage backend keeps its objects.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// e.g. `http://127.0.0.1:8333`; `None` or empty for the AWS regional endpoint.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    pub bucket: String,
-    /// Key prefix for the session objects (whole path segments, e.g. `bits` or `bits/`).
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default = "default_region")]
-    pub region: String,
-    pub access_key: String,
-    pub secret_key: String,
-    /// Allow a plain `http://` endpoint.
-    #[serde(default)]
-    pub allow_http: bool,
-    /// One request to the store, from connecting to the end of its response body. Fragments
-    /// are stored as objects of at most `max_fragment_size`, so this bounds a slow store, not
-    /// a large upload.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// How long a failed request is retried (with backoff) before the BITS client gets 500:
-    /// keep it below the clients' own patience, and below 5 minutes (signed requests expire).
-    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
-    pub retry_timeout: Duration,
-    /// Retries of a failed request at most (0: none).
-    #[serde(default = "default_max_retries")]
-    pub max_retries: usize,
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_retry_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_max_retries() -> usize {
-    5
-}
-
-impl fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Config")
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("region", &self.region)
-            .field("access_key", &self.access_key)
-            .field("secret_key", &"<redacted>")
-            .field("allow_http", &self.allow_http)
-            .field("request_timeout", &self.request_timeout)
-            .field("retry_timeout", &self.retry_timeout)
-            .field("max_retries", &self.max_retries)
-            .finish()
-    }
-}
 
 pub struct S3Store {
     store: Arc<AmazonS3>,
@@ -232,28 +174,6 @@ impl fmt::Debug for S3Store {
             .field("prefix", &self.root.as_ref())
             .finish_non_exhaustive()
     }
-}
-
-/// One fragment object: bytes `[offset, offset + len)` of the upload.
-#[derive(Clone, Debug)]
-struct Part {
-    path: Path,
-    offset: u64,
-    len: u64,
-}
-
-impl Part {
-    fn end(&self) -> u64 {
-        self.offset.saturating_add(self.len)
-    }
-}
-
-/// Bytes `[skip, skip + take)` of one part object.
-#[derive(Clone, Debug)]
-struct Segment {
-    path: Path,
-    skip: u64,
-    take: u64,
 }
 
 /// The session's multipart upload, as `mp/upload` records it.
@@ -364,53 +284,6 @@ fn pieces(len: u64) -> Vec<u64> {
         *last = len - base * (n - 1);
     }
     out
-}
-
-/// Chooses parts covering `[0, limit)` contiguously from offset 0 (as far as they reach):
-/// at each step the part starting at or before the covered length that reaches furthest.
-/// `parts` must be sorted by offset. Returns the covered length and the byte ranges to read.
-fn plan(parts: &[Part], limit: u64) -> (u64, Vec<Segment>) {
-    plan_from(parts, 0, limit)
-}
-
-/// [`plan`] from offset `from` on: returns the end of the contiguous coverage (`from` if none).
-fn plan_from(parts: &[Part], from: u64, limit: u64) -> (u64, Vec<Segment>) {
-    let (mut covered, mut segments, mut i) = (from, Vec::new(), 0usize);
-    while covered < limit {
-        let mut best: Option<&Part> = None;
-        while let Some(p) = parts.get(i).filter(|p| p.offset <= covered) {
-            let further = match best {
-                Some(b) => p.end() > b.end(),
-                None => true,
-            };
-            if further {
-                best = Some(p);
-            }
-            i += 1;
-        }
-        match best.filter(|p| p.end() > covered) {
-            Some(p) => {
-                let take = p.end().min(limit) - covered;
-                segments.push(Segment {
-                    path: p.path.clone(),
-                    skip: covered - p.offset,
-                    take,
-                });
-                covered += take;
-            }
-            None => break,
-        }
-    }
-    (covered, segments)
-}
-
-/// `<offset>-<len>-<random>` as written by `write`.
-fn parse_part_name(name: &str) -> Option<(u64, u64)> {
-    let mut it = name.splitn(3, '-');
-    let offset = it.next()?.parse().ok()?;
-    let len = it.next()?.parse().ok()?;
-    it.next()?;
-    Some((offset, len))
 }
 
 fn os_err(e: object_store::Error) -> StoreError {
@@ -1272,7 +1145,7 @@ impl S3Store {
         from: u64,
         len: u64,
     ) -> Result<(PutPayload, Reservation), StoreError> {
-        let (covered, segments) = plan_from(parts, from, from + len);
+        let (covered, segments) = cover_from(parts, from, from + len);
         if covered < from + len {
             return Err(StoreError::DataMissing);
         }
@@ -1596,7 +1469,7 @@ impl DataStore for S3Store {
 
     async fn held(&self, id: SessionId) -> Result<u64, StoreError> {
         let (end, _, _) = self.mp_state(id).await?.chain();
-        Ok(plan_from(&self.parts(id).await?, end, u64::MAX).0)
+        Ok(cover_from(&self.parts(id).await?, end, u64::MAX).0)
     }
 
     /// Completes the session's multipart upload at the destination: parts streamed in by
@@ -1716,7 +1589,7 @@ impl DataStore for S3Store {
         if parts.is_empty() {
             return Err(StoreError::DataMissing);
         }
-        let (len, segments) = plan(&parts, u64::MAX);
+        let (len, segments) = cover(&parts, u64::MAX);
         // Bytes already in multipart parts cannot be read before completion: never hand the
         // application a shortened upload (only a vdir that gained notification mid-session:
         // the engine writes toward the destination only without notification).
@@ -1805,173 +1678,14 @@ impl DataStore for S3Store {
         &self,
         dest: &Destination,
     ) -> Result<Option<Box<dyn PublishedFile>>, StoreError> {
-        let Some(key) = self.published_key(dest) else {
-            return Ok(None);
-        };
-        let meta = match self.store.head(&key).await {
-            Ok(meta) => meta,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(os_err(e)),
-        };
-        Ok(Some(Box::new(PublishedObject {
-            store: self.store.clone(),
-            rep: object_representation(&meta),
-            key,
-            e_tag: meta.e_tag,
-            version: meta.version,
-        })))
-    }
-}
-
-/// Bytes of a published object fetched per GET: each GET must finish within
-/// `request_timeout`, and it is read only as fast as the downloading client reads, so a
-/// whole large file is never one request.
-const READ_WINDOW: u64 = 8 << 20;
-
-impl S3Store {
-    /// The key a download of `dest` may read, or `None` for a name that is never served: the
-    /// root itself, a temporary name, or anything below the session objects (a vdir root may
-    /// not overlap them, see the config check; this holds even if it did).
-    fn published_key(&self, dest: &Destination) -> Option<Path> {
-        if super::is_internal_name(&dest.path) || dest.path.split('/').all(str::is_empty) {
-            return None;
-        }
-        let key = Self::dest_key(dest).ok()?;
-        (!key.prefix_matches(&self.sessions())).then_some(key)
-    }
-}
-
-/// HTTP's view of an object: S3's ETag (an MD5 or multipart digest, strong and quoted) and
-/// `Last-Modified`. A store that sends no ETag gets one made of size and time.
-fn object_representation(meta: &object_store::ObjectMeta) -> Representation {
-    let secs = meta.last_modified.timestamp();
-    let etag = match meta.e_tag.as_deref() {
-        Some(t) if t.starts_with('"') => t.to_string(),
-        Some(t) if !t.is_empty() => format!("\"{t}\""),
-        _ => format!("\"{:x}-{:x}\"", meta.size, secs.max(0)),
-    };
-    Representation::at_unix_seconds(meta.size, secs, etag)
-}
-
-/// A published object as one HEAD found it.
-struct PublishedObject {
-    store: Arc<AmazonS3>,
-    key: Path,
-    rep: Representation,
-    /// Sent as `If-Match` (and the version, on a versioned bucket) with every ranged GET, so
-    /// an object replaced meanwhile fails the read instead of mixing two versions in one
-    /// answer.
-    e_tag: Option<String>,
-    version: Option<String>,
-}
-
-impl PublishedObject {
-    async fn get(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError> {
-        let got = get_window(
-            self.store.clone(),
-            self.key.clone(),
-            self.e_tag.clone(),
-            self.version.clone(),
-            range,
-        )
-        .await
-        .map_err(os_err)?;
-        Ok(Box::new(SyncStream(Mutex::new(got))))
-    }
-}
-
-async fn get_window(
-    store: Arc<AmazonS3>,
-    key: Path,
-    e_tag: Option<String>,
-    version: Option<String>,
-    range: std::ops::Range<u64>,
-) -> Result<BoxStream<'static, io::Result<Bytes>>, object_store::Error> {
-    let opts = GetOptions {
-        range: Some(GetRange::Bounded(range)),
-        if_match: e_tag,
-        version,
-        ..GetOptions::default()
-    };
-    let got = store.get_opts(&key, opts).await?;
-    Ok(got.into_stream().map_err(io::Error::from).boxed())
-}
-
-#[async_trait]
-impl PublishedFile for PublishedObject {
-    fn representation(&self) -> &Representation {
-        &self.rep
-    }
-
-    /// The first window is requested before returning, so a failure can still become an
-    /// error status; later windows are requested as the body reaches them.
-    async fn read(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError> {
-        let range = range.start..range.end.min(self.rep.len);
-        if range.is_empty() {
-            return Ok(Box::new(stream::empty()));
-        }
-        let first_end = range.end.min(range.start.saturating_add(READ_WINDOW));
-        let first = self.get(range.start..first_end).await?;
-        if first_end == range.end {
-            return Ok(first);
-        }
-        let (store, key, e_tag, version) = (
-            self.store.clone(),
-            self.key.clone(),
-            self.e_tag.clone(),
-            self.version.clone(),
-        );
-        let windows = (first_end..range.end)
-            .step_by(READ_WINDOW as usize)
-            .map(move |s| s..s.saturating_add(READ_WINDOW).min(range.end));
-        let rest = stream::iter(windows)
-            .then(move |w| {
-                get_window(
-                    store.clone(),
-                    key.clone(),
-                    e_tag.clone(),
-                    version.clone(),
-                    w,
-                )
-            })
-            .map_err(io::Error::from)
-            .try_flatten();
-        Ok(Box::new(SyncStream(Mutex::new(first.chain(rest).boxed()))))
+        self.open_published_object(dest).await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::config::{default_region, default_request_timeout, default_retry_timeout};
     use super::*;
-
-    fn part(offset: u64, len: u64) -> Part {
-        Part {
-            path: Path::from(format!("p/{offset}-{len}")),
-            offset,
-            len,
-        }
-    }
-
-    fn sorted(mut parts: Vec<Part>) -> Vec<Part> {
-        parts.sort_by_key(|p| (p.offset, std::cmp::Reverse(p.len)));
-        parts
-    }
-
-    #[test]
-    fn plan_covers_contiguously() {
-        let parts = sorted(vec![part(0, 10), part(10, 5), part(30, 5)]);
-        assert_eq!(plan(&parts, u64::MAX).0, 15);
-        let parts = sorted(vec![part(0, 10), part(5, 20), part(3, 4), part(25, 1)]);
-        let (covered, segs) = plan(&parts, u64::MAX);
-        assert_eq!(covered, 26);
-        let spans: Vec<_> = segs.iter().map(|s| (s.skip, s.take)).collect();
-        assert_eq!(spans, vec![(0, 10), (5, 15), (0, 1)]);
-        let (covered, segs) = plan(&parts, 12);
-        assert_eq!(covered, 12);
-        assert_eq!(segs.iter().map(|s| s.take).sum::<u64>(), 12);
-        assert_eq!(plan(&sorted(vec![part(1, 10)]), u64::MAX).0, 0);
-        assert_eq!(plan(&[], u64::MAX).0, 0);
-    }
 
     #[test]
     fn published_keys_are_the_raw_names() {
@@ -2113,12 +1827,5 @@ mod tests {
         // A part that does not start where the chain ends is not part of it.
         state.markers.insert(3, m(3, 14, 1));
         assert_eq!(state.chain().0, 15);
-    }
-
-    #[test]
-    fn part_names_round_trip() {
-        let name = format!("{:020}-{:020}-{}", 5u64, 7u64, "ab12");
-        assert_eq!(parse_part_name(&name), Some((5, 7)));
-        assert_eq!(parse_part_name("commit.tmp"), None);
     }
 }
