@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use crate::report::{Headline, Report};
 use crate::seaweed::SeaweedFs;
 use crate::server::Bitsd;
-use crate::wire::{create_session, Conn};
+use crate::wire::{close_session, create_session, Conn};
 
 /// One run's figures.
 struct Run {
@@ -174,17 +174,7 @@ fn upload(conn: &mut Conn, path: &str, total: u64, body: &[u8]) -> Result<Vec<f6
         }
         off += len;
     }
-    let closed = conn.post(
-        path,
-        &[
-            ("BITS-Packet-Type", "Close-Session"),
-            ("BITS-Session-Id", &sid),
-        ],
-        &[],
-    )?;
-    if closed.status != 200 {
-        bail!("Close-Session: HTTP {}", closed.status);
-    }
+    close_session(conn, path, &sid)?;
     Ok(acks)
 }
 

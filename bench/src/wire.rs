@@ -156,11 +156,16 @@ pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Re
         }
         off += len;
     }
+    close_session(client, path, &sid)
+}
+
+/// Close-Session; anything but 200 is an error.
+pub fn close_session(client: &mut impl Post, path: &str, sid: &str) -> Result<()> {
     let closed = client.post(
         path,
         &[
             ("BITS-Packet-Type", "Close-Session"),
-            ("BITS-Session-Id", &sid),
+            ("BITS-Session-Id", sid),
         ],
         &[],
     )?;
