@@ -276,7 +276,12 @@ impl Engine {
     /// write's part existed, so it is deleted now (else it would stay, uncounted, until the
     /// tombstone goes) and the fragment is answered as for an ended session. A record changed
     /// in any other way lost a race to another node, as the conditional save would report.
+    /// On a store only this node writes, nothing else can have changed it (the session lock
+    /// serialises this node's requests): no read.
     pub(super) async fn check_unchanged(&self, loaded: &SessionRecord) -> Result<(), BitsError> {
+        if !self.shared_store() {
+            return Ok(());
+        }
         match self.sessions.load(loaded.id).await? {
             Some(now) if now == *loaded => Ok(()),
             Some(now) if now.state.is_open() => Err(BitsError::Storage(StoreError::Conflict(

@@ -245,9 +245,6 @@ impl SessionStore for FsStore {
 /// file system; such files are never served.
 pub(crate) const PARTIAL_PREFIX: &str = ".bits-partial-";
 
-/// Kept under this name for callers that predate the backend-neutral one.
-pub use super::is_internal_name;
-
 /// Whether the kernel lacks `openat2` (Linux < 5.6, or a seccomp filter that hides it); then
 /// [`open_beneath`] walks component by component.
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
@@ -875,7 +872,7 @@ impl DataStore for FsStore {
         &self,
         dest: &Destination,
     ) -> Result<Option<Box<dyn PublishedFile>>, StoreError> {
-        if is_internal_name(&dest.path) {
+        if super::is_internal_name(&dest.path) {
             return Ok(None);
         }
         let Some(file) = open_published(Path::new(&dest.root), &dest.path).await? else {
