@@ -317,7 +317,7 @@ fn upload(addr: SocketAddr, path: &str, total: u64) -> Result<()> {
     let body: Vec<u8> = (0..FRAGMENT)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
-    crate::wire::upload(&mut Conn::open(addr)?, path, total, &body)
+    crate::wire::upload(&mut Conn::open(addr)?, path, total, &body).map(drop)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use crate::report::{Headline, Report};
 use crate::seaweed::SeaweedFs;
 use crate::server::Bitsd;
-use crate::wire::{close_session, create_session, Conn};
+use crate::wire::{upload, Conn};
 
 /// One run's figures.
 struct Run {
@@ -148,34 +148,6 @@ pub fn publish(mib: u64, fragment_mib: u64, runs: usize) -> Result<Report> {
         target: "final <= 3 x median Fragment Ack, ingest >= 0.7 x raw PUT".to_string(),
         met: Some(met),
     }))
-}
-
-/// Uploads `total` bytes; returns each Fragment Ack's latency in ms (the last one publishes).
-fn upload(conn: &mut Conn, path: &str, total: u64, body: &[u8]) -> Result<Vec<f64>> {
-    let sid = create_session(conn, path)?;
-    let mut acks = Vec::new();
-    let mut off = 0u64;
-    while off < total {
-        let len = (body.len() as u64).min(total - off);
-        let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
-        let t = Instant::now();
-        let resp = conn.post(
-            path,
-            &[
-                ("BITS-Packet-Type", "Fragment"),
-                ("BITS-Session-Id", &sid),
-                ("Content-Range", &range),
-            ],
-            &body[..len as usize],
-        )?;
-        acks.push(t.elapsed().as_secs_f64() * 1e3);
-        if resp.status != 200 {
-            bail!("fragment at {off}: HTTP {} {:?}", resp.status, resp.headers);
-        }
-        off += len;
-    }
-    close_session(conn, path, &sid)?;
-    Ok(acks)
 }
 
 /// One PUT of `file` to `key` with curl (SeaweedFS without identities takes it unsigned);

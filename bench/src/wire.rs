@@ -135,13 +135,15 @@ pub fn create_session(client: &mut impl Post, path: &str) -> Result<String> {
 }
 
 /// Create-Session, `total` bytes in fragments of `body.len()` (each fragment sends a prefix of
-/// `body`), Close-Session.
-pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Result<()> {
+/// `body`), Close-Session. Returns each Fragment Ack's latency in ms (the last one publishes).
+pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Result<Vec<f64>> {
     let sid = create_session(client, path)?;
+    let mut acks = Vec::new();
     let mut off = 0u64;
     while off < total {
         let len = (body.len() as u64).min(total - off);
         let range = format!("bytes {}-{}/{}", off, off + len - 1, total);
+        let sent = std::time::Instant::now();
         let resp = client.post(
             path,
             &[
@@ -151,12 +153,14 @@ pub fn upload(client: &mut impl Post, path: &str, total: u64, body: &[u8]) -> Re
             ],
             &body[..len as usize],
         )?;
+        acks.push(sent.elapsed().as_secs_f64() * 1e3);
         if resp.status != 200 {
             bail!("fragment at {off}: HTTP {} {:?}", resp.status, resp.headers);
         }
         off += len;
     }
-    close_session(client, path, &sid)
+    close_session(client, path, &sid)?;
+    Ok(acks)
 }
 
 /// Close-Session; anything but 200 is an error.

@@ -678,8 +678,7 @@ struct Caller<'a> {
 
 /// Names the server keeps for itself below a vdir: the reply tree and temporary files.
 fn is_reserved_path(rel_path: &str) -> bool {
-    rel_path.split('/').next() == Some("BITS-Sessions")
-        || crate::store::is_internal_name(rel_path)
+    rel_path.split('/').next() == Some("BITS-Sessions") || crate::store::is_internal_name(rel_path)
 }
 
 /// Reads and drops the rest of a body (its length was bounded by the per-request limit).
