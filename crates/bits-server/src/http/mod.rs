@@ -94,10 +94,9 @@ impl Frontend {
             .get::<ConnInfo>()
             .cloned()
             .unwrap_or_default();
-        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
         match self
             .auth
-            .authenticate(index, vdir, &parts.headers, &conn, peer)
+            .authenticate(index, vdir, &parts.headers, &conn, peer_ip(parts))
             .await
         {
             // The scheme travels with the name: `basic:alice` is not `cert:alice`.
