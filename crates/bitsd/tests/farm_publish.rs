@@ -104,6 +104,13 @@ fn markers(weed: &seaweed::SeaweedFs, sid: &str) -> Vec<String> {
         .collect()
 }
 
+/// Create-Session on the node at `addr`; its session id.
+fn create(addr: &std::net::SocketAddr, path: &str) -> String {
+    let created = Conn::new(*addr).create(path);
+    created.assert_ack(200, None);
+    created.session()
+}
+
 fn get_through(node: &Server, path: &str) -> Response {
     Conn::new(node.addr).send("GET", path, &[], b"")
 }
@@ -119,9 +126,7 @@ fn fragments_through_alternating_nodes_publish_byte_identical() {
     // Four fast-path fragments and a short last one (read back at completion).
     let data = pattern(4 * FRAG + 3 * MIB + 17, 41);
     let path = "/upload/alt.bin";
-    let created = Conn::new(nodes[0].addr).create(path);
-    created.assert_ack(200, None);
-    let sid = created.session();
+    let sid = create(&nodes[0].addr, path);
     let total = data.len() as u64;
     for (i, chunk) in data.chunks(FRAG).enumerate() {
         let first = (i * FRAG) as u64;
@@ -167,9 +172,7 @@ fn racing_duplicate_fragments_on_two_nodes() {
     let total = data.len() as u64;
     for round in 0..2 {
         let path = format!("/upload/race{round}.bin");
-        let created = Conn::new(addrs[0]).create(&path);
-        created.assert_ack(200, None);
-        let sid = created.session();
+        let sid = create(&addrs[0], &path);
         let mut acked = 0u64;
         while acked < total {
             let at = acked as usize;
@@ -220,9 +223,7 @@ fn node_killed_mid_fragment_the_other_node_finishes() {
     let data = pattern(3 * FRAG, 43);
     let total = data.len() as u64;
     let path = "/upload/killed.bin";
-    let created = Conn::new(victim.addr).create(path);
-    created.assert_ack(200, None);
-    let sid = created.session();
+    let sid = create(&victim.addr, path);
     Conn::new(victim.addr)
         .fragment(path, &sid, 0, &data[..FRAG], total)
         .assert_ack(200, None);
@@ -269,9 +270,7 @@ fn cancel_aborts_the_multipart_upload() {
     let data = pattern(3 * FRAG, 44);
     let total = data.len() as u64;
     let path = "/upload/cancelled.bin";
-    let created = Conn::new(nodes[0].addr).create(path);
-    created.assert_ack(200, None);
-    let sid = created.session();
+    let sid = create(&nodes[0].addr, path);
     for i in 0..2 {
         Conn::new(nodes[i].addr)
             .fragment(
@@ -318,9 +317,7 @@ fn no_overwrite_destination_appearing_meanwhile_is_a_conflict() {
     let data = pattern(2 * FRAG + MIB, 45);
     let total = data.len() as u64;
     let path = "/keep/taken.bin";
-    let created = Conn::new(nodes[0].addr).create(path);
-    created.assert_ack(200, None);
-    let sid = created.session();
+    let sid = create(&nodes[0].addr, path);
     Conn::new(nodes[0].addr)
         .fragment(path, &sid, 0, &data[..FRAG], total)
         .assert_ack(200, None);
@@ -352,9 +349,7 @@ fn an_altered_upload_object_cannot_choose_where_bytes_are_published() {
     let data = pattern(2 * FRAG + MIB, 46);
     let total = data.len() as u64;
     let path = "/upload/honest.bin";
-    let created = Conn::new(node.addr).create(path);
-    created.assert_ack(200, None);
-    let sid = created.session();
+    let sid = create(&node.addr, path);
     Conn::new(node.addr)
         .fragment(path, &sid, 0, &data[..FRAG], total)
         .assert_ack(200, None);
