@@ -96,6 +96,21 @@ fn run_bounded(mut c: Command, limit: Duration) -> Output {
     }
 }
 
+/// A fake BITS server whose completing Fragment Ack names `reply_url` as `BITS-Reply-URL`.
+fn naming_reply_url(reply_url: &str) -> Fake {
+    let reply_url = reply_url.to_string();
+    scripted::<Emu>(move |r, e| {
+        if r.packet() == "Fragment" && Emu::completes(r) {
+            let mut resp = e.handle(r);
+            resp.headers
+                .push(("BITS-Reply-URL".into(), reply_url.clone()));
+            return Some(resp);
+        }
+        None
+    })
+    .0
+}
+
 fn auth_of(r: &Req) -> Option<&str> {
     r.header("Authorization")
 }
@@ -154,15 +169,7 @@ fn tls_front(backend: std::net::SocketAddr) -> (std::net::SocketAddr, String) {
 fn finding10_credentials_not_sent_to_a_foreign_reply_url() {
     let other = Fake::start(|_| Resp::new(200, &[]).body(b"reply".to_vec()));
     let reply_url = other.url("/r.bin");
-    let (fake, _) = scripted::<Emu>(move |r, e| {
-        if r.packet() == "Fragment" && Emu::completes(r) {
-            let mut resp = e.handle(r);
-            resp.headers
-                .push(("BITS-Reply-URL".into(), reply_url.clone()));
-            return Some(resp);
-        }
-        None
-    });
+    let fake = naming_reply_url(&reply_url);
     let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 1));
     let out = env.path("reply.out");
@@ -266,15 +273,7 @@ fn finding10_credentials_not_sent_to_a_host_id_host() {
 fn finding10_https_job_refuses_an_http_reply_url() {
     let plain = Fake::start(|_| Resp::new(200, &[]).body(b"reply".to_vec()));
     let reply_url = plain.url("/r.bin");
-    let (fake, _) = scripted::<Emu>(move |r, e| {
-        if r.packet() == "Fragment" && Emu::completes(r) {
-            let mut resp = e.handle(r);
-            resp.headers
-                .push(("BITS-Reply-URL".into(), reply_url.clone()));
-            return Some(resp);
-        }
-        None
-    });
+    let fake = naming_reply_url(&reply_url);
     let (front, ca) = tls_front(fake.addr);
     let env = Env::quiet();
     let ca_path = env.file("ca.pem", ca.as_bytes());
@@ -309,15 +308,7 @@ fn finding10_https_job_refuses_an_http_reply_url() {
 /// session is cancelled.
 #[test]
 fn finding10_file_reply_url_is_a_policy_refusal() {
-    let (fake, _) = scripted::<Emu>(move |r, e| {
-        if r.packet() == "Fragment" && Emu::completes(r) {
-            let mut resp = e.handle(r);
-            resp.headers
-                .push(("BITS-Reply-URL".into(), "file:///etc/passwd".into()));
-            return Some(resp);
-        }
-        None
-    });
+    let fake = naming_reply_url("file:///etc/passwd");
     let env = Env::quiet();
     let file = env.file("a.bin", &pattern(3000, 4));
     let out = env.path("reply.out");
