@@ -532,7 +532,8 @@ impl Engine {
             // Without notification nothing reads the upload back before it is published, so
             // the store may write it toward its destination: derived here from the
             // configuration, as publishing does, never taken from the record.
-            let toward = (vdir.notification_type == crate::config::NotificationType::None)
+            let toward = (self.data.writes_toward_destination()
+                && vdir.notification_type == crate::config::NotificationType::None)
                 .then(|| self.derive_destination(&mut rec).ok())
                 .flatten()
                 .map(|()| rec.destination.clone());

@@ -109,6 +109,10 @@ impl DataStore for Instrumented {
             .await
     }
 
+    fn writes_toward_destination(&self) -> bool {
+        self.data.writes_toward_destination()
+    }
+
     async fn write_for_destination(
         &self,
         id: SessionId,

@@ -227,6 +227,11 @@ pub trait DataStore: Send + Sync + 'static {
         let _ = dest;
         self.write(id, offset, len, body).await
     }
+    /// Whether [`DataStore::write_for_destination`] uses its destination (so the engine
+    /// derives one for every fragment only where it is used).
+    fn writes_toward_destination(&self) -> bool {
+        false
+    }
     /// Bytes physically present for the session (for crash recovery).
     async fn held(&self, id: SessionId) -> Result<u64, StoreError>;
     /// Publishes the first `total` bytes atomically at `dest`. Idempotent: calling it again after

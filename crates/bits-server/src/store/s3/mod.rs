@@ -1394,6 +1394,10 @@ impl DataStore for S3Store {
         self.write_standalone(id, offset, len, body, None).await
     }
 
+    fn writes_toward_destination(&self) -> bool {
+        true
+    }
+
     /// A fragment of at least 5 MiB that starts where the session's multipart parts end goes
     /// straight into parts of the multipart upload at `dest` (derived from the configuration
     /// by the engine); any other, or the rest of one whose next part number another node
