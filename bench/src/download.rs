@@ -13,6 +13,7 @@
 //!
 //! The target: a whole-file GET reaches at least 0.8 x the `cat` throughput.
 
+use crate::stats::median;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -78,11 +79,11 @@ pub fn run(mib: u64) -> Result<Report> {
     }
     drop(server);
     let (c, wire, whole, seq, par) = (
-        median(c),
-        median(wire),
-        median(whole),
-        median(seq),
-        median(par),
+        median(&c),
+        median(&wire),
+        median(&whole),
+        median(&seq),
+        median(&par),
     );
     let verdict = |v: f64| {
         if v / c >= TARGET {
@@ -159,11 +160,6 @@ pub fn run(mib: u64) -> Result<Report> {
             target: format!(">= {TARGET} x cat"),
             met: Some(whole / c >= TARGET),
         }))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {

@@ -25,8 +25,10 @@ mod report;
 mod seaweed;
 mod server;
 mod small;
+mod stats;
 mod wire;
 
+use crate::stats::median;
 use std::path::Path;
 use std::time::Instant;
 
@@ -340,11 +342,6 @@ fn print(report: Result<report::Report>) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn durability(
     mib: u64,
     fragment_mib: u64,
@@ -367,7 +364,7 @@ fn durability(
             unsafe_[run]
         );
     }
-    let (dd, safe, unsafe_) = (median(dd), median(safe), median(unsafe_));
+    let (dd, safe, unsafe_) = (median(&dd), median(&safe), median(&unsafe_));
     let mut out = String::new();
     out.push_str("| mode | MiB/s | ratio vs dd conv=fsync |\n|---|---|---|\n");
     out.push_str(&format!("| dd bs=8M conv=fsync | {dd:.0} | 1.00 |\n"));

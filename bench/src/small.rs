@@ -6,6 +6,7 @@
 //! latency of each packet type (every request is timed), and the ratio against the target of
 //! 2000 uploads/s.
 
+use crate::stats::{median, percentile};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Barrier;
@@ -111,10 +112,10 @@ pub fn run(
         .zip(&server_secs)
         .map(|(b, s)| b / s)
         .collect();
-    let baseline = (!base_secs.is_empty()).then(|| median(base_secs.clone()));
-    let secs = median(server_secs.clone());
+    let baseline = (!base_secs.is_empty()).then(|| median(&base_secs));
+    let secs = median(&server_secs);
     // The ratio of each round, then their median: robust to drift between rounds.
-    let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
+    let ratio = (!ratios.is_empty()).then(|| median(&ratios));
     if let Some(server) = server {
         drop(server);
         let published = std::fs::read_dir(dir.path().join("uploads"))?.count();
@@ -153,13 +154,12 @@ pub fn run(
         ("Fragment", lat.fragment),
         ("Close-Session", lat.close),
     ] {
-        let v = sorted(v);
         out.push_str(&format!(
             "| {name} | {} | {:.2} | {:.2} | {:.2} |\n",
             v.len(),
             percentile(&v, 0.50) * 1e3,
             percentile(&v, 0.99) * 1e3,
-            v.last().copied().unwrap_or(0.0) * 1e3
+            percentile(&v, 1.0) * 1e3
         ));
     }
     out.push_str(&format!(
@@ -294,11 +294,6 @@ fn run_clients(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// `clients` threads write `uploads` files of `body` the way a crash-safe server publishes an
 /// upload — temporary file, write, `fdatasync`, rename into place, `fsync` of the directory —
 /// in a directory on the same file system. Seconds for all of them.
@@ -336,20 +331,6 @@ fn durable_files_baseline(dir: &Path, uploads: usize, clients: usize, body: &[u8
     let secs = started.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&base)?;
     Ok(secs)
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v
-}
-
-/// Nearest-rank percentile of sorted values (0 for none).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Create-Session, one Fragment with all of `body`, Close-Session; each request timed.

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+/// Bodies up to this size are sent in one write with the request head.
+const SMALL_BODY: usize = 64 << 10;
+
 pub const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
 
 pub struct Response {
@@ -48,8 +51,8 @@ impl Conn {
         })
     }
 
-    /// One BITS_POST; reads the whole response (head and any body). Head and body go out in
-    /// one write so a small request is one segment.
+    /// One BITS_POST; reads the whole response (head and any body). A small request goes out
+    /// in one write (one segment); a large body is written from where it lies, not copied.
     pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
         let addr = self.addr;
         let mut req = format!(
@@ -61,8 +64,14 @@ impl Conn {
             req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
         req.extend_from_slice(b"\r\n");
-        req.extend_from_slice(body);
-        self.stream.get_mut().write_all(&req)?;
+        if body.len() <= SMALL_BODY {
+            req.extend_from_slice(body);
+            self.stream.get_mut().write_all(&req)?;
+        } else {
+            let stream = self.stream.get_mut();
+            stream.write_all(&req)?;
+            stream.write_all(body)?;
+        }
         let mut line = String::new();
         if self.stream.read_line(&mut line)? == 0 {
             bail!("{addr} closed the connection");

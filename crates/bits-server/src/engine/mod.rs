@@ -549,7 +549,11 @@ impl Engine {
                         .await
                 }
             };
-            if outcome.durable > 0 {
+            // A fragment answered through `save_claim` learns there (its conditional save
+            // fails) that another node changed or ended the session; any other is checked now.
+            let publishes_unsaved = rec.total == Some(rec.received + outcome.durable)
+                && vdir.notification_type == crate::config::NotificationType::None;
+            if outcome.durable > 0 && (outcome.error.is_some() || publishes_unsaved) {
                 self.check_unchanged(&loaded).await?;
             }
             let before = rec.received;

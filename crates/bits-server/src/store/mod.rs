@@ -243,7 +243,10 @@ pub trait DataStore: Send + Sync + 'static {
         dest: &Destination,
         overwrite: bool,
     ) -> Result<(), StoreError>;
-    /// Drops the session's copy of an upload once its publication is recorded.
+    /// Drops the session's copy of an upload once its publication is recorded. A store may
+    /// finish this after returning (S3 deletes the parts in the background, so the completing
+    /// fragment's Ack does not wait for it): whatever is left, `discard` removes at Close,
+    /// Cancel or expiry.
     async fn release_upload(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
         let _ = (id, dest);
         Ok(())

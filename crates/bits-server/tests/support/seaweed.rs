@@ -15,6 +15,8 @@ pub struct SeaweedFs {
     /// `http://127.0.0.1:<s3 port>`
     pub endpoint: String,
     pub bucket: String,
+    /// The filer's port: where SeaweedFS keeps multipart uploads in progress.
+    filer: u16,
     dir: tempfile::TempDir,
 }
 
@@ -74,6 +76,7 @@ impl SeaweedFs {
             child,
             endpoint: format!("http://127.0.0.1:{s3}"),
             bucket: bucket.to_string(),
+            filer,
             dir,
         };
         // The S3 port answers before the filer behind it is ready: retry the bucket creation.
@@ -99,6 +102,21 @@ impl SeaweedFs {
             std::thread::sleep(Duration::from_millis(300));
         }
         Ok(me)
+    }
+
+    /// Multipart uploads begun in the bucket and neither completed nor aborted (SeaweedFS
+    /// keeps each as a directory below `/buckets/<bucket>/.uploads/`), with their parts.
+    #[allow(dead_code)]
+    pub fn pending_uploads(&self) -> Vec<String> {
+        let path = format!("/buckets/{}/.uploads/", self.bucket);
+        let text = http_get(self.filer, &path).unwrap_or_else(|e| panic!("listing {path}: {e}"));
+        // The filer lists a directory as JSON with one `"FullPath"` per entry (and `null`
+        // entries for an empty or missing one).
+        text.split("\"FullPath\":\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn log_tail(&self) -> String {
@@ -204,6 +222,23 @@ fn free_ports() -> [u16; 4] {
 }
 
 /// A bare HTTP/1.1 `PUT` with an empty body; the status code.
+/// The body of `GET path` on the loopback `port`, asking for JSON.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string())
+}
+
 fn http_put(port: u16, path: &str) -> std::io::Result<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;

@@ -70,6 +70,7 @@ use serde::{Deserialize, Serialize};
 mod config;
 mod parts;
 mod read;
+mod streamed;
 
 pub use config::S3Config;
 use parts::{cover, cover_from, parse_part_name, Part, Segment};
@@ -120,9 +121,12 @@ pub struct S3Store {
     budget: Arc<BodyBudget>,
     /// How long a write waits for budget before going on beyond it (`body_idle_timeout`).
     budget_patience: Duration,
-    /// For the one request object_store cannot send: CompleteMultipartUpload with
-    /// `If-None-Match: *` (presigned by object_store, sent as is).
+    /// For the requests object_store cannot send, presigned by it and sent as is:
+    /// CompleteMultipartUpload with `If-None-Match: *`, and UploadPart with a streamed body.
+    /// It has no overall timeout (a streamed part lasts as long as its fragment body); each
+    /// request bounds its own wait for an answer by `request_timeout`.
     http: reqwest_s3::Client,
+    request_timeout: Duration,
     /// The multipart upload of sessions this node wrote to lately, and where its chain of
     /// parts ended then: saves listing `mp/` and reading `mp/upload` on every fragment.
     uploads: Mutex<HashMap<SessionId, Cached>>,
@@ -255,9 +259,9 @@ impl MpState {
 
 /// Why [`S3Store::stream_parts`] stopped before the end of its fragment.
 enum Stop {
-    /// The next part number is claimed for other bytes: this piece (read, holding its
-    /// budget) and the rest of the fragment become standalone parts.
-    Claimed(Bytes, Reservation),
+    /// The next part number is claimed for other bytes: the rest of the fragment becomes
+    /// standalone parts.
+    Claimed,
     Failed(StoreError),
 }
 
@@ -375,6 +379,27 @@ async fn settle(
     Ok(())
 }
 
+/// Deletes every object below `prefix`.
+async fn delete_below(store: &AmazonS3, prefix: &Path) -> Result<(), StoreError> {
+    let paths: Vec<Path> = store
+        .list(Some(prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(os_err)?;
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let mut deleted = store.delete_stream(stream::iter(paths.into_iter().map(Ok)).boxed());
+    while let Some(r) = deleted.next().await {
+        match r {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(os_err(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Makes an object_store stream `Sync` (as [`ByteStream`] requires): the stream is only ever
 /// polled through `&mut`, so the mutex is never locked.
 struct SyncStream(Mutex<BoxStream<'static, io::Result<Bytes>>>);
@@ -425,7 +450,7 @@ impl S3Store {
             .build()
             .map_err(|e| StoreError::Io(io::Error::new(ErrorKind::InvalidInput, e)))?;
         let http = reqwest_s3::Client::builder()
-            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
             .redirect(reqwest_s3::redirect::Policy::none())
             .retry(reqwest_s3::retry::never())
             .no_proxy()
@@ -439,6 +464,7 @@ impl S3Store {
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
             budget_patience: DEFAULT_BUDGET_PATIENCE,
             http,
+            request_timeout: cfg.request_timeout,
             uploads: Mutex::new(HashMap::new()),
         })
     }
@@ -530,26 +556,7 @@ impl S3Store {
 
     /// Deletes every object below `prefix`.
     async fn delete_below(&self, prefix: &Path) -> Result<(), StoreError> {
-        let paths: Vec<Path> = self
-            .store
-            .list(Some(prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(os_err)?;
-        if paths.is_empty() {
-            return Ok(());
-        }
-        let mut deleted = self
-            .store
-            .delete_stream(stream::iter(paths.into_iter().map(Ok)).boxed());
-        while let Some(r) = deleted.next().await {
-            match r {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(os_err(e)),
-            }
-        }
-        Ok(())
+        delete_below(&self.store, prefix).await
     }
 
     /// The session's fragment objects, sorted by offset.
@@ -976,9 +983,9 @@ impl S3Store {
     }
 
     /// Streams `len` bytes of `body` into parts `first..` of the upload, each piece (5–10
-    /// MiB) reserved from the body budget before it is read and given back once stored; the
-    /// claim of a part runs while its piece is read, and one piece is stored while the next
-    /// is read. Returns the bytes stored (contiguous from `offset`) and why it stopped early.
+    /// MiB) sent as it arrives ([`streamed::send_part`]) once its part number is claimed; the
+    /// claim of the next number runs while the previous part's answer comes. Returns the bytes
+    /// stored (contiguous from `offset`) and why it stopped early.
     #[allow(clippy::too_many_arguments)]
     async fn stream_parts(
         &self,
@@ -993,29 +1000,19 @@ impl S3Store {
     ) -> (u64, Option<Stop>) {
         let mut durable = 0u64;
         let mut at = offset;
-        let mut storing: Option<BoxFuture<'static, Result<Marker, StoreError>>> = None;
+        let mut answering: Option<BoxFuture<'static, Result<Marker, StoreError>>> = None;
         let mut stop = None;
         for (i, piece) in pieces(len).into_iter().enumerate() {
             let number = first + i;
-            let reading = futures_util::future::join(
-                self.claim(id, number, at, piece),
-                read_piece(
-                    body,
-                    carry,
-                    &self.budget,
-                    self.budget_patience,
-                    piece,
-                    piece,
-                ),
-            );
-            let ((claimed, (got, end)), stored) = match storing.take() {
-                Some(s) => {
-                    let (r, s) = futures_util::future::join(reading, s).await;
-                    (r, Some(s))
+            let claim = self.claim(id, number, at, piece);
+            let (claimed, answered) = match answering.take() {
+                Some(a) => {
+                    let (c, a) = futures_util::future::join(claim, a).await;
+                    (c, Some(a))
                 }
-                None => (reading.await, None),
+                None => (claim.await, None),
             };
-            match stored {
+            match answered {
                 Some(Ok(m)) => durable += m.len,
                 Some(Err(e)) => {
                     stop = Some(Stop::Failed(e));
@@ -1023,47 +1020,79 @@ impl S3Store {
                 }
                 None => {}
             }
-            match (got, end) {
-                (_, Some(End::Failed(e))) => {
+            match claimed {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    stop = Some(Stop::Claimed);
+                    break;
+                }
+                Err(e) => {
                     stop = Some(Stop::Failed(e));
                     break;
                 }
-                (_, Some(End::Eof)) | (None, None) => {
-                    stop = Some(Stop::Failed(early_end()));
+            }
+            let target = streamed::PartTarget {
+                http: &self.http,
+                store: &self.store,
+                key,
+                upload_id: &info.upload_id,
+                number,
+                answer_timeout: self.request_timeout,
+            };
+            match streamed::send_part(
+                target,
+                piece,
+                body,
+                carry,
+                &self.budget,
+                self.budget_patience,
+            )
+            .await
+            {
+                Ok(sent) => answering = Some(self.mark(id, number, at, piece, sent)),
+                Err(e) => {
+                    stop = Some(Stop::Failed(e));
                     break;
                 }
-                (Some((bytes, grant)), None) => match claimed {
-                    Ok(None) => {
-                        storing = Some(self.put_piece(
-                            id,
-                            key.clone(),
-                            info.upload_id.clone(),
-                            number,
-                            at,
-                            bytes.into(),
-                            Some(grant),
-                        ));
-                        at += piece;
-                    }
-                    Ok(Some(_)) => {
-                        stop = Some(Stop::Claimed(bytes, grant));
-                        break;
-                    }
-                    Err(e) => {
-                        stop = Some(Stop::Failed(e));
-                        break;
-                    }
-                },
             }
+            at += piece;
         }
-        if let Some(s) = storing {
-            match s.await {
+        if let Some(a) = answering {
+            match a.await {
                 Ok(m) => durable += m.len,
-                // A piece read after this one cannot be kept: durable bytes are contiguous.
+                // A part sent after this one cannot be kept: durable bytes are contiguous.
                 Err(e) => stop = Some(Stop::Failed(e)),
             }
         }
         (durable, stop)
+    }
+
+    /// Waits for the answer to part `number` (bytes `[offset, offset + len)`), then writes
+    /// its marker: the bytes count as held only once both are stored.
+    fn mark(
+        &self,
+        id: SessionId,
+        number: usize,
+        offset: u64,
+        len: u64,
+        sent: streamed::SentPart,
+    ) -> BoxFuture<'static, Result<Marker, StoreError>> {
+        let store = self.store.clone();
+        let mp_dir = self.mp_dir(id);
+        async move {
+            let marker = Marker {
+                number,
+                offset,
+                len,
+                etag: sent.etag().await?,
+            };
+            store
+                .put(&Self::below(&mp_dir, &marker.name()), PutPayload::new())
+                .await
+                .map_err(os_err)?;
+            Ok(marker)
+        }
+        .boxed()
     }
 
     /// CompleteMultipartUpload with `If-None-Match: *`, which object_store only sends for its
@@ -1101,6 +1130,7 @@ impl S3Store {
         let resp = self
             .http
             .post(url.as_str())
+            .timeout(self.request_timeout)
             .header("if-none-match", "*")
             .body(xml)
             .send()
@@ -1156,14 +1186,6 @@ impl S3Store {
             .await
             .map_err(StoreError::Io)?;
         Ok((chunks.into_iter().collect(), grant))
-    }
-
-    /// Deletes what a published session no longer needs: standalone parts and multipart
-    /// bookkeeping (the completed upload itself is gone).
-    async fn release_data(&self, id: SessionId) -> Result<(), StoreError> {
-        self.remember(id, None);
-        self.delete_below(&self.parts_dir(id)).await?;
-        self.delete_below(&self.mp_dir(id)).await
     }
 
     /// The body is stored as one object per piece of at most [`CHUNK`] bytes, each piece as
@@ -1428,7 +1450,7 @@ impl DataStore for S3Store {
         let (durable, stop) = self
             .stream_parts(id, &info, &key, first, offset, len, &mut body, &mut carry)
             .await;
-        let (bytes, grant) = match stop {
+        match stop {
             None => {
                 self.remember(
                     id,
@@ -1450,23 +1472,15 @@ impl DataStore for S3Store {
                     error: Some(e),
                 };
             }
-            Some(Stop::Claimed(bytes, grant)) => (bytes, grant),
-        };
-        self.remember(id, None);
-        // The piece already read goes first, then the rest of the body.
-        let at = offset + durable;
-        let n = bytes.len() as u64;
-        if let Err(e) = self.store_piece(id, at, bytes, grant).await {
-            return WriteOutcome {
-                durable,
-                error: Some(e),
-            };
+            Some(Stop::Claimed) => {}
         }
+        self.remember(id, None);
+        let at = offset + durable;
         let rest = self
-            .write_standalone(id, at + n, len - durable - n, body, carry)
+            .write_standalone(id, at, len - durable, body, carry)
             .await;
         WriteOutcome {
-            durable: durable + n + rest.durable,
+            durable: durable + rest.durable,
             error: rest.error,
         }
     }
@@ -1495,8 +1509,8 @@ impl DataStore for S3Store {
         let parts = self.parts(id).await?;
         let state = self.mp_state(id).await?;
         if self.published(&target, id).await? == Some(true) {
-            // Published by an earlier attempt: only clean up.
-            return self.release_data(id).await;
+            // Published by an earlier attempt (the engine releases the rest).
+            return Ok(());
         }
         if parts.is_empty() && state.markers.is_empty() {
             return Err(StoreError::DataMissing);
@@ -1576,7 +1590,26 @@ impl DataStore for S3Store {
                 return Err(e);
             }
         }
-        self.release_data(id).await
+        self.remember(id, None);
+        Ok(())
+    }
+
+    /// Deletes what a published session no longer needs (standalone parts and multipart
+    /// bookkeeping; the completed upload itself is gone) in the background: the completing
+    /// fragment's Ack does not wait for work that grows with the number of parts. If this
+    /// does not finish (a crash), Close-Session, Cancel-Session or expiry delete the rest.
+    async fn release_upload(&self, id: SessionId, _dest: &Destination) -> Result<(), StoreError> {
+        self.remember(id, None);
+        let store = self.store.clone();
+        let dirs = [self.parts_dir(id), self.mp_dir(id)];
+        tokio::spawn(async move {
+            for dir in dirs {
+                if let Err(e) = delete_below(&store, &dir).await {
+                    tracing::warn!(session = %id, error = %e, "could not delete the parts of a published upload; Close-Session or expiry will");
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
