@@ -159,6 +159,59 @@ fn fragments_through_alternating_nodes_publish_byte_identical() {
     assert!(!multipart_uploads(&weed).contains("uploads/alt.bin"));
 }
 
+/// Fragments under 5 MiB are packed into 8 MiB multipart parts as they arrive, through
+/// whichever node stores them: the completion reads back only the tail, not the whole upload.
+#[test]
+fn small_fragments_are_packed_into_parts_as_they_arrive() {
+    let weed = seaweed::SeaweedFs::start("bits-publish-pack");
+    let config = node_config(&weed);
+    let nodes = [
+        Server::start_with(&config, false),
+        Server::start_with(&config, false),
+    ];
+    let data = pattern(20 * MIB + 123, 43);
+    let path = "/upload/packed.bin";
+    let sid = create(&nodes[0].addr, path);
+    let total = data.len() as u64;
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        let first = (i * MIB) as u64;
+        let r = Conn::new(nodes[i % 2].addr).fragment(path, &sid, first, chunk, total);
+        r.assert_ack(200, None);
+        match i {
+            // 7 MiB held: nothing packed yet, no multipart upload begun.
+            6 => {
+                assert!(markers(&weed, &sid).is_empty());
+                assert!(!multipart_uploads(&weed).contains("uploads/packed.bin"));
+            }
+            // 17 MiB held: two 8 MiB parts packed, the rest standalone.
+            16 => {
+                let mut m = markers(&weed, &sid);
+                m.sort();
+                assert_eq!(m.len(), 2, "{m:?}");
+                assert!(m[0].contains("p00001-00000000000000000000-00000000000008388608-"));
+                assert!(m[1].contains("p00002-00000000000008388608-00000000000008388608-"));
+                assert!(get_object(&weed, "uploads/packed.bin").is_none());
+            }
+            _ => {}
+        }
+    }
+    let got = get_through(&nodes[1], path);
+    assert!(
+        got.status == 200 && got.body == data,
+        "published bytes differ"
+    );
+    Conn::new(nodes[1].addr)
+        .close(path, &sid)
+        .assert_ack(200, None);
+    let dir = format!("spool/sessions/{}", session_key(&sid));
+    let left: Vec<_> = keys(&weed, &dir)
+        .into_iter()
+        .filter(|k| !k.ends_with("meta.json"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!multipart_uploads(&weed).contains("uploads/packed.bin"));
+}
+
 #[test]
 fn racing_duplicate_fragments_on_two_nodes() {
     let weed = seaweed::SeaweedFs::start("bits-publish-race");

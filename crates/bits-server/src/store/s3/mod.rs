@@ -1095,6 +1095,84 @@ impl S3Store {
         .boxed()
     }
 
+    /// Packs the standalone bytes after the multipart chain into further parts of
+    /// [`PACK_PART`] bytes once that many are held, so fragments under 5 MiB do not leave the
+    /// whole upload to be read back at the completion (which then packs less than three
+    /// [`PACK_PART`]s). `offset..upto` is what the fragment just stored. The chain end is known
+    /// from this node's cache; without it `mp/` is listed only when the fragment crossed a
+    /// multiple of [`PACK_PART`], and the multipart upload is created only once there is a
+    /// part to put in it. A number claimed for other bytes (another node) stops packing.
+    async fn pack_ready(
+        &self,
+        id: SessionId,
+        key: &Path,
+        offset: u64,
+        upto: u64,
+    ) -> Result<(), StoreError> {
+        let cached = self.cached(id).filter(|c| c.info.key == key.as_ref());
+        let (info, mut end, mut number) = match cached {
+            Some(c) if upto < c.end.saturating_add(PACK_PART) => return Ok(()),
+            Some(c) => (c.info, c.end, c.next),
+            None if offset / PACK_PART == upto / PACK_PART => return Ok(()),
+            None => {
+                let state = self.mp_state(id).await?;
+                let (end, next, _) = state.chain();
+                let info = if state.upload {
+                    self.upload_info(id).await?
+                } else if upto >= end.saturating_add(PACK_PART) {
+                    Some(self.ensure_upload(id, key).await?)
+                } else {
+                    None
+                };
+                let Some(info) = info.filter(|i| i.key == key.as_ref()) else {
+                    return Ok(());
+                };
+                self.remember(
+                    id,
+                    Some(Cached {
+                        info: info.clone(),
+                        end,
+                        next,
+                    }),
+                );
+                (info, end, next)
+            }
+        };
+        if upto < end.saturating_add(PACK_PART) {
+            return Ok(());
+        }
+        let parts = self.parts(id).await?;
+        // The last number is left for the completion's tail.
+        while upto >= end + PACK_PART && number < MAX_PARTS {
+            if self.claim(id, number, end, PACK_PART).await?.is_some() {
+                self.remember(id, None);
+                return Ok(());
+            }
+            let (data, grant) = self.read_back(&parts, end, PACK_PART).await?;
+            self.put_piece(
+                id,
+                key.clone(),
+                info.upload_id.clone(),
+                number,
+                end,
+                data,
+                Some(grant),
+            )
+            .await?;
+            end += PACK_PART;
+            number += 1;
+            self.remember(
+                id,
+                Some(Cached {
+                    info: info.clone(),
+                    end,
+                    next: number,
+                }),
+            );
+        }
+        Ok(())
+    }
+
     /// CompleteMultipartUpload with `If-None-Match: *`, which object_store only sends for its
     /// own copies: presigned by it (so credentials and signing stay its business) and sent here.
     async fn complete_if_absent(
@@ -1444,7 +1522,15 @@ impl DataStore for S3Store {
             }
         };
         let Some((info, first)) = direct else {
-            return self.write_standalone(id, offset, len, body, None).await;
+            let outcome = self.write_standalone(id, offset, len, body, None).await;
+            let upto = offset + outcome.durable;
+            if outcome.durable > 0 {
+                if let Err(e) = self.pack_ready(id, &key, offset, upto).await {
+                    // The fragment is stored; the completion packs what is left.
+                    tracing::warn!(session = %id, error = %e, "could not pack standalone parts into the multipart upload");
+                }
+            }
+            return outcome;
         };
         let mut carry = None;
         let (durable, stop) = self
