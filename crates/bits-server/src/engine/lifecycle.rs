@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bits_proto::SessionId;
 
-use super::{now_ms, Engine};
+use super::Engine;
 use crate::error::BitsError;
 use crate::store::{SessionRecord, SessionState, StoreError};
 
@@ -92,7 +92,7 @@ impl Engine {
     /// request are skipped (they are not idle).
     pub async fn sweep(&self) -> Result<SweepReport, BitsError> {
         let mut report = SweepReport::default();
-        let now = now_ms();
+        let now = self.now_ms();
         let ttl = self.config.tombstone_ttl.as_millis() as u64;
         for id in self.sessions.list().await? {
             let Some(_guard) = self.locks.try_lock(id) else {
@@ -255,7 +255,7 @@ impl Engine {
         };
         match self.sessions.load(id).await {
             Ok(Some(mut rec)) if rec.state.is_open() => {
-                if self.is_expired(&rec, now_ms()) {
+                if self.is_expired(&rec, self.now_ms()) {
                     if let Err(e) = self.expire(&mut rec).await {
                         tracing::warn!(session = %id, error = %e, "could not expire an idle holder");
                     }

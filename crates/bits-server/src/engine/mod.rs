@@ -10,7 +10,6 @@ mod registry;
 mod reply;
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bits_proto::{Ack, ContentRange, Packet, ProtocolId, SessionId};
 use futures_util::StreamExt;
@@ -56,19 +55,14 @@ pub struct Engine {
     notifier: crate::notify::Notifier,
     metrics: Arc<crate::metrics::Metrics>,
     hooks: crate::hooks::Hooks,
+    /// Session timestamps: the system clock, or a test's.
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// Where this request reached the server: for building reply and notification URLs.
 pub(crate) struct Bases<'a> {
     pub public: &'a str,
     pub local: &'a str,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Engine {
@@ -98,7 +92,18 @@ impl Engine {
             notifier: crate::notify::Notifier::default(),
             metrics,
             hooks: crate::hooks::Hooks::default(),
+            clock: Arc::new(crate::clock::SystemClock),
         }
+    }
+
+    /// Takes session timestamps from `clock` (a test's [`crate::clock::ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Engine {
+        self.clock = clock;
+        self
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Delivery counters of the event hooks.
@@ -267,7 +272,7 @@ impl Engine {
             DestinationState::File if !vdir.allow_overwrites => return Err(conflict()),
             DestinationState::File | DestinationState::Absent => {}
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let rec = SessionRecord {
             id: SessionId::random(),
             vdir: vdir.prefix.clone(),
@@ -414,7 +419,7 @@ impl Engine {
         if rec.vdir != caller.vdir.prefix || !may_act(rec.owner.as_ref(), caller.identity) {
             return Err(BitsError::NotOwner);
         }
-        if rec.state.is_open() && self.is_expired(&rec, now_ms()) {
+        if rec.state.is_open() && self.is_expired(&rec, self.now_ms()) {
             self.expire(&mut rec).await?;
         }
         Ok(rec)
@@ -443,7 +448,7 @@ impl Engine {
             // WAIT_FOR_CLOSE: a retransmit is answered from the record, data untouched.
             SessionState::Committed => {
                 drain(body.as_mut()).await;
-                rec.last_activity = now_ms();
+                rec.last_activity = self.now_ms();
                 self.sessions.save(&rec).await?;
                 return Ok(Ack::ok()
                     .with_session(id)
@@ -474,7 +479,7 @@ impl Engine {
         // As stored, to tell after the data write whether another node changed it meanwhile.
         let loaded = rec.clone();
         rec.total = Some(range.total);
-        rec.last_activity = now_ms();
+        rec.last_activity = self.now_ms();
         if range.end() <= rec.received {
             drain(body.as_mut()).await;
         } else {
@@ -629,7 +634,7 @@ impl Engine {
     async fn finish(&self, rec: &mut SessionRecord, to: SessionState) -> Result<(), BitsError> {
         self.data.discard(rec.id).await?;
         rec.state = to;
-        rec.ended_at = Some(now_ms());
+        rec.ended_at = Some(self.now_ms());
         self.sessions.save_ended(rec).await?;
         let evicted = {
             let mut registry = self.registry();
