@@ -2,6 +2,7 @@
 //! behind across file systems, `upload_completed` on notification vdirs, a crash between the
 //! S3 commit and the record, and object keys that are the names the clients uploaded.
 
+#[path = "it/common/mod.rs"]
 mod common;
 use common::*;
 
@@ -10,7 +11,7 @@ mod seaweed;
 #[path = "../../bits-server/tests/support/seaweed_client.rs"]
 mod seaweed_client;
 
-#[path = "apps/axum_app.rs"]
+#[path = "it/apps/axum_app.rs"]
 mod app;
 
 use std::os::unix::fs::MetadataExt;

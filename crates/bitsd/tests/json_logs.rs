@@ -2,6 +2,7 @@
 //! every request line names its session and the client identity. Its own test binary, because
 //! it sets an environment variable the started server inherits.
 
+#[path = "it/common/mod.rs"]
 mod common;
 use common::*;
 

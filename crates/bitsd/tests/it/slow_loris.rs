@@ -3,8 +3,7 @@
 //! uploads proceed; a fragment body that stalls is abandoned after the body idle timeout and its
 //! session stays usable.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

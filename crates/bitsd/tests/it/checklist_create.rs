@@ -1,7 +1,6 @@
 //! Spec §18 checklist items 11–21: Create-Session.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const URL: &str = "/upload/a.bin";
 const OTHER: &str = "{11111111-1111-1111-1111-111111111111}";

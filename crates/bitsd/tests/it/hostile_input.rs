@@ -6,8 +6,7 @@
 //! pipelined behind a hostile one is never taken for part of it. Nothing is ever written outside
 //! the vdir root, and no hostile request creates anything inside it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Part of every name a traversal would create outside the root, so escapes can be found.
 const MARK: &str = "zz-bitsd-hostile-escape";

@@ -1,12 +1,10 @@
-mod common;
-use common::*;
+use crate::common::*;
 
 // Spec §18 checklist items 58–71: upload-reply and server-application notification (spec §9),
-// against an in-process axum app (tests/apps/axum_app.rs) and a Python app
-// (tests/apps/reply_app.py).
+// against an in-process axum app (tests/it/apps/axum_app.rs) and a Python app
+// (tests/it/apps/reply_app.py).
 
-#[path = "apps/axum_app.rs"]
-mod app;
+use crate::app;
 use app::{App, Behaviour};
 
 use std::io::{BufRead, BufReader};
@@ -908,7 +906,7 @@ struct PyApp {
 
 impl PyApp {
     fn start() -> PyApp {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/reply_app.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/reply_app.py");
         let mut child = Command::new("python3")
             .arg(script)
             .stdin(Stdio::null())

@@ -4,18 +4,13 @@
 //! after Close-Session. Then an upload-reply session spread over the surviving nodes, and every
 //! file read back from each surviving node by GET, by Range and by HEAD.
 
-mod common;
-use common::*;
+use crate::common::*;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-#[path = "../../bits-server/tests/support/seaweed.rs"]
-mod seaweed;
-#[path = "../../bits-server/tests/support/seaweed_client.rs"]
-mod seaweed_client;
+use crate::seaweed;
 
-#[path = "apps/axum_app.rs"]
-mod app;
+use crate::app;
 
 use std::time::Duration;
 

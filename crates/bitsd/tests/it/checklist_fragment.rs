@@ -1,7 +1,6 @@
 //! Spec §18 checklist items 22–42: Fragment processing (spec §7).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -2,12 +2,11 @@
 //! the bearer token, and the admin CLI (`bitsd sessions ...`, `bitsd gc`) run as processes
 //! against a real server.
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::process::{Command, Output};
 
-use common::{Response, Server, SESSION_NOT_FOUND};
+use crate::common::{Response, Server, SESSION_NOT_FOUND};
 
 /// The admin listener on a free loopback port (top-level inline table, so it fits the
 /// harness's split of top-level and vdir keys).

@@ -1,11 +1,9 @@
-mod common;
-use common::*;
+use crate::common::*;
 
 // Spec §18 checklist items 72–80: what BITS download jobs need from GET/HEAD (spec §15), on
 // published uploads and on upload-reply reply files.
 
-#[path = "apps/axum_app.rs"]
-mod app;
+use crate::app;
 use app::{App, Behaviour};
 
 use std::time::Duration;

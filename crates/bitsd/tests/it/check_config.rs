@@ -1,8 +1,7 @@
 //! `bitsd check-config`: every kind of broken config exits non-zero with a message that names
 //! the bad key, and the example configs in `packaging/config/` pass.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

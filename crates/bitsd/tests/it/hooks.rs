@@ -2,8 +2,7 @@
 //! with the SHA-256 of the upload (computed while the fragments streamed in, across a cut
 //! fragment and a restart) and a valid HMAC signature; a command hook gets every event kind.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -1,14 +1,13 @@
 //! TLS, authentication and authorization over real TLS with a generated test CA
 //! (checklist items 53–54), client certificates, per-user roots, and the limits.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::pki::{client_config, tls_table, Pki};
 use base64_free::basic;
-use common::pki::{client_config, tls_table, Pki};
 
 const E_ACCESSDENIED: (&str, &str) = ("0x80070005", "0x5");
 const URL: &str = "/upload/a.bin";

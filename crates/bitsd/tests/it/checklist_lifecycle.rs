@@ -1,7 +1,6 @@
 //! Spec §18 checklist items 43–52: Close, Cancel, timeout, restart, disabling uploads.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::{Duration, Instant};
 

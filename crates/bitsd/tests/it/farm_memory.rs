@@ -3,11 +3,9 @@
 //! concurrent 5 MB fragments, each its own session, keep the node's peak RSS bounded, and
 //! every upload still lands byte-identical.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-#[path = "../../bits-server/tests/support/seaweed.rs"]
-mod seaweed;
+use crate::seaweed;
 
 use std::sync::{Arc, Barrier};
 

@@ -3,13 +3,9 @@
 //! same GET/HEAD/Range/If-Range/ETag/multipart/304/416 behaviour as on the file system, and
 //! names the server keeps for itself are never served.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-#[path = "../../bits-server/tests/support/seaweed.rs"]
-mod seaweed;
-#[path = "../../bits-server/tests/support/seaweed_client.rs"]
-mod seaweed_client;
+use crate::seaweed;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};

@@ -1,8 +1,7 @@
 //! Running out of space: an error Ack (500 + ERROR_DISK_FULL), no file at the destination, and a
 //! session that completes once space is back.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

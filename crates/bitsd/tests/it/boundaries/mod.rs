@@ -2,9 +2,6 @@
 //! bitsd on loopback. One module per boundary; `docs/security.md` maps each row of the threat
 //! model to the test that holds it.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod auth;
 mod hooks;
 mod storage;

@@ -1,8 +1,7 @@
 //! A large upload in 8 MiB fragments: byte-identical result and bounded server memory.
 //! Size: `BITS_LARGE_UPLOAD_MIB` (default 256; the issue figure was taken with 1024).
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::Read;
 
 #[test]

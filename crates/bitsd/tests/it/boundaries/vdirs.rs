@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::{basic, check_config};
 use crate::common::pki::{client_config, tls_table, Pki};
 use crate::common::*;
-use crate::{basic, check_config};
 
 const E_ACCESSDENIED: (&str, &str) = ("0x80070005", "0x5");
 

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use std::time::{Duration, Instant};
 
+use super::{basic, basic_raw};
 use crate::common::*;
-use crate::{basic, basic_raw};
 
 /// `/secure/` needs Basic auth against `{root}/users`; `/upload/` is anonymous.
 fn two_vdirs(top: &str) -> String {

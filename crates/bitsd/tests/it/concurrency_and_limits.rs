@@ -1,7 +1,6 @@
 //! Concurrent requests for one session, session limits, and graceful shutdown.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::{Duration, Instant};
 

@@ -5,13 +5,9 @@
 //! multipart upload, a no-overwrite destination that appears meanwhile, and a session object
 //! altered in the bucket that tries to choose where the bytes are published.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-#[path = "../../bits-server/tests/support/seaweed.rs"]
-mod seaweed;
-#[path = "../../bits-server/tests/support/seaweed_client.rs"]
-mod seaweed_client;
+use crate::seaweed;
 
 use std::time::Duration;
 

@@ -2,8 +2,7 @@
 //! BITS download job resumes; server memory must not grow with the file size.
 //! Size: `BITS_LARGE_DOWNLOAD_MIB` (default 128; the issue figure was taken with 512).
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 

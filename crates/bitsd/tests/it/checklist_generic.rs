@@ -1,7 +1,6 @@
 //! Spec §18 checklist items 1–10: Ping and generic request validation.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const URL: &str = "/upload/a.bin";
 

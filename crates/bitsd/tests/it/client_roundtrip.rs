@@ -6,12 +6,10 @@
 //! line per fragment, one `download method=GET … status=…` line per GET) is the witness for
 //! what went over the wire.
 
-mod common;
-use common::pki::{tls_table, Issued, Pki};
-use common::*;
+use crate::common::pki::{tls_table, Issued, Pki};
+use crate::common::*;
 
-#[path = "apps/axum_app.rs"]
-mod app;
+use crate::app;
 
 use std::ops::ControlFlow;
 use std::path::Path;

@@ -3,13 +3,9 @@
 //! fragment stored on one node while another cancels the session must not leave its part in
 //! the bucket. Two bitsd nodes on one SeaweedFS bucket, `[storage] backend = "s3"`.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-#[path = "../../bits-server/tests/support/seaweed.rs"]
-mod seaweed;
-#[path = "../../bits-server/tests/support/seaweed_client.rs"]
-mod seaweed_client;
+use crate::seaweed;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

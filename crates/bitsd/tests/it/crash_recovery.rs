@@ -3,8 +3,7 @@
 //! and that the server never holds fewer bytes than it has acknowledged.
 //! `BITS_CRASH_UPLOADS` sets the number of uploads (default 60).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

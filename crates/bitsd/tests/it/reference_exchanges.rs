@@ -2,8 +2,7 @@
 //! (header set and order of the [MC-BUP §4.1] capture, spec §3.2–3.4), asserting every
 //! response header the spec shows.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const PATH: &str = "/upload/f.txt";
 

@@ -1,0 +1,39 @@
+//! bitsd's integration tests, one binary: each module talks HTTP to a real `bitsd` process on
+//! loopback (`common`), S3 ones to their own SeaweedFS. Only tests that change this process's
+//! environment for the child they start (`json_logs`, `farm_bugs`) are binaries of their own.
+//! Engine behaviour that needs no process runs in-process in `crates/bits-server/tests/engine`.
+
+#[path = "apps/axum_app.rs"]
+mod app;
+mod common;
+#[path = "../../../bits-server/tests/support/seaweed.rs"]
+mod seaweed;
+#[path = "../../../bits-server/tests/support/seaweed_client.rs"]
+mod seaweed_client;
+
+mod admin;
+mod boundaries;
+mod check_config;
+mod checklist_create;
+mod checklist_fragment;
+mod checklist_generic;
+mod checklist_lifecycle;
+mod client_roundtrip;
+mod concurrency_and_limits;
+mod crash_recovery;
+mod disk_full;
+mod downloads;
+mod farm;
+mod farm_consistency;
+mod farm_downloads;
+mod farm_memory;
+mod farm_publish;
+mod hooks;
+mod hostile_input;
+mod large_download;
+mod large_upload;
+mod reference_exchanges;
+mod security;
+mod slow_loris;
+mod smoke;
+mod upload_reply;
