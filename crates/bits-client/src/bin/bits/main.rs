@@ -3,6 +3,7 @@
 
 mod display;
 mod report;
+mod jobs;
 mod run;
 
 use std::path::PathBuf;

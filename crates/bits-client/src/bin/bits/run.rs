@@ -19,6 +19,7 @@ use bits_client::{
 use serde_json::{json, Value};
 
 use crate::display::Display;
+use crate::jobs::{cancel, list_jobs, resume};
 use crate::report::{self, Failure, Output};
 use crate::{Command, Opts};
 
@@ -50,7 +51,7 @@ pub async fn main(cli: crate::Cli) -> u8 {
 // ---------------------------------------------------------------------------------------------
 // Building blocks
 
-fn finish(out: Output, context: Value, result: Result<(Value, String, bool), Failure>) -> u8 {
+pub(crate) fn finish(out: Output, context: Value, result: Result<(Value, String, bool), Failure>) -> u8 {
     match result {
         Ok((value, line, to_stderr)) => {
             out.success(value, &line, to_stderr);
@@ -63,7 +64,7 @@ fn finish(out: Output, context: Value, result: Result<(Value, String, bool), Fai
     }
 }
 
-fn parse_url(s: &str) -> Result<Url, Failure> {
+pub(crate) fn parse_url(s: &str) -> Result<Url, Failure> {
     let url = Url::parse(s).map_err(|e| Failure::usage(format!("{s}: not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Failure::usage(format!(
@@ -73,7 +74,7 @@ fn parse_url(s: &str) -> Result<Url, Failure> {
     Ok(url)
 }
 
-fn store(opts: &Opts) -> Result<JobStore, Failure> {
+pub(crate) fn store(opts: &Opts) -> Result<JobStore, Failure> {
     let dir = opts
         .state_dir
         .clone()
@@ -109,7 +110,7 @@ fn password(user: &str) -> Result<String, Failure> {
 }
 
 /// What the command line says, falling back to what the job remembers.
-fn merged_settings(opts: &Opts, saved: &JobSettings) -> Result<JobSettings, Failure> {
+pub(crate) fn merged_settings(opts: &Opts, saved: &JobSettings) -> Result<JobSettings, Failure> {
     let abs = |p: &Option<PathBuf>| p.as_deref().map(absolute).transpose();
     Ok(JobSettings {
         user: opts.user.clone().or_else(|| saved.user.clone()),
@@ -120,7 +121,7 @@ fn merged_settings(opts: &Opts, saved: &JobSettings) -> Result<JobSettings, Fail
     })
 }
 
-fn client(opts: &Opts, settings: &JobSettings, url: &Url) -> Result<Client, Failure> {
+pub(crate) fn client(opts: &Opts, settings: &JobSettings, url: &Url) -> Result<Client, Failure> {
     let read = |p: &Path, what: &str| {
         std::fs::read(p).map_err(|e| Failure::usage(format!("{what} {}: {e}", p.display())))
     };
@@ -189,7 +190,7 @@ async fn stop_requested() {
 }
 
 /// Runs `f` unless a stop is requested first; the state on disk is then the last checkpoint.
-async fn interruptible<T>(f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+pub(crate) async fn interruptible<T>(f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
     tokio::select! {
         r = f => r,
         _ = stop_requested() => Err(Error::Interrupted),
@@ -330,7 +331,7 @@ async fn run_new(
     run_job(opts, out, store, job).await
 }
 
-fn lock(store: &JobStore, id: &str) -> Result<bits_client::job::JobLock, Failure> {
+pub(crate) fn lock(store: &JobStore, id: &str) -> Result<bits_client::job::JobLock, Failure> {
     match store.try_lock(id) {
         Ok(Some(l)) => Ok(l),
         Ok(None) => Err(Failure::plain(
@@ -342,7 +343,7 @@ fn lock(store: &JobStore, id: &str) -> Result<bits_client::job::JobLock, Failure
 }
 
 /// Runs a job to its end and cleans up after it.
-async fn run_job(
+pub(crate) async fn run_job(
     opts: &Opts,
     out: Output,
     store: &JobStore,
@@ -578,182 +579,4 @@ fn summary(job: &Job, v: &Value) -> String {
             d.dest.display()
         ),
     }
-}
-
-async fn resume(opts: &Opts, out: Output, ids: &[String]) -> u8 {
-    let context = json!({ "command": "resume" });
-    let store = match store(opts) {
-        Ok(s) => s,
-        Err(f) => return finish(out, context, Err(f)),
-    };
-    let (jobs, bad) = match store.list() {
-        Ok(l) => l,
-        Err(e) => return finish(out, context, Err(Failure::local(e.to_string()))),
-    };
-    for (path, e) in bad {
-        eprintln!("bits: skipping unreadable job {}: {e}", path.display());
-    }
-    let mut selected = Vec::new();
-    if ids.is_empty() {
-        selected = jobs;
-    } else {
-        for id in ids {
-            match jobs.iter().find(|j| &j.id == id) {
-                Some(j) => selected.push(j.clone()),
-                None => return finish(out, context, Err(Failure::usage(format!("no job {id}")))),
-            }
-        }
-    }
-    if selected.is_empty() {
-        return finish(
-            out,
-            context,
-            Ok((
-                json!({ "command": "resume", "jobs": 0 }),
-                "no unfinished jobs".into(),
-                false,
-            )),
-        );
-    }
-    let mut code = report::OK;
-    for job in selected {
-        let ctx = json!({ "command": job.command, "job": job.id });
-        let result = async {
-            let _lock = lock(&store, &job.id)?;
-            // Re-read under the lock: another process may have finished it meanwhile.
-            match store.load(&job.id) {
-                Ok(Some(current)) => run_job(opts, out, &store, current).await,
-                Ok(None) => Ok((
-                    json!({ "command": job.command, "job": job.id, "already_done": true }),
-                    format!("job {} is already done", job.id),
-                    false,
-                )),
-                Err(e) => Err(Failure::local(e.to_string())),
-            }
-        }
-        .await;
-        let c = finish(out, ctx, result);
-        if c == report::INTERRUPTED {
-            return c;
-        }
-        if code == report::OK {
-            code = c;
-        }
-    }
-    code
-}
-
-fn job_summary(job: &Job) -> Value {
-    match &job.transfer {
-        Transfer::Upload(u) => json!({
-            "id": job.id, "command": job.command, "url": u.url, "file": u.file,
-            "size": u.stamp.size, "acknowledged": u.acked,
-            "session": u.session.as_ref().map(|s| s.id.clone()),
-        }),
-        Transfer::Download(d) => json!({
-            "id": job.id, "command": job.command, "url": d.url, "file": d.dest,
-            "size": d.remote.as_ref().map(|r| r.size), "received": d.received(),
-        }),
-    }
-}
-
-fn list_jobs(opts: &Opts, out: Output) -> u8 {
-    let context = json!({ "command": "jobs" });
-    let result = (|| {
-        let store = store(opts)?;
-        let (jobs, _) = store.list().map_err(|e| Failure::local(e.to_string()))?;
-        let list: Vec<Value> = jobs.iter().map(job_summary).collect();
-        let mut lines = Vec::new();
-        for v in &list {
-            let done = v
-                .get("acknowledged")
-                .or_else(|| v.get("received"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let size = v
-                .get("size")
-                .and_then(Value::as_u64)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "?".into());
-            lines.push(format!(
-                "{}  {:<12} {done}/{size}  {}  {}",
-                v["id"].as_str().unwrap_or(""),
-                v["command"].as_str().unwrap_or(""),
-                v["file"].as_str().unwrap_or(""),
-                v["url"].as_str().unwrap_or("")
-            ));
-        }
-        let text = if lines.is_empty() {
-            "no unfinished jobs".to_string()
-        } else {
-            lines.join("\n")
-        };
-        Ok((json!({ "command": "jobs", "jobs": list }), text, false))
-    })();
-    finish(out, context, result)
-}
-
-async fn cancel(opts: &Opts, out: Output, ids: &[String], all: bool) -> u8 {
-    let context = json!({ "command": "cancel" });
-    let result = async {
-        if ids.is_empty() != all {
-            return Err(Failure::usage("name the jobs to cancel, or --all"));
-        }
-        let store = store(opts)?;
-        let (jobs, _) = store.list().map_err(|e| Failure::local(e.to_string()))?;
-        let selected: Vec<Job> = if all {
-            jobs
-        } else {
-            let mut v = Vec::new();
-            for id in ids {
-                v.push(
-                    jobs.iter()
-                        .find(|j| &j.id == id)
-                        .cloned()
-                        .ok_or_else(|| Failure::usage(format!("no job {id}")))?,
-                );
-            }
-            v
-        };
-        let mut cancelled = Vec::new();
-        for mut job in selected {
-            let _lock = lock(&store, &job.id)?;
-            if let Transfer::Upload(u) = &mut job.transfer {
-                if u.session.is_some() {
-                    let settings = merged_settings(opts, &job.settings)?;
-                    let client = client(opts, &settings, &parse_url(&u.url)?)?;
-                    interruptible(client.cancel(u, &mut NoObserver))
-                        .await
-                        .map_err(|e| Failure::from(&e).with("job", json!(job.id)))?;
-                }
-            }
-            abandon_local(&store, &job);
-            cancelled.push(job.id.clone());
-        }
-        let n = cancelled.len();
-        Ok((
-            json!({ "command": "cancel", "cancelled": cancelled }),
-            format!("cancelled {n} job(s)"),
-            false,
-        ))
-    }
-    .await;
-    finish(out, context, result)
-}
-
-/// Deletes a job's local leftovers (no network).
-fn abandon_local(store: &JobStore, job: &Job) {
-    match &job.transfer {
-        Transfer::Download(d) => {
-            let _ = std::fs::remove_file(d.partial_path());
-        }
-        Transfer::Upload(u) => {
-            if job.settings.reply_to_stdout {
-                if let Some(p) = &u.reply_to {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-        }
-    }
-    let _ = store.remove(&job.id);
 }
