@@ -206,10 +206,16 @@ pub struct VdirConfig {
     pub conflict_status: ConflictStatus,
     /// Largest fragment body accepted in one request; larger ones get 413 so the client shrinks.
     pub max_fragment_size: u64,
-    /// Who may use this vdir: `anonymous`, `basic` (needs `users_file`) or `client_cert`.
+    /// Who may use this vdir: `anonymous`, `basic` or `ntlm` (need `users_file`), or
+    /// `client_cert`.
     pub auth: crate::auth::AuthMode,
-    /// Lines `name:$argon2id$...`, as written by `bitsd passwd`.
+    /// Lines `name:$argon2id$...` (Basic) and `name:$NT$<hex>` (NTLM), as written by
+    /// `bitsd passwd [--ntlm]`.
     pub users_file: Option<PathBuf>,
+    /// With `auth = "ntlm"`: the only domain a client may name (case-insensitive; a client
+    /// that names none is taken as this one), and the domain announced in the challenge.
+    /// Unset: any domain name is accepted, the user name alone decides.
+    pub ntlm_domain: Option<String>,
     /// Refuse requests that did not come over TLS (403).
     pub require_tls: bool,
     /// `BITSHostId`: this node's own reachable name, sent as `BITS-Host-Id` so the client keeps
@@ -332,6 +338,7 @@ impl Default for VdirConfig {
             max_fragment_size: 32 << 20,
             auth: crate::auth::AuthMode::Anonymous,
             users_file: None,
+            ntlm_domain: None,
             require_tls: false,
             host_id: None,
             host_id_fallback_timeout: 86_400,

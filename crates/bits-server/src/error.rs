@@ -37,7 +37,7 @@ pub enum BitsError {
     #[error("a newer request for this session took over")]
     Preempted,
     #[error("credentials missing or wrong")]
-    Unauthenticated,
+    Unauthenticated(crate::auth::Challenge),
     #[error("too many requests from this address")]
     RateLimited,
     #[error("too many open sessions")]

@@ -14,6 +14,7 @@ use crate::auth::AuthMode;
 pub enum Scheme {
     Basic,
     Cert,
+    Ntlm,
     /// A record written before principals carried their scheme (bare `alice`). It matches the
     /// same name under any scheme: such a session is still bound to its vdir, whose auth mode
     /// did not change unless the operator changed it.
@@ -25,6 +26,7 @@ impl Scheme {
         match self {
             Scheme::Basic => Some("basic"),
             Scheme::Cert => Some("cert"),
+            Scheme::Ntlm => Some("ntlm"),
             Scheme::Legacy => None,
         }
     }
@@ -35,6 +37,7 @@ impl Scheme {
             AuthMode::Anonymous => None,
             AuthMode::Basic => Some(Scheme::Basic),
             AuthMode::ClientCert => Some(Scheme::Cert),
+            AuthMode::Ntlm => Some(Scheme::Ntlm),
         }
     }
 }
@@ -69,7 +72,7 @@ impl Principal {
 
     /// Parses the stored form written by [`fmt::Display`].
     pub fn parse(text: &str) -> Principal {
-        for scheme in [Scheme::Basic, Scheme::Cert] {
+        for scheme in [Scheme::Basic, Scheme::Cert, Scheme::Ntlm] {
             if let Some(name) = scheme
                 .tag()
                 .and_then(|t| text.strip_prefix(t))

@@ -46,6 +46,10 @@ enum Command {
         user: String,
         #[arg(long)]
         password_stdin: bool,
+        /// Store the NT hash NTLM needs (`name:$NT$…`, password-equivalent) instead of an
+        /// argon2 hash for Basic.
+        #[arg(long)]
+        ntlm: bool,
     },
     /// Administer the sessions of a running server through its admin listener.
     Sessions {
@@ -121,7 +125,8 @@ fn main() -> anyhow::Result<()> {
             file,
             user,
             password_stdin,
-        }) => passwd::passwd(&file, &user, password_stdin),
+            ntlm,
+        }) => passwd::passwd(&file, &user, password_stdin, ntlm),
         Some(Command::Sessions { command, admin }) => {
             exit_on_error("sessions", admin_client::sessions(&admin, &command))
         }

@@ -1,10 +1,17 @@
-//! `bitsd passwd`: adds or replaces a user in a Basic-auth users file.
+//! `bitsd passwd [--ntlm]`: adds or replaces a user in a users file: an argon2 hash for Basic,
+//! or (`--ntlm`) the NT hash NTLM needs. A user may have both lines; each kind replaces only
+//! its own. An NT hash is password-equivalent for NTLM: the file stays private (0600).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-pub fn passwd(file: &std::path::Path, user: &str, from_stdin: bool) -> anyhow::Result<()> {
+pub fn passwd(
+    file: &std::path::Path,
+    user: &str,
+    from_stdin: bool,
+    ntlm: bool,
+) -> anyhow::Result<()> {
     if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
         anyhow::bail!("a user name must be non-empty and contain no ':' or control characters");
     }
@@ -22,7 +29,12 @@ pub fn passwd(file: &std::path::Path, user: &str, from_stdin: bool) -> anyhow::R
     if password.is_empty() {
         anyhow::bail!("empty password");
     }
-    let hash = bits_server::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+    let hash = if ntlm {
+        bits_server::auth::nt_hash_entry(&password)
+    } else {
+        bits_server::auth::hash_password(&password).map_err(anyhow::Error::msg)?
+    };
+    let is_nt = |entry: &str| entry.starts_with(bits_server::auth::NT_PREFIX);
     let existing = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -30,12 +42,20 @@ pub fn passwd(file: &std::path::Path, user: &str, from_stdin: bool) -> anyhow::R
     };
     let mut lines: Vec<String> = existing
         .lines()
-        .filter(|l| l.split_once(':').map(|(n, _)| n) != Some(user))
+        .filter(|l| match l.split_once(':') {
+            Some((n, entry)) => n != user || is_nt(entry) != ntlm,
+            None => true,
+        })
         .map(String::from)
         .collect();
     lines.push(format!("{user}:{hash}"));
     write_users_file(file, &(lines.join("\n") + "\n"))?;
-    println!("{}: {user} set", file.display());
+    let kind = if ntlm {
+        "NT hash (NTLM)"
+    } else {
+        "password (Basic)"
+    };
+    println!("{}: {kind} of {user} set", file.display());
     Ok(())
 }
 

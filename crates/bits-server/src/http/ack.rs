@@ -34,7 +34,7 @@ pub fn error_ack(err: &BitsError) -> Ack {
         BitsError::RangeGap { received } => Ack::status_only(416).with_received(*received),
         BitsError::UploadTooLarge { .. } => Ack::error(500, HResult::BG_E_TOO_LARGE, FILE),
         BitsError::FragmentTooLarge { .. } => Ack::error(413, HResult::http_error(413), FILE),
-        BitsError::Unauthenticated => Ack::status_only(401),
+        BitsError::Unauthenticated(_) => Ack::status_only(401),
         BitsError::SessionBusy
         | BitsError::Preempted
         | BitsError::SessionLimit
@@ -84,7 +84,10 @@ pub fn render(ack: &Ack, close: bool) -> Response {
     }
     match ack.status {
         401 => {
-            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(BASIC_CHALLENGE_HEADER),
+            );
         }
         503 => {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -94,15 +97,24 @@ pub fn render(ack: &Ack, close: bool) -> Response {
     resp
 }
 
-const CHALLENGE: &str = "Basic realm=\"bitsd\", charset=\"UTF-8\"";
+const BASIC_CHALLENGE_HEADER: &str = "Basic realm=\"bitsd\", charset=\"UTF-8\"";
 
-/// A 401 with the Basic challenge, for plain HTTP answers (downloads).
-pub fn challenge() -> Response {
+/// Sets the `WWW-Authenticate` of a 401 to what `challenge` asks for (render puts Basic's).
+pub fn set_challenge(resp: &mut Response, challenge: &crate::auth::Challenge) {
+    match HeaderValue::from_str(&challenge.header_value()) {
+        Ok(v) => {
+            resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+        }
+        Err(_) => tracing::error!("dropped a challenge that HTTP cannot carry"),
+    }
+}
+
+/// A 401 with `challenge`, for plain HTTP answers (downloads).
+pub fn challenge(challenge: &crate::auth::Challenge) -> Response {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::UNAUTHORIZED;
     resp.headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
-    resp.headers_mut()
         .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    set_challenge(&mut resp, challenge);
     resp
 }

@@ -95,5 +95,9 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
             code = %ack.error.map(|e| e.code.to_string()).unwrap_or_default(), error = %e, elapsed_ms, "bits"
         ),
     }
-    ack::render(&ack, !clean || parts.version != http::Version::HTTP_11)
+    let mut resp = ack::render(&ack, !clean || parts.version != http::Version::HTTP_11);
+    if let Err(BitsError::Unauthenticated(challenge)) = &result {
+        ack::set_challenge(&mut resp, challenge);
+    }
+    resp
 }

@@ -34,7 +34,7 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
     let vdir = &config.vdirs[target.vdir];
     let identity = match front.identify(target.vdir, vdir, req).await {
         Ok(identity) => identity,
-        Err(BitsError::Unauthenticated) => return super::ack::challenge(),
+        Err(BitsError::Unauthenticated(c)) => return super::ack::challenge(&c),
         Err(_) => return plain(StatusCode::FORBIDDEN),
     };
     fields.user = identity.as_ref().map(|p| p.to_string());

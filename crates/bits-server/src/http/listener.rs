@@ -94,6 +94,7 @@ pub async fn serve(
                     let info = ConnInfo {
                         tls: true,
                         cert_identity,
+                        ..ConnInfo::default()
                     };
                     drive(stream, app, peer, local, info, header_timeout, watcher).await
                 }

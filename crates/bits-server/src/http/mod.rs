@@ -104,7 +104,7 @@ impl Frontend {
                 crate::principal::Scheme::of(vdir.auth)
                     .map(|scheme| crate::principal::Principal::new(scheme, n))
             })),
-            AuthOutcome::Challenge => Err(BitsError::Unauthenticated),
+            AuthOutcome::Challenge(c) => Err(BitsError::Unauthenticated(c)),
             AuthOutcome::Forbidden => Err(BitsError::NotOwner),
             AuthOutcome::Throttled => Err(BitsError::RateLimited),
         }

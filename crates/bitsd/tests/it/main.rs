@@ -32,6 +32,7 @@ mod hooks;
 mod hostile_input;
 mod large_download;
 mod large_upload;
+mod ntlm;
 mod reference_exchanges;
 mod security;
 mod slow_loris;

@@ -2,8 +2,8 @@
 //! jobs that survive Ctrl-C and crashes (`bits resume`, or the same command again).
 
 mod display;
-mod report;
 mod jobs;
+mod report;
 mod run;
 
 use std::path::PathBuf;

@@ -51,7 +51,11 @@ pub async fn main(cli: crate::Cli) -> u8 {
 // ---------------------------------------------------------------------------------------------
 // Building blocks
 
-pub(crate) fn finish(out: Output, context: Value, result: Result<(Value, String, bool), Failure>) -> u8 {
+pub(crate) fn finish(
+    out: Output,
+    context: Value,
+    result: Result<(Value, String, bool), Failure>,
+) -> u8 {
     match result {
         Ok((value, line, to_stderr)) => {
             out.success(value, &line, to_stderr);
@@ -190,7 +194,9 @@ async fn stop_requested() {
 }
 
 /// Runs `f` unless a stop is requested first; the state on disk is then the last checkpoint.
-pub(crate) async fn interruptible<T>(f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+pub(crate) async fn interruptible<T>(
+    f: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     tokio::select! {
         r = f => r,
         _ = stop_requested() => Err(Error::Interrupted),

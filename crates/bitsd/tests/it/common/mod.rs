@@ -655,8 +655,18 @@ pub const HTTP_413: (&str, &str) = ("0x8019019D", "0x5");
 
 /// Adds `user` with `password` to a users file through `bitsd passwd --password-stdin`.
 pub fn add_user(file: &Path, user: &str, password: &str) {
+    passwd(file, user, password, &[]);
+}
+
+/// `bitsd passwd --ntlm`: the user's NT hash, for NTLM vdirs.
+pub fn add_ntlm_user(file: &Path, user: &str, password: &str) {
+    passwd(file, user, password, &["--ntlm"]);
+}
+
+fn passwd(file: &Path, user: &str, password: &str, flags: &[&str]) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bitsd"))
         .args(["passwd", "--password-stdin"])
+        .args(flags)
         .arg(file)
         .arg(user)
         .stdin(Stdio::piped())

@@ -2,6 +2,9 @@
 //! client certificate. Designed so that Negotiate/NTLM can be added as one more mode (see
 //! docs/security.md).
 
+mod handshake;
+pub mod ntlm;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
@@ -35,6 +38,9 @@ pub enum AuthMode {
     Basic,
     /// The subject of a verified TLS client certificate.
     ClientCert,
+    /// NTLMv2 (Windows integrated authentication), users from the users file's NT hashes; the
+    /// identity belongs to the connection that completed the handshake.
+    Ntlm,
 }
 
 /// What the connection itself says about the client.
@@ -43,14 +49,36 @@ pub struct ConnInfo {
     pub tls: bool,
     /// Identity from a verified client certificate.
     pub cert_identity: Option<String>,
+    /// This connection's NTLM handshake (connection-bound, as NTLM is).
+    pub ntlm: Arc<handshake::NtlmConn>,
 }
+
+/// What a 401 asks the client for (`WWW-Authenticate`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    /// `NTLM`, or `NTLM <challenge message>` in the middle of a handshake.
+    Ntlm(Option<String>),
+}
+
+impl Challenge {
+    pub fn header_value(&self) -> String {
+        match self {
+            Challenge::Basic => BASIC_CHALLENGE.to_string(),
+            Challenge::Ntlm(None) => "NTLM".to_string(),
+            Challenge::Ntlm(Some(token)) => format!("NTLM {token}"),
+        }
+    }
+}
+
+const BASIC_CHALLENGE: &str = "Basic realm=\"bitsd\", charset=\"UTF-8\"";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthOutcome {
     /// Go on as this principal (`None`: anonymous).
     Allowed(Option<String>),
-    /// 401 with a Basic challenge.
-    Challenge,
+    /// 401 with this challenge.
+    Challenge(Challenge),
     /// 403: this connection can never be allowed (no TLS where required, no certificate).
     Forbidden,
     /// 503: a failure budget is spent or the verification queue is full; nothing was checked.
@@ -103,9 +131,13 @@ impl Default for BasicAuthLimits {
     }
 }
 
-/// The users of one credentials file: lines `name:$argon2id$...`; `#` starts a comment.
+/// The users of one credentials file: lines `name:$argon2id$...` (Basic) and `name:$NT$<32 hex>`
+/// (the NT hash NTLM needs: password-equivalent); `#` starts a comment.
 pub struct Users {
     hashes: HashMap<String, String>,
+    /// NT hashes by lower-cased name (Windows names are case-insensitive), with the name as
+    /// written in the file.
+    nt_hashes: HashMap<String, (String, [u8; 16])>,
     /// An argon2 hash of a random password with the parameters of the file's (first) hash:
     /// verified against for unknown names, so that they cost as much as a wrong password.
     dummy: String,
@@ -119,9 +151,9 @@ pub struct Users {
 pub enum AuthError {
     #[error("reading {0}: {1}")]
     Read(String, io::Error),
-    #[error("{0} line {1}: expected name:argon2-hash")]
+    #[error("{0} line {1}: expected name:argon2-hash or name:$NT$<32 hex digits>")]
     Syntax(String, usize),
-    #[error("vdir {0:?}: auth = \"basic\" needs users_file")]
+    #[error("vdir {0:?}: auth = \"basic\" and auth = \"ntlm\" need users_file")]
     MissingUsersFile(String),
     #[error("{0}: cannot set up password checks: {1}")]
     Setup(String, String),
@@ -130,6 +162,7 @@ pub enum AuthError {
 impl Users {
     pub fn parse(text: &str, origin: &str) -> Result<Users, AuthError> {
         let mut hashes = HashMap::new();
+        let mut nt_hashes = HashMap::new();
         let mut params = None;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -139,6 +172,15 @@ impl Users {
             let (name, hash) = line
                 .split_once(':')
                 .ok_or_else(|| AuthError::Syntax(origin.into(), i + 1))?;
+            if let Some(hex) = hash.strip_prefix(NT_PREFIX) {
+                let nt =
+                    parse_nt_hash(hex).ok_or_else(|| AuthError::Syntax(origin.into(), i + 1))?;
+                if name.is_empty() {
+                    return Err(AuthError::Syntax(origin.into(), i + 1));
+                }
+                nt_hashes.insert(name.to_lowercase(), (name.to_string(), nt));
+                continue;
+            }
             let parsed =
                 PasswordHash::new(hash).map_err(|_| AuthError::Syntax(origin.into(), i + 1))?;
             if name.is_empty() {
@@ -162,6 +204,7 @@ impl Users {
             .map_err(|e| AuthError::Setup(origin.into(), e.to_string()))?;
         Ok(Users {
             hashes,
+            nt_hashes,
             dummy,
             cache_mac,
             verified: Mutex::new(HashMap::new()),
@@ -174,12 +217,23 @@ impl Users {
         Users::parse(&text, &origin)
     }
 
+    /// Names with a Basic (argon2) or an NTLM (NT hash) entry, counted once each.
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        let only_nt = self
+            .nt_hashes
+            .values()
+            .filter(|(name, _)| !self.hashes.contains_key(name))
+            .count();
+        self.hashes.len() + only_nt
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.len() == 0
+    }
+
+    /// The NT hash of `user` (case-insensitive) and the name as the file writes it.
+    pub fn nt_hash(&self, user: &str) -> Option<&(String, [u8; 16])> {
+        self.nt_hashes.get(&user.to_lowercase())
     }
 
     fn cache_slot(&self, user: &str, password: &str) -> [u8; 32] {
@@ -296,6 +350,27 @@ fn hasher_for(hash: &PasswordHash<'_>) -> Argon2<'static> {
 }
 
 /// An argon2id hash for a users file.
+/// How an NT hash is written in a users file: `name:$NT$<32 hex digits>`.
+pub const NT_PREFIX: &str = "$NT$";
+
+/// The users-file entry value for `password` under NTLM: `$NT$<hex of the NT hash>`.
+pub fn nt_hash_entry(password: &str) -> String {
+    let hash = ntlm::nt_hash(password);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{NT_PREFIX}{hex}")
+}
+
+fn parse_nt_hash(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
@@ -372,6 +447,17 @@ impl<K: std::hash::Hash + Eq + Clone> FailureBudget<K> {
         true
     }
 
+    /// Whether `key` has no attempt left in its current window (nothing is taken).
+    fn exhausted(&self, key: &K) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).is_some_and(|(start, n)| {
+            Instant::now().duration_since(*start) < self.window && *n >= self.limit
+        })
+    }
+
     /// Gives back an attempt that succeeded (or was never made).
     fn refund(&self, key: &K) {
         if self.limit == 0 {
@@ -438,8 +524,10 @@ impl Authenticator {
         let files = vdirs
             .iter()
             .map(|v| match (v.auth, &v.users_file) {
-                (AuthMode::Basic, Some(path)) => Ok(Some(path.clone())),
-                (AuthMode::Basic, None) => Err(AuthError::MissingUsersFile(v.prefix.clone())),
+                (AuthMode::Basic | AuthMode::Ntlm, Some(path)) => Ok(Some(path.clone())),
+                (AuthMode::Basic | AuthMode::Ntlm, None) => {
+                    Err(AuthError::MissingUsersFile(v.prefix.clone()))
+                }
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -531,10 +619,34 @@ impl Authenticator {
                 let (Some(users), Some((user, password))) =
                     (self.users(vdir_index), basic_credentials(headers))
                 else {
-                    return AuthOutcome::Challenge;
+                    return AuthOutcome::Challenge(Challenge::Basic);
                 };
                 self.check_password(users, user, password, peer.map(ip_key))
                     .await
+            }
+            AuthMode::Ntlm => {
+                let Some(users) = self.users(vdir_index) else {
+                    return AuthOutcome::Challenge(Challenge::Ntlm(None));
+                };
+                let ip = peer.map(ip_key);
+                if ip.is_some_and(|ip| self.per_ip.exhausted(&ip)) {
+                    tracing::debug!(
+                        ?ip,
+                        "failure budget of this address spent: no NTLM handshake"
+                    );
+                    return AuthOutcome::Throttled;
+                }
+                let outcome = conn.ntlm.step(headers, &users, vdir.ntlm_domain.as_deref());
+                match &outcome {
+                    // A wrong password counts against the address, as for Basic.
+                    handshake::Step::Failed => {
+                        if let Some(ip) = ip {
+                            self.per_ip.take(&ip);
+                        }
+                    }
+                    handshake::Step::Allowed(_) | handshake::Step::Challenge(_) => {}
+                }
+                outcome.into()
             }
         }
     }
@@ -590,7 +702,7 @@ impl Authenticator {
             self.per_user.refund(&name);
             AuthOutcome::Allowed(Some(user))
         } else {
-            AuthOutcome::Challenge
+            AuthOutcome::Challenge(Challenge::Basic)
         }
     }
 
@@ -752,7 +864,10 @@ mod tests {
         );
         std::fs::write(&file, format!("alice:{alice}\n")).unwrap();
         assert!(auth.reload().is_empty());
-        assert_eq!(check("bob", "b").await, AuthOutcome::Challenge);
+        assert_eq!(
+            check("bob", "b").await,
+            AuthOutcome::Challenge(Challenge::Basic)
+        );
         assert_eq!(
             check("alice", "a").await,
             AuthOutcome::Allowed(Some("alice".into()))

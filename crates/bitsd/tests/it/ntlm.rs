@@ -1,0 +1,178 @@
+//! NTLM against a client nobody here wrote: curl's own NTLM (`--ntlm -u user:password`, NTLMv2
+//! without a MIC). curl sends the NEGOTIATE message on a body-less request first and the body
+//! only with the AUTHENTICATE message, on the same connection.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::*;
+
+const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
+const URL: &str = "/upload/n.bin";
+
+fn ntlm_server() -> Server {
+    let config = vdir_config(
+        "",
+        "auth = \"ntlm\"\nusers_file = \"{root}/users\"\nntlm_domain = \"BITS\"",
+    );
+    Server::start_prepared(&config, false, |dir| {
+        add_ntlm_user(&dir.join("users"), "alice", "s3cret!");
+        // A Basic entry for the same name is not an NTLM credential.
+        add_user(&dir.join("users"), "bob", "hunter2");
+    })
+}
+
+/// The final answer to one `BITS_POST` sent by curl with NTLM as `credentials`: status and
+/// headers (of the last response curl read).
+fn curl(
+    s: &Server,
+    credentials: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Path>,
+) -> (u16, Vec<(String, String)>) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--ntlm",
+        "-u",
+        credentials,
+        "-X",
+        "BITS_POST",
+        "-D",
+        "-",
+    ])
+    .args(["-o", "/dev/null"]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    match body {
+        Some(file) => cmd.arg("--data-binary").arg(format!("@{}", file.display())),
+        None => cmd.args(["--data-binary", ""]),
+    };
+    cmd.arg(format!("http://{}{URL}", s.addr));
+    let out = cmd.output().expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // -D - prints every response head (the 401 of the handshake first): keep the last.
+    let last = text
+        .split("HTTP/1.1 ")
+        .filter(|h| !h.trim().is_empty())
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let status = last
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = last
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn curl_ntlm_uploads_a_byte_identical_file() {
+    let s = ntlm_server();
+    let data = pattern(300_000, 17);
+    let (status, _) = curl(&s, "alice:s3cret!", &[("BITS-Packet-Type", "Ping")], None);
+    assert_eq!(status, 200);
+    let (status, h) = curl(
+        &s,
+        "BITS\\alice:s3cret!",
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            ("BITS-Supported-Protocols", PROTOCOL),
+        ],
+        None,
+    );
+    assert_eq!(status, 200, "{h:?}");
+    let sid = header(&h, "BITS-Session-Id")
+        .expect("session id")
+        .to_string();
+    for (i, chunk) in data.chunks(100_000).enumerate() {
+        let first = i * 100_000;
+        let file = s.dir.path().join("chunk");
+        std::fs::write(&file, chunk).unwrap();
+        let range = format!("bytes {first}-{}/{}", first + chunk.len() - 1, data.len());
+        let (status, h) = curl(
+            &s,
+            "alice:s3cret!",
+            &[
+                ("BITS-Packet-Type", "Fragment"),
+                ("BITS-Session-Id", &sid),
+                ("Content-Range", &range),
+            ],
+            Some(&file),
+        );
+        assert_eq!(status, 200, "{h:?}");
+        let received = (first + chunk.len()).to_string();
+        assert_eq!(
+            header(&h, "BITS-Received-Content-Range"),
+            Some(received.as_str())
+        );
+    }
+    let (status, _) = curl(
+        &s,
+        "alice:s3cret!",
+        &[
+            ("BITS-Packet-Type", "Close-Session"),
+            ("BITS-Session-Id", &sid),
+        ],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(std::fs::read(s.upload_path("n.bin")).unwrap(), data);
+}
+
+#[test]
+fn wrong_password_unknown_user_and_other_domain_get_401_and_change_nothing() {
+    let s = ntlm_server();
+    let create = [
+        ("BITS-Packet-Type", "Create-Session"),
+        ("BITS-Supported-Protocols", PROTOCOL),
+    ];
+    for credentials in [
+        "alice:wrong",
+        "alice:S3CRET!",
+        "mallory:s3cret!",
+        // bob has a Basic password only.
+        "bob:hunter2",
+        "OTHER\\alice:s3cret!",
+    ] {
+        let (status, h) = curl(&s, credentials, &create, None);
+        assert_eq!(status, 401, "{credentials}: {h:?}");
+        assert_eq!(
+            header(&h, "WWW-Authenticate"),
+            Some("NTLM"),
+            "{credentials}"
+        );
+    }
+    assert!(files_below(&s.root()).is_empty());
+    assert!(session_dirs(&s.spool()).is_empty());
+    // The right one still works afterwards (the failures did not lock the address out).
+    let (status, _) = curl(&s, "alice:s3cret!", &create, None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn without_credentials_the_challenge_is_ntlm() {
+    let s = ntlm_server();
+    let r = s.conn().create(URL);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("NTLM"));
+}
