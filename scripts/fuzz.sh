@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   (default 60 s; default all targets)
 #
-# Fuzz projects: crates/bits-proto/fuzz (parse_headers, classify) and crates/bits-server/fuzz
+# Fuzz projects: crates/bits-proto/fuzz (parse_headers, classify, ntlm) and crates/bits-server/fuzz
 # (resolve_path, download_plan, notification_url, basic_auth). Naming targets runs only those.
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer, coverage instrumentation); with only a
@@ -24,6 +24,7 @@ shift || true
 all=(
   bits-proto:parse_headers:8192
   bits-proto:classify:8192
+  bits-proto:ntlm:4096
   bits-server:resolve_path:4096
   bits-server:download_plan:4096
   bits-server:notification_url:4096

@@ -3,7 +3,7 @@
 //! docs/security.md).
 
 mod handshake;
-pub mod ntlm;
+pub use bits_proto::ntlm;
 
 use std::collections::HashMap;
 use std::io;

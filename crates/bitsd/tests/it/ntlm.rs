@@ -176,3 +176,103 @@ fn without_credentials_the_challenge_is_ntlm() {
     assert_eq!(r.status, 401);
     assert_eq!(r.header("WWW-Authenticate"), Some("NTLM"));
 }
+
+/// `Authorization: NTLM <base64>`.
+fn ntlm_header(message: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "NTLM {}",
+        base64::engine::general_purpose::STANDARD.encode(message)
+    )
+}
+
+/// The full NTLM handshake on `c`, each leg carrying `body` (as Windows BITS resends a whole
+/// request after a 401); returns the final answer.
+fn handshake_with_body(
+    c: &mut Conn,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    password: &str,
+) -> Response {
+    let r = c.send("BITS_POST", URL, headers, body);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("NTLM"));
+    assert_ne!(
+        r.header("Connection"),
+        Some("close"),
+        "the connection must survive the 401"
+    );
+    let negotiate = bits_proto::ntlm::negotiate_message();
+    let auth = ntlm_header(&negotiate);
+    let mut with_auth = headers.to_vec();
+    with_auth.push(("Authorization", &auth));
+    let r = c.send("BITS_POST", URL, &with_auth, body);
+    assert_eq!(r.status, 401);
+    assert_ne!(
+        r.header("Connection"),
+        Some("close"),
+        "the handshake needs the same connection"
+    );
+    let challenge = r
+        .header("WWW-Authenticate")
+        .and_then(|v| v.strip_prefix("NTLM "))
+        .map(|t| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .expect("base64 challenge")
+        })
+        .expect("an NTLM challenge");
+    let answer =
+        bits_proto::ntlm::authenticate_message(&challenge, "alice", "BITS", password, [3; 8])
+            .expect("AUTHENTICATE");
+    let auth = ntlm_header(&answer);
+    let mut with_auth = headers.to_vec();
+    with_auth.push(("Authorization", &auth));
+    c.send("BITS_POST", URL, &with_auth, body)
+}
+
+/// A Fragment answered 401 (twice: no credentials, then the challenge) and resent with its body
+/// each time is stored once and acknowledged once; the connection stays authenticated.
+#[test]
+fn a_fragment_resent_through_the_handshake_is_stored_once() {
+    let s = ntlm_server();
+    let data = pattern(200_000, 23);
+    let total = data.len().to_string();
+    // Create-Session on one connection…
+    let mut first = s.conn();
+    let r = handshake_with_body(
+        &mut first,
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            ("BITS-Supported-Protocols", PROTOCOL),
+        ],
+        b"",
+        "s3cret!",
+    );
+    r.assert_ack(200, None);
+    let sid = r.session();
+    // …the first fragment on another, through the whole handshake with its body each time.
+    let mut c = s.conn();
+    let range = format!("bytes 0-99999/{total}");
+    let frag = [
+        ("BITS-Packet-Type", "Fragment"),
+        ("BITS-Session-Id", sid.as_str()),
+        ("Content-Range", range.as_str()),
+    ];
+    let r = handshake_with_body(&mut c, &frag, &data[..100_000], "s3cret!");
+    r.assert_ack(200, None);
+    assert_eq!(r.received(), Some(100_000));
+    // The connection is authenticated now: the next fragment needs no header.
+    let r = c.fragment(URL, &sid, 100_000, &data[100_000..], data.len() as u64);
+    r.assert_ack(200, None);
+    assert_eq!(std::fs::read(s.upload_path("n.bin")).unwrap(), data);
+    // A new connection is not: it is challenged.
+    let r = s.conn().close(URL, &sid);
+    assert_eq!(r.status, 401);
+    // The same handshake with a wrong password gets a fresh 401 and stores nothing.
+    let mut c = s.conn();
+    let r = handshake_with_body(&mut c, &frag, &data[..100_000], "wrong");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("NTLM"));
+}

@@ -1,5 +1,7 @@
-//! NTLM for the server side ([MS-NLMP]): the three handshake messages, and the check of a
-//! client's NTLMv2 response against the NT hash of the user's password. Pure functions, no I/O.
+//! NTLM ([MS-NLMP]) as BITS clients and servers speak it over HTTP: the three handshake
+//! messages, the server's check of a client's NTLMv2 response against the NT hash of the
+//! user's password, and the client's side (NEGOTIATE, and an AUTHENTICATE answering a
+//! CHALLENGE). Pure functions, no I/O.
 //!
 //! Only NTLMv2 is accepted: a 24-byte NT response (NTLMv1, or LM alone) is refused. The
 //! client's proof (`NTProofStr`, HMAC-MD5 over the server challenge and the client's blob under
@@ -243,31 +245,117 @@ pub fn verify(
     Ok(())
 }
 
-/// Whether the client's AV pairs (after the blob's fixed part) carry `MsvAvFlags` with the
-/// MIC bit.
-fn declares_mic(mut pairs: &[u8]) -> bool {
+/// The client's NEGOTIATE message: Unicode, NTLM with extended session security, asking for
+/// the target info that NTLMv2 needs.
+pub fn negotiate_message() -> Vec<u8> {
+    let flags = NEGOTIATE_UNICODE
+        | REQUEST_TARGET
+        | NEGOTIATE_NTLM
+        | NEGOTIATE_ALWAYS_SIGN
+        | NEGOTIATE_EXTENDED_SESSIONSECURITY
+        | NEGOTIATE_TARGET_INFO
+        | NEGOTIATE_128;
+    let mut msg = Vec::with_capacity(32);
+    msg.extend_from_slice(SIGNATURE);
+    msg.extend_from_slice(&NEGOTIATE.to_le_bytes());
+    msg.extend_from_slice(&flags.to_le_bytes());
+    push_field(&mut msg, 0, 32);
+    push_field(&mut msg, 0, 32);
+    msg
+}
+
+/// The client's AUTHENTICATE message answering `challenge_msg` for `user` in `domain` with
+/// `password`: an NTLMv2 response over the server's target info (its timestamp, or 0), with
+/// `client_challenge` as the client's nonce. No MIC and no key exchange (as curl sends).
+pub fn authenticate_message(
+    challenge_msg: &[u8],
+    user: &str,
+    domain: &str,
+    password: &str,
+    client_challenge: [u8; 8],
+) -> Result<Vec<u8>, NtlmError> {
+    match message_type(challenge_msg)? {
+        CHALLENGE => {}
+        other => return Err(NtlmError::UnexpectedType(other)),
+    }
+    if challenge_msg.len() < 48 {
+        return Err(NtlmError::Malformed("short CHALLENGE"));
+    }
+    let server_challenge = &challenge_msg[24..32];
+    let info = field(challenge_msg, 40)?;
+    let timestamp = av_value(info, AV_TIMESTAMP)
+        .filter(|v| v.len() == 8)
+        .map_or([0; 8], |v| [v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]);
+    let mut blob = vec![1, 1, 0, 0, 0, 0, 0, 0];
+    blob.extend_from_slice(&timestamp);
+    blob.extend_from_slice(&client_challenge);
+    blob.extend_from_slice(&[0; 4]);
+    blob.extend_from_slice(info);
+    blob.extend_from_slice(&[0; 4]);
+    let key = ntowf_v2(&nt_hash(password), user, domain);
+    let mut nt_response = hmac_md5(&key, &[server_challenge, &blob]).to_vec();
+    nt_response.extend_from_slice(&blob);
+    let (d, u, w) = (utf16(domain), utf16(user), utf16("BITS-CLIENT"));
+    let header = 64;
+    let flags = NEGOTIATE_UNICODE
+        | NEGOTIATE_NTLM
+        | NEGOTIATE_ALWAYS_SIGN
+        | NEGOTIATE_EXTENDED_SESSIONSECURITY
+        | NEGOTIATE_TARGET_INFO;
+    let mut msg = Vec::with_capacity(header + nt_response.len() + d.len() + u.len() + w.len());
+    msg.extend_from_slice(SIGNATURE);
+    msg.extend_from_slice(&AUTHENTICATE.to_le_bytes());
+    let mut at = header;
+    push_field(&mut msg, 0, at); // LM: none for NTLMv2 with a timestamp
+    push_field(&mut msg, nt_response.len(), at);
+    at += nt_response.len();
+    push_field(&mut msg, d.len(), at);
+    at += d.len();
+    push_field(&mut msg, u.len(), at);
+    at += u.len();
+    push_field(&mut msg, w.len(), at);
+    at += w.len();
+    push_field(&mut msg, 0, at); // no session key
+    msg.extend_from_slice(&flags.to_le_bytes());
+    msg.extend_from_slice(&nt_response);
+    msg.extend_from_slice(&d);
+    msg.extend_from_slice(&u);
+    msg.extend_from_slice(&w);
+    Ok(msg)
+}
+
+/// The value of AV pair `id` in `pairs`.
+fn av_value(mut pairs: &[u8], id: u16) -> Option<&[u8]> {
     while pairs.len() >= 4 {
-        let id = u16::from_le_bytes([pairs[0], pairs[1]]);
+        let this = u16::from_le_bytes([pairs[0], pairs[1]]);
         let len = u16::from_le_bytes([pairs[2], pairs[3]]) as usize;
-        let Some(value) = pairs.get(4..4 + len) else {
-            return false;
-        };
-        match id {
-            AV_EOL => return false,
-            AV_FLAGS if len == 4 => {
-                return u32::from_le_bytes([value[0], value[1], value[2], value[3]]) & AV_FLAG_MIC
-                    != 0
-            }
-            _ => {}
+        let value = pairs.get(4..4 + len)?;
+        if this == AV_EOL {
+            return None;
+        }
+        if this == id {
+            return Some(value);
         }
         pairs = &pairs[4 + len..];
     }
-    false
+    None
+}
+
+/// Whether the client's AV pairs (after the blob's fixed part) carry `MsvAvFlags` with the
+/// MIC bit.
+fn declares_mic(pairs: &[u8]) -> bool {
+    av_value(pairs, AV_FLAGS)
+        .filter(|v| v.len() == 4)
+        .is_some_and(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]) & AV_FLAG_MIC != 0)
 }
 
 fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    // HMAC takes a key of any length.
-    let mut mac = <HmacMd5 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    // Keys longer than the MD5 block are hashed first (RFC 2104), so HMAC takes any key; the
+    // keys here are all 16 bytes.
+    let mut mac = match <HmacMd5 as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return [0xff; 16],
+    };
     for p in parts {
         mac.update(p);
     }
@@ -474,6 +562,53 @@ mod tests {
             verify(&auth, &msg, &nt, &challenge, None, &challenge_msg),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_client_side_answers_a_challenge_the_server_side_accepts() {
+        let challenge = [9u8; 8];
+        let negotiate = negotiate_message();
+        let flags = parse_negotiate(&negotiate).unwrap();
+        let challenge_msg = challenge_message(flags, challenge, &names(), 133_000_000_000_000_000);
+        let msg = authenticate_message(&challenge_msg, "carol", "BITS", "pw", [5; 8]).unwrap();
+        let auth = parse_authenticate(&msg).unwrap();
+        assert_eq!(auth.user, "carol");
+        let check = |password: &str| {
+            verify(
+                &auth,
+                &msg,
+                &nt_hash(password),
+                &challenge,
+                Some(&negotiate),
+                &challenge_msg,
+            )
+        };
+        assert_eq!(check("pw"), Ok(()));
+        assert_eq!(check("Pw"), Err(NtlmError::BadProof));
+    }
+
+    proptest::proptest! {
+        /// Untrusted tokens and challenges: no panic, and random bytes never authenticate.
+        #[test]
+        fn arbitrary_messages_never_panic_nor_verify(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            as_authenticate in proptest::prelude::any::<bool>(),
+        ) {
+            let mut data = data;
+            if as_authenticate && data.len() >= 12 {
+                // Often shaped like an AUTHENTICATE, so the field parsing is reached.
+                data[..8].copy_from_slice(SIGNATURE);
+                data[8..12].copy_from_slice(&AUTHENTICATE.to_le_bytes());
+            }
+            let _ = parse_negotiate(&data);
+            let _ = authenticate_message(&data, "u", "d", "p", [0; 8]);
+            if let Ok(auth) = parse_authenticate(&data) {
+                let challenge = [7u8; 8];
+                let challenge_msg = challenge_message(0, challenge, &names(), 0);
+                let verdict = verify(&auth, &data, &nt_hash("x"), &challenge, None, &challenge_msg);
+                proptest::prop_assert!(verdict.is_err());
+            }
+        }
     }
 
     fn names() -> ServerNames {
