@@ -11,10 +11,29 @@ use crate::retry::RetryPolicy;
 use crate::tls::TlsOptions;
 use crate::transport::{Http, HttpSettings};
 
-/// User name and password for HTTP Basic authentication.
+/// User name and password, for HTTP Basic or NTLM.
 #[derive(Clone)]
 pub struct Credentials {
     pub user: String,
+    pub password: String,
+}
+
+/// How the credentials are presented.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// `Authorization: Basic` on every request (preemptive).
+    #[default]
+    Basic,
+    /// NTLMv2, answering the server's 401: the handshake runs on the connection the request
+    /// goes out on, which the server then treats as authenticated.
+    Ntlm,
+}
+
+/// NTLM credentials, the user split from an optional `DOMAIN\` prefix.
+#[derive(Clone)]
+pub(crate) struct NtlmCredentials {
+    pub user: String,
+    pub domain: String,
     pub password: String,
 }
 
@@ -38,6 +57,8 @@ pub(crate) struct Inner {
     /// Precomputed `Authorization` value; sent with every request (preemptive Basic), so a
     /// large fragment is never sent twice because of a challenge.
     pub(crate) authorization: Option<HeaderValue>,
+    /// With [`AuthScheme::Ntlm`]: what answers the server's challenges.
+    pub(crate) ntlm: Option<NtlmCredentials>,
     pub(crate) user_agent: HeaderValue,
     pub(crate) retry: RetryPolicy,
     /// Upper bound for the body bytes per second of fragments (`None`: unlimited).
@@ -56,6 +77,7 @@ pub const DEFAULT_MAX_SIZE: u64 = 16 << 30;
 pub struct ClientBuilder {
     tls: TlsOptions,
     credentials: Option<Credentials>,
+    scheme: AuthScheme,
     user_agent: String,
     retry: RetryPolicy,
     connect_timeout: Duration,
@@ -69,6 +91,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             tls: TlsOptions::default(),
             credentials: None,
+            scheme: AuthScheme::Basic,
             user_agent: format!("bits-client/{}", env!("CARGO_PKG_VERSION")),
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
@@ -90,6 +113,13 @@ impl ClientBuilder {
             user: user.into(),
             password: password.into(),
         });
+        self
+    }
+
+    /// How [`ClientBuilder::credentials`] are presented (default Basic). For NTLM the user may
+    /// be `DOMAIN\\user`.
+    pub fn auth_scheme(mut self, scheme: AuthScheme) -> Self {
+        self.scheme = scheme;
         self
     }
 
@@ -136,8 +166,20 @@ impl ClientBuilder {
 
     pub fn build(self) -> Result<Client> {
         let tls = crate::tls::client_config(&self.tls)?;
+        let ntlm = match (&self.credentials, self.scheme) {
+            (Some(c), AuthScheme::Ntlm) => {
+                let (domain, user) = c.user.split_once('\\').unwrap_or(("", &c.user));
+                Some(NtlmCredentials {
+                    user: user.to_string(),
+                    domain: domain.to_string(),
+                    password: c.password.clone(),
+                })
+            }
+            _ => None,
+        };
         let authorization = match &self.credentials {
             None => None,
+            Some(_) if ntlm.is_some() => None,
             Some(c) => {
                 if c.user.contains(':') {
                     return Err(Error::Usage(
@@ -165,6 +207,7 @@ impl ClientBuilder {
             inner: Arc::new(Inner {
                 http,
                 authorization,
+                ntlm,
                 user_agent,
                 retry: self.retry,
                 upload_rate: self.upload_rate,
@@ -185,6 +228,6 @@ impl Client {
     }
 
     pub(crate) fn has_credentials(&self) -> bool {
-        self.inner.authorization.is_some()
+        self.inner.authorization.is_some() || self.inner.ntlm.is_some()
     }
 }

@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use base64::Engine as _;
 use bits_proto::{headers, ContentRange, ErrorContext, HResult, PacketType, BITS_POST};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request};
@@ -17,6 +18,7 @@ use crate::transport::{discard_body, Activity, FileBody, ReqBody};
 const MAX_SESSION_ID_LEN: usize = 100;
 
 /// What a request carries besides its packet type.
+#[derive(Clone, Copy)]
 pub(crate) struct Outgoing<'a> {
     pub packet: PacketType,
     pub url: &'a url::Url,
@@ -163,10 +165,70 @@ impl Client {
     }
 
     /// Sends one BITS packet and reads its Ack (any status). `Err` only for failures below
-    /// HTTP: connection, TLS, timeout, a local read error, or the observer's `Break`.
+    /// HTTP: connection, TLS, timeout, a local read error, or the observer's `Break`. With NTLM
+    /// credentials, a 401 that asks for NTLM is answered by the handshake (a body-less Ping
+    /// carrying the NEGOTIATE message, then the request again with the AUTHENTICATE message),
+    /// once per exchange; the connection stays authenticated for the requests after it.
     pub(crate) async fn exchange(
         &self,
         out: Outgoing<'_>,
+        activity: &Activity,
+        tick: &mut dyn FnMut(u64) -> ControlFlow<()>,
+    ) -> Result<Ack> {
+        let ack = self.send_packet(out, None, activity, tick).await?;
+        let Some(creds) = &self.inner.ntlm else {
+            return Ok(ack);
+        };
+        let asks_ntlm = ack.status == 401
+            && ack
+                .headers
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.trim().eq_ignore_ascii_case("NTLM"));
+        if !asks_ntlm || !same_origin(out.url, out.origin) {
+            return Ok(ack);
+        }
+        let probe = Outgoing {
+            packet: PacketType::Ping,
+            session: None,
+            fragment: None,
+            content_name: None,
+            ..out
+        };
+        let negotiate = ntlm_value(&bits_proto::ntlm::negotiate_message())?;
+        let challenged = self
+            .send_packet(probe, Some(negotiate), activity, tick)
+            .await?;
+        let Some(challenge) = challenged
+            .header(http::header::WWW_AUTHENTICATE.as_str())
+            .and_then(|v| v.strip_prefix("NTLM "))
+            .and_then(|t| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t.trim())
+                    .ok()
+            })
+        else {
+            return Ok(challenged);
+        };
+        let nonce = bits_proto::ntlm::client_nonce();
+        let answer = bits_proto::ntlm::authenticate_message(
+            &challenge,
+            &creds.user,
+            &creds.domain,
+            &creds.password,
+            nonce,
+        )
+        .map_err(|e| Error::Usage(format!("{}: NTLM challenge: {e}", out.url)))?;
+        self.send_packet(out, Some(ntlm_value(&answer)?), activity, tick)
+            .await
+    }
+
+    /// One `BITS_POST` for `out`, with `authorization` instead of the client's own.
+    async fn send_packet(
+        &self,
+        out: Outgoing<'_>,
+        authorization: Option<HeaderValue>,
         activity: &Activity,
         tick: &mut dyn FnMut(u64) -> ControlFlow<()>,
     ) -> Result<Ack> {
@@ -175,6 +237,9 @@ impl Client {
         let mut b = self
             .base_request(method, out.url, out.origin)
             .header(headers::PACKET_TYPE, out.packet.as_str());
+        if let Some(auth) = authorization {
+            b = b.header(AUTHORIZATION, auth);
+        }
         if let Some(id) = out.session {
             b = b.header(headers::SESSION_ID, id);
         }
@@ -238,6 +303,17 @@ impl Client {
             packet: out.packet,
         })
     }
+}
+
+/// `NTLM <base64 message>`, marked sensitive.
+fn ntlm_value(message: &[u8]) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!(
+        "NTLM {}",
+        base64::engine::general_purpose::STANDARD.encode(message)
+    ))
+    .map_err(|_| Error::Usage("NTLM message is not a valid header".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// Same scheme, host and port (default ports made explicit); opaque origins never match.

@@ -31,6 +31,9 @@ pub enum Transfer {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSettings {
     pub user: Option<String>,
+    /// `ntlm` when the user signs in with NTLM; absent for Basic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
     pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,

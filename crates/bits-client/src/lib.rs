@@ -30,7 +30,7 @@ pub mod tls;
 mod transport;
 pub mod upload;
 
-pub use client::{Client, ClientBuilder, Credentials, DEFAULT_MAX_SIZE};
+pub use client::{AuthScheme, Client, ClientBuilder, Credentials, DEFAULT_MAX_SIZE};
 pub use download::{DownloadOutcome, DownloadState, RemoteVersion};
 pub use error::{Error, ErrorKind, Result, ServerError};
 pub use job::{Job, JobSettings, JobStore, Transfer};

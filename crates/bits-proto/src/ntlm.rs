@@ -324,6 +324,13 @@ pub fn authenticate_message(
     Ok(msg)
 }
 
+/// A fresh client challenge: 8 bytes of the OS's random source (a v4 UUID's random bits).
+pub fn client_nonce() -> [u8; 8] {
+    let id = uuid::Uuid::new_v4();
+    let b = id.as_bytes();
+    [b[0], b[1], b[2], b[3], b[10], b[11], b[12], b[13]]
+}
+
 /// The value of AV pair `id` in `pairs`.
 fn av_value(mut pairs: &[u8], id: u16) -> Option<&[u8]> {
     while pairs.len() >= 4 {

@@ -276,3 +276,37 @@ fn a_fragment_resent_through_the_handshake_is_stored_once() {
     assert_eq!(r.status, 401);
     assert_eq!(r.header("WWW-Authenticate"), Some("NTLM"));
 }
+
+/// Our own client with `AuthScheme::Ntlm` (what `bits --auth ntlm` uses): it answers the 401s
+/// with the handshake and uploads; with a wrong password it stops with an authentication error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bits_client_signs_in_with_ntlm() {
+    use bits_client::{AuthScheme, Client, NoObserver, RetryPolicy, UploadState, Url};
+    let s = ntlm_server();
+    let data = pattern(2_500_000, 29);
+    let file = s.dir.path().join("local.bin");
+    std::fs::write(&file, &data).unwrap();
+    let url = Url::parse(&format!("http://{}{URL}", s.addr)).unwrap();
+    let client = |password: &str| {
+        Client::builder()
+            .auth_scheme(AuthScheme::Ntlm)
+            .credentials("BITS\\alice", password)
+            .retry(RetryPolicy::quick(2, std::time::Duration::from_millis(20)))
+            .build()
+            .expect("client")
+    };
+    let mut state = UploadState::new(&file, &url, 1 << 20).unwrap();
+    let err = client("nope")
+        .upload(&mut state, &mut NoObserver)
+        .await
+        .expect_err("a wrong password");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    assert!(files_below(&s.root()).is_empty());
+    let mut state = UploadState::new(&file, &url, 1 << 20).unwrap();
+    let out = client("s3cret!")
+        .upload(&mut state, &mut NoObserver)
+        .await
+        .expect("upload with NTLM");
+    assert_eq!(out.bytes, data.len() as u64);
+    assert_eq!(std::fs::read(s.upload_path("n.bin")).unwrap(), data);
+}

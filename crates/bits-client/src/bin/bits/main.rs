@@ -43,9 +43,14 @@ pub struct Opts {
     /// Fragment size for uploads (bytes; K/M/G suffixes are binary). Default 1M, minimum 5K.
     #[arg(long, global = true, value_parser = parse_size, value_name = "SIZE")]
     pub fragment_size: Option<u64>,
-    /// Basic-auth user; the password comes from BITS_PASSWORD or is prompted for.
+    /// User to sign in as (Basic, or NTLM with --auth ntlm, where it may be DOMAIN\\user); the
+    /// password comes from BITS_PASSWORD or is prompted for.
     #[arg(long, short = 'u', global = true)]
     pub user: Option<String>,
+    /// How --user signs in: basic (default; sent with every request) or ntlm (answers the
+    /// server's NTLM challenge, as IIS with Windows authentication and bitsd's auth = "ntlm" ask).
+    #[arg(long, global = true, value_parser = ["basic", "ntlm"])]
+    pub auth: Option<String>,
     /// Trust these PEM certificates instead of the system's roots.
     #[arg(long, global = true, value_name = "PEM")]
     pub cacert: Option<PathBuf>,

@@ -118,6 +118,11 @@ pub(crate) fn merged_settings(opts: &Opts, saved: &JobSettings) -> Result<JobSet
     let abs = |p: &Option<PathBuf>| p.as_deref().map(absolute).transpose();
     Ok(JobSettings {
         user: opts.user.clone().or_else(|| saved.user.clone()),
+        auth: opts
+            .auth
+            .clone()
+            .or_else(|| saved.auth.clone())
+            .filter(|a| a != "basic"),
         cacert: abs(&opts.cacert)?.or_else(|| saved.cacert.clone()),
         cert: abs(&opts.cert)?.or_else(|| saved.cert.clone()),
         key: abs(&opts.key)?.or_else(|| saved.key.clone()),
@@ -156,8 +161,12 @@ pub(crate) fn client(opts: &Opts, settings: &JobSettings, url: &Url) -> Result<C
         .max_size((opts.max_size > 0).then_some(opts.max_size))
         .upload_rate_limit(opts.limit_rate);
     if let Some(user) = &settings.user {
-        if url.scheme() == "http" && !opts.quiet {
+        let ntlm = settings.auth.as_deref() == Some("ntlm");
+        if url.scheme() == "http" && !opts.quiet && !ntlm {
             eprintln!("bits: warning: Basic credentials travel unencrypted over http://");
+        }
+        if ntlm {
+            b = b.auth_scheme(bits_client::AuthScheme::Ntlm);
         }
         b = b.credentials(user.clone(), password(user)?);
     }
