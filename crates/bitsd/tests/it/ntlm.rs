@@ -310,3 +310,72 @@ async fn bits_client_signs_in_with_ntlm() {
     assert_eq!(out.bytes, data.len() as u64);
     assert_eq!(std::fs::read(s.upload_path("n.bin")).unwrap(), data);
 }
+
+/// An AUTHENTICATE message is good once, on the connection whose challenge it answers: sent
+/// without a challenge, replayed on another connection (another challenge), or replayed on its
+/// own connection after use, it gets 401. Tokens that are not NTLM, or too large, get 401 too.
+#[test]
+fn authenticate_messages_do_not_replay_or_travel() {
+    use base64::Engine as _;
+    let s = ntlm_server();
+    let create = [
+        ("BITS-Packet-Type", "Create-Session"),
+        ("BITS-Supported-Protocols", PROTOCOL),
+    ];
+    // A valid answer to connection A's challenge.
+    let mut a = s.conn();
+    let negotiate = ntlm_header(&bits_proto::ntlm::negotiate_message());
+    let mut h = create.to_vec();
+    h.push(("Authorization", &negotiate));
+    let r = a.send("BITS_POST", URL, &h, b"");
+    let challenge = base64::engine::general_purpose::STANDARD
+        .decode(
+            r.header("WWW-Authenticate")
+                .unwrap()
+                .strip_prefix("NTLM ")
+                .unwrap(),
+        )
+        .unwrap();
+    let answer = ntlm_header(
+        &bits_proto::ntlm::authenticate_message(&challenge, "alice", "BITS", "s3cret!", [4; 8])
+            .unwrap(),
+    );
+    let with_answer = |c: &mut Conn| {
+        let mut h = create.to_vec();
+        h.push(("Authorization", answer.as_str()));
+        c.send("BITS_POST", URL, &h, b"")
+    };
+    // On a fresh connection (no challenge): refused.
+    assert_eq!(with_answer(&mut s.conn()).status, 401);
+    // On another connection after its own NEGOTIATE (another challenge): refused.
+    let mut b = s.conn();
+    let mut h = create.to_vec();
+    h.push(("Authorization", &negotiate));
+    assert_eq!(b.send("BITS_POST", URL, &h, b"").status, 401);
+    assert_eq!(with_answer(&mut b).status, 401);
+    // On its own connection: accepted once; sent again, the connection is signed out.
+    with_answer(&mut a).assert_ack(200, None);
+    assert_eq!(with_answer(&mut a).status, 401);
+    // Not NTLM, or absurdly long.
+    for value in [
+        "NTLM !!!not-base64".to_string(),
+        format!("NTLM {}", "A".repeat(40_000)),
+        "Negotiate YIIBhwYGKwYBBQUCoII=".to_string(),
+    ] {
+        let mut h = create.to_vec();
+        h.push(("Authorization", &value));
+        let r = s.conn().send("BITS_POST", URL, &h, b"");
+        // An over-long header is refused before authentication (431).
+        assert!(
+            matches!(r.status, 401 | 431),
+            "{}: {}",
+            &value[..20],
+            r.status
+        );
+    }
+    assert_eq!(
+        session_dirs(&s.spool()).len(),
+        1,
+        "only the one accepted Create-Session"
+    );
+}
