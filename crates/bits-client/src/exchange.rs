@@ -175,53 +175,56 @@ impl Client {
         activity: &Activity,
         tick: &mut dyn FnMut(u64) -> ControlFlow<()>,
     ) -> Result<Ack> {
-        let ack = self.send_packet(out, None, activity, tick).await?;
+        let mut ack = self.send_packet(out, None, activity, tick).await?;
         let Some(creds) = &self.inner.ntlm else {
             return Ok(ack);
         };
-        let asks_ntlm = ack.status == 401
-            && ack
-                .headers
-                .get_all(http::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.trim().eq_ignore_ascii_case("NTLM"));
-        if !asks_ntlm || !same_origin(out.url, out.origin) {
+        if !same_origin(out.url, out.origin) {
             return Ok(ack);
         }
-        let probe = Outgoing {
-            packet: PacketType::Ping,
-            session: None,
-            fragment: None,
-            content_name: None,
-            ..out
-        };
-        let negotiate = ntlm_value(&bits_proto::ntlm::negotiate_message())?;
-        let challenged = self
-            .send_packet(probe, Some(negotiate), activity, tick)
-            .await?;
-        let Some(challenge) = challenged
-            .header(http::header::WWW_AUTHENTICATE.as_str())
-            .and_then(|v| v.strip_prefix("NTLM "))
-            .and_then(|t| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(t.trim())
-                    .ok()
-            })
-        else {
-            return Ok(challenged);
-        };
-        let nonce = bits_proto::ntlm::client_nonce();
-        let answer = bits_proto::ntlm::authenticate_message(
-            &challenge,
-            &creds.user,
-            &creds.domain,
-            &creds.password,
-            nonce,
-        )
-        .map_err(|e| Error::Usage(format!("{}: NTLM challenge: {e}", out.url)))?;
-        self.send_packet(out, Some(ntlm_value(&answer)?), activity, tick)
-            .await
+        // The handshake must stay on one pooled connection; when a leg lands on another (the
+        // pool had not taken the first one back yet) the server asks again: a few tries.
+        for _ in 0..NTLM_TRIES {
+            if !asks_for_ntlm(&ack) {
+                return Ok(ack);
+            }
+            let probe = Outgoing {
+                packet: PacketType::Ping,
+                session: None,
+                fragment: None,
+                content_name: None,
+                ..out
+            };
+            let negotiate = ntlm_value(&bits_proto::ntlm::negotiate_message())?;
+            let challenged = self
+                .send_packet(probe, Some(negotiate), activity, tick)
+                .await?;
+            let Some(challenge) = challenged
+                .header(http::header::WWW_AUTHENTICATE.as_str())
+                .and_then(|v| v.strip_prefix("NTLM "))
+                .and_then(|t| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(t.trim())
+                        .ok()
+                })
+            else {
+                return Ok(challenged);
+            };
+            let answer = bits_proto::ntlm::authenticate_message(
+                &challenge,
+                &creds.user,
+                &creds.domain,
+                &creds.password,
+                bits_proto::ntlm::client_nonce(),
+            )
+            .map_err(|e| Error::Usage(format!("{}: NTLM challenge: {e}", out.url)))?;
+            // Lets the pool take the challenged connection back before the next request.
+            tokio::task::yield_now().await;
+            ack = self
+                .send_packet(out, Some(ntlm_value(&answer)?), activity, tick)
+                .await?;
+        }
+        Ok(ack)
     }
 
     /// One `BITS_POST` for `out`, with `authorization` instead of the client's own.
@@ -303,6 +306,20 @@ impl Client {
             packet: out.packet,
         })
     }
+}
+
+/// NTLM handshakes tried per exchange before a 401 is returned as such.
+const NTLM_TRIES: usize = 3;
+
+/// A 401 whose `WWW-Authenticate` offers NTLM (a fresh challenge request, not a handshake leg).
+fn asks_for_ntlm(ack: &Ack) -> bool {
+    ack.status == 401
+        && ack
+            .headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.trim().eq_ignore_ascii_case("NTLM"))
 }
 
 /// `NTLM <base64 message>`, marked sensitive.

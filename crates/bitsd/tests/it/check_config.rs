@@ -74,8 +74,8 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
     ),
     (
         "bad enum value",
-        "[[vdir]]\nauth = \"ntlm\"\n",
-        &["vdir[0].auth", "ntlm"],
+        "[[vdir]]\nauth = \"kerberos\"\n",
+        &["vdir[0].auth", "kerberos"],
     ),
     (
         "listen address without a port",
