@@ -100,6 +100,16 @@ fn markers(weed: &seaweed::SeaweedFs, sid: &str) -> Vec<String> {
         .collect()
 }
 
+/// Nothing of the session is left in the bucket but its record (the tombstone).
+fn assert_only_the_record_left(weed: &seaweed::SeaweedFs, sid: &str) {
+    let dir = format!("spool/sessions/{}", session_key(sid));
+    let left: Vec<_> = keys(weed, &dir)
+        .into_iter()
+        .filter(|k| !k.ends_with("meta.json"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// Create-Session on the node at `addr`; its session id.
 fn create(addr: &std::net::SocketAddr, path: &str) -> String {
     let created = Conn::new(*addr).create(path);
@@ -146,12 +156,7 @@ fn fragments_through_alternating_nodes_publish_byte_identical() {
         .close(path, &sid)
         .assert_ack(200, None);
     // Nothing of the session's data is left; no upload is in progress.
-    let dir = format!("spool/sessions/{}", session_key(&sid));
-    let left: Vec<_> = keys(&weed, &dir)
-        .into_iter()
-        .filter(|k| !k.ends_with("meta.json"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_only_the_record_left(&weed, &sid);
     assert!(!multipart_uploads(&weed).contains("uploads/alt.bin"));
 }
 
@@ -199,12 +204,7 @@ fn small_fragments_are_packed_into_parts_as_they_arrive() {
     Conn::new(nodes[1].addr)
         .close(path, &sid)
         .assert_ack(200, None);
-    let dir = format!("spool/sessions/{}", session_key(&sid));
-    let left: Vec<_> = keys(&weed, &dir)
-        .into_iter()
-        .filter(|k| !k.ends_with("meta.json"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_only_the_record_left(&weed, &sid);
     assert!(!multipart_uploads(&weed).contains("uploads/packed.bin"));
 }
 
@@ -342,12 +342,7 @@ fn cancel_aborts_the_multipart_upload() {
         multipart_uploads(&weed)
     );
     assert!(keys(&weed, "uploads").is_empty(), "{:?}", keys(&weed, ""));
-    let dir = format!("spool/sessions/{}", session_key(&sid));
-    let left: Vec<_> = keys(&weed, &dir)
-        .into_iter()
-        .filter(|k| !k.ends_with("meta.json"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_only_the_record_left(&weed, &sid);
     // The last fragment of the cancelled session publishes nothing either.
     let r =
         Conn::new(nodes[0].addr).fragment(path, &sid, 2 * FRAG as u64, &data[2 * FRAG..], total);

@@ -1042,17 +1042,8 @@ impl DataStore for S3Store {
                 }
                 len = l;
             }
-            let (data, grant) = self.read_back(&parts, end, len).await?;
             let marker = self
-                .put_piece(
-                    id,
-                    target.clone(),
-                    info.upload_id.clone(),
-                    number,
-                    end,
-                    data,
-                    Some(grant),
-                )
+                .pack_part(id, &target, &info, &parts, number, end, len)
                 .await?;
             ids.push(PartId {
                 content_id: marker.etag,

@@ -270,11 +270,7 @@ impl S3Store {
                 len,
                 etag: part.content_id,
             };
-            store
-                .put(&Self::below(&mp_dir, &marker.name()), PutPayload::new())
-                .await
-                .map_err(os_err)?;
-            Ok(marker)
+            write_marker(&store, &mp_dir, marker).await
         }
         .boxed()
     }
@@ -455,13 +451,35 @@ impl S3Store {
                 len,
                 etag: sent.etag().await?,
             };
-            store
-                .put(&Self::below(&mp_dir, &marker.name()), PutPayload::new())
-                .await
-                .map_err(os_err)?;
-            Ok(marker)
+            write_marker(&store, &mp_dir, marker).await
         }
         .boxed()
+    }
+
+    /// Reads standalone bytes `[at, at + len)` back into multipart part `number` of the upload
+    /// at `key` (claimed by the caller) and records it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn pack_part(
+        &self,
+        id: SessionId,
+        key: &Path,
+        info: &UploadInfo,
+        parts: &[Part],
+        number: usize,
+        at: u64,
+        len: u64,
+    ) -> Result<Marker, StoreError> {
+        let (data, grant) = self.read_back(parts, at, len).await?;
+        self.put_piece(
+            id,
+            key.clone(),
+            info.upload_id.clone(),
+            number,
+            at,
+            data,
+            Some(grant),
+        )
+        .await
     }
 
     /// Packs the standalone bytes after the multipart chain into further parts of
@@ -517,17 +535,8 @@ impl S3Store {
                 self.remember(id, None);
                 return Ok(());
             }
-            let (data, grant) = self.read_back(&parts, end, PACK_PART).await?;
-            self.put_piece(
-                id,
-                key.clone(),
-                info.upload_id.clone(),
-                number,
-                end,
-                data,
-                Some(grant),
-            )
-            .await?;
+            self.pack_part(id, key, &info, &parts, number, end, PACK_PART)
+                .await?;
             end += PACK_PART;
             number += 1;
             self.remember(
@@ -613,6 +622,20 @@ impl S3Store {
             Err(e) => Err(os_err(e)),
         }
     }
+}
+
+/// Records that part `marker.number` is stored: the marker object, written only after the
+/// part's answer, is what makes its bytes count as held.
+async fn write_marker(
+    store: &AmazonS3,
+    mp_dir: &Path,
+    marker: Marker,
+) -> Result<Marker, StoreError> {
+    store
+        .put(&S3Store::below(mp_dir, &marker.name()), PutPayload::new())
+        .await
+        .map_err(os_err)?;
+    Ok(marker)
 }
 
 #[cfg(test)]
