@@ -3,6 +3,7 @@
 //! docs/security.md).
 
 mod handshake;
+pub mod kerberos;
 pub use bits_proto::ntlm;
 
 use std::collections::HashMap;

@@ -1,0 +1,4 @@
+//! Kerberos for a service ([RFC 4120], inside SPNEGO as HTTP Negotiate sends it, [RFC 4559]):
+//! the service's keys from a keytab, and the AP-REQ a client presents, checked with them.
+
+pub mod crypto;
