@@ -102,9 +102,7 @@ impl Key {
 
 /// DK(key, constant) for AES: DR's output is the key (random-to-key is the identity).
 fn derive_key(key: &[u8], constant: &[u8]) -> Vec<u8> {
-    let mut block: [u8; BLOCK] = n_fold(constant, BLOCK)
-        .try_into()
-        .unwrap_or([0; BLOCK]);
+    let mut block: [u8; BLOCK] = n_fold(constant, BLOCK).try_into().unwrap_or([0; BLOCK]);
     let mut out = Vec::with_capacity(key.len());
     while out.len() < key.len() {
         block = encrypt_block(key, &block);

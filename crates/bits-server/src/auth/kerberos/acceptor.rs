@@ -1,0 +1,305 @@
+//! Accepting a client's Kerberos AP-REQ ([RFC 4120] 3.2.3), as HTTP Negotiate carries it
+//! (SPNEGO NegTokenInit around a GSS-API krb5 token, [RFC 4559]; a bare krb5 token is taken
+//! too): the ticket is decrypted with the service's key from the keytab, the authenticator with
+//! the ticket's session key, and then the times, the names and the replay cache are checked.
+//! The identity is the ticket's client principal.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::crypto::Key;
+use super::der::{self, field, fields, DerError};
+use super::keytab::Entry;
+
+/// OID 1.3.6.1.5.5.2 (SPNEGO), DER contents.
+const SPNEGO_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
+/// OID 1.2.840.113554.1.2.2 (Kerberos 5), and the variant older Windows sends
+/// (1.2.840.48018.1.2.2).
+const KRB5_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
+const KRB5_OID_MS: &[u8] = &[0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
+/// Key usages ([RFC 4120] 7.5.1): the ticket's encrypted part, the AP-REQ authenticator.
+const USAGE_TICKET: u32 = 2;
+const USAGE_AUTHENTICATOR: u32 = 11;
+/// Allowed clock skew, seconds (Kerberos' usual five minutes).
+pub const MAX_SKEW: i64 = 300;
+/// Authenticators remembered against replay at most.
+const REPLAY_CAP: usize = 65_536;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KerberosError {
+    #[error(transparent)]
+    Der(#[from] DerError),
+    #[error("not a Kerberos token (mechanism not offered)")]
+    NotKerberos,
+    #[error("ticket for {0}, which is not this service")]
+    WrongService(String),
+    #[error("no key in the keytab for {0} (encryption type {1}, version {2:?})")]
+    NoKey(String, i32, Option<i64>),
+    #[error(transparent)]
+    Crypto(#[from] super::crypto::CryptoError),
+    #[error("the authenticator names another client than the ticket")]
+    ClientMismatch,
+    #[error("ticket not valid now (expired or not yet valid)")]
+    TicketTime,
+    #[error("authenticator time is more than five minutes off")]
+    Skew,
+    #[error("authenticator replayed")]
+    Replay,
+    #[error("client realm {0} is not allowed")]
+    Realm(String),
+}
+
+/// A client the service accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// `name@REALM`.
+    pub principal: String,
+}
+
+pub struct Acceptor {
+    keys: Vec<Entry>,
+    /// The service principal (`HTTP/host`) tickets must be for; `None`: any in the keytab.
+    service: Option<String>,
+    /// Client realms accepted; empty: any.
+    realms: Vec<String>,
+    replay: Mutex<HashMap<(String, i64, i64), i64>>,
+}
+
+impl Acceptor {
+    pub fn new(keys: Vec<Entry>, service: Option<String>, realms: Vec<String>) -> Acceptor {
+        Acceptor {
+            keys,
+            service,
+            realms,
+            replay: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks a Negotiate token at Unix time `now`.
+    pub fn accept(&self, token: &[u8], now: i64) -> Result<Accepted, KerberosError> {
+        let ap_req = ap_req_of(token)?;
+        let ap = der::expect(der::expect(ap_req, 0x6e)?, 0x30)?;
+        let ap = fields(ap)?;
+        let ticket = der::expect(der::expect(field(&ap, 3)?, 0x61)?, 0x30)?;
+        let ticket = fields(ticket)?;
+        let realm = der::string(field(&ticket, 1)?)?;
+        let sname = principal_name(field(&ticket, 2)?)?;
+        if let Some(want) = &self.service {
+            if !sname.eq_ignore_ascii_case(want) {
+                return Err(KerberosError::WrongService(format!("{sname}@{realm}")));
+            }
+        }
+        let (etype, kvno, cipher) = encrypted_data(field(&ticket, 3)?)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|e| {
+                e.name().eq_ignore_ascii_case(&sname)
+                    && e.realm.eq_ignore_ascii_case(&realm)
+                    && i64::from(e.key.enctype()) == etype
+                    && kvno.is_none_or(|v| v == i64::from(e.kvno))
+            })
+            .ok_or_else(|| KerberosError::NoKey(format!("{sname}@{realm}"), etype as i32, kvno))?;
+        let enc_ticket = key.key.decrypt(USAGE_TICKET, cipher)?;
+        let part = fields(der::expect(der::expect(&enc_ticket, 0x63)?, 0x30)?)?;
+        let session = fields(der::expect(field(&part, 1)?, 0x30)?)?;
+        let session_key = Key::new(
+            der::integer(field(&session, 0)?)? as i32,
+            der::octets(field(&session, 1)?)?,
+        )?;
+        let crealm = der::string(field(&part, 2)?)?;
+        let cname = principal_name(field(&part, 3)?)?;
+        let authtime = der::time(field(&part, 5)?)?;
+        let start = match part.get(6).copied().flatten() {
+            Some(t) => der::time(t)?,
+            None => authtime,
+        };
+        let end = der::time(field(&part, 7)?)?;
+        if now + MAX_SKEW < start || now - MAX_SKEW > end {
+            return Err(KerberosError::TicketTime);
+        }
+        let (a_etype, _, a_cipher) = encrypted_data(field(&ap, 4)?)?;
+        if a_etype != i64::from(session_key.enctype()) {
+            return Err(KerberosError::Crypto(
+                super::crypto::CryptoError::UnsupportedEnctype(a_etype as i32),
+            ));
+        }
+        let auth = session_key.decrypt(USAGE_AUTHENTICATOR, a_cipher)?;
+        let auth = fields(der::expect(der::expect(&auth, 0x62)?, 0x30)?)?;
+        if der::string(field(&auth, 1)?)? != crealm || principal_name(field(&auth, 2)?)? != cname {
+            return Err(KerberosError::ClientMismatch);
+        }
+        let cusec = der::integer(field(&auth, 4)?)?;
+        let ctime = der::time(field(&auth, 5)?)?;
+        if (now - ctime).abs() > MAX_SKEW {
+            return Err(KerberosError::Skew);
+        }
+        if !self.realms.is_empty() && !self.realms.iter().any(|r| r.eq_ignore_ascii_case(&crealm)) {
+            return Err(KerberosError::Realm(crealm));
+        }
+        let principal = format!("{cname}@{crealm}");
+        self.not_replayed(&principal, ctime, cusec, now)?;
+        Ok(Accepted { principal })
+    }
+
+    /// Remembers (client, ctime, cusec) for the skew window; seen before: a replay.
+    fn not_replayed(
+        &self,
+        who: &str,
+        ctime: i64,
+        cusec: i64,
+        now: i64,
+    ) -> Result<(), KerberosError> {
+        let mut seen = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= REPLAY_CAP {
+            seen.retain(|_, at| now - *at <= 2 * MAX_SKEW);
+            if seen.len() >= REPLAY_CAP {
+                // Still full of fresh entries: forget the oldest half rather than refuse all.
+                let mut times: Vec<i64> = seen.values().copied().collect();
+                times.sort_unstable();
+                let cut = times[times.len() / 2];
+                seen.retain(|_, at| *at > cut);
+            }
+        }
+        match seen.insert((who.to_string(), ctime, cusec), now) {
+            Some(_) => Err(KerberosError::Replay),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The AP-REQ inside a Negotiate token.
+fn ap_req_of(token: &[u8]) -> Result<&[u8], KerberosError> {
+    let outer = der::expect(token, 0x60)?;
+    let (oid, rest) = der::next(outer)?;
+    if oid.tag != 0x06 {
+        return Err(KerberosError::NotKerberos);
+    }
+    if oid.value == SPNEGO_OID {
+        let init = der::expect(der::expect(rest, 0xa0)?, 0x30)?;
+        let init = fields(init)?;
+        let mech_token = der::octets(field(&init, 2)?)?;
+        return ap_req_of(mech_token);
+    }
+    if oid.value != KRB5_OID && oid.value != KRB5_OID_MS {
+        return Err(KerberosError::NotKerberos);
+    }
+    // TOK_ID 01 00: an AP-REQ.
+    match rest {
+        [0x01, 0x00, ap_req @ ..] => Ok(ap_req),
+        _ => Err(KerberosError::NotKerberos),
+    }
+}
+
+/// A PrincipalName's components joined with `/`.
+fn principal_name(input: &[u8]) -> Result<String, KerberosError> {
+    let name = fields(der::expect(input, 0x30)?)?;
+    let mut rest = der::expect(field(&name, 1)?, 0x30)?;
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let (tlv, after) = der::next(rest)?;
+        if tlv.tag != 0x1b {
+            return Err(DerError("name component").into());
+        }
+        parts.push(String::from_utf8(tlv.value.to_vec()).map_err(|_| DerError("name"))?);
+        rest = after;
+    }
+    Ok(parts.join("/"))
+}
+
+/// EncryptedData: encryption type, key version (if given), ciphertext.
+fn encrypted_data(input: &[u8]) -> Result<(i64, Option<i64>, &[u8]), KerberosError> {
+    let f = fields(der::expect(input, 0x30)?)?;
+    let etype = der::integer(field(&f, 0)?)?;
+    let kvno = f.get(1).copied().flatten().map(der::integer).transpose()?;
+    Ok((etype, kvno, der::octets(field(&f, 2)?)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    /// A real `curl --negotiate` token for `HTTP/localhost@TEST.BITS` from alice, issued by
+    /// an MIT KDC on loopback at 2026-12-01 14:13 UTC, and that service's keytab.
+    fn fixture() -> (Vec<u8>, Acceptor) {
+        let token = base64::engine::general_purpose::STANDARD
+            .decode(include_str!("testdata/curl-negotiate.b64").trim())
+            .unwrap();
+        let keys = super::super::keytab::parse(include_bytes!("testdata/http.keytab")).unwrap();
+        (
+            token,
+            Acceptor::new(keys, Some("HTTP/localhost".into()), Vec::new()),
+        )
+    }
+
+    const ISSUED: i64 = 1_796_134_416 + 60;
+
+    #[test]
+    fn accepts_an_mit_ticket_once() {
+        let (token, acceptor) = fixture();
+        assert_eq!(
+            acceptor.accept(&token, ISSUED),
+            Ok(Accepted {
+                principal: "alice@TEST.BITS".into()
+            })
+        );
+        assert_eq!(acceptor.accept(&token, ISSUED), Err(KerberosError::Replay));
+    }
+
+    #[test]
+    fn refuses_other_services_realms_times_and_keys() {
+        let (token, _) = fixture();
+        let keys = super::super::keytab::parse(include_bytes!("testdata/http.keytab")).unwrap();
+        let other = Acceptor::new(keys.clone(), Some("HTTP/elsewhere".into()), Vec::new());
+        assert!(matches!(
+            other.accept(&token, ISSUED),
+            Err(KerberosError::WrongService(_))
+        ));
+        let realm = Acceptor::new(keys.clone(), None, vec!["CORP.EXAMPLE".into()]);
+        assert!(matches!(
+            realm.accept(&token, ISSUED),
+            Err(KerberosError::Realm(_))
+        ));
+        let fresh = Acceptor::new(keys.clone(), None, Vec::new());
+        assert_eq!(
+            fresh.accept(&token, ISSUED + 3600),
+            Err(KerberosError::Skew)
+        );
+        assert_eq!(
+            fresh.accept(&token, ISSUED + 3 * 86_400),
+            Err(KerberosError::TicketTime)
+        );
+        // Another key for the same name: the ticket does not decrypt.
+        let mut wrong = keys;
+        for e in &mut wrong {
+            e.key = Key::new(
+                e.key.enctype(),
+                &vec![1u8; if e.key.enctype() == 18 { 32 } else { 16 }],
+            )
+            .unwrap();
+        }
+        let wrong = Acceptor::new(wrong, None, Vec::new());
+        assert!(matches!(
+            wrong.accept(&token, ISSUED),
+            Err(KerberosError::Crypto(_))
+        ));
+        // A byte flipped anywhere: refused, or (in the few fields Kerberos does not protect,
+        // such as the mechanism list or the AP options) taken as the same client, once.
+        let fresh = Acceptor::new(
+            super::super::keytab::parse(include_bytes!("testdata/http.keytab")).unwrap(),
+            None,
+            Vec::new(),
+        );
+        let mut accepted = 0;
+        for i in 0..token.len() {
+            let mut bad = token.clone();
+            bad[i] ^= 0x40;
+            if let Ok(a) = fresh.accept(&bad, ISSUED) {
+                assert_eq!(a.principal, "alice@TEST.BITS", "byte {i}");
+                accepted += 1;
+            }
+        }
+        assert!(accepted <= 1, "{accepted} altered tokens accepted");
+    }
+}
