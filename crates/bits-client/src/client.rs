@@ -201,6 +201,7 @@ impl ClientBuilder {
             &HttpSettings {
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.idle_timeout,
+                one_connection: ntlm.is_some(),
             },
         );
         Ok(Client {

@@ -182,8 +182,8 @@ impl Client {
         if !same_origin(out.url, out.origin) {
             return Ok(ack);
         }
-        // The handshake must stay on one pooled connection; when a leg lands on another (the
-        // pool had not taken the first one back yet) the server asks again: a few tries.
+        // An NTLM client sends everything on one connection (see `transport::Http`), so the
+        // legs share it; if the server closed it between legs it asks again: a few tries.
         for _ in 0..NTLM_TRIES {
             if !asks_for_ntlm(&ack) {
                 return Ok(ack);
@@ -218,8 +218,6 @@ impl Client {
                 bits_proto::ntlm::client_nonce(),
             )
             .map_err(|e| Error::Usage(format!("{}: NTLM challenge: {e}", out.url)))?;
-            // Lets the pool take the challenged connection back before the next request.
-            tokio::task::yield_now().await;
             ack = self
                 .send_packet(out, Some(ntlm_value(&answer)?), activity, tick)
                 .await?;

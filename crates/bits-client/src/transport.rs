@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
@@ -339,6 +340,8 @@ impl Body for ReqBody {
 #[derive(Clone, Debug)]
 pub(crate) struct HttpSettings {
     pub connect_timeout: Duration,
+    /// Every request on one connection (NTLM), not through the pool.
+    pub one_connection: bool,
     /// No byte moved and no answer for this long: the request is abandoned (transient).
     pub idle_timeout: Duration,
 }
@@ -347,18 +350,70 @@ pub(crate) struct HttpSettings {
 pub(crate) struct Http {
     client: hyper_util::client::legacy::Client<Connector, ReqBody>,
     idle_timeout: Duration,
+    connector: Connector,
+    /// With NTLM: the one connection every request goes on. NTLM authenticates a connection
+    /// (the handshake's legs must share it, and the server trusts it afterwards), which a pool
+    /// that may hand out another connection for the next request cannot promise.
+    pinned: Option<Arc<tokio::sync::Mutex<Option<SendRequest<ReqBody>>>>>,
 }
 
 impl Http {
     pub(crate) fn new(tls: Arc<rustls::ClientConfig>, settings: &HttpSettings) -> Http {
+        let connector = Connector::new(tls, settings.connect_timeout);
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(2)
-            .build(Connector::new(tls, settings.connect_timeout));
+            .build(connector.clone());
         Http {
             client,
             idle_timeout: settings.idle_timeout,
+            connector,
+            pinned: settings
+                .one_connection
+                .then(|| Arc::new(tokio::sync::Mutex::new(None))),
         }
+    }
+
+    /// Sends `req` on the pinned connection, opening it (again) if there is none or it closed.
+    async fn send_pinned(
+        &self,
+        pinned: &tokio::sync::Mutex<Option<SendRequest<ReqBody>>>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let mut slot = pinned.lock().await;
+        if slot.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream =
+                tower_service::Service::call(&mut self.connector.clone(), req.uri().clone())
+                    .await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(stream).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "pinned connection ended");
+                }
+            });
+            *slot = Some(sender);
+        }
+        let Some(sender) = slot.as_mut() else {
+            return Err("no connection".into());
+        };
+        sender.ready().await?;
+        // hyper's client connection wants origin-form URIs; the Host header carries the rest.
+        let (mut parts, body) = req.into_parts();
+        if let Some(authority) = parts.uri.authority().cloned() {
+            parts
+                .headers
+                .entry(http::header::HOST)
+                .or_insert(http::HeaderValue::from_str(authority.as_str())?);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = path.parse()?;
+        Ok(sender
+            .send_request(Request::from_parts(parts, body))
+            .await?)
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {
@@ -375,19 +430,31 @@ impl Http {
     ) -> Result<Response<Incoming>, Error> {
         let url = req.uri().to_string();
         activity.touch();
-        let fut = self.client.request(req);
+        let fut = async {
+            match &self.pinned {
+                Some(pinned) => self
+                    .send_pinned(pinned, req)
+                    .await
+                    .map_err(|e| map_chain(&url, e.as_ref())),
+                None => self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| map_client_error(&url, &e)),
+            }
+        };
         tokio::pin!(fut);
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                r = &mut fut => return r.map_err(|e| map_client_error(&url, &e)),
+                r = &mut fut => return r,
                 _ = ticker.tick() => {
                     if tick(activity.sent()).is_break() {
                         return Err(Error::Interrupted);
                     }
                     if activity.idle() >= self.idle_timeout {
-                        return Err(Error::Timeout { url, secs: self.idle_timeout.as_secs() });
+                        return Err(Error::Timeout { url: url.clone(), secs: self.idle_timeout.as_secs() });
                     }
                 }
             }

@@ -216,6 +216,14 @@ pub struct VdirConfig {
     /// that names none is taken as this one), and the domain announced in the challenge.
     /// Unset: any domain name is accepted, the user name alone decides.
     pub ntlm_domain: Option<String>,
+    /// With `auth = "negotiate"`: the service's keytab (`kadmin ktadd`, `ktpass`). Needed.
+    pub keytab: Option<PathBuf>,
+    /// With `auth = "negotiate"`: the only service principal tickets may be for
+    /// (`HTTP/host.example`); unset: any principal the keytab holds a key for.
+    pub service_principal: Option<String>,
+    /// With `auth = "negotiate"`: the client realms accepted; empty: any realm whose tickets
+    /// the keytab's keys can read.
+    pub kerberos_realms: Vec<String>,
     /// Refuse requests that did not come over TLS (403).
     pub require_tls: bool,
     /// `BITSHostId`: this node's own reachable name, sent as `BITS-Host-Id` so the client keeps
@@ -339,6 +347,9 @@ impl Default for VdirConfig {
             auth: crate::auth::AuthMode::Anonymous,
             users_file: None,
             ntlm_domain: None,
+            keytab: None,
+            service_principal: None,
+            kerberos_realms: Vec::new(),
             require_tls: false,
             host_id: None,
             host_id_fallback_timeout: 86_400,

@@ -15,6 +15,7 @@ pub enum Scheme {
     Basic,
     Cert,
     Ntlm,
+    Negotiate,
     /// A record written before principals carried their scheme (bare `alice`). It matches the
     /// same name under any scheme: such a session is still bound to its vdir, whose auth mode
     /// did not change unless the operator changed it.
@@ -27,6 +28,7 @@ impl Scheme {
             Scheme::Basic => Some("basic"),
             Scheme::Cert => Some("cert"),
             Scheme::Ntlm => Some("ntlm"),
+            Scheme::Negotiate => Some("negotiate"),
             Scheme::Legacy => None,
         }
     }
@@ -38,6 +40,7 @@ impl Scheme {
             AuthMode::Basic => Some(Scheme::Basic),
             AuthMode::ClientCert => Some(Scheme::Cert),
             AuthMode::Ntlm => Some(Scheme::Ntlm),
+            AuthMode::Negotiate => Some(Scheme::Negotiate),
         }
     }
 }
@@ -72,7 +75,7 @@ impl Principal {
 
     /// Parses the stored form written by [`fmt::Display`].
     pub fn parse(text: &str) -> Principal {
-        for scheme in [Scheme::Basic, Scheme::Cert, Scheme::Ntlm] {
+        for scheme in [Scheme::Basic, Scheme::Cert, Scheme::Ntlm, Scheme::Negotiate] {
             if let Some(name) = scheme
                 .tag()
                 .and_then(|t| text.strip_prefix(t))

@@ -42,6 +42,9 @@ pub enum AuthMode {
     /// NTLMv2 (Windows integrated authentication), users from the users file's NT hashes; the
     /// identity belongs to the connection that completed the handshake.
     Ntlm,
+    /// HTTP Negotiate: Kerberos tickets checked with the vdir's keytab, and NTLM (raw or
+    /// inside Negotiate, as IIS takes it) for users with an NT hash in `users_file`, if any.
+    Negotiate,
 }
 
 /// What the connection itself says about the client.
@@ -52,6 +55,9 @@ pub struct ConnInfo {
     pub cert_identity: Option<String>,
     /// This connection's NTLM handshake (connection-bound, as NTLM is).
     pub ntlm: Arc<handshake::NtlmConn>,
+    /// The Kerberos principal this connection authenticated as, if any (as IIS, the identity
+    /// stays with the connection).
+    pub negotiated: Arc<Mutex<Option<String>>>,
 }
 
 /// What a 401 asks the client for (`WWW-Authenticate`).
@@ -60,14 +66,29 @@ pub enum Challenge {
     Basic,
     /// `NTLM`, or `NTLM <challenge message>` in the middle of a handshake.
     Ntlm(Option<String>),
+    /// `Negotiate` (and `NTLM` too when the vdir has NTLM users), or `Negotiate <token>` in
+    /// the middle of an NTLM handshake carried inside Negotiate.
+    Negotiate {
+        token: Option<String>,
+        ntlm: bool,
+    },
 }
 
 impl Challenge {
-    pub fn header_value(&self) -> String {
+    /// The `WWW-Authenticate` values, one header each.
+    pub fn header_values(&self) -> Vec<String> {
         match self {
-            Challenge::Basic => BASIC_CHALLENGE.to_string(),
-            Challenge::Ntlm(None) => "NTLM".to_string(),
-            Challenge::Ntlm(Some(token)) => format!("NTLM {token}"),
+            Challenge::Basic => vec![BASIC_CHALLENGE.to_string()],
+            Challenge::Ntlm(None) => vec!["NTLM".to_string()],
+            Challenge::Ntlm(Some(token)) => vec![format!("NTLM {token}")],
+            Challenge::Negotiate { token: Some(t), .. } => vec![format!("Negotiate {t}")],
+            Challenge::Negotiate { token: None, ntlm } => {
+                let mut v = vec!["Negotiate".to_string()];
+                if *ntlm {
+                    v.push("NTLM".to_string());
+                }
+                v
+            }
         }
     }
 }
@@ -158,6 +179,10 @@ pub enum AuthError {
     MissingUsersFile(String),
     #[error("{0}: cannot set up password checks: {1}")]
     Setup(String, String),
+    #[error("vdir {0:?}: auth = \"negotiate\" needs keytab")]
+    MissingKeytab(String),
+    #[error(transparent)]
+    Keytab(#[from] kerberos::keytab::KeytabError),
 }
 
 impl Users {
@@ -230,6 +255,11 @@ impl Users {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether any user has an NT hash (NTLM is offered).
+    pub fn has_nt_hashes(&self) -> bool {
+        !self.nt_hashes.is_empty()
     }
 
     /// The NT hash of `user` (case-insensitive) and the name as the file writes it.
@@ -351,6 +381,32 @@ fn hasher_for(hash: &PasswordHash<'_>) -> Argon2<'static> {
 }
 
 /// An argon2id hash for a users file.
+/// The token of `Authorization: Negotiate <base64>` or `NTLM <base64>`, decoded.
+fn negotiate_token(headers: &HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("Negotiate") && !scheme.eq_ignore_ascii_case("NTLM") {
+        return None;
+    }
+    let token = token.trim();
+    // A Kerberos ticket with a PAC can be large, but not this large.
+    if token.len() > 64 * 1024 {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD.decode(token).ok()
+}
+
+/// Whether the request's `Authorization` uses the `Negotiate` scheme (not `NTLM`).
+fn negotiate_scheme(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start().len() > 9 && v.trim_start()[..9].eq_ignore_ascii_case("negotiate")
+        })
+}
+
 /// How an NT hash is written in a users file: `name:$NT$<32 hex digits>`.
 pub const NT_PREFIX: &str = "$NT$";
 
@@ -506,6 +562,8 @@ pub struct Authenticator {
     /// Per vdir, the users file of a Basic vdir.
     files: Vec<Option<PathBuf>>,
     users: RwLock<Vec<Option<Arc<Users>>>>,
+    /// Per vdir, the Kerberos acceptor of a Negotiate vdir.
+    acceptors: Vec<Option<Arc<kerberos::acceptor::Acceptor>>>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -525,7 +583,9 @@ impl Authenticator {
         let files = vdirs
             .iter()
             .map(|v| match (v.auth, &v.users_file) {
-                (AuthMode::Basic | AuthMode::Ntlm, Some(path)) => Ok(Some(path.clone())),
+                (AuthMode::Basic | AuthMode::Ntlm | AuthMode::Negotiate, Some(path)) => {
+                    Ok(Some(path.clone()))
+                }
                 (AuthMode::Basic | AuthMode::Ntlm, None) => {
                     Err(AuthError::MissingUsersFile(v.prefix.clone()))
                 }
@@ -541,6 +601,20 @@ impl Authenticator {
                     .map(|u| u.map(Arc::new))
             })
             .collect::<Result<_, _>>()?;
+        let acceptors = vdirs
+            .iter()
+            .map(|v| match (v.auth, &v.keytab) {
+                (AuthMode::Negotiate, Some(path)) => {
+                    Ok(Some(Arc::new(kerberos::acceptor::Acceptor::new(
+                        kerberos::keytab::load(path)?,
+                        v.service_principal.clone(),
+                        v.kerberos_realms.clone(),
+                    ))))
+                }
+                (AuthMode::Negotiate, None) => Err(AuthError::MissingKeytab(v.prefix.clone())),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, AuthError>>()?;
         let concurrency = match limits.verify_concurrency {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -548,6 +622,7 @@ impl Authenticator {
         Ok(Authenticator {
             files,
             users: RwLock::new(users),
+            acceptors,
             slots: Arc::new(Semaphore::new(concurrency)),
             waiting: AtomicUsize::new(0),
             max_waiting: limits.max_waiting,
@@ -648,6 +723,97 @@ impl Authenticator {
                     handshake::Step::Allowed(_) | handshake::Step::Challenge(_) => {}
                 }
                 outcome.into()
+            }
+            AuthMode::Negotiate => self.negotiate(vdir_index, vdir, headers, conn, peer),
+        }
+    }
+
+    /// A Negotiate vdir: Kerberos with the keytab, or NTLM (raw or inside Negotiate) for users
+    /// with an NT hash. An authenticated connection stays so.
+    fn negotiate(
+        &self,
+        vdir_index: usize,
+        vdir: &VdirConfig,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+        peer: Option<IpAddr>,
+    ) -> AuthOutcome {
+        let users = self.users(vdir_index);
+        let ntlm_users = users.as_ref().is_some_and(|u| u.has_nt_hashes());
+        let challenge = |token| {
+            AuthOutcome::Challenge(Challenge::Negotiate {
+                token,
+                ntlm: ntlm_users,
+            })
+        };
+        let ip = peer.map(ip_key);
+        if ip.is_some_and(|ip| self.per_ip.exhausted(&ip)) {
+            return AuthOutcome::Throttled;
+        }
+        let fail = || {
+            if let Some(ip) = ip {
+                self.per_ip.take(&ip);
+            }
+        };
+        let token = negotiate_token(headers);
+        let Some(token) = token else {
+            if let Some(name) = conn
+                .negotiated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return AuthOutcome::Allowed(Some(name));
+            }
+            // An NTLM handshake (or none) on this connection: NTLM's own rules.
+            return match (&users, ntlm_users) {
+                (Some(u), true) => match conn.ntlm.step(headers, u, vdir.ntlm_domain.as_deref()) {
+                    handshake::Step::Allowed(name) => AuthOutcome::Allowed(Some(name)),
+                    handshake::Step::Challenge(Some(t)) => {
+                        AuthOutcome::Challenge(Challenge::Ntlm(Some(t)))
+                    }
+                    _ => challenge(None),
+                },
+                _ => challenge(None),
+            };
+        };
+        if token.starts_with(b"NTLMSSP\0") {
+            let Some(u) = users.filter(|_| ntlm_users) else {
+                fail();
+                return challenge(None);
+            };
+            return match conn.ntlm.step(headers, &u, vdir.ntlm_domain.as_deref()) {
+                handshake::Step::Allowed(name) => AuthOutcome::Allowed(Some(name)),
+                // Answered in the scheme it was asked in.
+                handshake::Step::Challenge(Some(t)) if negotiate_scheme(headers) => {
+                    challenge(Some(t))
+                }
+                handshake::Step::Challenge(Some(t)) => {
+                    AuthOutcome::Challenge(Challenge::Ntlm(Some(t)))
+                }
+                handshake::Step::Challenge(None) => challenge(None),
+                handshake::Step::Failed => {
+                    fail();
+                    challenge(None)
+                }
+            };
+        }
+        let Some(acceptor) = self.acceptors.get(vdir_index).cloned().flatten() else {
+            return challenge(None);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        match acceptor.accept(&token, now) {
+            Ok(accepted) => {
+                *conn.negotiated.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(accepted.principal.clone());
+                AuthOutcome::Allowed(Some(accepted.principal))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "Kerberos authentication failed");
+                fail();
+                challenge(None)
             }
         }
     }

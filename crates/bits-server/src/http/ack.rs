@@ -101,11 +101,14 @@ const BASIC_CHALLENGE_HEADER: &str = "Basic realm=\"bitsd\", charset=\"UTF-8\"";
 
 /// Sets the `WWW-Authenticate` of a 401 to what `challenge` asks for (render puts Basic's).
 pub fn set_challenge(resp: &mut Response, challenge: &crate::auth::Challenge) {
-    match HeaderValue::from_str(&challenge.header_value()) {
-        Ok(v) => {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+    resp.headers_mut().remove(WWW_AUTHENTICATE);
+    for value in challenge.header_values() {
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                resp.headers_mut().append(WWW_AUTHENTICATE, v);
+            }
+            Err(_) => tracing::error!("dropped a challenge that HTTP cannot carry"),
         }
-        Err(_) => tracing::error!("dropped a challenge that HTTP cannot carry"),
     }
 }
 

@@ -1,0 +1,293 @@
+//! Kerberos through HTTP Negotiate, with parts nobody here wrote: an MIT KDC on loopback (a
+//! throwaway realm in a temp dir, `kadmin.local` for the user and the service key), `kinit` for
+//! the ticket, and `curl --negotiate -u :` as the client. `scripts/test.sh` installs the MIT
+//! packages (`krb5-kdc`, `krb5-admin-server`, `krb5-user`) when they are missing.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const PROTOCOL: &str = "{7df0354d-249b-430f-820d-3d2a9bef4931}";
+
+/// A KDC for realm TEST.BITS with `alice` (password `alicepw`), `HTTP/localhost` (in
+/// `http.keytab`) and `HTTP/other.test`; killed on drop.
+struct Kdc {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Kdc {
+    fn start() -> Kdc {
+        for tool in ["krb5kdc", "kdb5_util", "kadmin.local", "kinit"] {
+            assert!(
+                on_path(tool),
+                "{tool} is missing: run scripts/test.sh (it installs krb5-kdc, krb5-admin-server \
+                 and krb5-user) or apt-get install them"
+            );
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().to_path_buf();
+        let d = d.as_path();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        std::fs::write(
+            d.join("krb5.conf"),
+            format!(
+                "[libdefaults]\n  default_realm = TEST.BITS\n  dns_lookup_kdc = false\n  \
+                 dns_lookup_realm = false\n  rdns = false\n  udp_preference_limit = 1\n\
+                 [realms]\n  TEST.BITS = {{\n    kdc = 127.0.0.1:{port}\n  }}\n\
+                 [domain_realm]\n  localhost = TEST.BITS\n  other.test = TEST.BITS\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("kdc.conf"),
+            format!(
+                "[kdcdefaults]\n  kdc_ports = {port}\n  kdc_tcp_ports = {port}\n[realms]\n  \
+                 TEST.BITS = {{\n    database_name = {db}\n    key_stash_file = {stash}\n    \
+                 acl_file = {acl}\n    supported_enctypes = aes256-cts-hmac-sha1-96:normal \
+                 aes128-cts-hmac-sha1-96:normal\n  }}\n[logging]\n  kdc = FILE:{log}\n",
+                db = d.join("principal").display(),
+                stash = d.join("stash").display(),
+                acl = d.join("kadm5.acl").display(),
+                log = d.join("kdc.log").display(),
+            ),
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let out = krb(d, args[0]).args(&args[1..]).output().expect(args[0]);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "kdb5_util",
+            "create",
+            "-s",
+            "-r",
+            "TEST.BITS",
+            "-P",
+            "masterpw",
+        ]);
+        run(&["kadmin.local", "-q", "addprinc -pw alicepw alice"]);
+        run(&["kadmin.local", "-q", "addprinc -randkey HTTP/localhost"]);
+        run(&["kadmin.local", "-q", "addprinc -randkey HTTP/other.test"]);
+        let keytab = d.join("http.keytab");
+        run(&[
+            "kadmin.local",
+            "-q",
+            &format!("ktadd -k {} HTTP/localhost", keytab.display()),
+        ]);
+        let child = krb(d, "krb5kdc")
+            .args(["-n", "-P"])
+            .arg(d.join("kdc.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("krb5kdc");
+        let kdc = Kdc { child, dir };
+        // kinit retries until the KDC answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut kinit = krb(d, "kinit")
+                .arg("alice")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kinit");
+            use std::io::Write as _;
+            let _ = writeln!(kinit.stdin.take().unwrap(), "alicepw");
+            if kinit.wait().unwrap().success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "kinit never got a ticket");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        kdc
+    }
+
+    fn keytab(&self) -> PathBuf {
+        self.dir.path().join("http.keytab")
+    }
+
+    /// `curl --negotiate -u :` with alice's ticket: the final status and the session id.
+    fn curl(
+        &self,
+        url: &str,
+        resolve: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&Path>,
+    ) -> (u16, Option<String>) {
+        let mut cmd = krb(self.dir.path(), "curl");
+        cmd.args([
+            "-sS",
+            "--negotiate",
+            "-u",
+            ":",
+            "-X",
+            "BITS_POST",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ]);
+        match body {
+            Some(file) => cmd.arg("--data-binary").arg(format!("@{}", file.display())),
+            None => cmd.args(["--data-binary", ""]),
+        };
+        if let Some(r) = resolve {
+            cmd.args(["--resolve", r]);
+        }
+        for (k, v) in headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        let out = cmd.arg(url).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = text
+            .rsplit("HTTP/1.1 ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let status = last
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let sid = last
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("BITS-Session-Id"))
+            .map(|(_, v)| v.trim().to_string());
+        (status, sid)
+    }
+}
+
+impl Drop for Kdc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command with this realm's environment (and nothing of the user's own Kerberos setup).
+fn krb(dir: &Path, program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("KRB5_CONFIG", dir.join("krb5.conf"))
+        .env("KRB5_KDC_PROFILE", dir.join("kdc.conf"))
+        .env(
+            "KRB5CCNAME",
+            format!("FILE:{}", dir.join("ccache").display()),
+        );
+    cmd
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .any(|d| d.join(name).is_file())
+    })
+}
+
+fn negotiate_server(kdc: &Kdc) -> Server {
+    let vdir = format!(
+        "auth = \"negotiate\"\nkeytab = \"{}\"\nservice_principal = \"HTTP/localhost\"\n\
+         kerberos_realms = [\"TEST.BITS\"]",
+        kdc.keytab().display()
+    );
+    Server::start_with(&vdir_config("", &vdir), false)
+}
+
+#[test]
+fn curl_negotiate_with_an_mit_ticket_uploads() {
+    let kdc = Kdc::start();
+    let s = negotiate_server(&kdc);
+    let url = format!("http://localhost:{}/upload/k.bin", s.addr.port());
+    let (status, sid) = kdc.curl(
+        &url,
+        None,
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            ("BITS-Supported-Protocols", PROTOCOL),
+        ],
+        None,
+    );
+    assert_eq!(status, 200);
+    let sid = sid.expect("session id");
+    let data = pattern(5000, 3);
+    let file = s.dir.path().join("frag");
+    std::fs::write(&file, &data[..3000]).unwrap();
+    let range = format!("bytes 0-2999/{}", data.len());
+    let (status, _) = kdc.curl(
+        &url,
+        None,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", &range),
+        ],
+        Some(&file),
+    );
+    assert_eq!(status, 200);
+    // The session belongs to negotiate:alice@TEST.BITS: fragments through another connection
+    // need the ticket again; a client without one is challenged.
+    let r = s.conn().fragment(
+        "/upload/k.bin",
+        &sid,
+        3000,
+        &data[3000..],
+        data.len() as u64,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("Negotiate"));
+    std::fs::write(&file, &data[3000..]).unwrap();
+    let range = format!("bytes 3000-4999/{}", data.len());
+    let (status, _) = kdc.curl(
+        &url,
+        None,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", &range),
+        ],
+        Some(&file),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = kdc.curl(
+        &url,
+        None,
+        &[
+            ("BITS-Packet-Type", "Close-Session"),
+            ("BITS-Session-Id", &sid),
+        ],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(std::fs::read(s.upload_path("k.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_ticket_for_another_service_is_refused() {
+    let kdc = Kdc::start();
+    let s = negotiate_server(&kdc);
+    let port = s.addr.port();
+    let (status, _) = kdc.curl(
+        &format!("http://other.test:{port}/upload/k.bin"),
+        Some(&format!("other.test:{port}:127.0.0.1")),
+        &[
+            ("BITS-Packet-Type", "Create-Session"),
+            ("BITS-Supported-Protocols", PROTOCOL),
+        ],
+        None,
+    );
+    assert_eq!(status, 401);
+    assert!(session_dirs(&s.spool()).is_empty());
+}
