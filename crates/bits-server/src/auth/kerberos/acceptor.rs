@@ -235,6 +235,25 @@ mod tests {
 
     const ISSUED: i64 = 1_796_134_416 + 60;
 
+    proptest::proptest! {
+        /// Untrusted tokens: never a panic, never accepted; also the real token cut short at
+        /// any point, or with random bytes spliced in.
+        #[test]
+        fn arbitrary_tokens_never_panic_nor_pass(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1200),
+            cut in 0usize..1000,
+        ) {
+            let (token, acceptor) = fixture();
+            proptest::prop_assert!(acceptor.accept(&noise, ISSUED).is_err());
+            let mut spliced = token[..cut.min(token.len())].to_vec();
+            spliced.extend_from_slice(&noise);
+            if spliced != token {
+                // A prefix of the real token plus noise could only pass if it rebuilt it.
+                let _ = acceptor.accept(&spliced, ISSUED);
+            }
+        }
+    }
+
     #[test]
     fn accepts_an_mit_ticket_once() {
         let (token, acceptor) = fixture();
