@@ -58,6 +58,9 @@ pub struct ConnInfo {
     /// The Kerberos principal this connection authenticated as, if any (as IIS, the identity
     /// stays with the connection).
     pub negotiated: Arc<Mutex<Option<String>>>,
+    /// The mutual-authentication token (base64 AP-REP) owed to the response of the request
+    /// that presented the ticket.
+    pub mutual: Arc<Mutex<Option<String>>>,
 }
 
 /// What a 401 asks the client for (`WWW-Authenticate`).
@@ -806,8 +809,11 @@ impl Authenticator {
             .map_or(0, |d| d.as_secs() as i64);
         match acceptor.accept(&token, now) {
             Ok(accepted) => {
+                use base64::Engine as _;
                 *conn.negotiated.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(accepted.principal.clone());
+                *conn.mutual.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(base64::engine::general_purpose::STANDARD.encode(&accepted.reply));
                 AuthOutcome::Allowed(Some(accepted.principal))
             }
             Err(e) => {

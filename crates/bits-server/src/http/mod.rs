@@ -164,6 +164,7 @@ async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response 
         &Method::HEAD => "head",
         _ => "other",
     };
+    let mutual = req.extensions().get::<ConnInfo>().map(|c| c.mutual.clone());
     // A bug must cost one request an error Ack, never the connection or the process; counted
     // like every other error Ack. (The accept loop has a last-resort guard of its own.)
     let resp = match AssertUnwindSafe(route(&front, req)).catch_unwind().await {
@@ -179,6 +180,15 @@ async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response 
             ack::render(&ack, true)
         }
     };
+    let mut resp = resp;
+    // Kerberos' mutual authentication: the AP-REP for the ticket this request carried.
+    if let Some(token) = mutual.and_then(|m| m.lock().unwrap_or_else(|p| p.into_inner()).take()) {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("Negotiate {token}")) {
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+    }
     front
         .metrics
         .request(packet, resp.status().as_u16(), started.elapsed());

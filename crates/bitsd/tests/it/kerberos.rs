@@ -1,7 +1,8 @@
 //! Kerberos through HTTP Negotiate, with parts nobody here wrote: an MIT KDC on loopback (a
 //! throwaway realm in a temp dir, `kadmin.local` for the user and the service key), `kinit` for
-//! the ticket, and `curl --negotiate -u :` as the client. `scripts/test.sh` installs the MIT
-//! packages (`krb5-kdc`, `krb5-admin-server`, `krb5-user`) when they are missing.
+//! the ticket, and as clients `curl --negotiate -u :` and MIT's GSSAPI (python3-gssapi, which
+//! checks the mutual-authentication answer). `scripts/test.sh` installs the packages
+//! (`krb5-kdc`, `krb5-admin-server`, `krb5-user`, `python3-gssapi`) when they are missing.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -150,6 +151,14 @@ impl Kdc {
             cmd.arg("-H").arg(format!("{k}: {v}"));
         }
         let out = cmd.arg(url).output().expect("curl");
+        // curl checks the server's mutual-authentication token (the AP-REP in the 200's
+        // `WWW-Authenticate: Negotiate`); a bad one makes it fail.
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "curl: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let last = text
             .rsplit("HTTP/1.1 ")
@@ -272,6 +281,33 @@ fn curl_negotiate_with_an_mit_ticket_uploads() {
     );
     assert_eq!(status, 200);
     assert_eq!(std::fs::read(s.upload_path("k.bin")).unwrap(), data);
+}
+
+/// MIT's own GSSAPI as the client (python3-gssapi, mutual authentication asked): it accepts
+/// the AP-REP bitsd answers with, so the context completes on both sides.
+#[test]
+fn mit_gssapi_completes_mutual_authentication() {
+    let kdc = Kdc::start();
+    let s = negotiate_server(&kdc);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/gss_client.py");
+    let out = krb(kdc.dir.path(), "/usr/bin/python3")
+        .args([
+            script,
+            "localhost",
+            &s.addr.port().to_string(),
+            "/upload/g.bin",
+        ])
+        .output()
+        .expect("python3 with gssapi (python3-gssapi)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"200"), "{text}");
+    assert_eq!(fields.last(), Some(&"ok"), "mutual authentication: {text}");
 }
 
 #[test]

@@ -17,9 +17,11 @@ const SPNEGO_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
 /// (1.2.840.48018.1.2.2).
 const KRB5_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
 const KRB5_OID_MS: &[u8] = &[0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
-/// Key usages ([RFC 4120] 7.5.1): the ticket's encrypted part, the AP-REQ authenticator.
+/// Key usages ([RFC 4120] 7.5.1): the ticket's encrypted part, the AP-REQ authenticator, the
+/// AP-REP's encrypted part.
 const USAGE_TICKET: u32 = 2;
 const USAGE_AUTHENTICATOR: u32 = 11;
+const USAGE_AP_REP: u32 = 12;
 /// Allowed clock skew, seconds (Kerberos' usual five minutes).
 pub const MAX_SKEW: i64 = 300;
 /// Authenticators remembered against replay at most.
@@ -54,6 +56,10 @@ pub enum KerberosError {
 pub struct Accepted {
     /// `name@REALM`.
     pub principal: String,
+    /// The answer for the client (`WWW-Authenticate: Negotiate <it>` on the response): an
+    /// AP-REP proving the service read the ticket (mutual authentication), wrapped as the
+    /// request was (SPNEGO NegTokenResp, or a bare krb5 token).
+    pub reply: Vec<u8>,
 }
 
 pub struct Acceptor {
@@ -77,7 +83,7 @@ impl Acceptor {
 
     /// Checks a Negotiate token at Unix time `now`.
     pub fn accept(&self, token: &[u8], now: i64) -> Result<Accepted, KerberosError> {
-        let ap_req = ap_req_of(token)?;
+        let (ap_req, wrapping) = ap_req_of(token)?;
         let ap = der::expect(der::expect(ap_req, 0x6e)?, 0x30)?;
         let ap = fields(ap)?;
         let ticket = der::expect(der::expect(field(&ap, 3)?, 0x61)?, 0x30)?;
@@ -139,7 +145,8 @@ impl Acceptor {
         }
         let principal = format!("{cname}@{crealm}");
         self.not_replayed(&principal, ctime, cusec, now)?;
-        Ok(Accepted { principal })
+        let reply = ap_rep(&session_key, ctime, cusec, wrapping)?;
+        Ok(Accepted { principal, reply })
     }
 
     /// Remembers (client, ctime, cusec) for the skew window; seen before: a replay.
@@ -168,8 +175,16 @@ impl Acceptor {
     }
 }
 
+/// How the client wrapped its AP-REQ, so the AP-REP goes back the same way.
+#[derive(Clone, Copy)]
+struct Wrapping {
+    spnego: bool,
+    /// The krb5 mechanism OID the client used (the standard one or Microsoft's).
+    mech: &'static [u8],
+}
+
 /// The AP-REQ inside a Negotiate token.
-fn ap_req_of(token: &[u8]) -> Result<&[u8], KerberosError> {
+fn ap_req_of(token: &[u8]) -> Result<(&[u8], Wrapping), KerberosError> {
     let outer = der::expect(token, 0x60)?;
     let (oid, rest) = der::next(outer)?;
     if oid.tag != 0x06 {
@@ -179,16 +194,65 @@ fn ap_req_of(token: &[u8]) -> Result<&[u8], KerberosError> {
         let init = der::expect(der::expect(rest, 0xa0)?, 0x30)?;
         let init = fields(init)?;
         let mech_token = der::octets(field(&init, 2)?)?;
-        return ap_req_of(mech_token);
+        let (ap_req, inner) = ap_req_of(mech_token)?;
+        return Ok((
+            ap_req,
+            Wrapping {
+                spnego: true,
+                ..inner
+            },
+        ));
     }
-    if oid.value != KRB5_OID && oid.value != KRB5_OID_MS {
+    let mech = if oid.value == KRB5_OID {
+        KRB5_OID
+    } else if oid.value == KRB5_OID_MS {
+        KRB5_OID_MS
+    } else {
         return Err(KerberosError::NotKerberos);
-    }
+    };
     // TOK_ID 01 00: an AP-REQ.
     match rest {
-        [0x01, 0x00, ap_req @ ..] => Ok(ap_req),
+        [0x01, 0x00, ap_req @ ..] => Ok((
+            ap_req,
+            Wrapping {
+                spnego: false,
+                mech,
+            },
+        )),
         _ => Err(KerberosError::NotKerberos),
     }
+}
+
+/// The AP-REP for an authenticator of `ctime`/`cusec` ([RFC 4120] 5.5.2), as a GSS krb5 token
+/// (TOK_ID 02 00), inside an SPNEGO NegTokenResp (accept-completed) when the request was SPNEGO.
+fn ap_rep(key: &Key, ctime: i64, cusec: i64, wrapping: Wrapping) -> Result<Vec<u8>, KerberosError> {
+    use der::{context, tlv, write_integer, write_time};
+    let mut part = context(0, &write_time(ctime));
+    part.extend(context(1, &write_integer(cusec)));
+    let enc_part = tlv(0x7b, &tlv(0x30, &part));
+    let mut confounder = [0u8; 16];
+    argon2::password_hash::rand_core::RngCore::fill_bytes(
+        &mut argon2::password_hash::rand_core::OsRng,
+        &mut confounder,
+    );
+    let cipher = key.encrypt(USAGE_AP_REP, &enc_part, confounder)?;
+    let mut encrypted = context(0, &write_integer(i64::from(key.enctype())));
+    encrypted.extend(context(2, &tlv(0x04, &cipher)));
+    let mut rep = context(0, &write_integer(5));
+    rep.extend(context(1, &write_integer(15)));
+    rep.extend(context(2, &tlv(0x30, &encrypted)));
+    let rep = tlv(0x6f, &tlv(0x30, &rep));
+    let mut gss = tlv(0x06, wrapping.mech);
+    gss.extend_from_slice(&[0x02, 0x00]);
+    gss.extend(rep);
+    let gss = tlv(0x60, &gss);
+    if !wrapping.spnego {
+        return Ok(gss);
+    }
+    let mut resp = context(0, &tlv(0x0a, &[0]));
+    resp.extend(context(1, &tlv(0x06, wrapping.mech)));
+    resp.extend(context(2, &tlv(0x04, &gss)));
+    Ok(tlv(0xa1, &tlv(0x30, &resp)))
 }
 
 /// A PrincipalName's components joined with `/`.
@@ -257,12 +321,10 @@ mod tests {
     #[test]
     fn accepts_an_mit_ticket_once() {
         let (token, acceptor) = fixture();
-        assert_eq!(
-            acceptor.accept(&token, ISSUED),
-            Ok(Accepted {
-                principal: "alice@TEST.BITS".into()
-            })
-        );
+        let accepted = acceptor.accept(&token, ISSUED).unwrap();
+        assert_eq!(accepted.principal, "alice@TEST.BITS");
+        // The reply is an SPNEGO NegTokenResp: accept-completed, with a krb5 AP-REP.
+        assert_eq!(&accepted.reply[..1], &[0xa1]);
         assert_eq!(acceptor.accept(&token, ISSUED), Err(KerberosError::Replay));
     }
 

@@ -121,6 +121,67 @@ pub fn time(input: &[u8]) -> Result<i64, DerError> {
     Ok(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
 }
 
+/// One element with DER's minimal length.
+pub fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = value.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+/// `[n]` explicit context tag around `inner`.
+pub fn context(n: u8, inner: &[u8]) -> Vec<u8> {
+    tlv(0xa0 | n, inner)
+}
+
+/// An INTEGER in its minimal two's-complement form.
+pub fn write_integer(n: i64) -> Vec<u8> {
+    let bytes = n.to_be_bytes();
+    let mut start = 0;
+    while start < 7
+        && ((bytes[start] == 0 && bytes[start + 1] & 0x80 == 0)
+            || (bytes[start] == 0xff && bytes[start + 1] & 0x80 != 0))
+    {
+        start += 1;
+    }
+    tlv(0x02, &bytes[start..])
+}
+
+/// A KerberosTime for Unix seconds `t`.
+pub fn write_time(t: i64) -> Vec<u8> {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let text = format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    tlv(0x18, text.as_bytes())
+}
+
+/// The date of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -146,5 +207,12 @@ mod tests {
         assert_eq!(integer(b"\x02\x01\xff").unwrap(), -1);
         assert!(next(b"\x30\x05\x01").is_err());
         assert!(next(b"\x30\x84\xff\xff\xff\xff").is_err());
+        for t in [0, 1_796_134_416, 951_782_400, 4_102_444_799] {
+            assert_eq!(time(&write_time(t)).unwrap(), t);
+        }
+        for n in [0, 5, 127, 128, 255, 256, -1, -129, 1 << 40] {
+            assert_eq!(integer(&write_integer(n)).unwrap(), n);
+        }
+        assert_eq!(next(&tlv(0x04, &[7; 300])).unwrap().0.value.len(), 300);
     }
 }
