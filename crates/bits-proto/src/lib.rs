@@ -8,6 +8,7 @@
 pub mod ack;
 pub mod headers;
 pub mod hresult;
+pub mod kerberos;
 pub mod ntlm;
 pub mod packet;
 pub mod protocol;

@@ -2,6 +2,6 @@
 //! the service's keys from a keytab, and the AP-REQ a client presents, checked with them.
 
 pub mod acceptor;
-pub mod crypto;
-mod der;
 pub mod keytab;
+
+pub use bits_proto::kerberos::{crypto, der};
