@@ -27,6 +27,9 @@ pub enum AuthScheme {
     /// NTLMv2, answering the server's 401: the handshake runs on the connection the request
     /// goes out on, which the server then treats as authenticated.
     Ntlm,
+    /// Kerberos through HTTP Negotiate, answering the server's 401 with the service ticket from
+    /// the user's credential cache (`kinit`, and `kvno HTTP/<server>`); no password.
+    Negotiate,
 }
 
 /// NTLM credentials, the user split from an optional `DOMAIN\` prefix.
@@ -59,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) authorization: Option<HeaderValue>,
     /// With [`AuthScheme::Ntlm`]: what answers the server's challenges.
     pub(crate) ntlm: Option<NtlmCredentials>,
+    /// With [`AuthScheme::Negotiate`]: the Kerberos credential cache the tickets come from.
+    pub(crate) negotiate: Option<std::path::PathBuf>,
     pub(crate) user_agent: HeaderValue,
     pub(crate) retry: RetryPolicy,
     /// Upper bound for the body bytes per second of fragments (`None`: unlimited).
@@ -78,6 +83,7 @@ pub struct ClientBuilder {
     tls: TlsOptions,
     credentials: Option<Credentials>,
     scheme: AuthScheme,
+    credential_cache: Option<std::path::PathBuf>,
     user_agent: String,
     retry: RetryPolicy,
     connect_timeout: Duration,
@@ -92,6 +98,7 @@ impl Default for ClientBuilder {
             tls: TlsOptions::default(),
             credentials: None,
             scheme: AuthScheme::Basic,
+            credential_cache: None,
             user_agent: format!("bits-client/{}", env!("CARGO_PKG_VERSION")),
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
@@ -120,6 +127,13 @@ impl ClientBuilder {
     /// be `DOMAIN\\user`.
     pub fn auth_scheme(mut self, scheme: AuthScheme) -> Self {
         self.scheme = scheme;
+        self
+    }
+
+    /// The Kerberos credential cache for [`AuthScheme::Negotiate`] (default: `KRB5CCNAME`, else
+    /// `/tmp/krb5cc_<uid>`).
+    pub fn credential_cache(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.credential_cache = Some(path.into());
         self
     }
 
@@ -177,9 +191,14 @@ impl ClientBuilder {
             }
             _ => None,
         };
+        let negotiate = (self.scheme == AuthScheme::Negotiate).then(|| {
+            self.credential_cache
+                .clone()
+                .unwrap_or_else(crate::negotiate::default_cache)
+        });
         let authorization = match &self.credentials {
             None => None,
-            Some(_) if ntlm.is_some() => None,
+            Some(_) if ntlm.is_some() || negotiate.is_some() => None,
             Some(c) => {
                 if c.user.contains(':') {
                     return Err(Error::Usage(
@@ -201,7 +220,7 @@ impl ClientBuilder {
             &HttpSettings {
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.idle_timeout,
-                one_connection: ntlm.is_some(),
+                one_connection: ntlm.is_some() || negotiate.is_some(),
             },
         );
         Ok(Client {
@@ -209,6 +228,7 @@ impl ClientBuilder {
                 http,
                 authorization,
                 ntlm,
+                negotiate,
                 user_agent,
                 retry: self.retry,
                 upload_rate: self.upload_rate,
@@ -229,6 +249,8 @@ impl Client {
     }
 
     pub(crate) fn has_credentials(&self) -> bool {
-        self.inner.authorization.is_some() || self.inner.ntlm.is_some()
+        self.inner.authorization.is_some()
+            || self.inner.ntlm.is_some()
+            || self.inner.negotiate.is_some()
     }
 }

@@ -176,6 +176,16 @@ impl Client {
         tick: &mut dyn FnMut(u64) -> ControlFlow<()>,
     ) -> Result<Ack> {
         let mut ack = self.send_packet(out, None, activity, tick).await?;
+        if let Some(cache) = &self.inner.negotiate {
+            if ack.status != 401 || !offers(&ack, "Negotiate") || !same_origin(out.url, out.origin)
+            {
+                return Ok(ack);
+            }
+            let host = out.url.host_str().unwrap_or_default();
+            let token = crate::negotiate::token_for(cache, host)?;
+            let value = scheme_value("Negotiate", &token)?;
+            return self.send_packet(out, Some(value), activity, tick).await;
+        }
         let Some(creds) = &self.inner.ntlm else {
             return Ok(ack);
         };
@@ -311,22 +321,30 @@ const NTLM_TRIES: usize = 3;
 
 /// A 401 whose `WWW-Authenticate` offers NTLM (a fresh challenge request, not a handshake leg).
 fn asks_for_ntlm(ack: &Ack) -> bool {
-    ack.status == 401
-        && ack
-            .headers
-            .get_all(http::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.trim().eq_ignore_ascii_case("NTLM"))
+    ack.status == 401 && offers(ack, "NTLM")
+}
+
+/// Whether a `WWW-Authenticate` of `ack` is exactly `scheme` (no token).
+fn offers(ack: &Ack, scheme: &str) -> bool {
+    ack.headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.trim().eq_ignore_ascii_case(scheme))
 }
 
 /// `NTLM <base64 message>`, marked sensitive.
 fn ntlm_value(message: &[u8]) -> Result<HeaderValue> {
+    scheme_value("NTLM", message)
+}
+
+/// `<scheme> <base64 token>`, marked sensitive.
+fn scheme_value(scheme: &str, token: &[u8]) -> Result<HeaderValue> {
     let mut v = HeaderValue::from_str(&format!(
-        "NTLM {}",
-        base64::engine::general_purpose::STANDARD.encode(message)
+        "{scheme} {}",
+        base64::engine::general_purpose::STANDARD.encode(token)
     ))
-    .map_err(|_| Error::Usage("NTLM message is not a valid header".into()))?;
+    .map_err(|_| Error::Usage(format!("{scheme} token is not a valid header")))?;
     v.set_sensitive(true);
     Ok(v)
 }

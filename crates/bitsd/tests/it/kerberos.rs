@@ -310,6 +310,75 @@ fn mit_gssapi_completes_mutual_authentication() {
     assert_eq!(fields.last(), Some(&"ok"), "mutual authentication: {text}");
 }
 
+/// Our own client with `AuthScheme::Negotiate` (what `bits --auth negotiate` uses): the service
+/// ticket from the credential cache (after `kvno`), presented when the server asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bits_client_uploads_with_a_kerberos_ticket() {
+    use bits_client::{AuthScheme, Client, NoObserver, RetryPolicy, UploadState, Url};
+    let kdc = Kdc::start();
+    let out = krb(kdc.dir.path(), "kvno")
+        .arg("HTTP/localhost")
+        .output()
+        .expect("kvno");
+    assert!(
+        out.status.success(),
+        "kvno: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = negotiate_server(&kdc);
+    let data = pattern(3_000_000, 31);
+    let file = s.dir.path().join("local.bin");
+    std::fs::write(&file, &data).unwrap();
+    let url = Url::parse(&format!("http://localhost:{}/upload/c.bin", s.addr.port())).unwrap();
+    let client = Client::builder()
+        .auth_scheme(AuthScheme::Negotiate)
+        .credential_cache(kdc.dir.path().join("ccache"))
+        .retry(RetryPolicy::quick(2, Duration::from_millis(20)))
+        .build()
+        .expect("client");
+    let mut state = UploadState::new(&file, &url, 1 << 20).unwrap();
+    let out = client
+        .upload(&mut state, &mut NoObserver)
+        .await
+        .expect("upload with Kerberos");
+    assert_eq!(out.bytes, data.len() as u64);
+    assert_eq!(std::fs::read(s.upload_path("c.bin")).unwrap(), data);
+}
+
+/// The same client's token checked by MIT's GSSAPI acceptor instead of bitsd's: the AP-REQ,
+/// its authenticator and GSS checksum are what an independent Kerberos service accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mit_gssapi_accepts_the_bits_client_token() {
+    use std::io::BufRead as _;
+    let kdc = Kdc::start();
+    let out = krb(kdc.dir.path(), "kvno")
+        .arg("HTTP/localhost")
+        .output()
+        .expect("kvno");
+    assert!(out.status.success());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/gss_accept.py");
+    let mut server = krb(kdc.dir.path(), "/usr/bin/python3")
+        .arg(script)
+        .env("KRB5_KTNAME", kdc.keytab())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with gssapi");
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    let client = bits_client::Client::builder()
+        .auth_scheme(bits_client::AuthScheme::Negotiate)
+        .credential_cache(kdc.dir.path().join("ccache"))
+        .build()
+        .unwrap();
+    let url = bits_client::Url::parse(&format!("http://localhost:{port}/upload/x")).unwrap();
+    let pinged = client.ping(&url).await;
+    let verdict = lines.next().map(|l| l.unwrap()).unwrap_or_default();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(verdict, "alice@TEST.BITS", "MIT GSSAPI said: {verdict}");
+    pinged.expect("ping accepted");
+}
+
 #[test]
 fn a_ticket_for_another_service_is_refused() {
     let kdc = Kdc::start();

@@ -47,9 +47,11 @@ pub struct Opts {
     /// password comes from BITS_PASSWORD or is prompted for.
     #[arg(long, short = 'u', global = true)]
     pub user: Option<String>,
-    /// How --user signs in: basic (default; sent with every request) or ntlm (answers the
-    /// server's NTLM challenge, as IIS with Windows authentication and bitsd's auth = "ntlm" ask).
-    #[arg(long, global = true, value_parser = ["basic", "ntlm"])]
+    /// How to sign in: basic (default; --user's password sent with every request), ntlm
+    /// (answers the server's NTLM challenge, as IIS with Windows authentication and bitsd's
+    /// auth = "ntlm" ask), or negotiate (Kerberos: the ticket for HTTP/<server> from the
+    /// credential cache, after kinit and kvno; no --user).
+    #[arg(long, global = true, value_parser = ["basic", "ntlm", "negotiate"])]
     pub auth: Option<String>,
     /// Trust these PEM certificates instead of the system's roots.
     #[arg(long, global = true, value_name = "PEM")]

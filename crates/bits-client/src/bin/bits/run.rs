@@ -160,7 +160,9 @@ pub(crate) fn client(opts: &Opts, settings: &JobSettings, url: &Url) -> Result<C
         .idle_timeout(opts.timeout)
         .max_size((opts.max_size > 0).then_some(opts.max_size))
         .upload_rate_limit(opts.limit_rate);
-    if let Some(user) = &settings.user {
+    if settings.auth.as_deref() == Some("negotiate") {
+        b = b.auth_scheme(bits_client::AuthScheme::Negotiate);
+    } else if let Some(user) = &settings.user {
         let ntlm = settings.auth.as_deref() == Some("ntlm");
         if url.scheme() == "http" && !opts.quiet && !ntlm {
             eprintln!("bits: warning: Basic credentials travel unencrypted over http://");
