@@ -29,15 +29,16 @@ if ! command -v weed >/dev/null 2>&1; then
   fi
 fi
 # The Kerberos tests run an MIT KDC on loopback, curl --negotiate and MIT's GSSAPI from Python
-# (python3-gssapi, for the system python3) against bitsd.
+# (python3-gssapi, for the system python3; gss-ntlmssp for NTLM inside SPNEGO) against bitsd.
 if { ! command -v krb5kdc >/dev/null 2>&1 && ! [ -x /usr/sbin/krb5kdc ]; } \
-   || ! /usr/bin/python3 -c 'import gssapi' >/dev/null 2>&1; then
+   || ! /usr/bin/python3 -c 'import gssapi' >/dev/null 2>&1 \
+   || ! [ -e /etc/gss/mech.d/mech.ntlmssp.conf ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "installing the MIT Kerberos KDC and tools for the Negotiate tests" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null && apt-get install -y -qq krb5-kdc krb5-admin-server krb5-user python3-gssapi >/dev/null
+    apt-get update -qq >/dev/null && apt-get install -y -qq krb5-kdc krb5-admin-server krb5-user python3-gssapi gss-ntlmssp >/dev/null
   else
-    echo "the Kerberos tests need krb5-kdc, krb5-admin-server, krb5-user and python3-gssapi (Debian package names)" >&2
+    echo "the Kerberos tests need krb5-kdc, krb5-admin-server, krb5-user, python3-gssapi and gss-ntlmssp (Debian package names)" >&2
     exit 1
   fi
 fi

@@ -203,7 +203,7 @@ pub fn verify(
     challenge: &[u8; 8],
     negotiate_msg: Option<&[u8]>,
     challenge_msg: &[u8],
-) -> Result<(), NtlmError> {
+) -> Result<Session, NtlmError> {
     if auth.nt_response.len() <= 24 {
         return Err(NtlmError::NotV2);
     }
@@ -218,21 +218,28 @@ pub fn verify(
     if !constant_time_eq(&expected, proof) {
         return Err(NtlmError::BadProof);
     }
+    let session_base_key = hmac_md5(&key, &[proof]);
+    let exported: [u8; 16] = if auth.flags & NEGOTIATE_KEY_EXCH != 0 {
+        if auth.encrypted_session_key.len() != 16 {
+            return Err(NtlmError::Malformed("encrypted session key"));
+        }
+        let k = rc4(&session_base_key, &auth.encrypted_session_key);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&k);
+        out
+    } else {
+        session_base_key
+    };
+    let session = Session {
+        exported_key: exported,
+        flags: auth.flags,
+    };
     if !declares_mic(&blob[28..]) {
-        return Ok(());
+        return Ok(session);
     }
     if auth_msg.len() < MIC_OFFSET + 16 {
         return Err(NtlmError::Malformed("MIC declared but absent"));
     }
-    let session_base_key = hmac_md5(&key, &[proof]);
-    let exported = if auth.flags & NEGOTIATE_KEY_EXCH != 0 {
-        if auth.encrypted_session_key.len() != 16 {
-            return Err(NtlmError::Malformed("encrypted session key"));
-        }
-        rc4(&session_base_key, &auth.encrypted_session_key)
-    } else {
-        session_base_key.to_vec()
-    };
     let mut zeroed = auth_msg.to_vec();
     zeroed[MIC_OFFSET..MIC_OFFSET + 16].fill(0);
     let mic = hmac_md5(
@@ -242,8 +249,73 @@ pub fn verify(
     if !constant_time_eq(&mic, &auth_msg[MIC_OFFSET..MIC_OFFSET + 16]) {
         return Err(NtlmError::BadMic);
     }
-    Ok(())
+    Ok(session)
 }
+
+/// What an authenticated NTLM exchange leaves to sign with: the exported session key and the
+/// flags the client settled on.
+#[derive(Clone, Copy)]
+pub struct Session {
+    exported_key: [u8; 16],
+    flags: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("flags", &self.flags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The server's first signature (sequence number 0) over `message`, with extended session
+    /// security ([MS-NLMP] 3.4.4.2): what SPNEGO's `mechListMIC` holds when NTLM was chosen.
+    pub fn server_signature(&self, message: &[u8]) -> [u8; 16] {
+        self.signature(message, SERVER_SIGNING, SERVER_SEALING)
+    }
+
+    /// The client's first signature over `message` (to check its `mechListMIC`).
+    pub fn client_signature(&self, message: &[u8]) -> [u8; 16] {
+        self.signature(message, CLIENT_SIGNING, CLIENT_SEALING)
+    }
+
+    fn signature(&self, message: &[u8], signing: &[u8], sealing: &[u8]) -> [u8; 16] {
+        use md5::Digest as _;
+        let sign_key: [u8; 16] = md5::Md5::new()
+            .chain_update(self.exported_key)
+            .chain_update(signing)
+            .finalize()
+            .into();
+        let seq = 0u32.to_le_bytes();
+        let mut checksum = hmac_md5(&sign_key, &[&seq, message])[..8].to_vec();
+        if self.flags & NEGOTIATE_KEY_EXCH != 0 {
+            let len = if self.flags & NEGOTIATE_128 != 0 {
+                16
+            } else if self.flags & NEGOTIATE_56 != 0 {
+                7
+            } else {
+                5
+            };
+            let seal_key: [u8; 16] = md5::Md5::new()
+                .chain_update(&self.exported_key[..len])
+                .chain_update(sealing)
+                .finalize()
+                .into();
+            checksum = rc4(&seal_key, &checksum);
+        }
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&1u32.to_le_bytes());
+        out[4..12].copy_from_slice(&checksum);
+        out[12..].copy_from_slice(&seq);
+        out
+    }
+}
+
+const CLIENT_SIGNING: &[u8] = b"session key to client-to-server signing key magic constant\0";
+const SERVER_SIGNING: &[u8] = b"session key to server-to-client signing key magic constant\0";
+const CLIENT_SEALING: &[u8] = b"session key to client-to-server sealing key magic constant\0";
+const SERVER_SEALING: &[u8] = b"session key to server-to-client sealing key magic constant\0";
 
 /// The client's NEGOTIATE message: Unicode, NTLM with extended session security, asking for
 /// the target info that NTLMv2 needs.
@@ -487,17 +559,17 @@ mod tests {
             ("alice", "BITS")
         );
         assert_eq!(
-            verify(&auth, &msg, &right, &challenge, None, &challenge_msg),
+            verify(&auth, &msg, &right, &challenge, None, &challenge_msg).map(|_| ()),
             Ok(())
         );
         // The same message checked against another password, or another challenge.
         let wrong = nt_hash("guess");
         assert_eq!(
-            verify(&auth, &msg, &wrong, &challenge, None, &challenge_msg),
+            verify(&auth, &msg, &wrong, &challenge, None, &challenge_msg).map(|_| ()),
             Err(NtlmError::BadProof)
         );
         assert_eq!(
-            verify(&auth, &msg, &right, &[8u8; 8], None, &challenge_msg),
+            verify(&auth, &msg, &right, &[8u8; 8], None, &challenge_msg).map(|_| ()),
             Err(NtlmError::BadProof)
         );
         // A response computed from the wrong password, no MIC: refused.
@@ -509,7 +581,7 @@ mod tests {
         let msg = authenticate("alice", "BITS", &forged);
         let auth = parse_authenticate(&msg).unwrap();
         assert_eq!(
-            verify(&auth, &msg, &right, &challenge, None, &challenge_msg),
+            verify(&auth, &msg, &right, &challenge, None, &challenge_msg).map(|_| ()),
             Err(NtlmError::BadProof)
         );
     }
@@ -521,7 +593,7 @@ mod tests {
         let msg = authenticate("alice", "", &[0x55; 24]);
         let auth = parse_authenticate(&msg).unwrap();
         assert_eq!(
-            verify(&auth, &msg, &nt_hash("x"), &challenge, None, &challenge_msg),
+            verify(&auth, &msg, &nt_hash("x"), &challenge, None, &challenge_msg).map(|_| ()),
             Err(NtlmError::NotV2)
         );
         assert!(matches!(
@@ -556,7 +628,7 @@ mod tests {
         let auth = parse_authenticate(&msg).unwrap();
         // The MIC is still zero: refused although the proof is right.
         assert_eq!(
-            verify(&auth, &msg, &nt, &challenge, None, &challenge_msg),
+            verify(&auth, &msg, &nt, &challenge, None, &challenge_msg).map(|_| ()),
             Err(NtlmError::BadMic)
         );
         // The right MIC (no key exchange: the session base key signs).
@@ -566,7 +638,7 @@ mod tests {
         msg[MIC_OFFSET..MIC_OFFSET + 16].copy_from_slice(&mic);
         let auth = parse_authenticate(&msg).unwrap();
         assert_eq!(
-            verify(&auth, &msg, &nt, &challenge, None, &challenge_msg),
+            verify(&auth, &msg, &nt, &challenge, None, &challenge_msg).map(|_| ()),
             Ok(())
         );
     }
@@ -589,6 +661,7 @@ mod tests {
                 Some(&negotiate),
                 &challenge_msg,
             )
+            .map(|_| ())
         };
         assert_eq!(check("pw"), Ok(()));
         assert_eq!(check("Pw"), Err(NtlmError::BadProof));

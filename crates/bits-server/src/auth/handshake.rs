@@ -32,8 +32,9 @@ enum State {
         challenge: [u8; 8],
         at: Instant,
     },
-    /// Authenticated as this name (as the users file writes it).
-    Done(String),
+    /// Authenticated as this name (as the users file writes it), with what the exchange left
+    /// to sign with.
+    Done(String, ntlm::Session),
 }
 
 /// What one request's step of the handshake gave.
@@ -57,13 +58,39 @@ impl From<Step> for AuthOutcome {
 }
 
 impl NtlmConn {
+    /// Signs the connection out (a check after the handshake failed).
+    pub fn reset(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = State::Idle;
+    }
+
+    /// The signing state of the completed handshake, if this connection completed one.
+    pub fn session(&self) -> Option<ntlm::Session> {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            State::Done(_, session) => Some(*session),
+            _ => None,
+        }
+    }
+
     /// Takes one request's `Authorization` header through the handshake.
     pub fn step(&self, headers: &HeaderMap, users: &Users, domain: Option<&str>) -> Step {
+        self.step_message(ntlm_token(headers), users, domain)
+    }
+
+    /// [`NtlmConn::step`] with the NTLM message already taken out of its wrapping (the header,
+    /// or SPNEGO); `None`: the request carried none.
+    pub fn step_message(
+        &self,
+        token: Option<Vec<u8>>,
+        users: &Users,
+        domain: Option<&str>,
+    ) -> Step {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(token) = ntlm_token(headers) else {
+        let Some(token) = token else {
             // No credentials on this request: an authenticated connection stays so.
             return match &*state {
-                State::Done(name) if users.nt_hash(name).is_some() => Step::Allowed(name.clone()),
+                State::Done(name, _) if users.nt_hash(name).is_some() => {
+                    Step::Allowed(name.clone())
+                }
                 _ => {
                     *state = State::Idle;
                     Step::Challenge(None)
@@ -107,8 +134,8 @@ impl NtlmConn {
                     return Step::Challenge(None);
                 }
                 match check(&token, users, domain, &negotiate, &message, &challenge) {
-                    Some(name) => {
-                        *state = State::Done(name.clone());
+                    Some((name, session)) => {
+                        *state = State::Done(name.clone(), session);
                         Step::Allowed(name)
                     }
                     None => Step::Failed,
@@ -130,7 +157,7 @@ fn check(
     negotiate: &[u8],
     challenge_msg: &[u8],
     challenge: &[u8; 8],
-) -> Option<String> {
+) -> Option<(String, ntlm::Session)> {
     let auth = ntlm::parse_authenticate(token)
         .inspect_err(|e| tracing::info!(error = %e, "NTLM: unreadable AUTHENTICATE message"))
         .ok()?;
@@ -157,7 +184,7 @@ fn check(
         Some(negotiate),
         challenge_msg,
     ) {
-        Ok(()) => name,
+        Ok(session) => name.map(|n| (n, session)),
         Err(e) => {
             tracing::info!(user = %auth.user, domain = %auth.domain, error = %e, "NTLM authentication failed");
             None

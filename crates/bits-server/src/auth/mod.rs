@@ -4,6 +4,7 @@
 
 mod handshake;
 pub mod kerberos;
+pub mod spnego;
 pub use bits_proto::ntlm;
 
 use std::collections::HashMap;
@@ -61,6 +62,9 @@ pub struct ConnInfo {
     /// The mutual-authentication token (base64 AP-REP) owed to the response of the request
     /// that presented the ticket.
     pub mutual: Arc<Mutex<Option<String>>>,
+    /// The mechanism list of this connection's SPNEGO NegTokenInit (DER), which the final
+    /// `mechListMIC`s sign when NTLM runs inside SPNEGO.
+    pub spnego_mechs: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 /// What a 401 asks the client for (`WWW-Authenticate`).
@@ -780,6 +784,62 @@ impl Authenticator {
                 _ => challenge(None),
             };
         };
+        if let Some(inner) = spnego::ntlm_inside(&token) {
+            // NTLM inside SPNEGO (Windows' fallback when it has no ticket): answered inside
+            // SPNEGO too, the mechanism list signed both ways once NTLM completes.
+            let Some(u) = users.filter(|_| ntlm_users) else {
+                fail();
+                return challenge(None);
+            };
+            if let Some(mechs) = spnego::mech_types(&token) {
+                *conn.spnego_mechs.lock().unwrap_or_else(|p| p.into_inner()) = Some(mechs);
+            }
+            return match conn
+                .ntlm
+                .step_message(Some(inner), &u, vdir.ntlm_domain.as_deref())
+            {
+                handshake::Step::Allowed(name) => {
+                    let mechs = conn
+                        .spnego_mechs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
+                    let (Some(session), Some(mechs)) = (conn.ntlm.session(), mechs) else {
+                        return challenge(None);
+                    };
+                    // The client's MIC over the list (when it sent one) proves nobody
+                    // stripped Kerberos from its offer.
+                    if let Some(theirs) = spnego::client_mic(&token) {
+                        if theirs != session.client_signature(&mechs) {
+                            tracing::info!(user = %name, "SPNEGO: the client's mechListMIC does not verify");
+                            conn.ntlm.reset();
+                            fail();
+                            return challenge(None);
+                        }
+                    }
+                    let mic = session.server_signature(&mechs);
+                    *conn.mutual.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(spnego::response(spnego::ACCEPT_COMPLETED, None, Some(&mic)));
+                    AuthOutcome::Allowed(Some(name))
+                }
+                handshake::Step::Challenge(Some(t)) => {
+                    use base64::Engine as _;
+                    match base64::engine::general_purpose::STANDARD.decode(&t) {
+                        Ok(message) => challenge(Some(spnego::response(
+                            spnego::ACCEPT_INCOMPLETE,
+                            Some(&message),
+                            None,
+                        ))),
+                        Err(_) => challenge(None),
+                    }
+                }
+                handshake::Step::Challenge(None) => challenge(None),
+                handshake::Step::Failed => {
+                    fail();
+                    challenge(None)
+                }
+            };
+        }
         if token.starts_with(b"NTLMSSP\0") {
             let Some(u) = users.filter(|_| ntlm_users) else {
                 fail();

@@ -379,6 +379,104 @@ async fn mit_gssapi_accepts_the_bits_client_token() {
     pinged.expect("ping accepted");
 }
 
+/// Windows' fallback when it has no ticket: NTLM inside SPNEGO on a Negotiate vdir (users with
+/// an NT hash). The challenge comes back inside a NegTokenResp, and so does the final
+/// accept-completed; a wrong password gets a fresh 401.
+#[test]
+fn ntlm_inside_spnego_on_a_negotiate_vdir() {
+    use base64::Engine as _;
+    use bits_server::auth::spnego;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let kdc = Kdc::start();
+    let vdir = format!(
+        "auth = \"negotiate\"\nkeytab = \"{}\"\nusers_file = \"{{root}}/users\"",
+        kdc.keytab().display()
+    );
+    let s = Server::start_prepared(&vdir_config("", &vdir), false, |dir| {
+        add_ntlm_user(&dir.join("users"), "alice", "s3cret!")
+    });
+    let create = [
+        ("BITS-Packet-Type", "Create-Session"),
+        ("BITS-Supported-Protocols", PROTOCOL),
+    ];
+    // Without credentials both schemes are offered.
+    let r = s.conn().create("/upload/n.bin");
+    assert_eq!(r.status, 401);
+    let offered: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("WWW-Authenticate"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(offered, ["Negotiate", "NTLM"]);
+    for (password, ok) in [("wrong", false), ("s3cret!", true)] {
+        let mut c = s.conn();
+        let init = format!(
+            "Negotiate {}",
+            b64.encode(spnego::init_with_ntlm(
+                &bits_proto::ntlm::negotiate_message()
+            ))
+        );
+        let mut h = create.to_vec();
+        h.push(("Authorization", &init));
+        let r = c.send("BITS_POST", "/upload/n.bin", &h, b"");
+        assert_eq!(r.status, 401);
+        let resp = b64
+            .decode(
+                r.header("WWW-Authenticate")
+                    .unwrap()
+                    .strip_prefix("Negotiate ")
+                    .unwrap(),
+            )
+            .unwrap();
+        let challenge = spnego::ntlm_inside(&resp).expect("an NTLM challenge inside SPNEGO");
+        let answer =
+            bits_proto::ntlm::authenticate_message(&challenge, "alice", "", password, [6; 8])
+                .unwrap();
+        let auth = format!("Negotiate {}", b64.encode(spnego::client_response(&answer)));
+        let mut h = create.to_vec();
+        h.push(("Authorization", &auth));
+        let r = c.send("BITS_POST", "/upload/n.bin", &h, b"");
+        if ok {
+            r.assert_ack(200, None);
+            assert!(r
+                .header("WWW-Authenticate")
+                .is_some_and(|v| v.starts_with("Negotiate ")));
+        } else {
+            assert_eq!(r.status, 401);
+        }
+    }
+    assert_eq!(session_dirs(&s.spool()).len(), 1);
+    // MIT's GSSAPI with gss-ntlmssp and no Kerberos ticket: SPNEGO falls back to NTLM, as
+    // Windows does, and completes the exchange.
+    std::fs::write(kdc.dir.path().join("ntlm-users"), "BITS:alice:s3cret!\n").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/gss_client.py");
+    let out = krb(kdc.dir.path(), "/usr/bin/python3")
+        .env(
+            "KRB5CCNAME",
+            format!("FILE:{}", kdc.dir.path().join("no-ticket").display()),
+        )
+        .env("NTLM_USER_FILE", kdc.dir.path().join("ntlm-users"))
+        .args([
+            script,
+            "localhost",
+            &s.addr.port().to_string(),
+            "/upload/m.bin",
+        ])
+        .output()
+        .expect("python3 with gssapi and gss-ntlmssp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("200 ") && text.trim_end().ends_with(" ok"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_ticket_for_another_service_is_refused() {
     let kdc = Kdc::start();
