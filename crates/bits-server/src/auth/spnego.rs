@@ -88,6 +88,23 @@ pub fn client_response(ntlm: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Untrusted tokens: never a panic.
+        #[test]
+        fn arbitrary_tokens_never_panic(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            first in proptest::prop_oneof![proptest::strategy::Just(0x60u8), proptest::strategy::Just(0xa1u8)],
+        ) {
+            let mut data = data;
+            if let Some(b) = data.first_mut() {
+                *b = first;
+            }
+            let _ = ntlm_inside(&data);
+            let _ = mech_types(&data);
+            let _ = client_mic(&data);
+        }
+    }
+
     #[test]
     fn ntlm_round_trips_through_spnego() {
         let negotiate = bits_proto::ntlm::negotiate_message();
