@@ -622,18 +622,30 @@ impl DataFile {
 }
 
 /// Writes `batch` at `pos` on the blocking pool, then (with `sync`) makes the file durable.
+/// What a batch's write job does after writing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    Nothing,
+    /// Start writeback of the batch (a later `fdatasync` of the fragment waits less).
+    Writeback,
+    /// `fdatasync` the file (the fragment's last batch).
+    Sync,
+}
+
 fn spawn_write(
     file: Arc<DataFile>,
     pos: u64,
     batch: Batch,
-    sync: bool,
+    after: After,
 ) -> JoinHandle<io::Result<u64>> {
     spawn_blocking(move || {
         let f = file.get()?;
         let n = vectored::write_all_at(f, pos, &batch.chunks)?;
         drop(batch);
-        if sync {
-            f.sync_data()?;
+        match after {
+            After::Nothing => {}
+            After::Writeback => vectored::start_writeback(f, pos, n),
+            After::Sync => f.sync_data()?,
         }
         Ok(n)
     })
@@ -711,7 +723,14 @@ impl DataStore for FsStore {
                 }
                 let full = batch.take();
                 let n = full.len;
-                pending = Some(spawn_write(file.clone(), offset + queued, full, false));
+                // With fsync on, each batch's writeback starts as it is written: the
+                // fragment's final fdatasync then waits for the last batch, not all of them.
+                let after = if self.fsync {
+                    After::Writeback
+                } else {
+                    After::Nothing
+                };
+                pending = Some(spawn_write(file.clone(), offset + queued, full, after));
                 queued += n;
             }
         }
@@ -726,7 +745,15 @@ impl DataStore for FsStore {
         {
             let rest = batch.take();
             let sync = self.fsync;
-            match finish(Some(spawn_write(file.clone(), offset + queued, rest, sync))).await {
+            let after = if sync { After::Sync } else { After::Nothing };
+            match finish(Some(spawn_write(
+                file.clone(),
+                offset + queued,
+                rest,
+                after,
+            )))
+            .await
+            {
                 Ok(n) => {
                     written += n;
                     synced = sync;
