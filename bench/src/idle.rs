@@ -55,7 +55,13 @@ pub fn run(sessions: usize) -> Result<Report> {
     std::fs::create_dir_all(&base)?;
     let dir = tempfile::tempdir_in(&base)?;
     let config = format!(
-        "fsync = true\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\n",
+        "fsync = true\n\
+         # Every session comes from one loopback address: lift the per-address and anonymous\n\
+         # limits (they would refuse the 1 001st), keep the server-wide one above the count.\n\
+         max_anonymous_sessions_per_ip = 0\nmax_anonymous_sessions = 0\n\
+         max_open_sessions = {max}\nmax_connections = {max}\n\
+         [[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\n",
+        max = sessions.max(1000) + 100,
         root = dir.path().display(),
     );
     let server = Bitsd::start(dir.path(), &config)?;

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod hooks;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod principal;
@@ -106,6 +107,7 @@ pub fn spawn_cleanup(engine: Arc<Engine>, interval: Duration) -> tokio::task::Jo
                 Ok(_) => tracing::debug!("cleanup pass: nothing to do"),
                 Err(e) => tracing::error!(error = %e, "cleanup pass failed"),
             }
+            memory::reclaim();
         }
     })
 }

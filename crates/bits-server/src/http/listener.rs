@@ -42,6 +42,7 @@ pub async fn serve(
     let app = router(front.clone());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut shutdown = pin!(shutdown);
     loop {
         // At the connection limit, stop accepting: new clients wait in the listen backlog.
@@ -60,8 +61,13 @@ pub async fn serve(
         let header_timeout = config.header_read_timeout;
         let watcher = graceful.watcher();
         let tls = front.tls().filter(|_| secure).map(|t| t.current());
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open_now = open.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            // The last connection closing leaves the server idle: a moment to give back what
+            // the connections freed.
+            let _idle = IdleWhenDone(open_now);
             match tls {
                 None => {
                     drive(
@@ -105,6 +111,17 @@ pub async fn serve(
     drop(https);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Counts one open connection; when the last one ends, gives freed memory back to the system.
+struct IdleWhenDone(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for IdleWhenDone {
+    fn drop(&mut self) {
+        if self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            crate::memory::reclaim();
+        }
+    }
 }
 
 /// Serves `app` over plain HTTP/1.1 on `listener` with the same connection handling as the
