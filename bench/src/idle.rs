@@ -20,14 +20,14 @@ const TARGET_RSS_MIB: f64 = 64.0;
 /// Time given to bitsd to settle (and notice closed connections) before each reading.
 const SETTLE: Duration = Duration::from_secs(2);
 
-struct Reading {
+pub(crate) struct Reading {
     rss_kib: u64,
-    hwm_kib: u64,
+    pub(crate) hwm_kib: u64,
     threads: u64,
     fds: usize,
 }
 
-fn read_proc(pid: u32) -> Result<Reading> {
+pub(crate) fn read_proc(pid: u32) -> Result<Reading> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let field = |name: &str| -> Result<u64> {

@@ -350,26 +350,30 @@ fn durability(
 ) -> Result<report::Report> {
     let base = dir.unwrap_or_else(|| Path::new("target").join("bench-data"));
     std::fs::create_dir_all(&base)?;
-    let (mut dd, mut safe, mut unsafe_) = (vec![], vec![], vec![]);
+    let (mut dd, mut safe, mut unsafe_, mut peak) = (vec![], vec![], vec![], vec![]);
     for run in 0..runs.max(1) {
         let work = tempfile::tempdir_in(&base)?;
         dd.push(dd_fsync(work.path(), mib)?);
-        safe.push(upload_run(work.path(), mib, fragment_mib, true)?);
-        unsafe_.push(upload_run(work.path(), mib, fragment_mib, false)?);
+        let (rate, rss) = upload_run(work.path(), mib, fragment_mib, true)?;
+        safe.push(rate);
+        peak.push(rss);
+        unsafe_.push(upload_run(work.path(), mib, fragment_mib, false)?.0);
         eprintln!(
-            "run {}: dd {:.0} MiB/s, safe {:.0} MiB/s, unsafe {:.0} MiB/s",
+            "run {}: dd {:.0} MiB/s, safe {:.0} MiB/s (peak RSS {:.1} MiB), unsafe {:.0} MiB/s",
             run + 1,
             dd[run],
             safe[run],
+            peak[run],
             unsafe_[run]
         );
     }
     let (dd, safe, unsafe_) = (median(&dd), median(&safe), median(&unsafe_));
+    let peak = median(&peak);
     let mut out = String::new();
     out.push_str("| mode | MiB/s | ratio vs dd conv=fsync |\n|---|---|---|\n");
     out.push_str(&format!("| dd bs=8M conv=fsync | {dd:.0} | 1.00 |\n"));
     out.push_str(&format!(
-        "| bitsd safe (fsync) | {safe:.0} | {:.2} |\n",
+        "| bitsd safe (fsync), peak RSS {peak:.1} MiB | {safe:.0} | {:.2} |\n",
         safe / dd
     ));
     out.push_str(&format!(
@@ -426,7 +430,8 @@ fn dd_fsync(dir: &Path, mib: u64) -> Result<f64> {
 
 /// Uploads `mib` MiB in `fragment_mib` fragments to a fresh bitsd; MiB/s from Create-Session to
 /// the Close-Session Ack (the Ack of the last fragment includes publishing the file).
-fn upload_run(dir: &Path, mib: u64, fragment_mib: u64, fsync: bool) -> Result<f64> {
+/// MiB/s of the upload, and bitsd's peak RSS in MiB.
+fn upload_run(dir: &Path, mib: u64, fragment_mib: u64, fsync: bool) -> Result<(f64, f64)> {
     let frag = (fragment_mib << 20) as usize;
     let config = format!(
         "fsync = {fsync}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\nmax_fragment_size = {max}\n",
@@ -441,8 +446,9 @@ fn upload_run(dir: &Path, mib: u64, fragment_mib: u64, fsync: bool) -> Result<f6
     let started = Instant::now();
     wire::upload(&mut conn, "/upload/bench.bin", mib << 20, &body)?;
     let secs = started.elapsed().as_secs_f64();
+    let peak = idle::read_proc(server.pid())?.hwm_kib as f64 / 1024.0;
     drop(server);
     std::fs::remove_dir_all(dir.join("uploads"))?;
     std::fs::remove_dir_all(dir.join("spool"))?;
-    Ok(mib as f64 / secs)
+    Ok((mib as f64 / secs, peak))
 }
