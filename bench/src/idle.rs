@@ -49,7 +49,7 @@ pub(crate) fn read_proc(pid: u32) -> Result<Reading> {
     })
 }
 
-pub fn run(sessions: usize) -> Result<Report> {
+pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
     let sessions = sessions.max(1);
     let base = Path::new("target").join("bench-data");
     std::fs::create_dir_all(&base)?;
@@ -61,7 +61,7 @@ pub fn run(sessions: usize) -> Result<Report> {
          max_anonymous_sessions_per_ip = 0\nmax_anonymous_sessions = 0\n\
          max_open_sessions = {max}\nmax_connections = {max}\n\
          [[vdir]]\nprefix = \"/upload/\"\nroot = \"{root}/uploads\"\n",
-        max = sessions.max(1000) + 100,
+        max = sessions.max(1000) + stalled + 100,
         root = dir.path().display(),
     );
     let server = Bitsd::start(dir.path(), &config)?;
@@ -79,6 +79,7 @@ pub fn run(sessions: usize) -> Result<Report> {
     let range = format!("bytes 0-{}/{TOTAL}", FRAGMENT - 1);
     let started = Instant::now();
     let mut conns = Vec::with_capacity(sessions);
+    let mut sids = Vec::with_capacity(sessions);
     for i in 0..sessions {
         let path = format!("/upload/idle-{i}.bin");
         let mut conn = Conn::open(server.addr)?;
@@ -96,6 +97,7 @@ pub fn run(sessions: usize) -> Result<Report> {
             bail!("{path} Fragment: HTTP {} {:?}", resp.status, resp.headers);
         }
         conns.push(conn);
+        sids.push(sid);
         if (i + 1) % 200 == 0 {
             eprintln!(
                 "idle: {} sessions open after {:.1} s",
@@ -111,6 +113,28 @@ pub fn run(sessions: usize) -> Result<Report> {
     drop(conns);
     std::thread::sleep(SETTLE);
     let closed = read_proc(pid)?;
+    // Stalled uploads: a second fragment whose body stops after 16 KiB, one connection each.
+    let mut waiting = Vec::with_capacity(stalled);
+    let second = format!("bytes {FRAGMENT}-{}/{TOTAL}", 2 * FRAGMENT - 1);
+    for (i, sid) in sids.iter().take(stalled).enumerate() {
+        let mut conn = Conn::open(server.addr)?;
+        let head = format!(
+            "BITS_POST /upload/idle-{i}.bin HTTP/1.1\r\nHost: {}\r\nBITS-Packet-Type: Fragment\r\n\
+             BITS-Session-Id: {sid}\r\nContent-Range: {second}\r\nContent-Length: {FRAGMENT}\r\n\r\n",
+            server.addr
+        );
+        conn.write_raw(head.as_bytes())?;
+        conn.write_raw(&body[..16 << 10])?;
+        waiting.push(conn);
+    }
+    let stalled_reading = if stalled > 0 {
+        std::thread::sleep(SETTLE);
+        eprintln!("idle: read with {stalled} fragment bodies stalled");
+        Some(read_proc(pid)?)
+    } else {
+        None
+    };
+    drop(waiting);
     drop(server);
 
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -133,6 +157,16 @@ pub fn run(sessions: usize) -> Result<Report> {
             r.threads,
             rss / TARGET_RSS_MIB,
             if rss <= TARGET_RSS_MIB { "ok" } else { "over" }
+        ));
+    }
+    if let Some(r) = &stalled_reading {
+        out.push_str(&format!(
+            "| {stalled} fragment bodies stalled after 16 KiB (issue 18 target 512 MiB) | {:.1} | {:.1} | {} | {} | {:.2} |\n",
+            mib(r.rss_kib),
+            mib(r.hwm_kib),
+            r.fds,
+            r.threads,
+            mib(r.rss_kib) / 512.0
         ));
     }
     out.push_str(&format!(

@@ -118,6 +118,10 @@ enum Cmd {
     Idle {
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
+        /// Then this many of the sessions get a second fragment whose body stalls after 16 KiB
+        /// (each on a new connection), and bitsd's memory is read with them all waiting.
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
     /// GET of a large file (whole and ranged) against `cat file > /dev/null`.
     Download {
@@ -178,7 +182,7 @@ fn main() -> Result<()> {
             dir.as_deref(),
             rounds,
         )),
-        Cmd::Idle { sessions } => print(idle::run(sessions)),
+        Cmd::Idle { sessions, stalled } => print(idle::run(sessions, stalled)),
         Cmd::Download { mib } => print(download::run(mib)),
         Cmd::Cpu { mib } => print(cpu::run(mib)),
         Cmd::All { docs, no_write } => all(&docs, no_write),
@@ -209,7 +213,7 @@ fn all(docs: &Path, no_write: bool) -> Result<()> {
                 small::run(2000, 32, 64, None, Some(&shm.join("bitsd-bench")), 3)
             }),
         ),
-        ("Idle sessions", Box::new(|| idle::run(1000))),
+        ("Idle sessions", Box::new(|| idle::run(1000, 0))),
         ("Download vs cat", Box::new(|| download::run(2048))),
         ("CPU per MiB ingested", Box::new(|| cpu::run(256))),
         (

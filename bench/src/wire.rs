@@ -51,6 +51,12 @@ impl Conn {
         })
     }
 
+    /// Writes `bytes` as they are (a request head and part of its body, to stall mid-body).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.get_mut().write_all(bytes)?;
+        Ok(())
+    }
+
     /// One BITS_POST; reads the whole response (head and any body). A small request goes out
     /// in one write (one segment); a large body is written from where it lies, not copied.
     pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
