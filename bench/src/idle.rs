@@ -207,7 +207,7 @@ mod tests {
     #[test]
     #[ignore]
     fn idle_smoke() {
-        let table = super::run(50).unwrap().markdown;
+        let table = super::run(50, 5).unwrap().markdown;
         println!("{table}");
     }
 }
