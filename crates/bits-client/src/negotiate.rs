@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bits_proto::kerberos::crypto::Key;
 use bits_proto::kerberos::der::{context, tlv, write_integer, write_time};
+use bits_proto::kerberos::wire::Reader;
 
 use crate::error::Error;
 
@@ -138,12 +139,12 @@ fn find(bytes: &[u8], service: &str) -> Result<Option<Ticket>, Error> {
     }
     let header = r.u16().ok_or_else(bad)? as usize;
     r.take(header).ok_or_else(bad)?;
-    r.principal().ok_or_else(bad)?;
-    while !r.0.is_empty() {
-        let (crealm, client) = r.principal().ok_or_else(bad)?;
-        let (_srealm, server) = r.principal().ok_or_else(bad)?;
+    principal(&mut r).ok_or_else(bad)?;
+    while !r.is_empty() {
+        let (crealm, client) = principal(&mut r).ok_or_else(bad)?;
+        let (_srealm, server) = principal(&mut r).ok_or_else(bad)?;
         let enctype = r.u16().ok_or_else(bad)?;
-        let key = r.data().ok_or_else(bad)?;
+        let key = r.data32().ok_or_else(bad)?;
         for _ in 0..4 {
             r.u32().ok_or_else(bad)?; // authtime, starttime, endtime, renew_till
         }
@@ -153,11 +154,11 @@ fn find(bytes: &[u8], service: &str) -> Result<Option<Ticket>, Error> {
             let n = r.u32().ok_or_else(bad)?;
             for _ in 0..n {
                 r.u16().ok_or_else(bad)?;
-                r.data().ok_or_else(bad)?;
+                r.data32().ok_or_else(bad)?;
             }
         }
-        let ticket = r.data().ok_or_else(bad)?;
-        r.data().ok_or_else(bad)?; // second ticket
+        let ticket = r.data32().ok_or_else(bad)?;
+        r.data32().ok_or_else(bad)?; // second ticket
         if server.join("/").eq_ignore_ascii_case(service) {
             if let Ok(key) = Key::new(i32::from(enctype), key) {
                 return Ok(Some(Ticket {
@@ -172,37 +173,11 @@ fn find(bytes: &[u8], service: &str) -> Result<Option<Ticket>, Error> {
     Ok(None)
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn data(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.data()?.to_vec()).ok()
-    }
-    /// A principal: name type, component count, realm, components.
-    fn principal(&mut self) -> Option<(String, Vec<String>)> {
-        self.u32()?;
-        let n = self.u32()?;
-        let realm = self.string()?;
-        let parts = (0..n).map(|_| self.string()).collect::<Option<Vec<_>>>()?;
-        Some((realm, parts))
-    }
+/// A ccache principal: name type, component count, realm, components.
+fn principal(r: &mut Reader<'_>) -> Option<(String, Vec<String>)> {
+    r.u32()?;
+    let n = r.u32()?;
+    let realm = r.string32()?;
+    let parts = (0..n).map(|_| r.string32()).collect::<Option<Vec<_>>>()?;
+    Some((realm, parts))
 }

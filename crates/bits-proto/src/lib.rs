@@ -13,6 +13,7 @@ pub mod ntlm;
 pub mod packet;
 pub mod protocol;
 pub mod range;
+pub mod secret;
 pub mod session_id;
 
 pub use ack::{Ack, AckError};

@@ -215,7 +215,7 @@ pub fn verify(
     // The domain as the client sent it: the hash covers the exact name the client typed.
     let key = ntowf_v2(nt_hash, &auth.user, &auth.domain);
     let expected = hmac_md5(&key, &[challenge, blob]);
-    if !constant_time_eq(&expected, proof) {
+    if !crate::secret::constant_time_eq(&expected, proof) {
         return Err(NtlmError::BadProof);
     }
     let session_base_key = hmac_md5(&key, &[proof]);
@@ -246,7 +246,7 @@ pub fn verify(
         &exported,
         &[negotiate_msg.unwrap_or_default(), challenge_msg, &zeroed],
     );
-    if !constant_time_eq(&mic, &auth_msg[MIC_OFFSET..MIC_OFFSET + 16]) {
+    if !crate::secret::constant_time_eq(&mic, &auth_msg[MIC_OFFSET..MIC_OFFSET + 16]) {
         return Err(NtlmError::BadMic);
     }
     Ok(session)
@@ -447,10 +447,6 @@ fn rc4(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut cipher = rc4::Rc4::<rc4::consts::U16>::new(key.into());
     cipher.apply_keystream(&mut out);
     out
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn utf16(s: &str) -> Vec<u8> {

@@ -70,7 +70,7 @@ impl Key {
         let (body, mac) = ciphertext.split_at(ciphertext.len() - MAC_LEN);
         let plain = cts_decrypt(&ke, body)?;
         let expected = hmac_sha1(&ki, &plain);
-        if !constant_time_eq(&expected[..MAC_LEN], mac) {
+        if !crate::secret::constant_time_eq(&expected[..MAC_LEN], mac) {
             return Err(CryptoError::Integrity);
         }
         Ok(plain[BLOCK..].to_vec())
@@ -266,10 +266,6 @@ fn hmac_sha1(key: &[u8], data: &[u8]) -> [u8; 20] {
     };
     mac.update(data);
     mac.finalize().into_bytes().into()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -4,3 +4,4 @@
 
 pub mod crypto;
 pub mod der;
+pub mod wire;

@@ -14,8 +14,9 @@ use super::{AuthOutcome, Challenge, Users};
 
 /// How long a challenge waits for its AUTHENTICATE.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
-/// The longest `Authorization` token taken (an AUTHENTICATE message is well under 4 KiB).
-const MAX_TOKEN: usize = 16 * 1024;
+/// The longest `Authorization` token taken: an NTLM AUTHENTICATE message is well under 4 KiB,
+/// a Kerberos ticket with a PAC can take tens of KiB, but not this much.
+const MAX_TOKEN: usize = 64 * 1024;
 /// Seconds from 1601-01-01 (FILETIME's epoch) to 1970-01-01.
 const FILETIME_UNIX_OFFSET: u64 = 11_644_473_600;
 
@@ -195,6 +196,11 @@ fn check(
 /// The NTLM message in `Authorization: NTLM <base64>`, or in `Negotiate <base64>` when that
 /// holds a raw NTLM message (as IIS accepts).
 fn ntlm_token(headers: &HeaderMap) -> Option<Vec<u8>> {
+    authorization_token(headers).filter(|t| t.starts_with(b"NTLMSSP\0"))
+}
+
+/// The decoded token of `Authorization: NTLM <base64>` or `Negotiate <base64>`.
+pub(super) fn authorization_token(headers: &HeaderMap) -> Option<Vec<u8>> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("NTLM") && !scheme.eq_ignore_ascii_case("Negotiate") {
@@ -204,10 +210,7 @@ fn ntlm_token(headers: &HeaderMap) -> Option<Vec<u8>> {
     if token.len() > MAX_TOKEN {
         return None;
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token)
-        .ok()?;
-    bytes.starts_with(b"NTLMSSP\0").then_some(bytes)
+    base64::engine::general_purpose::STANDARD.decode(token).ok()
 }
 
 fn filetime_now() -> u64 {

@@ -388,22 +388,6 @@ fn hasher_for(hash: &PasswordHash<'_>) -> Argon2<'static> {
 }
 
 /// An argon2id hash for a users file.
-/// The token of `Authorization: Negotiate <base64>` or `NTLM <base64>`, decoded.
-fn negotiate_token(headers: &HeaderMap) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("Negotiate") && !scheme.eq_ignore_ascii_case("NTLM") {
-        return None;
-    }
-    let token = token.trim();
-    // A Kerberos ticket with a PAC can be large, but not this large.
-    if token.len() > 64 * 1024 {
-        return None;
-    }
-    base64::engine::general_purpose::STANDARD.decode(token).ok()
-}
-
 /// Whether the request's `Authorization` uses the `Negotiate` scheme (not `NTLM`).
 fn negotiate_scheme(headers: &HeaderMap) -> bool {
     headers
@@ -762,7 +746,7 @@ impl Authenticator {
                 self.per_ip.take(&ip);
             }
         };
-        let token = negotiate_token(headers);
+        let token = handshake::authorization_token(headers);
         let Some(token) = token else {
             if let Some(name) = conn
                 .negotiated

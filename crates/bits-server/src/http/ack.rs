@@ -82,24 +82,14 @@ pub fn render(ack: &Ack, close: bool) -> Response {
     if close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    match ack.status {
-        401 => {
-            headers.insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static(BASIC_CHALLENGE_HEADER),
-            );
-        }
-        503 => {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        _ => {}
+    // (A 401's challenge depends on the vdir: `set_challenge` adds it.)
+    if ack.status == 503 {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
 
-const BASIC_CHALLENGE_HEADER: &str = "Basic realm=\"bitsd\", charset=\"UTF-8\"";
-
-/// Sets the `WWW-Authenticate` of a 401 to what `challenge` asks for (render puts Basic's).
+/// Sets the `WWW-Authenticate` of a 401 to what `challenge` asks for.
 pub fn set_challenge(resp: &mut Response, challenge: &crate::auth::Challenge) {
     resp.headers_mut().remove(WWW_AUTHENTICATE);
     for value in challenge.header_values() {

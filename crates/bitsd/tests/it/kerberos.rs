@@ -159,23 +159,22 @@ impl Kdc {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let last = text
-            .rsplit("HTTP/1.1 ")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let status = last
-            .split_whitespace()
-            .next()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let sid = last
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.eq_ignore_ascii_case("BITS-Session-Id"))
-            .map(|(_, v)| v.trim().to_string());
-        (status, sid)
+        let r = Response::last_of_curl(&String::from_utf8_lossy(&out.stdout));
+        let sid = r.header("BITS-Session-Id").map(str::to_string);
+        (r.status, sid)
+    }
+
+    /// One Fragment of `data` (bytes `first..` of `total`) through `curl --negotiate`.
+    fn curl_fragment(&self, url: &str, sid: &str, first: usize, data: &[u8], total: usize) -> u16 {
+        let file = self.dir.path().join("fragment");
+        std::fs::write(&file, data).unwrap();
+        let range = format!("bytes {first}-{}/{total}", first + data.len() - 1);
+        let headers = [
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", sid),
+            ("Content-Range", range.as_str()),
+        ];
+        self.curl(url, None, &headers, Some(&file)).0
     }
 }
 
@@ -232,20 +231,10 @@ fn curl_negotiate_with_an_mit_ticket_uploads() {
     assert_eq!(status, 200);
     let sid = sid.expect("session id");
     let data = pattern(5000, 3);
-    let file = s.dir.path().join("frag");
-    std::fs::write(&file, &data[..3000]).unwrap();
-    let range = format!("bytes 0-2999/{}", data.len());
-    let (status, _) = kdc.curl(
-        &url,
-        None,
-        &[
-            ("BITS-Packet-Type", "Fragment"),
-            ("BITS-Session-Id", &sid),
-            ("Content-Range", &range),
-        ],
-        Some(&file),
+    assert_eq!(
+        kdc.curl_fragment(&url, &sid, 0, &data[..3000], data.len()),
+        200
     );
-    assert_eq!(status, 200);
     // The session belongs to negotiate:alice@TEST.BITS: fragments through another connection
     // need the ticket again; a client without one is challenged.
     let r = s.conn().fragment(
@@ -257,19 +246,10 @@ fn curl_negotiate_with_an_mit_ticket_uploads() {
     );
     assert_eq!(r.status, 401);
     assert_eq!(r.header("WWW-Authenticate"), Some("Negotiate"));
-    std::fs::write(&file, &data[3000..]).unwrap();
-    let range = format!("bytes 3000-4999/{}", data.len());
-    let (status, _) = kdc.curl(
-        &url,
-        None,
-        &[
-            ("BITS-Packet-Type", "Fragment"),
-            ("BITS-Session-Id", &sid),
-            ("Content-Range", &range),
-        ],
-        Some(&file),
+    assert_eq!(
+        kdc.curl_fragment(&url, &sid, 3000, &data[3000..], data.len()),
+        200
     );
-    assert_eq!(status, 200);
     let (status, _) = kdc.curl(
         &url,
         None,

@@ -24,12 +24,7 @@ fn ntlm_server() -> Server {
 
 /// The final answer to one `BITS_POST` sent by curl with NTLM as `credentials`: status and
 /// headers (of the last response curl read).
-fn curl(
-    s: &Server,
-    credentials: &str,
-    headers: &[(&str, &str)],
-    body: Option<&Path>,
-) -> (u16, Vec<(String, String)>) {
+fn curl(s: &Server, credentials: &str, headers: &[(&str, &str)], body: Option<&Path>) -> Response {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -56,42 +51,16 @@ fn curl(
         "curl: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // -D - prints every response head (the 401 of the handshake first): keep the last.
-    let last = text
-        .split("HTTP/1.1 ")
-        .filter(|h| !h.trim().is_empty())
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    let status = last
-        .split_whitespace()
-        .next()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = last
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    (status, headers)
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    Response::last_of_curl(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
 fn curl_ntlm_uploads_a_byte_identical_file() {
     let s = ntlm_server();
     let data = pattern(300_000, 17);
-    let (status, _) = curl(&s, "alice:s3cret!", &[("BITS-Packet-Type", "Ping")], None);
-    assert_eq!(status, 200);
-    let (status, h) = curl(
+    let r = curl(&s, "alice:s3cret!", &[("BITS-Packet-Type", "Ping")], None);
+    assert_eq!(r.status, 200);
+    let r = curl(
         &s,
         "BITS\\alice:s3cret!",
         &[
@@ -100,16 +69,14 @@ fn curl_ntlm_uploads_a_byte_identical_file() {
         ],
         None,
     );
-    assert_eq!(status, 200, "{h:?}");
-    let sid = header(&h, "BITS-Session-Id")
-        .expect("session id")
-        .to_string();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let sid = r.header("BITS-Session-Id").expect("session id").to_string();
     for (i, chunk) in data.chunks(100_000).enumerate() {
         let first = i * 100_000;
         let file = s.dir.path().join("chunk");
         std::fs::write(&file, chunk).unwrap();
         let range = format!("bytes {first}-{}/{}", first + chunk.len() - 1, data.len());
-        let (status, h) = curl(
+        let r = curl(
             &s,
             "alice:s3cret!",
             &[
@@ -119,14 +86,14 @@ fn curl_ntlm_uploads_a_byte_identical_file() {
             ],
             Some(&file),
         );
-        assert_eq!(status, 200, "{h:?}");
+        assert_eq!(r.status, 200, "{:?}", r.headers);
         let received = (first + chunk.len()).to_string();
         assert_eq!(
-            header(&h, "BITS-Received-Content-Range"),
+            r.header("BITS-Received-Content-Range"),
             Some(received.as_str())
         );
     }
-    let (status, _) = curl(
+    let r = curl(
         &s,
         "alice:s3cret!",
         &[
@@ -135,7 +102,7 @@ fn curl_ntlm_uploads_a_byte_identical_file() {
         ],
         None,
     );
-    assert_eq!(status, 200);
+    assert_eq!(r.status, 200);
     assert_eq!(std::fs::read(s.upload_path("n.bin")).unwrap(), data);
 }
 
@@ -154,19 +121,15 @@ fn wrong_password_unknown_user_and_other_domain_get_401_and_change_nothing() {
         "bob:hunter2",
         "OTHER\\alice:s3cret!",
     ] {
-        let (status, h) = curl(&s, credentials, &create, None);
-        assert_eq!(status, 401, "{credentials}: {h:?}");
-        assert_eq!(
-            header(&h, "WWW-Authenticate"),
-            Some("NTLM"),
-            "{credentials}"
-        );
+        let r = curl(&s, credentials, &create, None);
+        assert_eq!(r.status, 401, "{credentials}: {:?}", r.headers);
+        assert_eq!(r.header("WWW-Authenticate"), Some("NTLM"), "{credentials}");
     }
     assert!(files_below(&s.root()).is_empty());
     assert!(session_dirs(&s.spool()).is_empty());
     // The right one still works afterwards (the failures did not lock the address out).
-    let (status, _) = curl(&s, "alice:s3cret!", &create, None);
-    assert_eq!(status, 200);
+    let r = curl(&s, "alice:s3cret!", &create, None);
+    assert_eq!(r.status, 200);
 }
 
 #[test]

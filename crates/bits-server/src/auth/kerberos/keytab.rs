@@ -2,6 +2,7 @@
 //! long-term keys by principal, version and encryption type.
 
 use super::crypto::Key;
+use bits_proto::kerberos::wire::Reader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeytabError {
@@ -82,8 +83,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, ParseError> {
 fn entry(record: &[u8]) -> Option<Option<Entry>> {
     let mut r = Reader(record);
     let count = r.u16()?;
-    let realm = r.string()?;
-    let components = (0..count).map(|_| r.string()).collect::<Option<Vec<_>>>()?;
+    let realm = r.string16()?;
+    let components = (0..count)
+        .map(|_| r.string16())
+        .collect::<Option<Vec<_>>>()?;
     let _name_type = r.u32()?;
     let _timestamp = r.u32()?;
     let kvno8 = r.u8()?;
@@ -104,33 +107,6 @@ fn entry(record: &[u8]) -> Option<Option<Entry>> {
         kvno,
         key,
     }))
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = self.u16()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
 }
 
 #[cfg(test)]

@@ -217,6 +217,28 @@ pub struct Response {
 }
 
 impl Response {
+    /// The last response head of `curl -D -` output (after any 401s of an auth handshake).
+    pub fn last_of_curl(dump: &str) -> Response {
+        let last = dump
+            .rsplit("HTTP/1.1 ")
+            .find(|h| !h.trim().is_empty())
+            .unwrap_or_default();
+        Response {
+            status: last
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            headers: last
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect(),
+            body: Vec::new(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
