@@ -1,7 +1,9 @@
 //! `bench idle`: memory and file descriptors of bitsd holding many idle sessions mid-upload.
 //!
-//! Opens `sessions` sessions (1 MiB uploads), each on its own connection, and sends the first
-//! 64 KiB fragment of each; then measures bitsd's VmRSS, VmHWM and open file descriptors
+//! Opens `sessions` sessions (1 MiB uploads) and sends the first fragment (64 KiB by default)
+//! of each. The first `connections` sessions get a connection of their own, kept open; the rest
+//! (fleet-scale counts, beyond what one process's descriptors allow) are made over a few shared
+//! keep-alive connections. Then it measures bitsd's VmRSS, VmHWM and open file descriptors
 //! (`/proc/<pid>/status`, `/proc/<pid>/fd`) first with every connection still open, then after
 //! the client closed them all. The issue's target is at most 64 MiB RSS.
 
@@ -14,8 +16,9 @@ use crate::report::{Chart, Headline, Report};
 use crate::server::Bitsd;
 use crate::wire::Conn;
 
-const FRAGMENT: usize = 64 << 10;
 const TOTAL: usize = 1 << 20;
+/// Shared keep-alive connections (one per thread) making the sessions beyond `connections`.
+const SHARED_CONNECTIONS: usize = 4;
 const TARGET_RSS_MIB: f64 = 64.0;
 /// Time given to bitsd to settle (and notice closed connections) before each reading.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -49,8 +52,31 @@ pub(crate) fn read_proc(pid: u32) -> Result<Reading> {
     })
 }
 
-pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
-    let sessions = sessions.max(1);
+/// What `bench idle` opens.
+pub struct Shape {
+    pub sessions: usize,
+    /// Sessions whose own connection stays open (the rest share a few); `None`: all of them.
+    pub connections: Option<usize>,
+    pub fragment_kib: usize,
+    pub stalled: usize,
+}
+
+impl Shape {
+    pub fn sessions(sessions: usize) -> Shape {
+        Shape {
+            sessions,
+            connections: None,
+            fragment_kib: 64,
+            stalled: 0,
+        }
+    }
+}
+
+pub fn run(shape: Shape) -> Result<Report> {
+    let sessions = shape.sessions.max(1);
+    let stalled = shape.stalled.min(sessions);
+    let own = shape.connections.unwrap_or(sessions).min(sessions);
+    let fragment = (shape.fragment_kib.clamp(1, 512)) << 10;
     let base = Path::new("target").join("bench-data");
     std::fs::create_dir_all(&base)?;
     let dir = tempfile::tempdir_in(&base)?;
@@ -73,32 +99,49 @@ pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
     std::thread::sleep(SETTLE);
     let fresh = read_proc(pid)?;
 
-    let body: Vec<u8> = (0..FRAGMENT)
+    let body: Vec<u8> = (0..fragment)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
-    let range = format!("bytes 0-{}/{TOTAL}", FRAGMENT - 1);
     let started = Instant::now();
-    let mut conns = Vec::with_capacity(sessions);
+    // The shared connections first: the readings with connections open come right after
+    // the last own connection is made, before any of them reaches the keep-alive timeout.
     let mut sids = Vec::with_capacity(sessions);
-    for i in 0..sessions {
-        let path = format!("/upload/idle-{i}.bin");
-        let mut conn = Conn::open(server.addr)?;
-        let sid = crate::wire::create_session(&mut conn, &path)?;
-        let resp = conn.post(
-            &path,
-            &[
-                ("BITS-Packet-Type", "Fragment"),
-                ("BITS-Session-Id", &sid),
-                ("Content-Range", &range),
-            ],
-            &body,
-        )?;
-        if resp.status != 200 {
-            bail!("{path} Fragment: HTTP {} {:?}", resp.status, resp.headers);
+    let addr = server.addr;
+    std::thread::scope(|scope| -> Result<()> {
+        let threads: Vec<_> = (0..SHARED_CONNECTIONS)
+            .map(|t| {
+                let body = &body;
+                scope.spawn(move || -> Result<Vec<(usize, String)>> {
+                    let mut conn = Conn::open(addr)?;
+                    let mut sids = Vec::new();
+                    for i in (own + t..sessions).step_by(SHARED_CONNECTIONS) {
+                        sids.push((i, open_session(&mut conn, i, body)?));
+                        if (i + 1) % 10_000 == 0 {
+                            eprintln!(
+                                "idle: ~{} sessions open after {:.1} s",
+                                i + 1,
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
+                    }
+                    Ok(sids)
+                })
+            })
+            .collect();
+        for t in threads {
+            sids.extend(
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a session thread panicked"))??,
+            );
         }
+        Ok(())
+    })?;
+    let mut conns = Vec::with_capacity(own);
+    for i in 0..own {
+        let mut conn = Conn::open(server.addr)?;
+        sids.push((i, open_session(&mut conn, i, &body)?));
         conns.push(conn);
-        sids.push(sid);
-        if (i + 1) % 200 == 0 {
+        if (i + 1) % 1000 == 0 {
             eprintln!(
                 "idle: {} sessions open after {:.1} s",
                 i + 1,
@@ -115,16 +158,16 @@ pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
     let closed = read_proc(pid)?;
     // Stalled uploads: a second fragment whose body stops after 16 KiB, one connection each.
     let mut waiting = Vec::with_capacity(stalled);
-    let second = format!("bytes {FRAGMENT}-{}/{TOTAL}", 2 * FRAGMENT - 1);
-    for (i, sid) in sids.iter().take(stalled).enumerate() {
+    let second = format!("bytes {fragment}-{}/{TOTAL}", 2 * fragment - 1);
+    for (i, sid) in sids.iter().take(stalled) {
         let mut conn = Conn::open(server.addr)?;
         let head = format!(
             "BITS_POST /upload/idle-{i}.bin HTTP/1.1\r\nHost: {}\r\nBITS-Packet-Type: Fragment\r\n\
-             BITS-Session-Id: {sid}\r\nContent-Range: {second}\r\nContent-Length: {FRAGMENT}\r\n\r\n",
+             BITS-Session-Id: {sid}\r\nContent-Range: {second}\r\nContent-Length: {fragment}\r\n\r\n",
             server.addr
         );
         conn.write_raw(head.as_bytes())?;
-        conn.write_raw(&body[..16 << 10])?;
+        conn.write_raw(&body[..(16 << 10).min(fragment / 2)])?;
         waiting.push(conn);
     }
     let stalled_reading = if stalled > 0 {
@@ -143,7 +186,10 @@ pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
     out.push_str("|---|---|---|---|---|---|\n");
     for (state, r) in [
         ("fresh bitsd, no sessions".to_string(), &fresh),
-        (format!("{sessions} idle sessions, connections open"), &open),
+        (
+            format!("{sessions} idle sessions, {own} connections open"),
+            &open,
+        ),
         (
             format!("{sessions} idle sessions, connections closed"),
             &closed,
@@ -161,7 +207,7 @@ pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
     }
     if let Some(r) = &stalled_reading {
         out.push_str(&format!(
-            "| {stalled} fragment bodies stalled after 16 KiB (issue 18 target 512 MiB) | {:.1} | {:.1} | {} | {} | {:.2} |\n",
+            "| {stalled} fragment bodies stalled mid-body (issue 18 target 512 MiB) | {:.1} | {:.1} | {} | {} | {:.2} |\n",
             mib(r.rss_kib),
             mib(r.hwm_kib),
             r.fds,
@@ -170,9 +216,10 @@ pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
         ));
     }
     out.push_str(&format!(
-        "\n(fs backend, fsync = true; each session: 1 MiB upload, first 64 KiB fragment sent, \
-         own connection; sessions opened one after the other in {setup_secs:.1} s; readings \
-         {} s after the last change)\n",
+        "\n(fs backend, fsync = true; each session: 1 MiB upload, first {} KiB fragment sent; \
+         {own} on a connection of their own, the rest over {SHARED_CONNECTIONS} shared ones; \
+         sessions opened in {setup_secs:.1} s; readings {} s after the last change)\n",
+        fragment >> 10,
         SETTLE.as_secs()
     ));
     let rss = mib(open.rss_kib);
@@ -201,13 +248,38 @@ pub fn run(sessions: usize, stalled: usize) -> Result<Report> {
         }))
 }
 
+/// Creates session `i` and sends its first fragment (`body`) on `conn`; its id.
+fn open_session(conn: &mut Conn, i: usize, body: &[u8]) -> Result<String> {
+    let path = format!("/upload/idle-{i}.bin");
+    let sid = crate::wire::create_session(conn, &path)?;
+    let range = format!("bytes 0-{}/{TOTAL}", body.len() - 1);
+    let resp = conn.post(
+        &path,
+        &[
+            ("BITS-Packet-Type", "Fragment"),
+            ("BITS-Session-Id", &sid),
+            ("Content-Range", &range),
+        ],
+        body,
+    )?;
+    if resp.status != 200 {
+        bail!("{path} Fragment: HTTP {} {:?}", resp.status, resp.headers);
+    }
+    Ok(sid)
+}
+
 #[cfg(test)]
 mod tests {
     /// Small smoke run: `cargo test -p bench --release -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn idle_smoke() {
-        let table = super::run(50, 5).unwrap().markdown;
+        let shape = super::Shape {
+            connections: Some(20),
+            stalled: 5,
+            ..super::Shape::sessions(50)
+        };
+        let table = super::run(shape).unwrap().markdown;
         println!("{table}");
     }
 }

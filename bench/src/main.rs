@@ -122,6 +122,13 @@ enum Cmd {
         /// (each on a new connection), and bitsd's memory is read with them all waiting.
         #[arg(long, default_value_t = 0)]
         stalled: usize,
+        /// Sessions that keep a connection of their own open (default: all); the rest are made
+        /// over a few shared keep-alive connections, for counts beyond the descriptor limit.
+        #[arg(long)]
+        connections: Option<usize>,
+        /// Size of each session's first fragment.
+        #[arg(long, default_value_t = 64)]
+        fragment_kib: usize,
     },
     /// GET of a large file (whole and ranged) against `cat file > /dev/null`.
     Download {
@@ -182,7 +189,17 @@ fn main() -> Result<()> {
             dir.as_deref(),
             rounds,
         )),
-        Cmd::Idle { sessions, stalled } => print(idle::run(sessions, stalled)),
+        Cmd::Idle {
+            sessions,
+            stalled,
+            connections,
+            fragment_kib,
+        } => print(idle::run(idle::Shape {
+            connections,
+            fragment_kib,
+            stalled,
+            ..idle::Shape::sessions(sessions)
+        })),
         Cmd::Download { mib } => print(download::run(mib)),
         Cmd::Cpu { mib } => print(cpu::run(mib)),
         Cmd::All { docs, no_write } => all(&docs, no_write),
@@ -213,7 +230,10 @@ fn all(docs: &Path, no_write: bool) -> Result<()> {
                 small::run(2000, 32, 64, None, Some(&shm.join("bitsd-bench")), 3)
             }),
         ),
-        ("Idle sessions", Box::new(|| idle::run(1000, 0))),
+        (
+            "Idle sessions",
+            Box::new(|| idle::run(idle::Shape::sessions(1000))),
+        ),
         ("Download vs cat", Box::new(|| download::run(2048))),
         ("CPU per MiB ingested", Box::new(|| cpu::run(256))),
         (

@@ -18,7 +18,10 @@ pub mod session_id;
 
 pub use ack::{Ack, AckError};
 pub use hresult::{ErrorContext, HResult};
-pub use packet::{classify, content_length, Packet, PacketType, ProtoError, MAX_HEADER_VALUE_LEN};
+pub use packet::{
+    classify, content_length, named_session, Framing, Leniency, Packet, PacketType, ProtoError,
+    MAX_HEADER_VALUE_LEN,
+};
 pub use protocol::{negotiate, ProtocolId, UPLOAD_PROTOCOL_1_5};
 pub use range::{ContentRange, RangeError};
 pub use session_id::SessionId;

@@ -13,6 +13,51 @@ use crate::session_id::SessionId;
 /// Windows servers reject header values longer than this with 400 + E_INVALIDARG.
 pub const MAX_HEADER_VALUE_LEN: usize = 4096;
 
+/// Request shapes that Windows never sends but plain HTTP allows, and that hand-written clients
+/// do send (Python's `http.client`, scripted uploaders). Each one is framing HTTP itself
+/// defines, so admitting it cannot make one request read as two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leniency {
+    /// Ping, Create-Session, Close-Session and Cancel-Session without `Content-Length` (and
+    /// without `Transfer-Encoding`) have an empty body, as HTTP/1.1 says of any request
+    /// without either (RFC 9112 §6.3). A Fragment still needs one.
+    pub bodyless_without_length: bool,
+    /// A Fragment with `Transfer-Encoding: chunked` and no `Content-Length`, whose decoded body
+    /// must then be exactly the `Content-Range` length (checked while it streams; see
+    /// [`Framing::Chunked`]).
+    pub chunked_fragments: bool,
+}
+
+impl Leniency {
+    /// What Windows sends and nothing else: `Content-Length` on every request.
+    pub const STRICT: Leniency = Leniency {
+        bodyless_without_length: false,
+        chunked_fragments: false,
+    };
+    /// Both leniencies (the server's default).
+    pub const HTTP: Leniency = Leniency {
+        bodyless_without_length: true,
+        chunked_fragments: true,
+    };
+}
+
+impl Default for Leniency {
+    fn default() -> Leniency {
+        Leniency::HTTP
+    }
+}
+
+/// How a request's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` (or, for a body-less packet admitted by
+    /// [`Leniency::bodyless_without_length`], no framing header: an empty body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: the length is known only at the end of the body, so the
+    /// reader must refuse a body that decodes to more or fewer bytes than the packet says.
+    Chunked,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PacketType {
     Ping,
@@ -124,6 +169,10 @@ pub enum ProtoError {
     InvalidContentLength,
     #[error("Transfer-Encoding is not allowed on BITS_POST")]
     TransferEncoding,
+    #[error("Transfer-Encoding together with Content-Length")]
+    TransferEncodingWithLength,
+    #[error("Transfer-Encoding other than chunked")]
+    UnsupportedTransferEncoding,
     #[error("BITS-Packet-Type is missing")]
     MissingPacketType,
     #[error("BITS-Packet-Type {0:?} is unknown")]
@@ -175,12 +224,65 @@ pub fn content_length(headers: &HeaderMap) -> Result<u64, ProtoError> {
     s.parse().map_err(|_| ProtoError::InvalidContentLength)
 }
 
+/// The session a request names, when it is of a type that names one and the id parses: what
+/// an error Ack echoes even when the request is otherwise invalid.
+pub fn named_session(headers: &HeaderMap) -> Option<SessionId> {
+    match PacketType::from_headers(headers)? {
+        PacketType::Fragment | PacketType::CloseSession | PacketType::CancelSession => {
+            let raw = headers.get(headers::SESSION_ID)?.to_str().ok()?;
+            SessionId::parse(raw.trim()).ok()
+        }
+        PacketType::Ping | PacketType::CreateSession => None,
+    }
+}
+
+/// The body framing of a packet of type `packet_type`, under `leniency`.
+fn framing(
+    headers: &HeaderMap,
+    packet_type: PacketType,
+    leniency: Leniency,
+) -> Result<Framing, ProtoError> {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(coding) = codings.next() else {
+        return match content_length(headers) {
+            Err(ProtoError::MissingContentLength)
+                if leniency.bodyless_without_length && packet_type != PacketType::Fragment =>
+            {
+                Ok(Framing::Length(0))
+            }
+            other => other.map(Framing::Length),
+        };
+    };
+    if !leniency.chunked_fragments {
+        return Err(ProtoError::TransferEncoding);
+    }
+    // Both framings at once is the classic request-smuggling shape: refused whatever the
+    // values, never resolved in favour of one of them.
+    if headers.contains_key(CONTENT_LENGTH) {
+        return Err(ProtoError::TransferEncodingWithLength);
+    }
+    // Exactly `chunked`, once: a list (`gzip, chunked`) or a second header is refused.
+    let only_chunked = codings.next().is_none()
+        && coding
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+    if !only_chunked {
+        return Err(ProtoError::UnsupportedTransferEncoding);
+    }
+    if packet_type != PacketType::Fragment {
+        return Err(ProtoError::BodyNotAllowed(packet_type));
+    }
+    Ok(Framing::Chunked)
+}
+
 /// Turns method + headers into a packet, applying the generic checks of spec §10.3 (items 3–5)
-/// in order. `supported` lists the upload protocols this server speaks.
+/// in order. `supported` lists the upload protocols this server speaks; `leniency` says which
+/// non-Windows framings are admitted.
 pub fn classify(
     method: &Method,
     headers: &HeaderMap,
     supported: &[ProtocolId],
+    leniency: Leniency,
 ) -> Result<Packet, ProtoError> {
     if method.as_str() != crate::BITS_POST {
         return Err(ProtoError::NotBitsPost(method.to_string()));
@@ -200,14 +302,17 @@ pub fn classify(
             return Err(ProtoError::DuplicateHeader(name));
         }
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if headers.contains_key(TRANSFER_ENCODING) && !leniency.chunked_fragments {
         return Err(ProtoError::TransferEncoding);
     }
-    let body_len = content_length(headers)?;
+    if !headers.contains_key(TRANSFER_ENCODING) && !leniency.bodyless_without_length {
+        content_length(headers)?;
+    }
     let raw_type = text(headers, headers::PACKET_TYPE)?.ok_or(ProtoError::MissingPacketType)?;
     let packet_type = PacketType::parse(raw_type)
         .ok_or_else(|| ProtoError::UnknownPacketType(raw_type.into()))?;
-    if packet_type != PacketType::Fragment && body_len != 0 {
+    let framing = framing(headers, packet_type, leniency)?;
+    if packet_type != PacketType::Fragment && framing != Framing::Length(0) {
         return Err(ProtoError::BodyNotAllowed(packet_type));
     }
     let session = || -> Result<SessionId, ProtoError> {
@@ -231,11 +336,14 @@ pub fn classify(
             }
             let raw = text(headers, "content-range")?.ok_or(ProtoError::MissingContentRange)?;
             let range = ContentRange::parse(raw)?;
-            if range.len != body_len {
-                return Err(ProtoError::LengthMismatch {
-                    content_length: body_len,
-                    range_len: range.len,
-                });
+            match framing {
+                Framing::Length(body_len) if body_len != range.len => {
+                    return Err(ProtoError::LengthMismatch {
+                        content_length: body_len,
+                        range_len: range.len,
+                    })
+                }
+                Framing::Length(_) | Framing::Chunked => {}
             }
             Packet::Fragment { session, range }
         }
@@ -265,7 +373,15 @@ mod tests {
         for (k, v) in pairs {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
-        classify(&bits_post(), &h, &[UPLOAD_PROTOCOL_1_5])
+        classify(&bits_post(), &h, &[UPLOAD_PROTOCOL_1_5], Leniency::STRICT)
+    }
+
+    fn lenient(pairs: &[(&'static str, &str)]) -> Result<Packet, ProtoError> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        classify(&bits_post(), &h, &[UPLOAD_PROTOCOL_1_5], Leniency::HTTP)
     }
 
     #[test]
@@ -328,7 +444,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-length", HeaderValue::from_static("0"));
         assert!(matches!(
-            classify(&Method::POST, &h, &[UPLOAD_PROTOCOL_1_5]),
+            classify(&Method::POST, &h, &[UPLOAD_PROTOCOL_1_5], Leniency::STRICT),
             Err(ProtoError::NotBitsPost(_))
         ));
     }
@@ -487,5 +603,110 @@ mod tests {
             ]),
             Err(ProtoError::MissingSessionId)
         );
+    }
+
+    #[test]
+    fn bodyless_packets_without_content_length_are_empty_when_lenient() {
+        assert_eq!(lenient(&[("bits-packet-type", "Ping")]), Ok(Packet::Ping));
+        assert!(matches!(
+            lenient(&[
+                ("bits-packet-type", "Create-Session"),
+                (
+                    "bits-supported-protocols",
+                    "{7df0354d-249b-430f-820d-3d2a9bef4931}"
+                )
+            ]),
+            Ok(Packet::CreateSession { .. })
+        ));
+        for t in ["Close-Session", "Cancel-Session"] {
+            assert!(lenient(&[("bits-packet-type", t), ("bits-session-id", SID)]).is_ok());
+        }
+        // Strict keeps Windows' rule; a Fragment needs a length in both.
+        assert_eq!(
+            req(&[("bits-packet-type", "Ping")]),
+            Err(ProtoError::MissingContentLength)
+        );
+        assert_eq!(
+            lenient(&[
+                ("bits-packet-type", "Fragment"),
+                ("bits-session-id", SID),
+                ("content-range", "bytes 0-9/10")
+            ]),
+            Err(ProtoError::MissingContentLength)
+        );
+        // A declared body is still refused on a body-less packet.
+        assert_eq!(
+            lenient(&[
+                ("bits-packet-type", "Close-Session"),
+                ("bits-session-id", SID),
+                ("content-length", "3")
+            ]),
+            Err(ProtoError::BodyNotAllowed(PacketType::CloseSession))
+        );
+    }
+
+    #[test]
+    fn chunked_fragments_when_lenient() {
+        let fragment = |extra: &[(&'static str, &str)]| {
+            let mut pairs = vec![
+                ("bits-packet-type", "Fragment"),
+                ("bits-session-id", SID),
+                ("content-range", "bytes 0-9/10"),
+            ];
+            pairs.extend_from_slice(extra);
+            (req(&pairs), lenient(&pairs))
+        };
+        let (strict, open) = fragment(&[("transfer-encoding", "chunked")]);
+        assert_eq!(strict, Err(ProtoError::TransferEncoding));
+        assert!(matches!(open, Ok(Packet::Fragment { range, .. }) if range.len == 10));
+        assert!(fragment(&[("transfer-encoding", " Chunked ")]).1.is_ok());
+        // Both framings, however they agree: refused.
+        for cl in ["10", "0", "5"] {
+            assert_eq!(
+                fragment(&[("transfer-encoding", "chunked"), ("content-length", cl)]).1,
+                Err(ProtoError::TransferEncodingWithLength)
+            );
+        }
+        for te in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[("transfer-encoding", "identity")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "chunked, chunked")],
+        ] {
+            assert_eq!(
+                fragment(te).1,
+                Err(ProtoError::UnsupportedTransferEncoding),
+                "{te:?}"
+            );
+        }
+        // Chunked is for fragments only.
+        assert_eq!(
+            lenient(&[
+                ("bits-packet-type", "Ping"),
+                ("transfer-encoding", "chunked")
+            ]),
+            Err(ProtoError::BodyNotAllowed(PacketType::Ping))
+        );
+    }
+
+    #[test]
+    fn named_session_is_read_from_any_request_that_names_one() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "bits-packet-type",
+            HeaderValue::from_static("close-session"),
+        );
+        h.insert("bits-session-id", HeaderValue::from_static(SID));
+        h.insert("content-length", HeaderValue::from_static("7"));
+        assert!(classify(&bits_post(), &h, &[UPLOAD_PROTOCOL_1_5], Leniency::HTTP).is_err());
+        assert_eq!(named_session(&h), SessionId::parse(SID).ok());
+        h.insert("bits-packet-type", HeaderValue::from_static("Ping"));
+        assert_eq!(named_session(&h), None);
+        h.insert("bits-packet-type", HeaderValue::from_static("Fragment"));
+        h.insert("bits-session-id", HeaderValue::from_static("not-a-guid"));
+        assert_eq!(named_session(&h), None);
     }
 }

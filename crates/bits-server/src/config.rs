@@ -99,6 +99,23 @@ pub struct ServerConfig {
     /// write that finds the budget spent waits up to `body_idle_timeout`, then goes on with a
     /// minimal piece. Stalled clients cannot pin memory either way.
     pub max_buffered_body_bytes: u64,
+    /// Ping, Create-Session, Close-Session and Cancel-Session without `Content-Length` are read
+    /// as empty bodies, as HTTP/1.1 reads any request without a framing header (Python's
+    /// `http.client` sends custom methods that way). `false`: 400, as Windows servers answer.
+    pub allow_missing_content_length: bool,
+    /// Fragments sent with `Transfer-Encoding: chunked` (and no `Content-Length`) are accepted
+    /// when the decoded body is exactly the `Content-Range` length. `false`: 400.
+    pub allow_chunked_fragments: bool,
+}
+
+impl ServerConfig {
+    /// The request framings `BITS_POST` admits beyond what Windows sends.
+    pub fn leniency(&self) -> bits_proto::Leniency {
+        bits_proto::Leniency {
+            bodyless_without_length: self.allow_missing_content_length,
+            chunked_fragments: self.allow_chunked_fragments,
+        }
+    }
 }
 
 /// The `[storage]` table: `backend = "fs"` (default) or `backend = "s3"` with the S3 keys.
@@ -160,6 +177,8 @@ impl Default for ServerConfig {
             vdirs: vec![VdirConfig::default()],
             basic_auth: crate::auth::BasicAuthLimits::default(),
             max_buffered_body_bytes: 64 << 20,
+            allow_missing_content_length: true,
+            allow_chunked_fragments: true,
         }
     }
 }

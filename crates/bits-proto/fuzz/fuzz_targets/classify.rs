@@ -16,8 +16,8 @@
 
 use std::sync::OnceLock;
 
-use bits_proto::{classify, Packet, PacketType, SessionId, UPLOAD_PROTOCOL_1_5};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use bits_proto::{classify, Leniency, Packet, PacketType, SessionId, UPLOAD_PROTOCOL_1_5};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method};
 use libfuzzer_sys::fuzz_target;
 
@@ -70,7 +70,22 @@ static SHOW_OUTCOMES: OnceLock<bool> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let (method, headers) = request(data);
-    let result = classify(&method, &headers, &[UPLOAD_PROTOCOL_1_5]);
+    // The lenient framings only ever admit more: whatever strict accepts, lenient accepts the
+    // same way; what only lenient accepts has no Content-Length (body-less) or is chunked.
+    let lenient = classify(&method, &headers, &[UPLOAD_PROTOCOL_1_5], Leniency::HTTP);
+    let result = classify(&method, &headers, &[UPLOAD_PROTOCOL_1_5], Leniency::STRICT);
+    match (&result, &lenient) {
+        (Ok(strict), other) => assert_eq!(Ok(strict), other.as_ref()),
+        (Err(_), Ok(packet)) => {
+            let te = headers.get_all(TRANSFER_ENCODING).iter().count();
+            let cl = headers.get_all(CONTENT_LENGTH).iter().count();
+            match packet {
+                Packet::Fragment { .. } => assert!(te == 1 && cl == 0, "{packet:?}"),
+                _ => assert!(te == 0 && cl == 0, "{packet:?}"),
+            }
+        }
+        (Err(_), Err(_)) => {}
+    }
 
     if *SHOW_OUTCOMES.get_or_init(|| std::env::var_os("BITS_FUZZ_SHOW").is_some()) {
         // `BITS_FUZZ_SHOW=1 cargo fuzz run classify <corpus> -- -runs=0` tallies what a corpus

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::extract::Request;
 use axum::response::Response;
-use bits_proto::{classify, content_length, Ack, PacketType};
+use bits_proto::{classify, content_length, named_session, Ack, Packet, PacketType};
 
 use super::{ack, body, local_base, peer_ip, public_base, Frontend};
 use crate::engine::{Engine, EngineRequest};
@@ -24,9 +24,24 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
         .unwrap_or("/")
         .to_string();
     let declared = content_length(&parts.headers).unwrap_or(0);
-    let mut body = pin!(body::idle_limited(body, config.body_idle_timeout));
-    let packet = classify(&parts.method, &parts.headers, &Engine::SUPPORTED_PROTOCOLS);
-    let session = packet.as_ref().ok().and_then(|p| p.session());
+    let packet = classify(
+        &parts.method,
+        &parts.headers,
+        &Engine::SUPPORTED_PROTOCOLS,
+        config.leniency(),
+    );
+    // A fragment's body must be exactly its range, however it is framed: hyper holds a
+    // `Content-Length` body to its length, and a chunked one is held to it here.
+    let exact = match &packet {
+        Ok(Packet::Fragment { range, .. }) => Some(range.len),
+        _ => None,
+    };
+    let mut body = pin!(body::exact_length(
+        body::idle_limited(body, config.body_idle_timeout),
+        exact
+    ));
+    // Echoed on every error Ack of a request that names a session, valid or not (decision 14).
+    let session = named_session(&parts.headers);
     let mut identity = None;
     let result: Result<Ack, BitsError> = async {
         if front.rate_limited(&parts) {

@@ -29,6 +29,69 @@ pub fn idle_limited(
     .fuse()
 }
 
+/// With `Some(len)`, the body as a stream that fails unless it ends after exactly `len` bytes:
+/// a shorter body fails at its end, a longer one as soon as the excess arrives — and the chunk
+/// that completes `len` is held back until the end is seen, so a consumer that stops reading
+/// at `len` never takes an overlong body for a good one.
+pub fn exact_length<S>(
+    body: S,
+    len: Option<u64>,
+) -> impl Stream<Item = Result<Bytes, io::Error>> + Send
+where
+    S: Stream<Item = Result<Bytes, io::Error>> + Send,
+{
+    /// After a failure the stream keeps failing, so a drain after the engine sees the body as
+    /// broken and the connection is closed rather than reused mid-body.
+    enum State<B> {
+        Reading(B, u64),
+        Failed(io::ErrorKind, &'static str),
+    }
+    let step = move |state: State<std::pin::Pin<Box<S>>>| async move {
+        let (mut inner, seen) = match state {
+            State::Reading(inner, seen) => (inner, seen),
+            State::Failed(kind, what) => {
+                return Some((Err(io::Error::new(kind, what)), State::Failed(kind, what)))
+            }
+        };
+        let fail = |kind: io::ErrorKind, what: &'static str| {
+            Some((Err(io::Error::new(kind, what)), State::Failed(kind, what)))
+        };
+        const SHORT: &str = "body shorter than its Content-Range";
+        const LONG: &str = "body longer than its Content-Range";
+        let Some(len) = len else {
+            return match inner.next().await {
+                Some(Ok(chunk)) => Some((Ok(chunk), State::Reading(inner, seen))),
+                Some(Err(e)) => fail(e.kind(), "request body failed"),
+                None => None,
+            };
+        };
+        match inner.next().await {
+            None if seen == len => None,
+            None => fail(io::ErrorKind::InvalidData, SHORT),
+            Some(Err(e)) => fail(e.kind(), "request body failed"),
+            Some(Ok(chunk)) => {
+                let seen = seen + chunk.len() as u64;
+                if seen > len {
+                    return fail(io::ErrorKind::InvalidData, LONG);
+                }
+                if seen < len {
+                    return Some((Ok(chunk), State::Reading(inner, seen)));
+                }
+                // The last byte of the range: the body must end here.
+                loop {
+                    match inner.next().await {
+                        None => return Some((Ok(chunk), State::Reading(inner, seen))),
+                        Some(Ok(empty)) if empty.is_empty() => continue,
+                        Some(Ok(_)) => return fail(io::ErrorKind::InvalidData, LONG),
+                        Some(Err(e)) => return fail(e.kind(), "request body failed"),
+                    }
+                }
+            }
+        }
+    };
+    futures_util::stream::unfold(State::Reading(Box::pin(body), 0u64), step).fuse()
+}
+
 /// Reads and drops what is left of a body, up to `limit` bytes. Returns whether the body ended
 /// cleanly; if not, the connection must be closed after the response.
 pub async fn drain<S: Stream<Item = Result<Bytes, io::Error>> + ?Sized>(

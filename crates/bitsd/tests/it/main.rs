@@ -30,6 +30,7 @@ mod farm_memory;
 mod farm_publish;
 mod hooks;
 mod hostile_input;
+mod interop;
 mod kerberos;
 mod large_download;
 mod large_upload;
