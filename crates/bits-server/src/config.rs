@@ -106,6 +106,10 @@ pub struct ServerConfig {
     /// Fragments sent with `Transfer-Encoding: chunked` (and no `Content-Length`) are accepted
     /// when the decoded body is exactly the `Content-Range` length. `false`: 400.
     pub allow_chunked_fragments: bool,
+    /// Record every `BITS_POST` exchange here (request and response heads, body lengths and
+    /// SHA-256, never bodies or credentials), one file per session, for `bitsd replay`.
+    /// Absent (default): nothing is recorded. `bitsd serve --capture DIR` sets it.
+    pub capture_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -179,6 +183,7 @@ impl Default for ServerConfig {
             max_buffered_body_bytes: 64 << 20,
             allow_missing_content_length: true,
             allow_chunked_fragments: true,
+            capture_dir: None,
         }
     }
 }

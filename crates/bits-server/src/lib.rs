@@ -1,6 +1,7 @@
 //! The BITS upload server: session engine, storage, and HTTP layer.
 
 pub mod auth;
+pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod digest;

@@ -3,6 +3,7 @@
 mod admin_client;
 mod config_file;
 mod passwd;
+mod replay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ enum Command {
         #[command(flatten)]
         admin: admin_client::AdminArgs,
     },
+    /// Replay a capture (`capture_dir`, `serve --capture`) against a server (bitsd, IIS, …)
+    /// and print where its answers differ from the recorded ones. Exit status 1 if any do.
+    Replay(replay::ReplayArgs),
     /// Run a cleanup pass (expire idle sessions, forget old tombstones) on a running server now.
     Gc {
         #[command(flatten)]
@@ -82,6 +86,9 @@ struct ServeArgs {
     /// Spool directory for sessions in progress, overriding `spool_dir`.
     #[arg(long, env = "BITSD_SPOOL")]
     spool: Option<PathBuf>,
+    /// Record every BITS exchange in this directory (`capture_dir`), for `bitsd replay`.
+    #[arg(long, env = "BITSD_CAPTURE")]
+    capture: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -131,6 +138,14 @@ fn main() -> anyhow::Result<()> {
             exit_on_error("sessions", admin_client::sessions(&admin, &command))
         }
         Some(Command::Gc { admin, json }) => exit_on_error("gc", admin_client::gc(&admin, json)),
+        Some(Command::Replay(args)) => match replay::replay(&args) {
+            Ok(0) => Ok(()),
+            Ok(_) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("bitsd replay: {e:#}");
+                std::process::exit(2);
+            }
+        },
         None => serve(cli.serve),
     }
 }
@@ -151,6 +166,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(spool) = args.spool {
         config.spool_dir = spool;
+    }
+    if let Some(dir) = args.capture {
+        config.capture_dir = Some(dir);
     }
     if let (Some(root), Some(vdir)) = (args.root, config.vdirs.first_mut()) {
         vdir.root = root;
@@ -181,10 +199,14 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let frontend = Arc::new(bits_server::http::Frontend::new(
-        engine.clone(),
-        tls.clone(),
-    )?);
+    let mut frontend = bits_server::http::Frontend::new(engine.clone(), tls.clone())?;
+    if let Some(dir) = &config.capture_dir {
+        let capture = bits_server::capture::Capture::open(dir)
+            .with_context(|| format!("opening capture_dir {}", dir.display()))?;
+        tracing::warn!(dir = %dir.display(), "capturing every BITS exchange (heads, body lengths and digests)");
+        frontend = frontend.with_capture(capture);
+    }
+    let frontend = Arc::new(frontend);
     let http = if config.http_enabled {
         let l = TcpListener::bind(config.listen)
             .await

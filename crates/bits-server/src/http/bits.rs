@@ -7,13 +7,17 @@ use axum::extract::Request;
 use axum::response::Response;
 use bits_proto::{classify, content_length, named_session, Ack, Packet, PacketType};
 
+use futures_util::StreamExt;
+
 use super::{ack, body, local_base, peer_ip, public_base, Frontend};
+use crate::capture::{recorded_headers, BodyTap, CapturedRequest, CapturedResponse, Exchange};
 use crate::engine::{Engine, EngineRequest};
 use crate::error::BitsError;
 use crate::target::resolve;
 
 pub async fn bits_post(front: &Frontend, req: Request) -> Response {
     let started = Instant::now();
+    let arrived = std::time::SystemTime::now();
     let engine = front.engine();
     let config = engine.config();
     let (parts, body) = req.into_parts();
@@ -36,10 +40,13 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
         Ok(Packet::Fragment { range, .. }) => Some(range.len),
         _ => None,
     };
-    let mut body = pin!(body::exact_length(
-        body::idle_limited(body, config.body_idle_timeout),
-        exact
-    ));
+    let tap = front.capture().map(|_| BodyTap::default());
+    let read = body::idle_limited(body, config.body_idle_timeout);
+    let read = match &tap {
+        Some(tap) => tap.tap(read).left_stream(),
+        None => read.right_stream(),
+    };
+    let mut body = pin!(body::exact_length(read, exact));
     // Echoed on every error Ack of a request that names a session, valid or not (decision 14).
     let session = named_session(&parts.headers);
     let mut identity = None;
@@ -113,6 +120,25 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
     let mut resp = ack::render(&ack, !clean || parts.version != http::Version::HTTP_11);
     if let Err(BitsError::Unauthenticated(challenge)) = &result {
         ack::set_challenge(&mut resp, challenge);
+    }
+    if let (Some(capture), Some(tap)) = (front.capture(), tap) {
+        let exchange = Exchange {
+            at_ms: arrived
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            request: CapturedRequest {
+                method: parts.method.to_string(),
+                target: url.clone(),
+                version: format!("{:?}", parts.version),
+                headers: recorded_headers(&parts.headers),
+                body: tap.summary(),
+            },
+            response: CapturedResponse {
+                status: resp.status().as_u16(),
+                headers: recorded_headers(resp.headers()),
+            },
+        };
+        capture.record(session.or(ack.session_id), &exchange).await;
     }
     resp
 }

@@ -47,6 +47,7 @@ pub struct Frontend {
     limiter_checks: std::sync::atomic::AtomicU64,
     tls: Option<Arc<TlsState>>,
     metrics: Arc<crate::metrics::Metrics>,
+    capture: Option<crate::capture::Capture>,
 }
 
 impl Frontend {
@@ -67,7 +68,18 @@ impl Frontend {
             limiter,
             limiter_checks: Default::default(),
             tls,
+            capture: None,
         })
+    }
+
+    /// Records every `BITS_POST` exchange through `capture` (`capture_dir`).
+    pub fn with_capture(mut self, capture: crate::capture::Capture) -> Frontend {
+        self.capture = Some(capture);
+        self
+    }
+
+    pub fn capture(&self) -> Option<&crate::capture::Capture> {
+        self.capture.as_ref()
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

@@ -13,6 +13,7 @@ mod seaweed_client;
 
 mod admin;
 mod boundaries;
+mod capture_replay;
 mod check_config;
 mod checklist_create;
 mod checklist_fragment;
