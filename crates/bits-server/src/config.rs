@@ -407,6 +407,12 @@ pub enum ConfigError {
         spool: PathBuf,
         root: PathBuf,
     },
+    #[error("capture_dir {capture:?} must not be inside vdir[{index}].root {root:?}: captures would be served")]
+    CaptureInsideRoot {
+        index: usize,
+        capture: PathBuf,
+        root: PathBuf,
+    },
     #[error("cleanup_interval must be at least 1s")]
     CleanupInterval,
     #[error("vdir[{0}].notification_url (prefix {1:?}): required when notification_type is set")]
@@ -521,6 +527,15 @@ impl ServerConfig {
                 .validate()
                 .map_err(|e| ConfigError::BadHooks(i, e))?;
             let root = normalize(&v.root_base());
+            if let Some(capture) = &self.capture_dir {
+                if normalize(capture).starts_with(&root) {
+                    return Err(ConfigError::CaptureInsideRoot {
+                        index: i,
+                        capture: capture.clone(),
+                        root: v.root.clone(),
+                    });
+                }
+            }
             // A per-user base may contain the spool (`X/{user}` beside `X/spool`): then only
             // the user named like the spool is refused, by `storage_root`.
             let per_user = v.is_per_user();
@@ -699,6 +714,20 @@ mod tests {
             c.validate(),
             Err(ConfigError::SpoolOverlapsRoot { .. })
         ));
+        let mut c = ServerConfig::default();
+        c.capture_dir = Some(
+            c.vdirs[0]
+                .root
+                .join("../")
+                .join(c.vdirs[0].root.file_name().unwrap())
+                .join("cap"),
+        );
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::CaptureInsideRoot { .. })
+        ));
+        c.capture_dir = Some(c.spool_dir.join("../capture"));
+        assert!(c.validate().is_ok());
         let mut c = ServerConfig::default();
         c.vdirs[0].prefix = "upload".into();
         assert!(matches!(c.validate(), Err(ConfigError::BadPrefix(..))));
