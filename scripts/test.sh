@@ -42,5 +42,16 @@ if { ! command -v krb5kdc >/dev/null 2>&1 && ! [ -x /usr/sbin/krb5kdc ]; } \
     exit 1
   fi
 fi
+# The console tests drive headless Chromium through chromedriver (Debian: chromium, chromium-driver).
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing Chromium and chromedriver for the console tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "the console tests need chromium and chromium-driver (Debian package names)" >&2
+    exit 1
+  fi
+fi
 export PATH="$PATH:/usr/sbin:/sbin"
 cargo test --workspace --all-targets "$@"

@@ -146,6 +146,9 @@ pub struct AdminConfig {
     /// Open admin connections at most (absent: 64); beyond it new ones wait in the listen
     /// backlog. Heads must arrive within the server's `header_read_timeout`.
     pub max_connections: Option<usize>,
+    /// The console at `/console` offers a Cancel button per session (behind a confirmation).
+    /// `false` (default): the console is read-only; the admin API can still cancel.
+    pub console_cancel: bool,
 }
 
 impl Default for ServerConfig {

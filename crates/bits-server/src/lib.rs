@@ -1,5 +1,6 @@
 //! The BITS upload server: session engine, storage, and HTTP layer.
 
+pub mod activity;
 pub mod auth;
 pub mod capture;
 pub mod clock;

@@ -57,6 +57,8 @@ pub struct Engine {
     hooks: crate::hooks::Hooks,
     /// Session timestamps: the system clock, or a test's.
     clock: Arc<dyn crate::clock::Clock>,
+    /// Recent throughput, completions and errors, for the admin console.
+    activity: crate::activity::Activity,
 }
 
 /// Where this request reached the server: for building reply and notification URLs.
@@ -93,6 +95,7 @@ impl Engine {
             metrics,
             hooks: crate::hooks::Hooks::default(),
             clock: Arc::new(crate::clock::SystemClock),
+            activity: Default::default(),
         }
     }
 
@@ -104,6 +107,16 @@ impl Engine {
 
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Recent throughput, completions and errors (the admin console's `/admin/activity`).
+    pub fn activity(&self) -> &crate::activity::Activity {
+        &self.activity
+    }
+
+    /// The engine's clock, in Unix milliseconds.
+    pub fn clock_ms(&self) -> u64 {
+        self.now_ms()
     }
 
     /// Delivery counters of the event hooks.
@@ -572,6 +585,8 @@ impl Engine {
             }
             // What the session now claims (a digest fallback may claim less than was written).
             self.metrics.bytes_received(rec.received - before);
+            self.activity
+                .bytes(self.now_ms(), &rec.vdir, rec.received - before);
             // Also registers a session created through another node.
             self.registry().track(&rec);
             if outcome.error.is_some() && guard.was_preempted() {

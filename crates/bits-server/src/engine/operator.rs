@@ -68,6 +68,11 @@ impl Engine {
         Ok(self.sessions.probe().await?)
     }
 
+    /// Open sessions of the vdir with `prefix`.
+    pub fn open_in_vdir(&self, prefix: &str) -> u64 {
+        self.registry().open_in_vdir(prefix)
+    }
+
     /// One cleanup pass now (the one `cleanup_interval` runs).
     pub async fn gc(&self) -> Result<SweepReport, BitsError> {
         self.sweep().await

@@ -180,6 +180,7 @@ impl Engine {
             tracing::info!(session = %rec.id, destination = %rec.destination.path, bytes = total, "upload published");
         }
         self.observe(super::SessionEvent::Completed, rec);
+        self.activity.completed(self.now_ms(), rec);
         Ok(())
     }
 

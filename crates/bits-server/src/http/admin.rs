@@ -10,6 +10,8 @@
 //! | `GET /admin/sessions/{id}`         | one session as JSON, 404 if unknown                   |
 //! | `POST /admin/sessions/{id}/cancel` | cancels it like its owner's Cancel-Session            |
 //! | `POST /admin/gc`                   | one cleanup pass now; its report as JSON              |
+//! | `GET /admin/activity`              | throughput, recent completions/errors, vdirs, storage |
+//! | `GET /console` (+ `app.js`, `app.css`) | the live console page (no data; needs no token)   |
 //!
 //! With `[admin] token` set, every route but `/healthz` needs `Authorization: Bearer <token>`
 //! (401 otherwise). Error bodies are JSON `{"error": "..."}`.
@@ -49,12 +51,16 @@ pub fn admin_router(engine: Arc<Engine>) -> Router {
         .route("/admin/sessions/{id}", get(show))
         .route("/admin/sessions/{id}/cancel", post(cancel))
         .route("/admin/gc", post(gc))
+        .route("/admin/activity", get(activity))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/console", get(super::console::page))
+        .route("/console/app.js", get(super::console::script))
+        .route("/console/app.css", get(super::console::style))
         .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin route") })
         .with_state(state)
@@ -173,6 +179,7 @@ pub fn session_json(rec: &SessionRecord) -> Value {
         "url": rec.url,
         "destination": destination,
         "owner": rec.owner,
+        "client": rec.client.map(|c| c.to_string()),
         "received": rec.received,
         "total": rec.total,
         "created_at": rec.created_at,
@@ -259,6 +266,13 @@ async fn cancel(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Resp
         Err(e @ crate::BitsError::SessionBusy) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+async fn activity(State(admin): State<Arc<Admin>>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &super::console::activity_json(&admin.engine).await,
+    )
 }
 
 async fn gc(State(admin): State<Arc<Admin>>) -> Response {

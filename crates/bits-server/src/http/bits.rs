@@ -10,6 +10,7 @@ use bits_proto::{classify, content_length, named_session, Ack, Packet, PacketTyp
 use futures_util::StreamExt;
 
 use super::{ack, body, local_base, peer_ip, public_base, Frontend};
+use crate::activity::ErrorEntry;
 use crate::capture::{recorded_headers, BodyTap, CapturedRequest, CapturedResponse, Exchange};
 use crate::engine::{Engine, EngineRequest};
 use crate::error::BitsError;
@@ -116,6 +117,30 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
             packet = packet_type, session = %session_text, user = %user, path = %url, range, status = ack.status,
             code = %ack.error.map(|e| e.code.to_string()).unwrap_or_default(), error = %e, elapsed_ms, "bits"
         ),
+    }
+    let now_ms = engine.clock_ms();
+    engine.activity().request(now_ms);
+    // 401s are the first leg of every Windows authentication handshake: not listed as errors.
+    if let Err(e) = &result {
+        if ack.status != 401 {
+            let vdir = resolve(parts.uri.path(), &config.vdirs)
+                .ok()
+                .and_then(|t| config.vdirs.get(t.vdir))
+                .map(|v| v.prefix.as_str());
+            engine.activity().error(
+                vdir,
+                ErrorEntry {
+                    at_ms: now_ms,
+                    status: ack.status,
+                    code: ack.error.map(|e| e.code.to_string()),
+                    packet: packet_type.to_string(),
+                    path: url.clone(),
+                    client: peer_ip(&parts).map(|ip| ip.to_string()),
+                    session: session.map(|s| s.to_string()),
+                    message: e.to_string(),
+                },
+            );
+        }
     }
     let mut resp = ack::render(&ack, !clean || parts.version != http::Version::HTTP_11);
     if let Err(BitsError::Unauthenticated(challenge)) = &result {

@@ -5,6 +5,7 @@ pub mod ack;
 pub mod admin;
 mod bits;
 mod body;
+mod console;
 mod get;
 mod listener;
 pub mod range;

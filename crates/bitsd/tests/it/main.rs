@@ -21,6 +21,7 @@ mod checklist_generic;
 mod checklist_lifecycle;
 mod client_roundtrip;
 mod concurrency_and_limits;
+mod console;
 mod crash_recovery;
 mod disk_full;
 mod downloads;
