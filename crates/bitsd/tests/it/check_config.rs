@@ -268,7 +268,8 @@ fn missing_config_file_is_named() {
 
 #[test]
 fn plain_examples_pass() {
-    for name in ["single-node.toml", "farm.toml"] {
+    // The Debian package's conffile too (packaging/debian/bitsd.toml).
+    for name in ["single-node.toml", "farm.toml", "../debian/bitsd.toml"] {
         let out = check(&examples().join(name));
         assert!(
             out.status.success() && text(&out.stdout).contains("ok"),
