@@ -53,8 +53,10 @@ pub struct ServerConfig {
     pub drain_limit: u64,
     /// Create-Session is refused with 503 while this many sessions are open.
     pub max_open_sessions: u64,
-    /// Open sessions per authenticated identity (IIS `BITSNumberOfSessionsLimit`); anonymous
-    /// sessions count only against `max_open_sessions`. Absent: no per-identity limit.
+    /// Open sessions per authenticated identity, all vdirs together (IIS
+    /// `BITSNumberOfSessionsLimit`, default 50); anonymous sessions are limited by
+    /// `max_anonymous_sessions*` instead. `0`: no per-identity limit (IIS
+    /// `BITSSessionLimitEnable = 0`). A vdir's own `max_sessions_per_identity` applies as well.
     pub max_sessions_per_identity: Option<u64>,
     /// The HTTPS listener; absent: plain HTTP only.
     pub tls: Option<crate::tls::TlsConfig>,
@@ -69,7 +71,8 @@ pub struct ServerConfig {
     /// Bytes of unfinished uploads one authenticated identity may hold in the spool.
     pub max_spool_bytes_per_identity: Option<u64>,
     /// Scheme and authority clients use to reach this server (e.g. behind a TLS proxy),
-    /// for reply URLs. Default: `http://` + the request's Host header.
+    /// for reply URLs. Default: the scheme and local address the client's connection reached,
+    /// never the request's Host header (`docs/decisions.md` item 13).
     pub public_url: Option<String>,
     /// Bytes of unfinished uploads the spool may hold; beyond it fragments get the disk-full Ack.
     pub spool_quota: Option<u64>,
@@ -271,6 +274,10 @@ pub struct VdirConfig {
     pub hooks: crate::hooks::HooksConfig,
     /// Open sessions this vdir may hold at most (all identities); absent: no per-vdir limit.
     pub max_open_sessions: Option<u64>,
+    /// Open sessions one authenticated identity may hold in this vdir (IIS sets
+    /// `BITSNumberOfSessionsLimit` per vdir); absent or 0: only the server-wide
+    /// `max_sessions_per_identity` applies.
+    pub max_sessions_per_identity: Option<u64>,
     /// Where a relative `notification_url` points: the server application's own
     /// `http://host:port` (IIS runs the application in the same site; bitsd hosts none, so a
     /// relative URL needs this). The upload URL's directory is kept, as IIS does.
@@ -385,6 +392,7 @@ impl Default for VdirConfig {
             notification_timeout: Duration::from_secs(300),
             hooks: crate::hooks::HooksConfig::default(),
             max_open_sessions: None,
+            max_sessions_per_identity: None,
             notification_base: None,
         }
     }

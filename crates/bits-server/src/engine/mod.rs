@@ -378,12 +378,21 @@ impl Engine {
         if registry.open_count() >= self.config.max_open_sessions {
             return Err(Refusal::Limit);
         }
+        // 0 turns a per-identity limit off (IIS `BITSSessionLimitEnable = 0`).
         if let Some(limit) = self
             .config
             .max_sessions_per_identity
-            .filter(|_| rec.owner.is_some())
+            .filter(|&l| l > 0 && rec.owner.is_some())
         {
             if registry.owned_by(&rec.owner) >= limit {
+                return Err(Refusal::Limit);
+            }
+        }
+        if let (Some(limit), Some(owner)) = (
+            vdir.max_sessions_per_identity.filter(|&l| l > 0),
+            &rec.owner,
+        ) {
+            if registry.owned_in_vdir(&vdir.prefix, owner) >= limit {
                 return Err(Refusal::Limit);
             }
         }

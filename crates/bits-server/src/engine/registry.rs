@@ -29,6 +29,8 @@ pub struct Registry {
     per_owner: HashMap<Option<Principal>, u64>,
     spooled_per_owner: HashMap<Option<Principal>, u64>,
     per_vdir: HashMap<String, u64>,
+    /// Authenticated sessions per (vdir prefix, owner): a vdir's `max_sessions_per_identity`.
+    per_vdir_owner: HashMap<(String, Principal), u64>,
     anonymous: u64,
     anonymous_per_ip: HashMap<IpAddr, u64>,
     spooled: u64,
@@ -66,6 +68,14 @@ impl Registry {
 
     pub fn open_in_vdir(&self, prefix: &str) -> u64 {
         self.per_vdir.get(prefix).copied().unwrap_or(0)
+    }
+
+    /// Open sessions `owner` holds in the vdir with `prefix`.
+    pub fn owned_in_vdir(&self, prefix: &str, owner: &Principal) -> u64 {
+        self.per_vdir_owner
+            .get(&(prefix.to_string(), owner.clone()))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn anonymous(&self) -> u64 {
@@ -184,6 +194,12 @@ impl Registry {
         *self.per_owner.entry(rec.owner.clone()).or_default() += 1;
         *self.spooled_per_owner.entry(rec.owner.clone()).or_default() += spooled;
         *self.per_vdir.entry(rec.vdir.clone()).or_default() += 1;
+        if let Some(owner) = &rec.owner {
+            *self
+                .per_vdir_owner
+                .entry((rec.vdir.clone(), owner.clone()))
+                .or_default() += 1;
+        }
         let anonymous_client = if rec.owner.is_none() {
             self.anonymous += 1;
             if let Some(ip) = rec.client {
@@ -233,6 +249,9 @@ impl Registry {
         }
         decrement(&mut self.per_owner, &s.owner);
         decrement(&mut self.per_vdir, &s.vdir);
+        if let Some(owner) = &s.owner {
+            decrement(&mut self.per_vdir_owner, &(s.vdir.clone(), owner.clone()));
+        }
         if s.owner.is_none() {
             self.anonymous -= 1;
             if let Some(ip) = s.anonymous_client {

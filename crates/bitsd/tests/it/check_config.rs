@@ -269,7 +269,12 @@ fn missing_config_file_is_named() {
 #[test]
 fn plain_examples_pass() {
     // The Debian package's conffile too (packaging/debian/bitsd.toml).
-    for name in ["single-node.toml", "farm.toml", "../debian/bitsd.toml"] {
+    for name in [
+        "single-node.toml",
+        "farm.toml",
+        "from-iis.toml",
+        "../debian/bitsd.toml",
+    ] {
         let out = check(&examples().join(name));
         assert!(
             out.status.success() && text(&out.stdout).contains("ok"),

@@ -399,6 +399,45 @@ fn per_identity_session_and_byte_limits() {
     r.assert_ack(500, Some(("0x80070070", "0x5")));
 }
 
+/// IIS sets `BITSNumberOfSessionsLimit` per vdir and can switch it off
+/// (`BITSSessionLimitEnable = 0`): a vdir's `max_sessions_per_identity`, and 0 for off.
+#[test]
+fn session_limit_per_vdir_and_its_off_switch() {
+    let pki = Pki::new("test CA");
+    let s = basic_server(
+        &pki,
+        "max_sessions_per_identity = 0",
+        "allow_overwrites = true\nmax_sessions_per_identity = 2",
+    );
+    let cfg = client_config(&pki, None);
+    let mut c = tls_conn(&s, &cfg);
+    let create = |c: &mut Conn, auth: &str| {
+        c.bits(
+            URL,
+            "Create-Session",
+            &with_auth(auth, &[("BITS-Supported-Protocols", PROTOCOL)]),
+            b"",
+        )
+    };
+    let alice = basic("alice", "wonderland");
+    create(&mut c, &alice).assert_ack(200, None);
+    create(&mut c, &alice).assert_ack(200, None);
+    create(&mut c, &alice).assert_ack(503, Some(("0x801901F7", "0x5")));
+    create(&mut c, &basic("bob", "builder")).assert_ack(200, None);
+
+    // No vdir limit and the server-wide one off: past the default of 50.
+    let s = basic_server(
+        &pki,
+        "max_sessions_per_identity = 0",
+        "allow_overwrites = true",
+    );
+    let mut c = tls_conn(&s, &cfg);
+    for i in 0..55 {
+        let r = create(&mut c, &alice);
+        assert_eq!(r.status, 200, "session {i}: {:?}", r.headers);
+    }
+}
+
 #[test]
 fn rate_limit_per_ip_answers_503_with_retry_after() {
     let s = Server::start("rate_limit_per_ip = 5\nrate_limit_burst = 5");
