@@ -154,29 +154,22 @@ impl SessionStore for FsStore {
         // in place (no temporary file: there is no older version to keep), with the empty data
         // file (see `allocate`) in the same trip to the blocking pool.
         let (me, rec) = (self.clone(), rec.clone());
-        let id = rec.id;
         blocking(move || {
-            fs::create_dir(me.dir(rec.id))?;
+            let dir = me.dir(rec.id);
+            fs::create_dir(&dir)?;
             me.write_meta_with(&rec, MetaWrite::InPlace)?;
             File::create(me.data(rec.id))?;
+            if me.fsync {
+                // The record, its directory and the session's entry in `sessions/`, in one trip
+                // to the blocking pool: the first sync commits the journal transaction that
+                // holds all three changes, so the next two find little left to wait for.
+                File::open(me.meta(rec.id))?.sync_data()?;
+                File::open(&dir)?.sync_all()?;
+                File::open(&me.sessions)?.sync_all()?;
+            }
             Ok(())
         })
-        .await?;
-        if self.fsync {
-            // The record, its directory and the session's entry in `sessions/`: independent,
-            // all needed before the Ack, so synced side by side (one journal commit's wait, not
-            // three in a row).
-            let (meta, dir, sessions) = (self.meta(id), self.dir(id), self.sessions.clone());
-            let (a, b, c) = tokio::join!(
-                blocking(move || Ok(File::open(meta)?.sync_data()?)),
-                blocking(move || Ok(File::open(dir)?.sync_all()?)),
-                blocking(move || Ok(File::open(sessions)?.sync_all()?)),
-            );
-            a?;
-            b?;
-            c?;
-        }
-        Ok(())
+        .await
     }
 
     async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
