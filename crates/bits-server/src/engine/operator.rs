@@ -68,6 +68,12 @@ impl Engine {
         Ok(self.sessions.probe().await?)
     }
 
+    /// Whether `id` is a session this node knows (open, or ended and still remembered).
+    pub fn knows_session(&self, id: SessionId) -> bool {
+        let registry = self.registry();
+        registry.is_open(id) || registry.is_tombstone(id)
+    }
+
     /// Open sessions of the vdir with `prefix`.
     pub fn open_in_vdir(&self, prefix: &str) -> u64 {
         self.registry().open_in_vdir(prefix)

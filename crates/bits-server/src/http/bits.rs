@@ -163,7 +163,12 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
                 headers: recorded_headers(resp.headers()),
             },
         };
-        capture.record(session.or(ack.session_id), &exchange).await;
+        // A request naming a session nobody created goes to the shared file: ids a client makes
+        // up must not each create a file.
+        let file = session
+            .or(ack.session_id)
+            .filter(|&id| result.is_ok() || engine.knows_session(id));
+        capture.record(file, &exchange).await;
     }
     resp
 }

@@ -212,3 +212,28 @@ fn secrets_never_reach_the_capture() {
     }
     assert_eq!(all.lines().count(), 3, "{all}");
 }
+
+/// Made-up session ids do not each get a capture file: a flood of them lands in one file.
+#[test]
+fn unknown_session_ids_share_one_capture_file() {
+    let cap = tempfile::tempdir().unwrap();
+    let s = Server::start(&capture_config(cap.path()));
+    let mut c = s.conn();
+    for i in 0..50 {
+        let sid = format!("{{A0FF5911-4144-45B3-BF27-{i:012X}}}");
+        c.bits(
+            "/upload/x.bin",
+            "Close-Session",
+            &[("BITS-Session-Id", &sid)],
+            b"",
+        )
+        .assert_ack(500, Some(SESSION_NOT_FOUND));
+    }
+    let files = captures(cap.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with("no-session.jsonl"));
+    assert_eq!(
+        std::fs::read_to_string(&files[0]).unwrap().lines().count(),
+        50
+    );
+}
