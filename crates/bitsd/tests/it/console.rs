@@ -117,6 +117,29 @@ async fn progress(c: &Client) -> Vec<(String, u64, String)> {
     out
 }
 
+async fn token_form_shown(b: &Client) {
+    eventually("the token form", || async {
+        let form = b.find(Locator::Id("login")).await.ok()?;
+        form.is_displayed().await.ok()?.then_some(())
+    })
+    .await;
+}
+
+async fn submit_token(b: &Client, token: &str) {
+    b.find(Locator::Id("token"))
+        .await
+        .expect("the token field")
+        .send_keys(token)
+        .await
+        .expect("typing the token");
+    b.find(Locator::Css("#login button"))
+        .await
+        .expect("the submit button")
+        .click()
+        .await
+        .expect("submitting");
+}
+
 fn artifacts() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
     std::fs::create_dir_all(&dir).expect("artifact dir");
@@ -164,25 +187,10 @@ async fn console_shows_live_sessions_progress_and_completions() {
             .await
             .expect("open the console");
         // No token yet: the form, and no session data.
-        eventually("the token form", || async {
-            let form = b.find(Locator::Id("login")).await.ok()?;
-            form.is_displayed().await.ok()?.then_some(())
-        })
-        .await;
+        token_form_shown(&b).await;
         assert!(progress(&b).await.is_empty());
         // A wrong token is refused and asked again.
-        b.find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys("wrong")
-            .await
-            .unwrap();
-        b.find(Locator::Css("#login button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        submit_token(&b, "wrong").await;
         eventually("the refusal", || async {
             let reason = b
                 .find(Locator::Id("login-reason"))
@@ -194,18 +202,7 @@ async fn console_shows_live_sessions_progress_and_completions() {
             reason.contains("refused").then_some(())
         })
         .await;
-        b.find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys(TOKEN)
-            .await
-            .unwrap();
-        b.find(Locator::Css("#login button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        submit_token(&b, TOKEN).await;
 
         // The three sessions with their progress.
         let rows = eventually("three sessions", || async {
@@ -341,28 +338,8 @@ async fn console_cancel_needs_the_knob_and_a_confirmation() {
     let b = browser(&driver, profile.path()).await;
     let result = async {
         b.goto(&format!("http://{admin}/console")).await.unwrap();
-        eventually("the token form", || async {
-            b.find(Locator::Id("login"))
-                .await
-                .ok()?
-                .is_displayed()
-                .await
-                .ok()?
-                .then_some(())
-        })
-        .await;
-        b.find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys(TOKEN)
-            .await
-            .unwrap();
-        b.find(Locator::Css("#login button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        token_form_shown(&b).await;
+        submit_token(&b, TOKEN).await;
         let button = eventually("the cancel button", || async {
             b.find(Locator::Css("#sessions button.cancel")).await.ok()
         })

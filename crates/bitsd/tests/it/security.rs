@@ -346,6 +346,15 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     old.bits(URL, "Ping", &[], b"").assert_ack(200, None);
 }
 
+fn create(c: &mut Conn, auth: &str) -> Response {
+    c.bits(
+        URL,
+        "Create-Session",
+        &with_auth(auth, &[("BITS-Supported-Protocols", PROTOCOL)]),
+        b"",
+    )
+}
+
 #[test]
 fn per_identity_session_and_byte_limits() {
     let pki = Pki::new("test CA");
@@ -357,14 +366,6 @@ fn per_identity_session_and_byte_limits() {
     let cfg = client_config(&pki, None);
     let mut c = tls_conn(&s, &cfg);
     let alice = basic("alice", "wonderland");
-    let create = |c: &mut Conn, auth: &str| {
-        c.bits(
-            URL,
-            "Create-Session",
-            &with_auth(auth, &[("BITS-Supported-Protocols", PROTOCOL)]),
-            b"",
-        )
-    };
     let s1 = create(&mut c, &alice).session();
     create(&mut c, &alice).assert_ack(200, None);
     create(&mut c, &alice).assert_ack(503, Some(("0x801901F7", "0x5")));
@@ -411,14 +412,6 @@ fn session_limit_per_vdir_and_its_off_switch() {
     );
     let cfg = client_config(&pki, None);
     let mut c = tls_conn(&s, &cfg);
-    let create = |c: &mut Conn, auth: &str| {
-        c.bits(
-            URL,
-            "Create-Session",
-            &with_auth(auth, &[("BITS-Supported-Protocols", PROTOCOL)]),
-            b"",
-        )
-    };
     let alice = basic("alice", "wonderland");
     create(&mut c, &alice).assert_ack(200, None);
     create(&mut c, &alice).assert_ack(200, None);
