@@ -709,4 +709,58 @@ mod tests {
         h.insert("bits-session-id", HeaderValue::from_static("not-a-guid"));
         assert_eq!(named_session(&h), None);
     }
+
+    fn header_sets() -> impl proptest::strategy::Strategy<Value = Vec<(&'static str, String)>> {
+        use proptest::prelude::*;
+        let name = prop::sample::select(vec![
+            "bits-packet-type",
+            "bits-session-id",
+            "content-length",
+            "transfer-encoding",
+            "content-range",
+            "bits-supported-protocols",
+        ]);
+        let value = prop::sample::select(vec![
+            "Fragment".to_string(),
+            "Ping".to_string(),
+            "Close-Session".to_string(),
+            "Create-Session".to_string(),
+            SID.to_string(),
+            "0".to_string(),
+            "4".to_string(),
+            "chunked".to_string(),
+            "gzip, chunked".to_string(),
+            "bytes 0-3/4".to_string(),
+            "{7df0354d-249b-430f-820d-3d2a9bef4931}".to_string(),
+        ]);
+        prop::collection::vec((name, value), 0..7)
+    }
+
+    proptest::proptest! {
+        /// The lenient framings only ever admit more, and only what they are for: whatever
+        /// strict accepts, lenient accepts the same way; what only lenient accepts has no
+        /// `Content-Length` at all and is either a body-less packet without framing headers or
+        /// a Fragment with exactly one `Transfer-Encoding` line.
+        #[test]
+        fn leniency_admits_only_its_own_shapes(headers in header_sets()) {
+            let mut h = HeaderMap::new();
+            for (k, v) in &headers {
+                h.append(*k, HeaderValue::from_str(v).unwrap());
+            }
+            let strict = classify(&bits_post(), &h, &[UPLOAD_PROTOCOL_1_5], Leniency::STRICT);
+            let lenient = classify(&bits_post(), &h, &[UPLOAD_PROTOCOL_1_5], Leniency::HTTP);
+            match (&strict, &lenient) {
+                (Ok(p), l) => proptest::prop_assert_eq!(Ok(p), l.as_ref()),
+                (Err(_), Ok(p)) => {
+                    let te = h.get_all(TRANSFER_ENCODING).iter().count();
+                    proptest::prop_assert!(!h.contains_key(CONTENT_LENGTH), "{:?}", p);
+                    match p {
+                        Packet::Fragment { .. } => proptest::prop_assert_eq!(te, 1),
+                        _ => proptest::prop_assert_eq!(te, 0),
+                    }
+                }
+                (Err(_), Err(_)) => {}
+            }
+        }
+    }
 }
