@@ -27,8 +27,22 @@ impl Engine {
         &self,
         include_ended: bool,
     ) -> Result<Vec<SessionRecord>, BitsError> {
+        self.list_sessions_up_to(include_ended, usize::MAX).await
+    }
+
+    /// As [`Engine::list_sessions`], but reads records only until `limit` are found (in the
+    /// store's listing order, then sorted): what a console polling every second can afford
+    /// with 100 000 open sessions.
+    pub async fn list_sessions_up_to(
+        &self,
+        include_ended: bool,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, BitsError> {
         let mut out = Vec::new();
         for id in self.sessions.list().await? {
+            if out.len() >= limit {
+                break;
+            }
             match self.sessions.load(id).await {
                 Ok(Some(rec)) if include_ended || rec.state.is_open() => out.push(rec),
                 Ok(_) => {}

@@ -6,7 +6,7 @@
 //! | `GET /healthz`                     | 200 `ok` while the process serves (never needs a token)|
 //! | `GET /readyz`                      | 200 `ready` when storage answers a probe, else 503     |
 //! | `GET /metrics`                     | Prometheus text exposition                            |
-//! | `GET /admin/sessions[?all=1]`      | JSON array of open sessions (`all`: tombstones too)   |
+//! | `GET /admin/sessions[?all=1][&limit=N]` | JSON array of open sessions (`all`: tombstones too; `limit`: read at most N records) |
 //! | `GET /admin/sessions/{id}`         | one session as JSON, 404 if unknown                   |
 //! | `POST /admin/sessions/{id}/cancel` | cancels it like its owner's Cancel-Session            |
 //! | `POST /admin/gc`                   | one cleanup pass now; its report as JSON              |
@@ -217,13 +217,28 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn list(State(admin): State<Arc<Admin>>, uri: Uri) -> Response {
-    let all = uri.query().unwrap_or_default().split('&').any(|kv| {
-        matches!(
-            kv.split_once('=').unwrap_or((kv, "1")),
-            ("all", "1" | "true" | "yes")
-        )
-    });
-    match admin.engine.list_sessions(all).await {
+    let query: Vec<(&str, &str)> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "1")))
+        .collect();
+    let all = query
+        .iter()
+        .any(|kv| matches!(kv, ("all", "1" | "true" | "yes")));
+    let limit = match query.iter().find(|(k, _)| *k == "limit") {
+        None => usize::MAX,
+        Some((_, v)) => match v.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "limit must be a number of sessions",
+                )
+            }
+        },
+    };
+    match admin.engine.list_sessions_up_to(all, limit).await {
         Ok(recs) => json_response(
             StatusCode::OK,
             &Value::Array(recs.iter().map(session_json).collect()),

@@ -305,6 +305,30 @@ fn cli_lists_shows_and_cancels_a_session() {
     assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
 }
 
+/// `?limit=N` reads at most N records (what the console asks for); a bad limit is a 400.
+#[test]
+fn session_listing_can_be_limited() {
+    let s = Server::start(ADMIN);
+    let mut c = s.conn();
+    for i in 0..5 {
+        c.create(&format!("/upload/limited-{i}.bin"))
+            .assert_ack(200, None);
+    }
+    let count = |path: &str| {
+        let r = admin_get(&s, path, &[]);
+        assert_eq!(r.status, 200, "{path}");
+        serde_json::from_slice::<serde_json::Value>(&r.body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count("/admin/sessions"), 5);
+    assert_eq!(count("/admin/sessions?limit=2"), 2);
+    assert_eq!(count("/admin/sessions?limit=0"), 0);
+    assert_eq!(admin_get(&s, "/admin/sessions?limit=x", &[]).status, 400);
+}
+
 #[test]
 fn cli_gc_expires_an_idle_session() {
     // The periodic sweep is far away: only `bitsd gc` can expire the session.

@@ -4,6 +4,8 @@
 'use strict';
 
 const POLL_MS = 1000;
+// Records read per refresh at most: the listing reads each one from storage.
+const SESSION_LIMIT = 500;
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem('bitsd-admin-token') || '';
 // Session id -> {received, at}: the previous reading, for the rate.
@@ -103,6 +105,9 @@ function drawSessions(all, now) {
   for (const id of previous.keys()) if (!seen.has(id)) previous.delete(id);
   replaceRows($('sessions').tBodies[0], rows);
   $('no-sessions').hidden = sessions.length > 0;
+  $('sessions-limited').hidden = all.length < SESSION_LIMIT;
+  $('sessions-limited').textContent = 'Showing the uploads among the first ' + SESSION_LIMIT + ' sessions read; ' +
+    'bitsd sessions list shows them all.';
 }
 
 async function cancel(s) {
@@ -207,7 +212,7 @@ function askForToken(reason) {
 
 async function refresh() {
   try {
-    const [activity, sessions] = await Promise.all([getJson('/admin/activity'), getJson('/admin/sessions')]);
+    const [activity, sessions] = await Promise.all([getJson('/admin/activity'), getJson('/admin/sessions?limit=' + SESSION_LIMIT)]);
     drawActivity(activity);
     drawSessions(sessions, activity.now_ms);
     $('login').hidden = true;
