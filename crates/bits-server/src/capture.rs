@@ -91,12 +91,9 @@ pub struct Capture {
 impl Capture {
     /// Creates `dir` (owner-only: captures show who uploaded what) if needed.
     pub fn open(dir: &Path) -> io::Result<Capture> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Capture {
             dir: dir.to_path_buf(),
         })
@@ -125,9 +122,14 @@ impl Capture {
         };
         line.push(b'\n');
         let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            // A link planted under a capture file's name is not followed (the directory is
+            // the server's, mode 0700, but a capture must never append to another file).
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&path)?;
             f.write_all(&line)
         })
@@ -203,6 +205,34 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         assert!(out.contains(&("authorization".into(), "Basic [redacted]".into())));
         assert!(out.contains(&("bits-packet-type".into(), "Ping".into())));
+    }
+
+    #[tokio::test]
+    async fn a_link_under_a_capture_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let capture = Capture::open(&dir.path().join("cap")).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, capture.file(None)).unwrap();
+        let exchange = Exchange {
+            at_ms: 1,
+            request: CapturedRequest {
+                method: "BITS_POST".into(),
+                target: "/upload/a".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![],
+                body: BodySummary {
+                    len: 0,
+                    sha256: String::new(),
+                },
+            },
+            response: CapturedResponse {
+                status: 200,
+                headers: vec![],
+            },
+        };
+        capture.record(None, &exchange).await;
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
     }
 
     #[tokio::test]
