@@ -49,8 +49,9 @@ fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// Builds the rustls configuration for `options`.
-pub(crate) fn client_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
+/// Builds the rustls configuration for `options` (also for other tools of the workspace that
+/// speak HTTPS to a BITS server, such as `bitsd replay`).
+pub fn client_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -6,13 +6,14 @@
 //! themselves were never captured): a Fragment's bytes are a function of their offset in the
 //! file, so resent and overlapping ranges agree. Session ids the new server hands out replace
 //! the recorded ones in later requests. Credentials were not captured, so `Authorization`
-//! headers are left out: replay against a vdir without authentication. Plain `http://` only;
-//! reach an HTTPS-only server through a local TLS tunnel.
+//! headers are left out: replay against a vdir without authentication. `https://` URLs are
+//! verified against the system's roots, or `--cacert`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,9 +23,68 @@ use bits_server::capture::Exchange;
 pub struct ReplayArgs {
     /// A capture file (`<session>.jsonl` or `no-session.jsonl` from `capture_dir`).
     file: PathBuf,
-    /// The server to replay against: `http://host:port` (the recorded paths are kept).
+    /// The server to replay against: `http://host:port` or `https://host:port` (the recorded
+    /// paths are kept).
     #[arg(long)]
     url: String,
+    /// With https: trust these PEM certificates instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    cacert: Option<PathBuf>,
+}
+
+/// Where the requests go: the authority, and TLS settings for https.
+struct Target {
+    authority: String,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+}
+
+impl Target {
+    fn parse(args: &ReplayArgs) -> Result<Target> {
+        let (https, rest) = if let Some(rest) = args.url.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = args.url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            bail!("--url must start with http:// or https://");
+        };
+        let authority = rest
+            .split('/')
+            .next()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| anyhow!("--url has no host"))?
+            .to_string();
+        let tls = if https {
+            let ca_pem = match &args.cacert {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                }
+                None => None,
+            };
+            let config = bits_client::tls::client_config(&bits_client::TlsOptions {
+                ca_pem,
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("{e}"))?;
+            // The host without the port, brackets of an IPv6 literal removed.
+            let host = match authority.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => authority.as_str(),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| anyhow!("{host}: not a TLS server name: {e}"))?;
+            Some((config, name))
+        } else {
+            if args.cacert.is_some() {
+                bail!("--cacert is for https:// URLs");
+            }
+            None
+        };
+        Ok(Target { authority, tls })
+    }
 }
 
 /// Response headers whose values differ between any two runs by nature.
@@ -34,15 +94,8 @@ const NOT_REPLAYED: [&str; 3] = ["host", "authorization", "proxy-authorization"]
 
 /// Replays the file; the number of exchanges whose answers differ.
 pub fn replay(args: &ReplayArgs) -> Result<usize> {
-    let authority = args
-        .url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--url must start with http:// (replay speaks plain HTTP)"))?
-        .split('/')
-        .next()
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| anyhow!("--url has no host"))?
-        .to_string();
+    let target = Target::parse(args)?;
+    let authority = target.authority.clone();
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let exchanges: Vec<Exchange> = text
@@ -59,7 +112,7 @@ pub fn replay(args: &ReplayArgs) -> Result<usize> {
     for (i, ex) in exchanges.iter().enumerate() {
         let c = match conn.take() {
             Some(c) => c,
-            None => Conn::open(&authority)?,
+            None => Conn::open(&target)?,
         };
         let (got, kept) = c.exchange(&authority, ex, &sessions)?;
         conn = kept;
@@ -162,8 +215,27 @@ struct Response {
     headers: Vec<(String, String)>,
 }
 
+/// A byte stream to the server: TCP, or TLS over it.
+trait Stream: Read + Write + Send {
+    /// Ends the request body early (the recorded one did).
+    fn end_writes(&mut self) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn end_writes(&mut self) -> std::io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn end_writes(&mut self) -> std::io::Result<()> {
+        self.conn.send_close_notify();
+        self.flush()
+    }
+}
+
 struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
 }
 
 /// Byte `i` of a regenerated body (`i` counted from the start of the file for Fragments).
@@ -172,13 +244,22 @@ fn byte_at(i: u64) -> u8 {
 }
 
 impl Conn {
-    fn open(authority: &str) -> Result<Conn> {
+    fn open(target: &Target) -> Result<Conn> {
+        let authority = &target.authority;
         let tcp =
             TcpStream::connect(authority).with_context(|| format!("connecting to {authority}"))?;
         tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
         tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match &target.tls {
+            None => Box::new(tcp),
+            Some((config, name)) => {
+                let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                    .with_context(|| format!("TLS to {authority}"))?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
         Ok(Conn {
-            reader: BufReader::new(tcp),
+            reader: BufReader::new(stream),
         })
     }
 
@@ -238,7 +319,7 @@ impl Conn {
         // The recorded body ended early (the client went away): so does this one.
         let cut_short = declared.is_some_and(|d| d > req.body.len);
         if cut_short {
-            stream.shutdown(Shutdown::Write)?;
+            stream.end_writes()?;
         }
         let resp = self.read_response()?;
         let close =

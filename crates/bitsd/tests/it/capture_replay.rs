@@ -24,11 +24,16 @@ fn captures(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn replay(file: &Path, s: &Server) -> (i32, String) {
+    replay_to(file, &format!("http://{}", s.addr), &[])
+}
+
+fn replay_to(file: &Path, url: &str, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bitsd"))
         .arg("replay")
         .arg(file)
         .arg("--url")
-        .arg(format!("http://{}", s.addr))
+        .arg(url)
+        .args(extra)
         .output()
         .expect("bitsd replay");
     (
@@ -236,4 +241,44 @@ fn unknown_session_ids_share_one_capture_file() {
         std::fs::read_to_string(&files[0]).unwrap().lines().count(),
         50
     );
+}
+
+/// A capture replays against an HTTPS-only server too (what an IIS site usually is), checked
+/// against `--cacert`; without it the test CA is not trusted and the replay fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_replays_over_https() {
+    let cap = tempfile::tempdir().unwrap();
+    let s = Server::start(&capture_config(cap.path()));
+    upload(&s, "tls.bin", &pattern(300_000, 31), 100_000).await;
+    let file = captures(cap.path())
+        .into_iter()
+        .find(|p| p.file_name().unwrap() != "no-session.jsonl")
+        .expect("a session capture");
+
+    let pki = crate::common::pki::Pki::new("replay CA");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = crate::common::pki::tls_table(dir.path(), &pki, false);
+    let https = Server::start_with(
+        &format!(
+            "http_enabled = false\n{tls}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n"
+        ),
+        false,
+    );
+    let url = format!("https://localhost:{}", https.tls_addr.expect("tls").port());
+    let ca = dir.path().join("ca.pem");
+    let (code, out) = replay_to(&file, &url, &["--cacert", ca.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("5 exchanges replayed, 0 with different answers"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::metadata(https.upload_path("tls.bin"))
+            .unwrap()
+            .len(),
+        300_000
+    );
+
+    let (code, out) = replay_to(&file, &url, &[]);
+    assert_eq!(code, 2, "{out}");
 }
