@@ -118,42 +118,28 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
             code = %ack.error.map(|e| e.code.to_string()).unwrap_or_default(), error = %e, elapsed_ms, "bits"
         ),
     }
-    let now_ms = engine.clock_ms();
-    engine.activity().request(now_ms);
-    // 401s are the first leg of every Windows authentication handshake: not listed as errors.
     if let Err(e) = &result {
-        if ack.status != 401 {
-            let vdir = resolve(parts.uri.path(), &config.vdirs)
-                .ok()
-                .and_then(|t| config.vdirs.get(t.vdir))
-                .map(|v| v.prefix.as_str());
-            engine.activity().error(
-                vdir,
-                ErrorEntry {
-                    at_ms: now_ms,
-                    status: ack.status,
-                    code: ack.error.map(|e| e.code.to_string()),
-                    packet: packet_type.to_string(),
-                    path: url.clone(),
-                    client: peer_ip(&parts).map(|ip| ip.to_string()),
-                    session: session.map(|s| s.to_string()),
-                    message: e.to_string(),
-                },
-            );
-        }
+        note_error(front, &parts, &url, packet_type, session, &ack, e);
+    } else {
+        engine.activity().request(engine.clock_ms());
     }
     let mut resp = ack::render(&ack, !clean || parts.version != http::Version::HTTP_11);
     if let Err(BitsError::Unauthenticated(challenge)) = &result {
         ack::set_challenge(&mut resp, challenge);
     }
     if let (Some(capture), Some(tap)) = (front.capture(), tap) {
+        // A request naming a session nobody created goes to the shared file: ids a client makes
+        // up must not each create a file.
+        let file = session
+            .or(ack.session_id)
+            .filter(|&id| result.is_ok() || engine.knows_session(id));
         let exchange = Exchange {
             at_ms: arrived
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             request: CapturedRequest {
                 method: parts.method.to_string(),
-                target: url.clone(),
+                target: url,
                 version: format!("{:?}", parts.version),
                 headers: recorded_headers(&parts.headers),
                 body: tap.summary(),
@@ -163,12 +149,45 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
                 headers: recorded_headers(resp.headers()),
             },
         };
-        // A request naming a session nobody created goes to the shared file: ids a client makes
-        // up must not each create a file.
-        let file = session
-            .or(ack.session_id)
-            .filter(|&id| result.is_ok() || engine.knows_session(id));
         capture.record(file, &exchange).await;
     }
     resp
+}
+
+/// Counts an answered request with an error Ack for the console (`/admin/activity`). 401s are
+/// the first leg of every Windows authentication handshake: counted, not listed as errors.
+fn note_error(
+    front: &Frontend,
+    parts: &http::request::Parts,
+    url: &str,
+    packet: &str,
+    session: Option<bits_proto::SessionId>,
+    ack: &Ack,
+    error: &BitsError,
+) {
+    let engine = front.engine();
+    let config = engine.config();
+    let activity = engine.activity();
+    let now_ms = engine.clock_ms();
+    activity.request(now_ms);
+    if ack.status == 401 {
+        return;
+    }
+    let vdir = resolve(parts.uri.path(), &config.vdirs)
+        .ok()
+        .and_then(|t| config.vdirs.get(t.vdir))
+        .map(|v| v.prefix.as_str());
+    activity.error(
+        vdir,
+        ErrorEntry {
+            at_ms: now_ms,
+            status: ack.status,
+            code: ack.error.map(|e| e.code.to_string()),
+            packet: packet.to_string(),
+            path: url.to_string(),
+            client: peer_ip(parts).map(|ip| ip.to_string()),
+            session: session.map(|s| s.to_string()),
+            message: error.to_string(),
+        },
+    );
 }
