@@ -396,10 +396,22 @@ fn read_at_stream(file: Arc<File>, range: std::ops::Range<u64>) -> ByteStream {
             }
             let want = (range.end - range.start).min(READ_CHUNK as u64) as usize;
             let (file, buf) = spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; want];
-                let n = file.read_at(&mut buf, range.start)?;
-                buf.truncate(n);
+                // Read into the vector's spare capacity: no zeroing of memory the read
+                // overwrites anyway.
+                let mut buf = Vec::with_capacity(want);
+                loop {
+                    match rustix::io::pread(
+                        &*file,
+                        rustix::buffer::spare_capacity(&mut buf),
+                        range.start,
+                    ) {
+                        Err(Errno::INTR) => continue,
+                        other => {
+                            other.map_err(io::Error::from)?;
+                            break;
+                        }
+                    }
+                }
                 Ok::<_, io::Error>((file, buf))
             })
             .await
