@@ -10,6 +10,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bits_proto::SessionId;
@@ -86,16 +87,21 @@ pub fn recorded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 #[derive(Debug)]
 pub struct Capture {
     dir: PathBuf,
+    /// Bytes this process may still write (`capture_max_bytes`): a flood of requests while
+    /// capture is on must not fill the disk.
+    left: std::sync::atomic::AtomicU64,
 }
 
 impl Capture {
-    /// Creates `dir` (owner-only: captures show who uploaded what) if needed.
-    pub fn open(dir: &Path) -> io::Result<Capture> {
+    /// Creates `dir` (owner-only: captures show who uploaded what) if needed; at most
+    /// `max_bytes` are written to it by this process.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Capture> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Capture {
             dir: dir.to_path_buf(),
+            left: max_bytes.into(),
         })
     }
 
@@ -121,6 +127,20 @@ impl Capture {
             }
         };
         line.push(b'\n');
+        let len = line.len() as u64;
+        let reserved = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(len)
+            });
+        if let Err(left) = reserved {
+            // Said once, when the budget runs out; nothing is recorded after that.
+            if left != 0 {
+                self.left.store(0, Ordering::Relaxed);
+                tracing::warn!(dir = %self.dir.display(), "capture_max_bytes reached: no more exchanges are captured until a restart");
+            }
+            return;
+        }
         let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             // A link planted under a capture file's name is not followed (the directory is
@@ -210,7 +230,7 @@ mod tests {
     #[tokio::test]
     async fn a_link_under_a_capture_name_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let capture = Capture::open(&dir.path().join("cap")).unwrap();
+        let capture = Capture::open(&dir.path().join("cap"), 1 << 20).unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"untouched").unwrap();
         std::os::unix::fs::symlink(&victim, capture.file(None)).unwrap();
@@ -233,6 +253,34 @@ mod tests {
         };
         capture.record(None, &exchange).await;
         assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    }
+
+    #[tokio::test]
+    async fn capture_stops_at_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let capture = Capture::open(&dir.path().join("cap"), 1000).unwrap();
+        let exchange = Exchange {
+            at_ms: 1,
+            request: CapturedRequest {
+                method: "BITS_POST".into(),
+                target: "/upload/a".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![],
+                body: BodySummary {
+                    len: 0,
+                    sha256: String::new(),
+                },
+            },
+            response: CapturedResponse {
+                status: 200,
+                headers: vec![],
+            },
+        };
+        for _ in 0..100 {
+            capture.record(None, &exchange).await;
+        }
+        let written = std::fs::metadata(capture.file(None)).unwrap().len();
+        assert!(written <= 1000 && written > 800, "{written}");
     }
 
     #[tokio::test]

@@ -113,6 +113,9 @@ pub struct ServerConfig {
     /// SHA-256, never bodies or credentials), one file per session, for `bitsd replay`.
     /// Absent (default): nothing is recorded. `bitsd serve --capture DIR` sets it.
     pub capture_dir: Option<PathBuf>,
+    /// Bytes a running server writes into `capture_dir` at most (default 1 GiB); then capture
+    /// stops with one warning, until a restart.
+    pub capture_max_bytes: u64,
 }
 
 impl ServerConfig {
@@ -190,6 +193,7 @@ impl Default for ServerConfig {
             allow_missing_content_length: true,
             allow_chunked_fragments: true,
             capture_dir: None,
+            capture_max_bytes: 1 << 30,
         }
     }
 }

@@ -201,7 +201,7 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     };
     let mut frontend = bits_server::http::Frontend::new(engine.clone(), tls.clone())?;
     if let Some(dir) = &config.capture_dir {
-        let capture = bits_server::capture::Capture::open(dir)
+        let capture = bits_server::capture::Capture::open(dir, config.capture_max_bytes)
             .with_context(|| format!("opening capture_dir {}", dir.display()))?;
         tracing::warn!(dir = %dir.display(), "capturing every BITS exchange (heads, body lengths and digests)");
         frontend = frontend.with_capture(capture);
