@@ -1,12 +1,9 @@
-//! Capture and replay (issue 20): a real upload made with the `bits-client` library is
-//! captured by one bitsd, then `bitsd replay` plays it against a fresh bitsd (no difference)
+//! Capture and replay (issue 20): a real upload made with the `bits` CLI is captured by one
+//! bitsd, then `bitsd replay` plays it against a fresh bitsd (no difference)
 //! and against one with a smaller `max_fragment_size` (exactly the expected differences).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
-
-use bits_client::{Client, NoObserver, RetryPolicy, UploadState, Url};
 
 use crate::common::*;
 
@@ -42,29 +39,53 @@ fn replay_to(file: &Path, url: &str, extra: &[&str]) -> (i32, String) {
     )
 }
 
-async fn upload(s: &Server, name: &str, data: &[u8], fragment: u64) {
+/// The `bits` CLI binary, built next to bitsd (`cargo test --workspace --all-targets` builds it;
+/// a run of this package alone builds it here).
+fn bits_cli() -> PathBuf {
+    let bits = Path::new(env!("CARGO_BIN_EXE_bitsd")).with_file_name("bits");
+    if !bits.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "bits-client", "--bin", "bits"])
+            .status()
+            .expect("cargo build of the bits CLI")
+            .success();
+        assert!(ok && bits.exists(), "could not build {}", bits.display());
+    }
+    bits
+}
+
+/// Uploads `data` as `name` with the `bits` CLI, in fragments of `fragment` bytes.
+fn upload_with_cli(s: &Server, name: &str, data: &[u8], fragment: u64) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(name);
     std::fs::write(&file, data).unwrap();
-    let url = Url::parse(&format!("http://{}/upload/{name}", s.addr)).unwrap();
-    let mut state = UploadState::new(&file, &url, fragment).unwrap();
-    let client = Client::builder()
-        .retry(RetryPolicy::quick(5, Duration::from_millis(50)))
-        .build()
-        .unwrap();
-    client.upload(&mut state, &mut NoObserver).await.unwrap();
+    let out = Command::new(bits_cli())
+        .arg("upload")
+        .arg("--fragment-size")
+        .arg(fragment.to_string())
+        .arg(&file)
+        .arg(format!("http://{}/upload/{name}", s.addr))
+        .env("BITS_STATE_DIR", dir.path().join("jobs"))
+        .output()
+        .expect("bits upload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read(s.upload_path(name)).unwrap(), data);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_captured_upload_replays_without_differences_and_shows_a_config_change() {
+#[test]
+fn a_captured_upload_replays_without_differences_and_shows_a_config_change() {
     let cap = tempfile::tempdir().unwrap();
     let s = Server::start(&format!(
         "{}[[vdir]]\nmax_fragment_size = 1048576\n",
         capture_config(cap.path())
     ));
     let data = pattern(2_500_000, 30);
-    upload(&s, "captured.bin", &data, 1 << 20).await;
+    upload_with_cli(&s, "captured.bin", &data, 1 << 20);
 
     let files = captures(cap.path());
     let session_file = files
@@ -245,11 +266,11 @@ fn unknown_session_ids_share_one_capture_file() {
 
 /// A capture replays against an HTTPS-only server too (what an IIS site usually is), checked
 /// against `--cacert`; without it the test CA is not trusted and the replay fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_capture_replays_over_https() {
+#[test]
+fn a_capture_replays_over_https() {
     let cap = tempfile::tempdir().unwrap();
     let s = Server::start(&capture_config(cap.path()));
-    upload(&s, "tls.bin", &pattern(300_000, 31), 100_000).await;
+    upload_with_cli(&s, "tls.bin", &pattern(300_000, 31), 100_000);
     let file = captures(cap.path())
         .into_iter()
         .find(|p| p.file_name().unwrap() != "no-session.jsonl")
