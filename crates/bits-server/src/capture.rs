@@ -187,7 +187,7 @@ impl BodyTap {
         match self.0.lock() {
             Ok(t) => BodySummary {
                 len: t.0,
-                sha256: hex(&t.1.clone().finalize()),
+                sha256: hex::encode(t.1.clone().finalize()),
             },
             Err(_) => BodySummary {
                 len: 0,
@@ -195,10 +195,6 @@ impl BodyTap {
             },
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

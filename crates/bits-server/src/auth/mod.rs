@@ -404,8 +404,7 @@ pub const NT_PREFIX: &str = "$NT$";
 /// The users-file entry value for `password` under NTLM: `$NT$<hex of the NT hash>`.
 pub fn nt_hash_entry(password: &str) -> String {
     let hash = ntlm::nt_hash(password);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{NT_PREFIX}{hex}")
+    format!("{NT_PREFIX}{}", hex::encode(hash))
 }
 
 fn parse_nt_hash(hex: &str) -> Option<[u8; 16]> {

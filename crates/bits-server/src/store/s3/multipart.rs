@@ -24,7 +24,7 @@ pub(super) struct Marker {
 
 impl Marker {
     pub(super) fn name(&self) -> String {
-        let hex: String = self.etag.bytes().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&self.etag);
         format!(
             "p{:05}-{:020}-{:020}-{hex}",
             self.number, self.offset, self.len
