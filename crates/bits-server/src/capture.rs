@@ -223,14 +223,8 @@ mod tests {
         assert!(out.contains(&("bits-packet-type".into(), "Ping".into())));
     }
 
-    #[tokio::test]
-    async fn a_link_under_a_capture_name_is_not_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let capture = Capture::open(&dir.path().join("cap"), 1 << 20).unwrap();
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"untouched").unwrap();
-        std::os::unix::fs::symlink(&victim, capture.file(None)).unwrap();
-        let exchange = Exchange {
+    fn exchange() -> Exchange {
+        Exchange {
             at_ms: 1,
             request: CapturedRequest {
                 method: "BITS_POST".into(),
@@ -246,7 +240,17 @@ mod tests {
                 status: 200,
                 headers: vec![],
             },
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_link_under_a_capture_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let capture = Capture::open(&dir.path().join("cap"), 1 << 20).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, capture.file(None)).unwrap();
+        let exchange = exchange();
         capture.record(None, &exchange).await;
         assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
     }
@@ -255,23 +259,7 @@ mod tests {
     async fn capture_stops_at_its_byte_budget() {
         let dir = tempfile::tempdir().unwrap();
         let capture = Capture::open(&dir.path().join("cap"), 1000).unwrap();
-        let exchange = Exchange {
-            at_ms: 1,
-            request: CapturedRequest {
-                method: "BITS_POST".into(),
-                target: "/upload/a".into(),
-                version: "HTTP/1.1".into(),
-                headers: vec![],
-                body: BodySummary {
-                    len: 0,
-                    sha256: String::new(),
-                },
-            },
-            response: CapturedResponse {
-                status: 200,
-                headers: vec![],
-            },
-        };
+        let exchange = exchange();
         for _ in 0..100 {
             capture.record(None, &exchange).await;
         }
