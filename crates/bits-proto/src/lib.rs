@@ -19,7 +19,7 @@ pub mod session_id;
 pub use ack::{Ack, AckError};
 pub use hresult::{ErrorContext, HResult};
 pub use packet::{
-    classify, content_length, named_session, Framing, Leniency, Packet, PacketType, ProtoError,
+    classify, content_length, named_session, Leniency, Packet, PacketType, ProtoError,
     MAX_HEADER_VALUE_LEN,
 };
 pub use protocol::{negotiate, ProtocolId, UPLOAD_PROTOCOL_1_5};

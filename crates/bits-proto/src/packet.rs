@@ -23,8 +23,8 @@ pub struct Leniency {
     /// without either (RFC 9112 §6.3). A Fragment still needs one.
     pub bodyless_without_length: bool,
     /// A Fragment with `Transfer-Encoding: chunked` and no `Content-Length`, whose decoded body
-    /// must then be exactly the `Content-Range` length (checked while it streams; see
-    /// [`Framing::Chunked`]).
+    /// must then be exactly the `Content-Range` length (the server checks that while it
+    /// streams).
     pub chunked_fragments: bool,
 }
 
@@ -49,12 +49,12 @@ impl Default for Leniency {
 
 /// How a request's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+enum Framing {
     /// `Content-Length` (or, for a body-less packet admitted by
     /// [`Leniency::bodyless_without_length`], no framing header: an empty body).
     Length(u64),
     /// `Transfer-Encoding: chunked`: the length is known only at the end of the body, so the
-    /// reader must refuse a body that decodes to more or fewer bytes than the packet says.
+    /// server must refuse a body that decodes to more or fewer bytes than the packet says.
     Chunked,
 }
 

@@ -8,6 +8,7 @@ use axum::response::Response;
 use bits_proto::{classify, content_length, named_session, Ack, Packet, PacketType};
 
 use futures_util::StreamExt;
+use http::header::TRANSFER_ENCODING;
 
 use super::{ack, body, local_base, peer_ip, public_base, Frontend};
 use crate::activity::ErrorEntry;
@@ -35,10 +36,12 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
         &Engine::SUPPORTED_PROTOCOLS,
         config.leniency(),
     );
-    // A fragment's body must be exactly its range, however it is framed: hyper holds a
-    // `Content-Length` body to its length, and a chunked one is held to it here.
-    let exact = match &packet {
-        Ok(Packet::Fragment { range, .. }) => Some(range.len),
+    // A fragment's body must be exactly its range: hyper holds a `Content-Length` body to its
+    // length, and a chunked one (the only `Transfer-Encoding` `classify` admits) is held here.
+    let chunked_len = match &packet {
+        Ok(Packet::Fragment { range, .. }) if parts.headers.contains_key(TRANSFER_ENCODING) => {
+            Some(range.len)
+        }
         _ => None,
     };
     let tap = front.capture().map(|_| BodyTap::default());
@@ -47,7 +50,11 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
         Some(tap) => tap.tap(read).left_stream(),
         None => read.right_stream(),
     };
-    let mut body = pin!(body::exact_length(read, exact));
+    let read = match chunked_len {
+        Some(len) => body::exact_length(read, len).left_stream(),
+        None => read.right_stream(),
+    };
+    let mut body = pin!(read);
     // Echoed on every error Ack of a request that names a session, valid or not (decision 14).
     let session = named_session(&parts.headers);
     let mut identity = None;

@@ -29,14 +29,12 @@ pub fn idle_limited(
     .fuse()
 }
 
-/// With `Some(len)`, the body as a stream that fails unless it ends after exactly `len` bytes:
-/// a shorter body fails at its end, a longer one as soon as the excess arrives — and the chunk
-/// that completes `len` is held back until the end is seen, so a consumer that stops reading
-/// at `len` never takes an overlong body for a good one.
-pub fn exact_length<S>(
-    body: S,
-    len: Option<u64>,
-) -> impl Stream<Item = Result<Bytes, io::Error>> + Send
+/// A chunked body as a stream that fails unless it ends after exactly `len` bytes (hyper holds
+/// a `Content-Length` body to its length itself): a shorter body fails at its end, a longer one
+/// as soon as the excess arrives — and the chunk that completes `len` is held back until the
+/// end is seen, so a consumer that stops reading at `len` never takes an overlong body for a
+/// good one.
+pub fn exact_length<S>(body: S, len: u64) -> impl Stream<Item = Result<Bytes, io::Error>> + Send
 where
     S: Stream<Item = Result<Bytes, io::Error>> + Send,
 {
@@ -58,13 +56,6 @@ where
         };
         const SHORT: &str = "body shorter than its Content-Range";
         const LONG: &str = "body longer than its Content-Range";
-        let Some(len) = len else {
-            return match inner.next().await {
-                Some(Ok(chunk)) => Some((Ok(chunk), State::Reading(inner, seen))),
-                Some(Err(e)) => fail(e.kind(), "request body failed"),
-                None => None,
-            };
-        };
         match inner.next().await {
             None if seen == len => None,
             None => fail(io::ErrorKind::InvalidData, SHORT),
