@@ -508,6 +508,28 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     bytes
 }
 
+/// A request with a raw (possibly non-UTF-8) target and raw header lines.
+pub fn raw_request(
+    method: &str,
+    target: &[u8],
+    version: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut v = format!("{method} ").into_bytes();
+    v.extend_from_slice(target);
+    v.extend_from_slice(
+        format!(" {version}\r\nHost: 127.0.0.1\r\nUser-Agent: Microsoft BITS/7.8\r\n").as_bytes(),
+    );
+    for h in headers {
+        v.extend_from_slice(h.as_bytes());
+        v.extend_from_slice(b"\r\n");
+    }
+    v.extend_from_slice(b"\r\n");
+    v.extend_from_slice(body);
+    v
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
