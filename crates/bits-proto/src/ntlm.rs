@@ -42,6 +42,8 @@ const AV_DNS_COMPUTER_NAME: u16 = 3;
 const AV_DNS_DOMAIN_NAME: u16 = 4;
 const AV_FLAGS: u16 = 6;
 const AV_TIMESTAMP: u16 = 7;
+const AV_TARGET_NAME: u16 = 9;
+const AV_CHANNEL_BINDINGS: u16 = 10;
 /// `MsvAvFlags` bit: the AUTHENTICATE message carries a MIC.
 const AV_FLAG_MIC: u32 = 0x2;
 
@@ -147,6 +149,12 @@ pub struct Authenticate {
     pub domain: String,
     pub workstation: String,
     pub flags: u32,
+    /// `MsvAvTargetName` of the NTLMv2 response: the service the client meant to answer.
+    pub target_name: Option<String>,
+    /// `MsvAvChannelBindings` of the NTLMv2 response (`None`: absent or all zeros).
+    pub channel_bindings: Option<[u8; 16]>,
+    /// `MsvAvFlags` of the NTLMv2 response.
+    pub av_flags: Option<u32>,
     nt_response: Vec<u8>,
     encrypted_session_key: Vec<u8>,
 }
@@ -174,8 +182,27 @@ pub fn parse_authenticate(msg: &[u8]) -> Result<Authenticate, NtlmError> {
             .collect();
         String::from_utf16(&units).map_err(|_| NtlmError::Malformed("invalid UTF-16"))
     };
+    let nt_response = field(msg, 20)?.to_vec();
+    // The client blob's AV pairs follow the 16-byte NTProofStr and the blob's 28-byte header.
+    let pairs = nt_response.get(16 + 28..).unwrap_or_default();
+    let target_name = av_value(pairs, AV_TARGET_NAME).and_then(|v| {
+        let units: Vec<u16> = v
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16(&units).ok()
+    });
+    let channel_bindings = av_value(pairs, AV_CHANNEL_BINDINGS)
+        .and_then(|v| <[u8; 16]>::try_from(v).ok())
+        .filter(|v| *v != [0; 16]);
+    let av_flags = av_value(pairs, AV_FLAGS)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(u32::from_le_bytes);
     Ok(Authenticate {
-        nt_response: field(msg, 20)?.to_vec(),
+        target_name,
+        channel_bindings,
+        av_flags,
+        nt_response,
         domain: text(28)?,
         user: text(36)?,
         workstation: text(44)?,

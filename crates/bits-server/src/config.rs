@@ -36,8 +36,9 @@ pub struct ServerConfig {
     /// A client must send a complete request head within this time (slow-loris defence).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Total size of a request's header names and values; larger heads get 431 (BITS custom
-    /// headers are limited to 16 KiB by the client).
+    /// Total size of a request's head (header names and values); larger heads get 431. 64 KiB
+    /// by default: a Windows Kerberos ticket carrying a PAC with many groups can take tens of
+    /// KiB in one `Authorization` header (IIS guidance raises its limits to 64 KiB for that).
     pub max_header_bytes: usize,
     /// A request body that delivers no bytes for this long is abandoned.
     #[serde(with = "humantime_serde")]
@@ -95,7 +96,15 @@ pub struct ServerConfig {
     pub vdirs: Vec<VdirConfig>,
     /// What Basic-auth password checks may cost: `[basic_auth]` (concurrency, queue, failure
     /// budgets per user name and per client address).
-    pub basic_auth: crate::auth::BasicAuthLimits,
+    pub basic_auth: BasicAuthLimits,
+    /// Kerberos settings shared by every Negotiate vdir of this node: `[kerberos]` (the replay
+    /// cache of authenticators).
+    pub kerberos: KerberosConfig,
+    /// Reverse proxies in front of this server (addresses or CIDR blocks, e.g. `127.0.0.1`,
+    /// `10.0.0.0/8`): one of their connections carries requests of many clients, so no
+    /// identity is ever kept on it (`persist_auth = "request"` for every vdir). Nothing else
+    /// changes for them: budgets and caps still count the proxy's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bytes of fragment bodies the storage backends may hold in memory at once, across all
     /// requests. fs: a write gathers up to 1 MiB before one positioned write, and writes what it
     /// has at once when the budget is spent. S3: each piece (≤ 5 MiB) is held until stored; a
@@ -167,7 +176,7 @@ impl Default for ServerConfig {
             tombstone_ttl: DEFAULT_SESSION_TIMEOUT,
             fsync: true,
             header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 32 << 10,
+            max_header_bytes: 64 << 10,
             body_idle_timeout: Duration::from_secs(120),
             session_lock_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
@@ -188,12 +197,124 @@ impl Default for ServerConfig {
             max_anonymous_sessions: 50_000,
             max_anonymous_sessions_per_ip: 1_000,
             vdirs: vec![VdirConfig::default()],
-            basic_auth: crate::auth::BasicAuthLimits::default(),
+            basic_auth: BasicAuthLimits::default(),
+            kerberos: KerberosConfig::default(),
+            trusted_proxies: Vec::new(),
             max_buffered_body_bytes: 64 << 20,
             allow_missing_content_length: true,
             allow_chunked_fragments: true,
             capture_dir: None,
             capture_max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// How a vdir authenticates its clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Anonymous,
+    /// HTTP Basic; the BITS client sends credentials after a 401 challenge.
+    Basic,
+    /// The subject of a verified TLS client certificate.
+    ClientCert,
+    /// NTLMv2 (Windows integrated authentication), users from the users file's NT hashes.
+    Ntlm,
+    /// HTTP Negotiate: Kerberos tickets checked with the vdir's keytab, and NTLM (raw or
+    /// inside Negotiate, as IIS takes it) for users with an NT hash in `users_file`, if any.
+    Negotiate,
+}
+
+/// `persist_auth`: how long a handshake's identity lasts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistAuth {
+    /// For the rest of the connection, on this vdir and on vdirs of the same policy (IIS's
+    /// default).
+    #[default]
+    Connection,
+    /// For the request that completed the handshake only.
+    Request,
+}
+
+/// `channel_binding`: extended protection over TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelBinding {
+    /// Not checked.
+    Off,
+    /// Checked when the client sent bindings.
+    #[default]
+    Allow,
+    /// Over TLS, a client must send bindings, and they must match.
+    Require,
+}
+
+/// The `[basic_auth]` table: what password checks may cost. An argon2 verification takes tens of
+/// milliseconds of CPU and 19 MiB, and anyone who can reach a Basic vdir can ask for one. The
+/// failure budgets count wrong NTLM answers and refused Kerberos tickets as well.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BasicAuthLimits {
+    /// Password verifications running at once (each on a blocking thread); the others wait
+    /// their turn without holding a thread. 0 (default): the number of CPUs.
+    pub verify_concurrency: usize,
+    /// Requests allowed to wait for a verification slot; past that they get 503 at once.
+    pub max_waiting: usize,
+    /// Wrong passwords (Basic or NTLM) accepted for one user name (existing or not) per
+    /// `failure_window`; past that the name gets 503 without a verification, except for a
+    /// password verified in the last 5 minutes and for connections already signed in. 0: no
+    /// limit.
+    pub failures_per_user: u32,
+    /// Failed sign-ins (any scheme) accepted from one client address (IPv6: one /64) per
+    /// `failure_window`; past that every new sign-in from it gets 503 without a verification
+    /// (connections already signed in carry on). 0: no limit.
+    pub failures_per_ip: u32,
+    /// The window the failure budgets count in; each budget refills when its window ends.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// User names and addresses each failure table tracks at most (memory stays bounded
+    /// against floods of distinct names); when full, the entry with the fewest failures goes.
+    pub max_tracked: usize,
+}
+
+impl Default for BasicAuthLimits {
+    fn default() -> Self {
+        BasicAuthLimits {
+            verify_concurrency: 0,
+            max_waiting: 64,
+            failures_per_user: 10,
+            failures_per_ip: 30,
+            failure_window: Duration::from_secs(60),
+            max_tracked: 10_000,
+        }
+    }
+}
+
+/// The `[kerberos]` table: the replay cache every Negotiate vdir of this node shares.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KerberosConfig {
+    /// Where accepted authenticators are remembered across restarts (one fixed-size record
+    /// each, compacted at start-up); default `<spool_dir>/kerberos-replay`. Only opened when a
+    /// vdir uses `auth = "negotiate"`.
+    pub replay_cache: Option<PathBuf>,
+    /// Authenticators remembered at most. An entry lives until its time is outside the 5-minute
+    /// skew window (then the skew check refuses the authenticator anyway) and is never dropped
+    /// earlier: when the cache is full of live entries, new Kerberos sign-ins get 503.
+    pub replay_cache_max: usize,
+    /// Live authenticators one client principal may have in the cache; past it that principal's
+    /// new sign-ins get 503 until its entries age out, so no user can fill the cache for others.
+    pub replay_cache_per_principal: usize,
+}
+
+impl Default for KerberosConfig {
+    fn default() -> Self {
+        KerberosConfig {
+            replay_cache: None,
+            replay_cache_max: 1_000_000,
+            replay_cache_per_principal: 20_000,
         }
     }
 }
@@ -242,7 +363,7 @@ pub struct VdirConfig {
     pub max_fragment_size: u64,
     /// Who may use this vdir: `anonymous`, `basic` or `ntlm` (need `users_file`), or
     /// `client_cert`.
-    pub auth: crate::auth::AuthMode,
+    pub auth: AuthMode,
     /// Lines `name:$argon2id$...` (Basic) and `name:$NT$<hex>` (NTLM), as written by
     /// `bitsd passwd [--ntlm]`.
     pub users_file: Option<PathBuf>,
@@ -252,12 +373,25 @@ pub struct VdirConfig {
     pub ntlm_domain: Option<String>,
     /// With `auth = "negotiate"`: the service's keytab (`kadmin ktadd`, `ktpass`). Needed.
     pub keytab: Option<PathBuf>,
-    /// With `auth = "negotiate"`: the only service principal tickets may be for
-    /// (`HTTP/host.example`); unset: any principal the keytab holds a key for.
+    /// The service principal name clients use for this server (`HTTP/host.example`). With
+    /// `auth = "negotiate"`: the only service tickets may be for (unset: any principal the
+    /// keytab holds a key for). With NTLM: a client that names its target (`MsvAvTargetName`,
+    /// as Windows does) must name this one, so a relay elsewhere cannot forward its answer.
     pub service_principal: Option<String>,
     /// With `auth = "negotiate"`: the client realms accepted; empty: any realm whose tickets
     /// the keytab's keys can read.
     pub kerberos_realms: Vec<String>,
+    /// Whether an identity proven by an NTLM or Kerberos handshake stays with the connection
+    /// for its later requests (`connection`, the default, as IIS) or counts for the one
+    /// request that carried it (`request`, IIS `authPersistSingleRequest`: every request
+    /// authenticates afresh). Connections from `trusted_proxies` always use `request`.
+    pub persist_auth: PersistAuth,
+    /// Extended protection for NTLM and Kerberos over TLS (IIS `tokenChecking`): the channel
+    /// bindings a client puts in its token (`tls-server-end-point`, the hash of this server's
+    /// certificate) must match the connection they arrive on. `allow` (default): checked when
+    /// the client sent them; `require`: a client that sent none is refused too; `off`: not
+    /// checked. Plain HTTP has no channel to bind to.
+    pub channel_binding: ChannelBinding,
     /// Refuse requests that did not come over TLS (403).
     pub require_tls: bool,
     /// `BITSHostId`: this node's own reachable name, sent as `BITS-Host-Id` so the client keeps
@@ -336,15 +470,44 @@ impl VdirConfig {
     }
 
     /// What decides who may read and write below this vdir's root. Two vdirs whose roots
-    /// overlap must agree on all of it, or files would cross from one to the other.
-    fn access_policy(&self) -> (crate::auth::AuthMode, Option<&Path>, bool, bool) {
-        (
-            self.auth,
-            self.users_file.as_deref(),
-            self.require_tls,
-            self.download_enabled,
-        )
+    /// overlap must agree on all of it, or files would cross from one to the other: the same
+    /// scheme with another users file, NTLM domain, keytab, service or realm list is another
+    /// population of users.
+    fn access_policy(&self) -> AccessPolicy<'_> {
+        let mut realms: Vec<String> = self
+            .kerberos_realms
+            .iter()
+            .map(|r| r.to_ascii_uppercase())
+            .collect();
+        realms.sort();
+        realms.dedup();
+        AccessPolicy {
+            auth: self.auth,
+            users_file: self.users_file.as_deref(),
+            ntlm_domain: self.ntlm_domain.as_ref().map(|d| d.to_ascii_uppercase()),
+            keytab: self.keytab.as_deref(),
+            service_principal: self
+                .service_principal
+                .as_ref()
+                .map(|s| s.to_ascii_lowercase()),
+            realms,
+            require_tls: self.require_tls,
+            download_enabled: self.download_enabled,
+        }
     }
+}
+
+/// [`VdirConfig::access_policy`]: compared field by field.
+#[derive(Debug, PartialEq, Eq)]
+struct AccessPolicy<'a> {
+    auth: AuthMode,
+    users_file: Option<&'a Path>,
+    ntlm_domain: Option<String>,
+    keytab: Option<&'a Path>,
+    service_principal: Option<String>,
+    realms: Vec<String>,
+    require_tls: bool,
+    download_enabled: bool,
 }
 
 const USER_PLACEHOLDER: &str = "{user}";
@@ -382,12 +545,14 @@ impl Default for VdirConfig {
             allow_overwrites: false,
             conflict_status: ConflictStatus::default(),
             max_fragment_size: 32 << 20,
-            auth: crate::auth::AuthMode::Anonymous,
+            auth: AuthMode::Anonymous,
             users_file: None,
             ntlm_domain: None,
             keytab: None,
             service_principal: None,
             kerberos_realms: Vec::new(),
+            persist_auth: PersistAuth::default(),
+            channel_binding: ChannelBinding::default(),
             require_tls: false,
             host_id: None,
             host_id_fallback_timeout: 86_400,
@@ -440,7 +605,7 @@ pub enum ConfigError {
     UnsupportedOnS3(usize, String),
     #[error("public_url {0:?}: must look like http://host[:port] or https://host[:port], without a path")]
     BadPublicUrl(String),
-    #[error("vdir[{a}].root {root_a:?} and vdir[{b}].root {root_b:?} overlap, but the vdirs differ in auth, users_file, require_tls or download_enabled: files would cross between them")]
+    #[error("vdir[{a}].root {root_a:?} and vdir[{b}].root {root_b:?} overlap, but the vdirs differ in who may use them (auth, users_file, ntlm_domain, keytab, service_principal, kerberos_realms, require_tls or download_enabled): files would cross between them")]
     RootsOverlap {
         a: usize,
         root_a: PathBuf,

@@ -89,16 +89,33 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<RustlsConfig>, TlsError> {
 /// The current TLS configuration; `reload` swaps it for new handshakes only.
 pub struct TlsState {
     config: TlsConfig,
-    current: RwLock<Arc<RustlsConfig>>,
+    /// The rustls configuration and the channel bindings of its certificate, swapped together.
+    current: RwLock<(Arc<RustlsConfig>, [u8; 16])>,
+}
+
+/// The configuration and the `tls-server-end-point` bindings of its leaf certificate.
+fn load_with_binding(cfg: &TlsConfig) -> Result<(Arc<RustlsConfig>, [u8; 16]), TlsError> {
+    let config = load(cfg)?;
+    let leaf = certs(&cfg.cert)?;
+    let binding = leaf
+        .first()
+        .map(|c| crate::auth::binding::tls_server_end_point(c.as_ref()))
+        .unwrap_or_default();
+    Ok((config, binding))
 }
 
 impl TlsState {
     pub fn new(config: TlsConfig) -> Result<TlsState, TlsError> {
-        let current = RwLock::new(load(&config)?);
+        let current = RwLock::new(load_with_binding(&config)?);
         Ok(TlsState { config, current })
     }
 
     pub fn current(&self) -> Arc<RustlsConfig> {
+        self.current_with_binding().0
+    }
+
+    /// The configuration for a new connection, with the channel bindings its certificate gives.
+    pub fn current_with_binding(&self) -> (Arc<RustlsConfig>, [u8; 16]) {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -107,7 +124,7 @@ impl TlsState {
 
     /// Re-reads certificate, key and client CA; on error the old configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = load(&self.config)?;
+        let fresh = load_with_binding(&self.config)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }

@@ -105,7 +105,7 @@ pub fn check_config(path: &PathBuf) -> anyhow::Result<()> {
             bits_server::tls::load(t).context("tls.cert, tls.key or tls.client_ca")?;
         }
         for (i, v) in config.vdirs.iter().enumerate() {
-            bits_server::auth::Authenticator::new(std::slice::from_ref(v))
+            bits_server::auth::Auth::for_vdirs(std::slice::from_ref(v))
                 .with_context(|| format!("vdir[{i}].users_file"))?;
         }
         Ok(())

@@ -1,216 +1,147 @@
-//! One connection's NTLM handshake: NEGOTIATE → CHALLENGE (401) → AUTHENTICATE, after which the
-//! identity belongs to the connection (NTLM over HTTP is connection-bound). The state is one
-//! small value per connection; a challenge is good for [`CHALLENGE_TTL`] and one answer.
+//! The legs of an NTLM handshake over HTTP: NEGOTIATE → CHALLENGE (401) → AUTHENTICATE, and the
+//! checks a completed one must pass. The state between the legs lives in the connection's
+//! [`ConnAuth`](super::conn::ConnAuth), tagged with the policy that issued the challenge.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use base64::Engine as _;
+use bits_proto::ntlm::{self, Authenticate, ServerNames};
 use http::HeaderMap;
 
-use super::ntlm::{self, ServerNames};
-use super::{AuthOutcome, Challenge, Users};
+use super::conn::{Pending, SpnegoOffer};
+use super::users::Users;
+use crate::config::ChannelBinding;
 
 /// How long a challenge waits for its AUTHENTICATE.
-const CHALLENGE_TTL: Duration = Duration::from_secs(60);
-/// The longest `Authorization` token taken: an NTLM AUTHENTICATE message is well under 4 KiB,
-/// a Kerberos ticket with a PAC can take tens of KiB, but not this much.
-const MAX_TOKEN: usize = 64 * 1024;
+pub(crate) const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// Seconds from 1601-01-01 (FILETIME's epoch) to 1970-01-01.
 const FILETIME_UNIX_OFFSET: u64 = 11_644_473_600;
 
-#[derive(Debug, Default)]
-pub struct NtlmConn(Mutex<State>);
-
-#[derive(Debug, Default)]
-enum State {
-    #[default]
-    Idle,
-    Challenged {
-        negotiate: Vec<u8>,
-        message: Vec<u8>,
-        challenge: [u8; 8],
-        at: Instant,
-    },
-    /// Authenticated as this name (as the users file writes it), with what the exchange left
-    /// to sign with.
-    Done(String, ntlm::Session),
-}
-
-/// What one request's step of the handshake gave.
-#[derive(Debug)]
-pub enum Step {
-    Allowed(String),
-    /// 401 with this challenge (`None`: start over with `WWW-Authenticate: NTLM`).
-    Challenge(Option<String>),
-    /// Credentials were checked and are wrong (also answered with a fresh 401).
-    Failed,
-}
-
-impl From<Step> for AuthOutcome {
-    fn from(step: Step) -> AuthOutcome {
-        match step {
-            Step::Allowed(name) => AuthOutcome::Allowed(Some(name)),
-            Step::Challenge(token) => AuthOutcome::Challenge(Challenge::Ntlm(token)),
-            Step::Failed => AuthOutcome::Challenge(Challenge::Ntlm(None)),
-        }
-    }
-}
-
-impl NtlmConn {
-    /// Signs the connection out (a check after the handshake failed).
-    pub fn reset(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = State::Idle;
-    }
-
-    /// The signing state of the completed handshake, if this connection completed one.
-    pub fn session(&self) -> Option<ntlm::Session> {
-        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            State::Done(_, session) => Some(*session),
-            _ => None,
-        }
-    }
-
-    /// Takes one request's `Authorization` header through the handshake.
-    pub fn step(&self, headers: &HeaderMap, users: &Users, domain: Option<&str>) -> Step {
-        self.step_message(ntlm_token(headers), users, domain)
-    }
-
-    /// [`NtlmConn::step`] with the NTLM message already taken out of its wrapping (the header,
-    /// or SPNEGO); `None`: the request carried none.
-    pub fn step_message(
-        &self,
-        token: Option<Vec<u8>>,
-        users: &Users,
-        domain: Option<&str>,
-    ) -> Step {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(token) = token else {
-            // No credentials on this request: an authenticated connection stays so.
-            return match &*state {
-                State::Done(name, _) if users.nt_hash(name).is_some() => {
-                    Step::Allowed(name.clone())
-                }
-                _ => {
-                    *state = State::Idle;
-                    Step::Challenge(None)
-                }
-            };
-        };
-        match ntlm::message_type(&token) {
-            Ok(1) => {
-                let Ok(flags) = ntlm::parse_negotiate(&token) else {
-                    *state = State::Idle;
-                    return Step::Challenge(None);
-                };
-                let mut challenge = [0u8; 8];
-                OsRng.fill_bytes(&mut challenge);
-                let names = ServerNames {
-                    domain: domain.unwrap_or("BITSD").to_uppercase(),
-                    computer: "BITSD".into(),
-                };
-                let message = ntlm::challenge_message(flags, challenge, &names, filetime_now());
-                let encoded = base64::engine::general_purpose::STANDARD.encode(&message);
-                *state = State::Challenged {
-                    negotiate: token,
-                    message,
-                    challenge,
-                    at: Instant::now(),
-                };
-                Step::Challenge(Some(encoded))
-            }
-            Ok(3) => {
-                let previous = std::mem::take(&mut *state);
-                let State::Challenged {
-                    negotiate,
-                    message,
-                    challenge,
-                    at,
-                } = previous
-                else {
-                    return Step::Challenge(None);
-                };
-                if at.elapsed() > CHALLENGE_TTL {
-                    return Step::Challenge(None);
-                }
-                match check(&token, users, domain, &negotiate, &message, &challenge) {
-                    Some((name, session)) => {
-                        *state = State::Done(name.clone(), session);
-                        Step::Allowed(name)
-                    }
-                    None => Step::Failed,
-                }
-            }
-            _ => {
-                *state = State::Idle;
-                Step::Challenge(None)
-            }
-        }
-    }
-}
-
-/// The user an AUTHENTICATE message proves to be, if it does.
-fn check(
-    token: &[u8],
-    users: &Users,
+/// A CHALLENGE answering the client's NEGOTIATE `type1`, and the state its AUTHENTICATE is
+/// checked against; `None` when `type1` is not a NEGOTIATE message.
+pub(crate) fn challenge(
+    type1: &[u8],
     domain: Option<&str>,
-    negotiate: &[u8],
-    challenge_msg: &[u8],
-    challenge: &[u8; 8],
-) -> Option<(String, ntlm::Session)> {
-    let auth = ntlm::parse_authenticate(token)
-        .inspect_err(|e| tracing::info!(error = %e, "NTLM: unreadable AUTHENTICATE message"))
-        .ok()?;
-    if let Some(want) = domain {
-        if !auth.domain.is_empty() && !auth.domain.eq_ignore_ascii_case(want) {
-            tracing::info!(user = %auth.user, domain = %auth.domain, "NTLM: user of another domain refused");
-            return None;
-        }
-    }
-    // An unknown name is checked against a random hash, so it costs the same and fails alike.
-    let (name, hash) = match users.nt_hash(&auth.user) {
-        Some((name, hash)) => (Some(name.clone()), *hash),
-        None => {
-            let mut random = [0u8; 16];
-            OsRng.fill_bytes(&mut random);
-            (None, random)
-        }
+    spnego: Option<SpnegoOffer>,
+) -> Option<(Pending, Vec<u8>)> {
+    let flags = ntlm::parse_negotiate(type1).ok()?;
+    let mut challenge = [0u8; 8];
+    OsRng.fill_bytes(&mut challenge);
+    let names = ServerNames {
+        domain: domain.unwrap_or("BITSD").to_uppercase(),
+        computer: "BITSD".into(),
     };
-    match ntlm::verify(
-        &auth,
-        token,
-        &hash,
+    let message = ntlm::challenge_message(flags, challenge, &names, filetime_now());
+    let pending = Pending {
+        negotiate: type1.to_vec(),
+        message: message.clone(),
         challenge,
-        Some(negotiate),
-        challenge_msg,
-    ) {
-        Ok(session) => name.map(|n| (n, session)),
-        Err(e) => {
-            tracing::info!(user = %auth.user, domain = %auth.domain, error = %e, "NTLM authentication failed");
-            None
+        at: Instant::now(),
+        spnego,
+    };
+    Some((pending, message))
+}
+
+/// What an AUTHENTICATE must satisfy besides the password.
+pub(crate) struct Rules<'a> {
+    /// `ntlm_domain`: the only domain a client may name.
+    pub(crate) domain: Option<&'a str>,
+    /// `service_principal`: the target a client that names one must name.
+    pub(crate) target: Option<&'a str>,
+    pub(crate) binding: ChannelBinding,
+    /// The bindings of the connection the answer arrived on (`None`: plain HTTP).
+    pub(crate) connection_binding: Option<[u8; 16]>,
+}
+
+/// Why an AUTHENTICATE was refused (logged; the client just gets a fresh 401).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("the challenge expired")]
+    Expired,
+    #[error("a user of another domain")]
+    OtherDomain,
+    #[error("the answer names another target ({0:?}): relayed from elsewhere?")]
+    OtherTarget(String),
+    #[error("{0}")]
+    Binding(&'static str),
+    #[error(transparent)]
+    Ntlm(#[from] ntlm::NtlmError),
+    #[error("no such user")]
+    UnknownUser,
+}
+
+/// Checks the client's AUTHENTICATE `token` (parsed as `auth`) against the handshake `pending`
+/// and the users; the user's name as the file writes it and the signing state on success.
+/// Unknown names are checked against the file's dummy hash: the same work, the same answer.
+pub(crate) fn verify(
+    pending: &Pending,
+    token: &[u8],
+    auth: &Authenticate,
+    users: &Users,
+    rules: &Rules<'_>,
+) -> Result<(String, ntlm::Session), Refusal> {
+    if pending.at.elapsed() > CHALLENGE_TTL {
+        return Err(Refusal::Expired);
+    }
+    let (name, hash) = users.nt_hash_or_dummy(&auth.user);
+    let session = ntlm::verify(
+        auth,
+        token,
+        hash,
+        &pending.challenge,
+        Some(&pending.negotiate),
+        &pending.message,
+    )?;
+    let name = name.ok_or(Refusal::UnknownUser)?;
+    // Checked after the proof: what they say is only worth reading once it is proven to come
+    // from the user (the names and AV pairs are covered by the NTLMv2 response).
+    if let Some(want) = rules.domain {
+        if !auth.domain.is_empty() && !auth.domain.eq_ignore_ascii_case(want) {
+            return Err(Refusal::OtherDomain);
         }
     }
+    if let (Some(want), Some(named)) = (rules.target, auth.target_name.as_deref()) {
+        if !named.is_empty() && !named.eq_ignore_ascii_case(want) {
+            return Err(Refusal::OtherTarget(named.to_string()));
+        }
+    }
+    super::binding::check(
+        rules.binding,
+        rules.connection_binding,
+        auth.channel_bindings,
+    )
+    .map_err(Refusal::Binding)?;
+    Ok((name.to_string(), session))
 }
 
-/// The NTLM message in `Authorization: NTLM <base64>`, or in `Negotiate <base64>` when that
-/// holds a raw NTLM message (as IIS accepts).
-fn ntlm_token(headers: &HeaderMap) -> Option<Vec<u8>> {
-    authorization_token(headers).filter(|t| t.starts_with(b"NTLMSSP\0"))
+/// The credentials a request carries for a Windows scheme.
+pub(crate) enum Token {
+    /// No `Authorization` header.
+    Absent,
+    /// A header this scheme cannot use (another scheme, bad base64, too long).
+    Unusable,
+    /// The decoded token, and whether the scheme was `Negotiate` (not `NTLM`).
+    Present { bytes: Vec<u8>, negotiate: bool },
 }
 
-/// The decoded token of `Authorization: NTLM <base64>` or `Negotiate <base64>`.
-pub(super) fn authorization_token(headers: &HeaderMap) -> Option<Vec<u8>> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("NTLM") && !scheme.eq_ignore_ascii_case("Negotiate") {
-        return None;
+/// The token of `Authorization: NTLM <base64>` or `Negotiate <base64>`.
+pub(crate) fn authorization_token(headers: &HeaderMap) -> Token {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Token::Absent;
+    };
+    let Some((scheme, token)) = value.to_str().ok().and_then(|v| v.trim().split_once(' ')) else {
+        return Token::Unusable;
+    };
+    let negotiate = scheme.eq_ignore_ascii_case("Negotiate");
+    if !negotiate && !scheme.eq_ignore_ascii_case("NTLM") {
+        return Token::Unusable;
     }
-    let token = token.trim();
-    if token.len() > MAX_TOKEN {
-        return None;
+    // The head size limit (`max_header_bytes`) bounds the token.
+    match base64::engine::general_purpose::STANDARD.decode(token.trim()) {
+        Ok(bytes) if !bytes.is_empty() => Token::Present { bytes, negotiate },
+        _ => Token::Unusable,
     }
-    base64::engine::general_purpose::STANDARD.decode(token).ok()
 }
 
 fn filetime_now() -> u64 {

@@ -49,6 +49,22 @@ pub fn mech_types(token: &[u8]) -> Option<Vec<u8>> {
     Some(field(&init, 0).ok()?.to_vec())
 }
 
+/// How many mechanisms a client's NegTokenInit offers.
+pub fn mech_type_count(token: &[u8]) -> Option<usize> {
+    let list = mech_types(token)?;
+    let mut rest = der::expect(&list, 0x30).ok()?;
+    let mut n = 0;
+    while !rest.is_empty() {
+        let (oid, after) = der::next(rest).ok()?;
+        if oid.tag != 0x06 {
+            return None;
+        }
+        n += 1;
+        rest = after;
+    }
+    Some(n)
+}
+
 /// The `mechListMIC` of a client's NegTokenResp, if it sent one.
 pub fn client_mic(token: &[u8]) -> Option<Vec<u8>> {
     let resp = fields(der::expect(der::expect(token, 0xa1).ok()?, 0x30).ok()?).ok()?;

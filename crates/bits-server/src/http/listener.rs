@@ -59,8 +59,15 @@ pub async fn serve(
         let local = stream.local_addr().unwrap_or(peer);
         let app = app.clone();
         let header_timeout = config.header_read_timeout;
+        let limits = ConnLimits {
+            header_timeout,
+            read_buffer_max: read_buffer_max(config.max_header_bytes),
+        };
         let watcher = graceful.watcher();
-        let tls = front.tls().filter(|_| secure).map(|t| t.current());
+        let tls = front
+            .tls()
+            .filter(|_| secure)
+            .map(|t| t.current_with_binding());
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let open_now = open.clone();
         tokio::spawn(async move {
@@ -76,12 +83,12 @@ pub async fn serve(
                         peer,
                         local,
                         ConnInfo::default(),
-                        header_timeout,
+                        limits,
                         watcher,
                     )
                     .await
                 }
-                Some(tls) => {
+                Some((tls, channel_binding)) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                     let stream =
                         match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
@@ -100,9 +107,10 @@ pub async fn serve(
                     let info = ConnInfo {
                         tls: true,
                         cert_identity,
+                        channel_binding: Some(channel_binding),
                         ..ConnInfo::default()
                     };
-                    drive(stream, app, peer, local, info, header_timeout, watcher).await
+                    drive(stream, app, peer, local, info, limits, watcher).await
                 }
             }
         });
@@ -154,7 +162,11 @@ pub(crate) async fn serve_capped(
         tokio::spawn(async move {
             let _permit = permit;
             let info = ConnInfo::default();
-            drive(stream, app, peer, local, info, header_timeout, watcher).await
+            let limits = ConnLimits {
+                header_timeout,
+                read_buffer_max: READ_BUFFER_MIN,
+            };
+            drive(stream, app, peer, local, info, limits, watcher).await
         });
     }
     drop(listener);
@@ -162,13 +174,29 @@ pub(crate) async fn serve_capped(
     Ok(())
 }
 
-/// Per-connection read buffer limit (hyper's minimum is 8 KiB).
-const READ_BUFFER_MAX: usize = 16 << 10;
+/// Per-connection read buffer limit of the admin listener (hyper's minimum is 8 KiB).
+const READ_BUFFER_MIN: usize = 16 << 10;
+
+/// The read buffer limit of a BITS connection: a whole request head must fit (hyper refuses a
+/// head larger than its buffer with 431 before we see it), so `max_header_bytes` plus the
+/// request line and the separators; our own check then answers a head over `max_header_bytes`.
+fn read_buffer_max(max_header_bytes: usize) -> usize {
+    max_header_bytes
+        .saturating_add(bits_proto::MAX_URL_CHARS + 1024)
+        .max(READ_BUFFER_MIN)
+}
 
 async fn backoff(e: io::Error) {
     // Out of file descriptors and the like: back off instead of spinning.
     tracing::warn!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// What one connection may take: time for a head, bytes of read buffer (a whole head must fit).
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    header_timeout: Duration,
+    read_buffer_max: usize,
 }
 
 /// Runs one HTTP/1.1 connection to its end (or until graceful shutdown closes it).
@@ -178,7 +206,7 @@ async fn drive<I>(
     peer: SocketAddr,
     local: SocketAddr,
     info: ConnInfo,
-    header_timeout: Duration,
+    limits: ConnLimits,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -210,10 +238,10 @@ async fn drive<I>(
         .half_close(true)
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
         // Caps what an idle keep-alive connection keeps allocated (the read buffer grows to the
         // largest chunk it ever held); bodies still stream, in reads of at most this size.
-        .max_buf_size(READ_BUFFER_MAX)
+        .max_buf_size(limits.read_buffer_max)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -23,7 +23,7 @@ use futures_util::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Method, StatusCode};
 
-use crate::auth::{AuthError, AuthOutcome, Authenticator, ConnInfo};
+use crate::auth::{Auth, AuthError, AuthOutcome, ConnInfo};
 use crate::config::VdirConfig;
 use crate::engine::Engine;
 use crate::error::BitsError;
@@ -35,6 +35,11 @@ pub use listener::serve;
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The token an authentication owes this request's response (`WWW-Authenticate: Negotiate
+/// <token>`): one slot per request, never per connection.
+#[derive(Clone, Debug, Default)]
+struct AuthReply(Arc<std::sync::Mutex<Option<String>>>);
+
 /// The local address a request arrived on.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalAddr(pub SocketAddr);
@@ -42,7 +47,7 @@ pub struct LocalAddr(pub SocketAddr);
 /// Everything in front of the engine: authentication, rate limiting, TLS state.
 pub struct Frontend {
     engine: Arc<Engine>,
-    auth: Authenticator,
+    auth: Auth,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Requests checked against the limiter, to forget idle addresses now and then.
     limiter_checks: std::sync::atomic::AtomicU64,
@@ -54,7 +59,7 @@ pub struct Frontend {
 impl Frontend {
     pub fn new(engine: Arc<Engine>, tls: Option<Arc<TlsState>>) -> Result<Frontend, AuthError> {
         let config = engine.config();
-        let auth = Authenticator::with_limits(&config.vdirs, &config.basic_auth)?;
+        let auth = Auth::new(config)?;
         let limiter = config
             .rate_limit_per_ip
             .and_then(std::num::NonZeroU32::new)
@@ -95,7 +100,7 @@ impl Frontend {
         &self.metrics
     }
 
-    /// Authenticates a request for `vdir` (index `index`).
+    /// Authenticates a request for `vdir` (index `index`), by that vdir's policy alone.
     async fn identify(
         &self,
         index: usize,
@@ -109,14 +114,19 @@ impl Frontend {
             .unwrap_or_default();
         match self
             .auth
-            .authenticate(index, vdir, &parts.headers, &conn, peer_ip(parts))
+            .authenticate(index, &parts.headers, &conn, peer_ip(parts))
             .await
         {
             // The scheme travels with the name: `basic:alice` is not `cert:alice`.
-            AuthOutcome::Allowed(name) => Ok(name.and_then(|n| {
-                crate::principal::Scheme::of(vdir.auth)
-                    .map(|scheme| crate::principal::Principal::new(scheme, n))
-            })),
+            AuthOutcome::Allowed { name, reply } => {
+                if let (Some(reply), Some(slot)) = (reply, parts.extensions.get::<AuthReply>()) {
+                    *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(reply);
+                }
+                Ok(name.and_then(|n| {
+                    crate::principal::Scheme::of(vdir.auth)
+                        .map(|scheme| crate::principal::Principal::new(scheme, n))
+                }))
+            }
             AuthOutcome::Challenge(c) => Err(BitsError::Unauthenticated(c)),
             AuthOutcome::Forbidden => Err(BitsError::NotOwner),
             AuthOutcome::Throttled => Err(BitsError::RateLimited),
@@ -177,7 +187,9 @@ async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response 
         &Method::HEAD => "head",
         _ => "other",
     };
-    let mutual = req.extensions().get::<ConnInfo>().map(|c| c.mutual.clone());
+    let reply = AuthReply::default();
+    let mut req = req;
+    req.extensions_mut().insert(reply.clone());
     // A bug must cost one request an error Ack, never the connection or the process; counted
     // like every other error Ack. (The accept loop has a last-resort guard of its own.)
     let resp = match AssertUnwindSafe(route(&front, req)).catch_unwind().await {
@@ -194,8 +206,9 @@ async fn dispatch(State(front): State<Arc<Frontend>>, req: Request) -> Response 
         }
     };
     let mut resp = resp;
-    // Kerberos' mutual authentication: the AP-REP for the ticket this request carried.
-    if let Some(token) = mutual.and_then(|m| m.lock().unwrap_or_else(|p| p.into_inner()).take()) {
+    // Kerberos' mutual authentication (the AP-REP for the ticket this request carried), or
+    // SPNEGO's final answer.
+    if let Some(token) = reply.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
         if let Ok(v) = http::HeaderValue::from_str(&format!("Negotiate {token}")) {
             if resp.status() != StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
