@@ -35,6 +35,16 @@ async fn answer(front: &Frontend, req: &http::request::Parts, fields: &mut LogFi
     let identity = match front.identify(target.vdir, vdir, req).await {
         Ok(identity) => identity,
         Err(BitsError::Unauthenticated(c)) => return super::ack::challenge(&c),
+        // A spent failure budget or a full queue is transient: 503, as for BITS_POST (a 403
+        // would end a BITS download job for good).
+        Err(BitsError::RateLimited) => {
+            let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE);
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            return resp;
+        }
         Err(_) => return plain(StatusCode::FORBIDDEN),
     };
     fields.user = identity.as_ref().map(|p| p.to_string());

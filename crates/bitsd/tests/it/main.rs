@@ -32,6 +32,7 @@ mod farm_memory;
 mod farm_publish;
 mod hooks;
 mod hostile_input;
+mod identity;
 mod interop;
 mod kerberos;
 mod large_download;

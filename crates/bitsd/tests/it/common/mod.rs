@@ -474,7 +474,47 @@ impl Conn {
     }
 
     pub fn try_new(addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = TcpStream::connect(addr)?;
+        Conn::from_tcp(TcpStream::connect(addr)?)
+    }
+
+    /// A connection from the local address `from` (any 127.x.y.z works on Linux): another
+    /// client address for budgets and limits.
+    pub fn from_address(addr: SocketAddr, from: std::net::IpAddr) -> Conn {
+        // std cannot bind before connecting; libc can.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0, "socket");
+        let std::net::IpAddr::V4(v4) = from else {
+            panic!("IPv4 only")
+        };
+        let local = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(v4).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = unsafe { libc::bind(fd, std::ptr::addr_of!(local).cast(), len) };
+        assert_eq!(rc, 0, "bind {from}");
+        let std::net::IpAddr::V4(to) = addr.ip() else {
+            panic!("IPv4 only")
+        };
+        let remote = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(to).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = unsafe { libc::connect(fd, std::ptr::addr_of!(remote).cast(), len) };
+        assert_eq!(rc, 0, "connect from {from}");
+        use std::os::fd::FromRawFd as _;
+        Conn::from_tcp(unsafe { TcpStream::from_raw_fd(fd) }).expect("connection")
+    }
+
+    fn from_tcp(s: TcpStream) -> std::io::Result<Conn> {
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_nodelay(true)?;
         Ok(Conn {
