@@ -77,7 +77,14 @@ fn two_ntlm_vdirs() -> Server {
 fn finding1_an_ntlm_sign_in_stays_with_its_vdir_on_one_connection() {
     let s = two_ntlm_vdirs();
     let mut c = s.conn();
-    let r = ntlm_sign_in(&mut c, "BITS_POST", "/ntlm/a.bin", &CREATE, "alice", "alicepw");
+    let r = ntlm_sign_in(
+        &mut c,
+        "BITS_POST",
+        "/ntlm/a.bin",
+        &CREATE,
+        "alice",
+        "alicepw",
+    );
     r.assert_ack(200, None);
     let sid = r.session();
     // Same policy, same connection: still alice.
@@ -125,11 +132,22 @@ fn finding8_a_spent_address_leaves_signed_in_connections_alone() {
         let r = ntlm_sign_in(&mut c, "GET", "/ntlm/secret.txt", &[], &user, "x");
         statuses.push(r.status);
     }
-    assert_eq!(statuses.iter().filter(|&&st| st == 401).count(), 30, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&st| st == 401).count(),
+        30,
+        "{statuses:?}"
+    );
     assert_eq!(statuses.last(), Some(&503));
     // A new connection from the spent address: 503 even with the right password.
     let mut fresh = s.conn();
-    let r = ntlm_sign_in(&mut fresh, "GET", "/ntlm/secret.txt", &[], "alice", "alicepw");
+    let r = ntlm_sign_in(
+        &mut fresh,
+        "GET",
+        "/ntlm/secret.txt",
+        &[],
+        "alice",
+        "alicepw",
+    );
     assert_eq!(r.status, 503);
     // The connection signed in before: uploads on.
     let r = signed_in.fragment("/ntlm/a.bin", &sid, 0, b"abc", 3);
@@ -148,7 +166,11 @@ fn finding4_ntlm_guesses_are_budgeted_per_user_across_addresses() {
         let r = ntlm_sign_in(&mut c, "GET", "/ntlm/secret.txt", &[], "alice", "guess");
         statuses.push(r.status);
     }
-    assert_eq!(statuses.iter().filter(|&&st| st == 401).count(), 10, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&st| st == 401).count(),
+        10,
+        "{statuses:?}"
+    );
     assert_eq!(statuses.iter().filter(|&&st| st == 503).count(), 30);
     let mut c = Conn::from_address(s.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1)));
     let r = ntlm_sign_in(&mut c, "GET", "/ntlm/secret.txt", &[], "ALICE", "alicepw");
@@ -182,8 +204,7 @@ fn finding7_a_failed_spnego_leg_leaves_nothing_signed_in() {
     assert_eq!(r.status, 401);
     let challenge = challenge_token(&r, "Negotiate").expect("raw NTLM challenge");
     let answer =
-        bits_proto::ntlm::authenticate_message(&challenge, "alice", "", "alicepw", [9; 8])
-            .unwrap();
+        bits_proto::ntlm::authenticate_message(&challenge, "alice", "", "alicepw", [9; 8]).unwrap();
     let mut resp = context(2, &tlv(0x04, &answer));
     resp.extend(context(3, &tlv(0x04, &[0xEE; 16])));
     let auth = format!("Negotiate {}", b64(&tlv(0xa1, &tlv(0x30, &resp))));
@@ -282,7 +303,10 @@ fn curl_status(url: &str, method: &str, headers: &[(&str, &str)], ntlm: bool) ->
         cmd.args(["--data-binary", ""]);
     }
     let out = cmd.arg(url).output().expect("curl");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// The documented pooled nginx in front of an NTLM vdir, bitsd with `trusted_proxies` as

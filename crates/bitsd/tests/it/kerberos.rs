@@ -474,3 +474,269 @@ fn a_ticket_for_another_service_is_refused() {
     assert_eq!(status, 401);
     assert!(session_dirs(&s.spool()).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Identity per vdir and per request (issue 25).
+
+impl Kdc {
+    /// Adds `user` (password `password`) and gets its ticket into its own cache; returns the
+    /// cache's path.
+    fn add_user(&self, user: &str, password: &str) -> PathBuf {
+        let d = self.dir.path();
+        let out = krb(d, "kadmin.local")
+            .args(["-q", &format!("addprinc -pw {password} {user}")])
+            .output()
+            .expect("kadmin.local");
+        assert!(out.status.success());
+        let cache = d.join(format!("ccache-{user}"));
+        let mut kinit = krb(d, "kinit")
+            .env("KRB5CCNAME", format!("FILE:{}", cache.display()))
+            .arg(user)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kinit");
+        use std::io::Write as _;
+        let _ = writeln!(kinit.stdin.take().unwrap(), "{password}");
+        assert!(kinit.wait().unwrap().success());
+        cache
+    }
+
+    /// A second service keytab, for `HTTP/other.test`.
+    fn other_keytab(&self) -> PathBuf {
+        let keytab = self.dir.path().join("other.keytab");
+        if !keytab.exists() {
+            let out = krb(self.dir.path(), "kadmin.local")
+                .args([
+                    "-q",
+                    &format!("ktadd -k {} HTTP/other.test", keytab.display()),
+                ])
+                .output()
+                .expect("kadmin.local");
+            assert!(out.status.success());
+        }
+        keytab
+    }
+
+    /// `count` fresh `Negotiate` header values for HTTP/localhost, from `cache` (default:
+    /// alice's), made by MIT's GSSAPI.
+    fn tokens(&self, count: usize, cache: Option<&Path>) -> Vec<String> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/apps/gss_token.py");
+        let mut cmd = krb(self.dir.path(), "/usr/bin/python3");
+        if let Some(c) = cache {
+            cmd.env("KRB5CCNAME", format!("FILE:{}", c.display()));
+        }
+        let out = cmd
+            .args([script, "localhost", &count.to_string()])
+            .output()
+            .expect("python3 with gssapi");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|t| format!("Negotiate {t}"))
+            .collect()
+    }
+}
+
+fn create_with(c: &mut Conn, path: &str, authorization: Option<&str>) -> Response {
+    let mut h = vec![
+        ("BITS-Packet-Type", "Create-Session"),
+        ("BITS-Supported-Protocols", PROTOCOL),
+    ];
+    if let Some(a) = authorization {
+        h.push(("Authorization", a));
+    }
+    c.send("BITS_POST", path, &h, b"")
+}
+
+/// Finding 1 (Kerberos): a ticket accepted on `/neg/` does not make a token-less request to
+/// `/negstrict/` (another keytab, service and realm list) succeed on the same connection.
+#[test]
+fn finding1_a_kerberos_sign_in_stays_with_its_vdir_on_one_connection() {
+    let kdc = Kdc::start();
+    let config = format!(
+        "[[vdir]]\nprefix = \"/neg/\"\nroot = \"{{root}}/neg\"\nauth = \"negotiate\"\n\
+         keytab = \"{}\"\nservice_principal = \"HTTP/localhost\"\n\
+         [[vdir]]\nprefix = \"/negstrict/\"\nroot = \"{{root}}/negstrict\"\n\
+         auth = \"negotiate\"\nkeytab = \"{}\"\nservice_principal = \"HTTP/other.test\"\n\
+         kerberos_realms = [\"CORP.EXAMPLE\"]\n",
+        kdc.keytab().display(),
+        kdc.other_keytab().display()
+    );
+    let s = Server::start_with(&config, false);
+    let token = kdc.tokens(1, None).remove(0);
+    let mut c = s.conn();
+    create_with(&mut c, "/neg/a.bin", Some(&token)).assert_ack(200, None);
+    create_with(&mut c, "/neg/b.bin", None).assert_ack(200, None);
+    let r = create_with(&mut c, "/negstrict/c.bin", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("Negotiate"));
+    assert_eq!(session_dirs(&s.spool()).len(), 2);
+}
+
+/// Finding 3: a captured AP-REQ is accepted once per node: not again on another vdir with the
+/// same keytab, and not after a restart (the replay cache is shared and kept in the spool).
+#[test]
+fn finding3_a_replayed_ap_req_is_refused_across_vdirs_and_a_restart() {
+    let kdc = Kdc::start();
+    let config = format!(
+        "[[vdir]]\nprefix = \"/neg/\"\nroot = \"{{root}}/neg\"\nauth = \"negotiate\"\n\
+         keytab = \"{k}\"\n\
+         [[vdir]]\nprefix = \"/neg2/\"\nroot = \"{{root}}/neg2\"\nauth = \"negotiate\"\n\
+         keytab = \"{k}\"\nkerberos_realms = [\"TEST.BITS\"]\n",
+        k = kdc.keytab().display()
+    );
+    let mut s = Server::start_with(&config, false);
+    let tokens = kdc.tokens(3, None);
+    create_with(&mut s.conn(), "/neg/a.bin", Some(&tokens[0])).assert_ack(200, None);
+    assert_eq!(
+        create_with(&mut s.conn(), "/neg2/a.bin", Some(&tokens[0])).status,
+        401
+    );
+    create_with(&mut s.conn(), "/neg2/b.bin", Some(&tokens[1])).assert_ack(200, None);
+    s.restart();
+    for t in &tokens[..2] {
+        assert_eq!(
+            create_with(&mut s.conn(), "/neg/c.bin", Some(t)).status,
+            401
+        );
+    }
+    create_with(&mut s.conn(), "/neg/d.bin", Some(&tokens[2])).assert_ack(200, None);
+    assert!(s.spool().join("kerberos-replay").exists());
+}
+
+/// Finding 3: one valid user signing in over and over cannot push another user's captured
+/// authenticator out of the cache: its own quota runs out (503) instead.
+#[test]
+fn finding3_one_user_cannot_flush_the_replay_cache() {
+    let kdc = Kdc::start();
+    let bob = kdc.add_user("bob", "bobpw");
+    let s = Server::start_with(
+        &vdir_config(
+            "[kerberos]\nreplay_cache_per_principal = 5",
+            &format!(
+                "auth = \"negotiate\"\nkeytab = \"{}\"",
+                kdc.keytab().display()
+            ),
+        ),
+        false,
+    );
+    let captured = kdc.tokens(1, Some(&bob)).remove(0);
+    create_with(&mut s.conn(), "/upload/bob.bin", Some(&captured)).assert_ack(200, None);
+    let statuses: Vec<u16> = kdc
+        .tokens(8, None)
+        .iter()
+        .enumerate()
+        .map(|(i, t)| create_with(&mut s.conn(), &format!("/upload/a{i}.bin"), Some(t)).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 503, 503, 503]);
+    assert_eq!(
+        create_with(&mut s.conn(), "/upload/bob2.bin", Some(&captured)).status,
+        401
+    );
+}
+
+/// Finding 11: extended protection over TLS with clients nobody here wrote. MIT's GSSAPI sends
+/// channel bindings (Kerberos: in the authenticator's checksum; NTLM through gss-ntlmssp: in
+/// the NTLMv2 answer) for the certificate it saw. Straight to bitsd they match; through a relay
+/// that terminates the client's TLS with its own certificate they do not, and the relayed
+/// answer is refused.
+#[test]
+fn finding11_channel_bindings_stop_a_tls_relay() {
+    use crate::common::pki::{tls_table, Pki};
+    use std::io::BufRead as _;
+    let kdc = Kdc::start();
+    let pki = Pki::new("binding test CA");
+    let certs = tempfile::tempdir().unwrap();
+    let tls = tls_table(certs.path(), &pki, false);
+    let config = format!(
+        "{tls}\n[[vdir]]\nprefix = \"/upload/\"\nroot = \"{{root}}/uploads\"\n\
+         auth = \"negotiate\"\nkeytab = \"{}\"\nusers_file = \"{{root}}/users\"\n\
+         channel_binding = \"require\"\n",
+        kdc.keytab().display()
+    );
+    let s = Server::start_prepared(&config, false, |dir| {
+        add_ntlm_user(&dir.join("users"), "alice", "s3cret!")
+    });
+    let tls_port = s.tls_addr.expect("tls").port();
+    // The relay's own certificate, from the same CA (as a relay with a stolen or mis-issued
+    // certificate would have).
+    let relay_cert = pki.issue("relay", true, false);
+    std::fs::write(certs.path().join("relay.pem"), &relay_cert.cert_pem).unwrap();
+    std::fs::write(certs.path().join("relay.key"), &relay_cert.key_pem).unwrap();
+    let mut relay = Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/apps/tls_relay.py"
+        ))
+        .arg(certs.path().join("relay.pem"))
+        .arg(certs.path().join("relay.key"))
+        .arg(tls_port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let relay_port: u16 = std::io::BufReader::new(relay.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::fs::write(kdc.dir.path().join("ntlm-users"), "BITS:alice:s3cret!\n").unwrap();
+    let uploads = std::cell::Cell::new(0);
+    let run = |port: u16, mode: &str, ntlm: bool| -> String {
+        uploads.set(uploads.get() + 1);
+        let path = format!("/upload/cb{}.bin", uploads.get());
+        let mut cmd = krb(kdc.dir.path(), "/usr/bin/python3");
+        if ntlm {
+            cmd.env(
+                "KRB5CCNAME",
+                format!("FILE:{}", kdc.dir.path().join("no-ticket").display()),
+            )
+            .env("NTLM_USER_FILE", kdc.dir.path().join("ntlm-users"));
+        }
+        let out = cmd
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/it/apps/gss_tls_client.py"
+            ))
+            .args(["localhost", &port.to_string(), &path, mode])
+            .output()
+            .expect("python3 with gssapi");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let results = [
+        ("kerberos direct", run(tls_port, "bindings", false), "200"),
+        ("kerberos no bindings", run(tls_port, "none", false), "401"),
+        (
+            "kerberos wrong bindings",
+            run(tls_port, "wrong", false),
+            "401",
+        ),
+        (
+            "kerberos relayed",
+            run(relay_port, "bindings", false),
+            "401",
+        ),
+        ("ntlm direct", run(tls_port, "bindings", true), "200"),
+        ("ntlm relayed", run(relay_port, "bindings", true), "401"),
+    ];
+    let _ = relay.kill();
+    let _ = relay.wait();
+    for (what, got, want) in &results {
+        assert_eq!(got, want, "{what}: {results:?}\n{}", s.log_text());
+    }
+    // Refused for the bindings, not for anything else the relay might have broken.
+    let log = s.log_text();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("the channel bindings are for another TLS connection"))
+        .count();
+    assert!(refusals >= 3, "{log}");
+    assert!(log.contains("NTLM authentication failed"), "{log}");
+}
