@@ -2,6 +2,7 @@
 
 mod admin_client;
 mod config_file;
+mod logging;
 mod passwd;
 mod replay;
 
@@ -97,18 +98,21 @@ enum LogFormat {
     Json,
 }
 
+/// Both formats escape control characters in what they log (`logging.rs`): logged text comes
+/// from clients and must neither forge records nor drive the terminal.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("BITSD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => logs
+            .with_writer(logging::JsonStderr)
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .init(),
         LogFormat::Human => logs
+            .with_writer(std::io::stderr)
+            .fmt_fields(logging::EscapedFields)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
