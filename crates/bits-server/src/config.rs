@@ -149,14 +149,26 @@ pub enum StorageConfig {
 }
 
 /// The `[admin]` table: a second HTTP listener for operators (`/metrics`, `/healthz`,
-/// `/readyz`, `/admin/...`). It can list and cancel every session, so keep it on loopback (or
-/// a management network) and set a `token` whenever anyone but root can reach it.
+/// `/readyz`, `/admin/...`, `/console`). It can list every session (paths, owners, client
+/// addresses) and cancel any of them, so keep it on loopback or a management network.
+///
+/// Requirements (`validate`, so both `check-config` and `serve`): off loopback it needs a
+/// `token` of at least [`MIN_ADMIN_TOKEN_CHARS`] characters. On loopback a missing or shorter
+/// token is allowed with a warning ([`ServerConfig::warnings`]): every local user can reach the
+/// listener. Whatever the token, the listener refuses cross-site state-changing requests (a
+/// POST whose `Origin` is not its own, or sent with `Sec-Fetch-Site: cross-site`/`same-site`),
+/// and without a token it answers only requests naming it by a loopback host name
+/// (`localhost`, `127.x.y.z`, `[::1]`) or by the address the connection reached, `/healthz`
+/// excepted: a browser page on a rebound DNS name would otherwise read and cancel sessions.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the admin listener, e.g. `127.0.0.1:9180`; absent (default): no listener.
     pub listen: Option<SocketAddr>,
-    /// When set, every admin route except `/healthz` requires `Authorization: Bearer <token>`.
+    /// When set, every admin route except `/healthz` requires `Authorization: Bearer <token>`
+    /// (compared in constant time; wrong tokens are counted and logged, at most one line a
+    /// second). Visible ASCII; at least 16 characters, and required, when `listen` is not a
+    /// loopback address.
     pub token: Option<String>,
     /// Open admin connections at most (absent: 64); beyond it new ones wait in the listen
     /// backlog. Heads must arrive within the server's `header_read_timeout`.
@@ -164,6 +176,28 @@ pub struct AdminConfig {
     /// The console at `/console` offers a Cancel button per session (behind a confirmation).
     /// `false` (default): the console is read-only; the admin API can still cancel.
     pub console_cancel: bool,
+}
+
+/// The shortest `[admin] token` accepted off loopback: 16 random characters are beyond
+/// guessing at the rate one listener answers.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+impl AdminConfig {
+    /// True when the listener is reachable only from this host (`127.0.0.0/8`, `::1`, or an
+    /// IPv4-mapped loopback address); a wildcard address is not.
+    pub fn on_loopback(&self) -> bool {
+        self.listen
+            .is_some_and(|a| a.ip().to_canonical().is_loopback())
+    }
+}
+
+/// What `check-config` prints and `serve` logs without refusing the config.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigWarning {
+    #[error("admin.token: no [admin] token for the admin listener on {0}: every local user and process that can connect to it can list and cancel sessions (web pages cannot: without a token it answers only requests addressed to a loopback name)")]
+    AdminWithoutToken(SocketAddr),
+    #[error("admin.token: shorter than {min} characters (the admin listener on {0} is on loopback, so it is allowed; off loopback it would be refused)", min = MIN_ADMIN_TOKEN_CHARS)]
+    ShortAdminToken(SocketAddr),
 }
 
 impl Default for ServerConfig {
@@ -626,9 +660,27 @@ pub enum ConfigError {
     ZeroTombstones,
     #[error("admin.token: must be non-empty visible ASCII (it is sent as `Authorization: Bearer <token>`)")]
     BadAdminToken,
+    #[error("admin.token: the admin listener on {0} is not on a loopback address, so it needs a token of at least {min} characters (it can list and cancel every session)", min = MIN_ADMIN_TOKEN_CHARS)]
+    AdminTokenNeeded(SocketAddr),
 }
 
 impl ServerConfig {
+    /// What is allowed but weak, for `check-config` to print and `serve` to log. Assumes a
+    /// config that passed [`validate`](Self::validate).
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut warnings = Vec::new();
+        if let Some(listen) = self.admin.listen {
+            match &self.admin.token {
+                None => warnings.push(ConfigWarning::AdminWithoutToken(listen)),
+                Some(t) if t.len() < MIN_ADMIN_TOKEN_CHARS => {
+                    warnings.push(ConfigWarning::ShortAdminToken(listen))
+                }
+                Some(_) => {}
+            }
+        }
+        warnings
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cleanup_interval < Duration::from_secs(1) {
             return Err(ConfigError::CleanupInterval);
@@ -636,6 +688,16 @@ impl ServerConfig {
         if let Some(token) = &self.admin.token {
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ConfigError::BadAdminToken);
+            }
+        }
+        if let Some(listen) = self.admin.listen {
+            let strong = self
+                .admin
+                .token
+                .as_ref()
+                .is_some_and(|t| t.len() >= MIN_ADMIN_TOKEN_CHARS);
+            if !self.admin.on_loopback() && !strong {
+                return Err(ConfigError::AdminTokenNeeded(listen));
             }
         }
         if let Some(url) = &self.public_url {
@@ -855,6 +917,58 @@ fn normalize(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_are_required_off_loopback_and_warned_about_on_it() {
+        let with = |listen: &str, token: Option<&str>| {
+            let mut c = ServerConfig::default();
+            c.admin.listen = Some(listen.parse().unwrap());
+            c.admin.token = token.map(String::from);
+            c
+        };
+        let long = Some("0123456789abcdef");
+        let short = Some("0123456789abcde");
+        for listen in [
+            "0.0.0.0:9180",
+            "[::]:9180",
+            "10.0.0.1:9180",
+            "[fe80::1]:9180",
+        ] {
+            for token in [None, short] {
+                assert!(
+                    matches!(
+                        with(listen, token).validate(),
+                        Err(ConfigError::AdminTokenNeeded(_))
+                    ),
+                    "{listen} {token:?}"
+                );
+            }
+            let c = with(listen, long);
+            c.validate().unwrap();
+            assert!(c.warnings().is_empty());
+        }
+        for listen in [
+            "127.0.0.1:9180",
+            "127.1.2.3:1",
+            "[::1]:9180",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            let c = with(listen, None);
+            c.validate().unwrap();
+            assert!(matches!(
+                c.warnings()[..],
+                [ConfigWarning::AdminWithoutToken(_)]
+            ));
+            let c = with(listen, short);
+            c.validate().unwrap();
+            assert!(matches!(
+                c.warnings()[..],
+                [ConfigWarning::ShortAdminToken(_)]
+            ));
+            assert!(with(listen, long).warnings().is_empty());
+        }
+        assert!(ServerConfig::default().warnings().is_empty(), "no listener");
+    }
 
     #[test]
     fn empty_config_is_valid_default() {

@@ -45,6 +45,7 @@ pub struct Metrics {
     notifications: IntCounterVec,
     storage_duration: HistogramVec,
     hook_deliveries: IntCounterVec,
+    admin_auth_failures: IntCounter,
 }
 
 /// How a notification of the server application ended.
@@ -171,6 +172,10 @@ impl Metrics {
                  the last attempt, dropped because the queue was full).",
                 &["outcome"],
             ),
+            admin_auth_failures: counter(
+                "bitsd_admin_auth_failures_total",
+                "Admin listener requests refused for a wrong admin token.",
+            ),
             storage_duration: histogram_vec(
                 "bitsd_storage_operation_seconds",
                 "Time of each storage backend call, by operation.",
@@ -266,6 +271,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A request to the admin listener carried credentials that are not its token.
+    pub fn admin_auth_failure(&self) {
+        self.admin_auth_failures.inc();
+    }
+
     /// Brings `bitsd_hook_deliveries_total` up to the hook dispatcher's own counters.
     pub fn set_hook_stats(&self, stats: crate::hooks::HookStats) {
         for (outcome, value) in [
@@ -335,6 +345,7 @@ mod tests {
         m.error_ack(&Ack::ok());
         m.notification(NotificationOutcome::Timeout);
         m.storage("load", Duration::from_micros(50));
+        m.admin_auth_failure();
         let text = m.render().unwrap();
         for needle in [
             "bitsd_sessions_open 1",
@@ -350,6 +361,7 @@ mod tests {
             "bitsd_errors_total{hresult=\"none\"} 1",
             "bitsd_notifications_total{outcome=\"timeout\"} 1",
             "bitsd_storage_operation_seconds_count{op=\"load\"} 1",
+            "bitsd_admin_auth_failures_total 1",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -85,8 +85,9 @@ fn toml_key_at(text: &str, offset: usize) -> Option<String> {
 }
 
 /// `check-config`: what `serve` checks before it binds — syntax, validation, and the files the
-/// config names (TLS certificate, key and client CA; Basic-auth users files).
-pub fn check_config(path: &PathBuf) -> anyhow::Result<()> {
+/// config names (TLS certificate, key and client CA; Basic-auth users files). On success, the
+/// config's warnings (allowed but weak settings, which `serve` logs at start-up).
+pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<bits_server::config::ConfigWarning>> {
     let config = load_config(Some(path))?;
     let checks = || -> anyhow::Result<()> {
         config.validate()?;
@@ -110,5 +111,6 @@ pub fn check_config(path: &PathBuf) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    checks().with_context(|| path.display().to_string())
+    checks().with_context(|| path.display().to_string())?;
+    Ok(config.warnings())
 }

@@ -2,6 +2,7 @@
 
 mod admin_client;
 mod config_file;
+mod logging;
 mod passwd;
 mod replay;
 
@@ -97,18 +98,21 @@ enum LogFormat {
     Json,
 }
 
+/// Both formats escape control characters in what they log (`logging.rs`): logged text comes
+/// from clients and must neither forge records nor drive the terminal.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("BITSD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => logs
+            .with_writer(logging::JsonStderr)
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .init(),
         LogFormat::Human => logs
+            .with_writer(std::io::stderr)
+            .fmt_fields(logging::EscapedFields)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
@@ -119,10 +123,18 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { config }) => {
-            if let Err(e) = config_file::check_config(&config) {
-                // One message naming the bad key, without the backtrace RUST_BACKTRACE would add.
-                eprintln!("bitsd check-config: {e:#}");
-                std::process::exit(1);
+            match config_file::check_config(&config) {
+                Ok(warnings) => {
+                    for w in warnings {
+                        eprintln!("bitsd check-config: warning: {}: {w}", config.display());
+                    }
+                }
+                Err(e) => {
+                    // One message naming the bad key, without the backtrace RUST_BACKTRACE
+                    // would add.
+                    eprintln!("bitsd check-config: {e:#}");
+                    std::process::exit(1);
+                }
             }
             println!("{}: ok", config.display());
             Ok(())
@@ -174,6 +186,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         vdir.root = root;
     }
     config.validate()?;
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -260,9 +275,6 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     }
     if let Some(l) = &admin {
         let a = l.local_addr()?;
-        if !a.ip().is_loopback() && config.admin.token.is_none() {
-            tracing::warn!(addr = %a, "the admin listener is not on loopback and has no [admin] token: anyone who reaches it can cancel sessions");
-        }
         println!("bitsd admin listening on {a}");
     }
     // Installed before "ready" and whatever the config: SIGHUP's default action is to exit, so

@@ -54,3 +54,48 @@ fn json_request_lines_carry_session_and_identity() {
         ]
     );
 }
+
+/// Client-chosen text (an NTLM user name) holding every kind of control character: each line
+/// is still one JSON object, the field reads back exactly as sent, and no control character is
+/// written raw — not even DEL or the C1 controls, which JSON would allow inside a string but a
+/// terminal showing the log may obey (security review, finding 5).
+#[test]
+fn json_lines_escape_client_chosen_control_characters() {
+    std::env::set_var("BITSD_LOG_FORMAT", "json");
+    let hostile = "mallory\n{\"level\":\"INFO\"}\r\x1b[31mred\x07\x7f\u{9b}2J\u{85}";
+    let config = vdir_config(
+        "",
+        "auth = \"ntlm\"\nusers_file = \"{root}/users\"\nntlm_domain = \"BITS\"",
+    );
+    let server = Server::start_prepared(&config, false, |dir| {
+        add_ntlm_user(&dir.join("users"), "alice", "s3cret!");
+    });
+    let r = ntlm_sign_in(
+        &mut server.conn(),
+        "/upload/x.bin",
+        hostile,
+        "BITS",
+        "wrong",
+    );
+    assert_eq!(r.status, 401);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let log = server.log_text();
+    let raw: Vec<char> = log
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "raw control characters {raw:?} in the log:\n{log}"
+    );
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "NTLM authentication failed")
+        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    assert_eq!(failed["user"], hostile, "{failed}");
+}

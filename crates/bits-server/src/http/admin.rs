@@ -3,7 +3,7 @@
 //!
 //! | route                              | answer                                                |
 //! |------------------------------------|-------------------------------------------------------|
-//! | `GET /healthz`                     | 200 `ok` while the process serves (never needs a token)|
+//! | `GET /healthz`                     | 200 `ok` while the process serves (never needs a token nor a loopback Host)|
 //! | `GET /readyz`                      | 200 `ready` when storage answers a probe, else 503     |
 //! | `GET /metrics`                     | Prometheus text exposition                            |
 //! | `GET /admin/sessions[?all=1][&limit=N]` | JSON array of open sessions (`all`: tombstones too; `limit`: read at most N records) |
@@ -13,37 +13,92 @@
 //! | `GET /admin/activity`              | throughput, recent completions/errors, vdirs, storage |
 //! | `GET /console` (+ `app.js`, `app.css`) | the live console page (no data; needs no token)   |
 //!
-//! With `[admin] token` set, every route but `/healthz` needs `Authorization: Bearer <token>`
-//! (401 otherwise). Error bodies are JSON `{"error": "..."}`.
+//! Checked in this order, each refusal with a JSON `{"error": "..."}` body:
+//!
+//! 1. Cross-site requests (every route, token or not): a request other than GET/HEAD/OPTIONS
+//!    whose `Origin` is not the listener's own (`http://` or `https://` and the request's
+//!    `Host`), or that comes with `Sec-Fetch-Site` other than `same-origin` or `none`, gets
+//!    403. Browsers send these headers; the CLI and curl send neither and pass.
+//! 2. Without `[admin] token` (every route but `/healthz`): the request must name the listener
+//!    by a loopback name (`localhost`, `127.x.y.z`, `[::1]`, any port) or by the IP address the
+//!    connection reached; else 421. A page on a DNS name the attacker points at 127.0.0.1
+//!    (DNS rebinding) is same-origin with the listener, so step 1 alone would let it read
+//!    sessions and post cancellations; its requests carry its own name as `Host`.
+//! 3. With `[admin] token` (every route but `/healthz`): `Authorization: Bearer <token>`,
+//!    compared in constant time; else 401. Wrong tokens are counted
+//!    (`bitsd_admin_auth_failures_total`) and logged at most once a second per listener.
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use bits_proto::SessionId;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, StatusCode, Uri};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use super::{LocalAddr, PeerAddr};
 use crate::engine::{AdminCancel, Engine};
 use crate::store::SessionRecord;
 
 struct Admin {
     engine: Arc<Engine>,
     token: Option<String>,
+    failures: Mutex<FailureLog>,
 }
 
-/// The admin routes over `engine`, protected by the configured `[admin] token`.
+/// Wrong tokens seen since the last line logged about them.
+#[derive(Default)]
+struct FailureLog {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+/// At most one line about wrong tokens per this interval: a guessing flood is visible in the
+/// log without filling it.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Admin {
+    /// Counts one wrong token and logs it unless a line went out within the interval; the next
+    /// line then carries the failures held back.
+    fn token_failed(&self, peer: Option<SocketAddr>) {
+        self.engine.metrics().admin_auth_failure();
+        let failures = {
+            let mut log = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            log.unlogged += 1;
+            let now = Instant::now();
+            if log
+                .logged_at
+                .is_some_and(|at| now.duration_since(at) < FAILURE_LOG_INTERVAL)
+            {
+                return;
+            }
+            log.logged_at = Some(now);
+            std::mem::take(&mut log.unlogged)
+        };
+        let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        // `failures`: wrong tokens since the previous such line, this one included.
+        tracing::warn!(%peer, failures, "admin token refused");
+    }
+}
+
+/// The admin routes over `engine`, protected as the module documentation says.
 pub fn admin_router(engine: Arc<Engine>) -> Router {
     let token = engine.config().admin.token.clone();
-    let state = Arc::new(Admin { engine, token });
-    // Every route but /healthz checks the token once, here.
+    let state = Arc::new(Admin {
+        engine,
+        token,
+        failures: Mutex::default(),
+    });
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -56,25 +111,141 @@ pub fn admin_router(engine: Arc<Engine>) -> Router {
             state.clone(),
             require_token,
         ));
-    Router::new()
-        .route("/healthz", get(healthz))
+    // The console page holds no data, but a rebinding page has no business loading it either.
+    let named = Router::new()
         .route("/console", get(super::console::page))
         .route("/console/app.js", get(super::console::script))
         .route("/console/app.css", get(super::console::style))
         .merge(protected)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_local_host,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(named)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin route") })
+        .layer(axum::middleware::from_fn(refuse_cross_site))
         .with_state(state)
 }
 
-async fn require_token(
-    State(admin): State<Arc<Admin>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match denied(&admin, req.headers()) {
+async fn require_token(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    match denied(&admin, &req) {
         Some(resp) => resp,
         None => next.run(req).await,
     }
+}
+
+async fn require_local_host(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    if admin.token.is_some() {
+        return next.run(req).await;
+    }
+    let local = req.extensions().get::<LocalAddr>().map(|l| l.0);
+    let host = request_host(&req);
+    if host.is_some_and(|h| names_this_host(h, local)) {
+        return next.run(req).await;
+    }
+    tracing::debug!(
+        host = host.unwrap_or("-"),
+        "admin request for another host refused"
+    );
+    error(
+        StatusCode::MISDIRECTED_REQUEST,
+        format_args!(
+            "Host {:?} refused: without an [admin] token this listener answers only requests \
+             addressed to localhost, 127.0.0.1, [::1] or its own address (DNS rebinding defence)",
+            host.unwrap_or_default()
+        ),
+    )
+}
+
+async fn refuse_cross_site(req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    match cross_site(&req) {
+        None => next.run(req).await,
+        Some(why) => {
+            tracing::debug!(method = %req.method(), path = req.uri().path(), why, "cross-site admin request refused");
+            error(
+                StatusCode::FORBIDDEN,
+                format_args!("cross-site request refused: {why}"),
+            )
+        }
+    }
+}
+
+/// The authority the request names: an absolute-form target's, which takes precedence over
+/// `Host` (RFC 9112, 3.2.2), else the `Host` header.
+fn request_host(req: &Request) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// The host of `host`, `host:port`, `[v6]` or `[v6]:port` (brackets removed); `None` for
+/// anything else, userinfo included.
+fn host_part(authority: &str) -> Option<&str> {
+    let port_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok)).then_some(v6);
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) => port_ok(port).then_some(host)?,
+        None => authority,
+    };
+    (!host.is_empty() && !host.contains([':', '@'])).then_some(host)
+}
+
+/// Whether `authority` names this host in a way no DNS answer can change: `localhost`, a
+/// loopback address, or the address the connection reached (`local`). The port is not
+/// compared: another port on this host is another origin, which step 1 handles.
+fn names_this_host(authority: &str, local: Option<SocketAddr>) -> bool {
+    let Some(host) = host_part(authority) else {
+        return false;
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let ip = ip.to_canonical();
+            ip.is_loopback() || local.is_some_and(|l| l.ip().to_canonical() == ip)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Why a state-changing request looks sent by a page of another origin, if it does.
+fn cross_site(req: &Request) -> Option<String> {
+    let headers = req.headers();
+    for site in headers.get_all("sec-fetch-site") {
+        let site = site.to_str().unwrap_or_default();
+        if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") {
+            return Some(format!("Sec-Fetch-Site: {site}"));
+        }
+    }
+    let host = request_host(req);
+    for origin in headers.get_all(ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let own = host.is_some_and(|h| {
+            ["http://", "https://"].iter().any(|scheme| {
+                origin
+                    .get(..scheme.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+                    && origin[scheme.len()..].eq_ignore_ascii_case(h)
+            })
+        });
+        if !own {
+            return Some(format!(
+                "Origin {origin:?} is not this listener's own (http://{})",
+                host.unwrap_or_default()
+            ));
+        }
+    }
+    None
 }
 
 /// `[admin] max_connections` when absent: operators and scrapers need a handful.
@@ -98,7 +269,7 @@ pub async fn serve_admin(
 
 /// No admin route reads a request body, so a request that comes with one is answered and its
 /// connection closed: a slowly trickled body must not hold a connection slot.
-async fn close_if_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn close_if_body(req: Request, next: Next) -> Response {
     let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -130,32 +301,31 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     json_response(status, &json!({ "error": message.to_string() }))
 }
 
-/// A 401 unless the request carries the configured bearer token (if any).
-fn denied(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
+/// A 401 unless the request carries the configured bearer token (if any). Credentials other
+/// than the token count as a failure; no `Authorization` at all does not (a console asking
+/// for its token, a scraper not configured yet).
+fn denied(admin: &Admin, req: &Request) -> Option<Response> {
     let token = admin.token.as_deref()?;
-    let given = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-    match given {
-        Some(given) if bits_proto::secret::constant_time_eq(given.as_bytes(), token.as_bytes()) => {
-            None
-        }
-        _ => {
-            let mut resp = error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong admin token (Authorization: Bearer <token>)",
-            );
-            resp.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"bitsd-admin\""),
-            );
-            Some(resp)
-        }
+    let header = req.headers().get(AUTHORIZATION);
+    let given = header.and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    if given.is_some_and(|g| bits_proto::secret::constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return None;
     }
+    if header.is_some() {
+        admin.token_failed(req.extensions().get::<PeerAddr>().map(|p| p.0));
+    }
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token (Authorization: Bearer <token>)",
+    );
+    resp.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"bitsd-admin\""),
+    );
+    Some(resp)
 }
 
 fn bad_id(text: &str) -> Response {
@@ -302,5 +472,84 @@ async fn gc(State(admin): State<Arc<Admin>>) -> Response {
             }),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_no_dns_answer_can_change_are_this_host() {
+        let local: SocketAddr = "192.0.2.10:9180".parse().unwrap();
+        for host in [
+            "localhost",
+            "LOCALHOST:9180",
+            "127.0.0.1",
+            "127.0.0.1:9180",
+            "127.200.1.2:1",
+            "[::1]",
+            "[::1]:9180",
+            "[::ffff:127.0.0.1]:9180",
+            "192.0.2.10:9180",
+            "192.0.2.10",
+        ] {
+            assert!(names_this_host(host, Some(local)), "{host}");
+        }
+        for host in [
+            "",
+            "rebind.attacker.example",
+            "rebind.attacker.example:9180",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "localhost.",
+            "192.0.2.11:9180",
+            "0.0.0.0:9180",
+            "2130706433",
+            "::1",
+            "[::1]x",
+            "[::1]:",
+            "127.0.0.1:",
+            "127.0.0.1:90a",
+            "user@127.0.0.1",
+        ] {
+            assert!(!names_this_host(host, Some(local)), "{host}");
+        }
+        assert!(!names_this_host("192.0.2.10", None));
+    }
+
+    fn post(headers: &[(&str, &str)]) -> Request {
+        let mut req = Request::builder().method(Method::POST).uri("/admin/gc");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn only_the_listeners_own_origin_may_post() {
+        let host = ("Host", "127.0.0.1:9180");
+        for ok in [
+            vec![host],
+            vec![host, ("Origin", "http://127.0.0.1:9180")],
+            vec![host, ("Origin", "HTTPS://127.0.0.1:9180")],
+            vec![host, ("Sec-Fetch-Site", "same-origin")],
+            vec![host, ("Sec-Fetch-Site", "none")],
+        ] {
+            assert_eq!(cross_site(&post(&ok)), None, "{ok:?}");
+        }
+        for bad in [
+            vec![host, ("Origin", "http://127.0.0.1:9181")],
+            vec![host, ("Origin", "http://127.0.0.1")],
+            vec![host, ("Origin", "null")],
+            vec![host, ("Origin", "ftp://127.0.0.1:9180")],
+            vec![host, ("Origin", "http://127.0.0.1:9180.attacker.example")],
+            vec![("Origin", "http://127.0.0.1:9180")],
+            vec![host, ("Sec-Fetch-Site", "cross-site")],
+            vec![host, ("Sec-Fetch-Site", "same-site")],
+            vec![host, ("Sec-Fetch-Site", "bogus")],
+        ] {
+            assert!(cross_site(&post(&bad)).is_some(), "{bad:?}");
+        }
     }
 }

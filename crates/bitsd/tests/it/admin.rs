@@ -427,3 +427,255 @@ fn check_config_rejects_an_empty_admin_token() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("admin.token"), "{}", stderr(&o));
 }
+
+/// One request to the admin listener with `host` as its `Host` header (the harness's requests
+/// all say `127.0.0.1`), on a fresh connection.
+fn admin_as(
+    s: &Server,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut c = common::Conn::new(s.admin_addr.expect("admin listener address"));
+    c.write_raw(head.as_bytes());
+    c.read_response(method == "HEAD")
+}
+
+fn body_text(r: &Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// The state of session `sid` as the admin listener reports it.
+fn state_of(s: &Server, sid: &str, headers: &[(&str, &str)]) -> String {
+    let r = admin_get(
+        s,
+        &format!("/admin/sessions/{}", common::spool_name(sid)),
+        headers,
+    );
+    assert_eq!(r.status, 200, "{}", body_text(&r));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// DNS rebinding (security review, finding 6): a page of `rebind.attacker.example`, whose name
+/// the attacker then points at 127.0.0.1, is same-origin with the listener and reads whatever
+/// it answers. Without a token the listener answers only requests naming it by a loopback name
+/// or by the address the connection reached; `/healthz` stays open for probes.
+#[test]
+fn without_a_token_only_loopback_host_names_are_served() {
+    let s = Server::start(ADMIN);
+    let port = s.admin_addr.unwrap().port();
+    let sid = s.conn().create("/upload/secret-name.bin").session();
+
+    let foreign = [
+        "rebind.attacker.example".to_string(),
+        format!("rebind.attacker.example:{port}"),
+        format!("127.0.0.1.attacker.example:{port}"),
+        format!("localhost.attacker.example:{port}"),
+        format!("10.11.12.13:{port}"),
+        String::new(),
+    ];
+    for host in &foreign {
+        for (method, path) in [
+            ("GET", "/admin/sessions"),
+            ("GET", "/admin/activity"),
+            ("GET", "/metrics"),
+            ("GET", "/readyz"),
+            ("GET", "/console"),
+            ("POST", "/admin/gc"),
+        ] {
+            let r = admin_as(&s, method, path, host, &[]);
+            assert_eq!(r.status, 421, "{method} {path} with Host {host:?}");
+            let why: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert!(
+                why["error"].as_str().is_some_and(|e| e.contains("Host")),
+                "{why}"
+            );
+            assert!(!body_text(&r).contains("secret-name"));
+        }
+        let cancel = format!("/admin/sessions/{}/cancel", common::spool_name(&sid));
+        assert_eq!(admin_as(&s, "POST", &cancel, host, &[]).status, 421);
+        assert_eq!(admin_as(&s, "GET", "/healthz", host, &[]).status, 200);
+    }
+    assert_eq!(
+        state_of(&s, &sid, &[]),
+        "receiving",
+        "nothing was cancelled"
+    );
+
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("localhost:{port}"),
+        "LocalHost".to_string(),
+        format!("127.9.8.7:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let r = admin_as(&s, "GET", "/admin/sessions", &host, &[]);
+        assert_eq!(r.status, 200, "Host {host:?}: {}", body_text(&r));
+        assert!(body_text(&r).contains("secret-name"));
+    }
+    assert!(
+        s.log_text().contains("no [admin] token"),
+        "no start-up warning about the missing token:\n{}",
+        s.log_text()
+    );
+}
+
+/// With a token the token is the guard, so an operator may use any name for the listener (a
+/// DNS-rebinding page cannot know the token).
+#[test]
+fn with_a_token_any_host_name_is_served() {
+    let s = Server::start(&format!(
+        "admin = {{ listen = \"127.0.0.1:0\", token = \"{TOKEN}\" }}"
+    ));
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    assert_eq!(
+        admin_as(&s, "GET", "/admin/sessions", "admin.example.net", &auth).status,
+        200
+    );
+    assert_eq!(
+        admin_as(&s, "GET", "/admin/sessions", "admin.example.net", &[]).status,
+        401
+    );
+    assert!(!s.log_text().contains("no [admin] token"));
+}
+
+/// CSRF (security review, finding 6): a page on another origin can make the browser POST
+/// (`Content-Type: text/plain` needs no preflight), with or without a token configured (the
+/// console's token is in its own origin's storage, but a form post needs none when there is no
+/// token). Such requests are refused before they act; the CLI and curl send no `Origin`.
+#[test]
+fn cross_site_posts_are_refused_with_and_without_a_token() {
+    for token in [None, Some(TOKEN)] {
+        let s = match token {
+            None => Server::start(ADMIN),
+            Some(t) => Server::start(&format!(
+                "admin = {{ listen = \"127.0.0.1:0\", token = \"{t}\" }}"
+            )),
+        };
+        let port = s.admin_addr.unwrap().port();
+        let host = format!("127.0.0.1:{port}");
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let with = |extra: &[(&'static str, &str)]| -> Vec<(String, String)> {
+            let mut h: Vec<(String, String)> = extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if let Some(b) = &bearer {
+                h.push(("Authorization".into(), b.clone()));
+            }
+            h
+        };
+        let post = |path: &str, extra: &[(&'static str, &str)]| {
+            let h = with(extra);
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            admin_as(&s, "POST", path, &host, &h)
+        };
+        let sid = s.conn().create("/upload/keep-me.bin").session();
+        let cancel = format!("/admin/sessions/{}/cancel", common::spool_name(&sid));
+        let own = format!("http://{host}");
+        let other_port = format!("http://127.0.0.1:{}", port.wrapping_add(1));
+        let cross: [&[(&str, &str)]; 7] = [
+            &[
+                ("Origin", "http://rebind.attacker.example"),
+                ("Content-Type", "text/plain"),
+            ],
+            &[("Origin", "https://attacker.example:8443")],
+            &[("Origin", "null")],
+            &[("Origin", &other_port)],
+            &[("Sec-Fetch-Site", "cross-site")],
+            &[("Sec-Fetch-Site", "same-site")],
+            &[("Origin", &own), ("Sec-Fetch-Site", "cross-site")],
+        ];
+        for headers in cross {
+            for path in [cancel.as_str(), "/admin/gc"] {
+                let r = post(path, headers);
+                assert_eq!(r.status, 403, "token {token:?}, POST {path} {headers:?}");
+                let why: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert!(why["error"].is_string(), "{why}");
+            }
+        }
+        let h = with(&[]);
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(state_of(&s, &sid, &h), "receiving", "token {token:?}");
+        // The listener's own origin (the console's fetch), and no Origin at all (CLI, curl).
+        let r = post(
+            "/admin/gc",
+            &[("Origin", &own), ("Sec-Fetch-Site", "same-origin")],
+        );
+        assert_eq!(r.status, 200, "{}", body_text(&r));
+        assert_eq!(post("/admin/gc", &[]).status, 200);
+        assert_eq!(post(&cancel, &[("Sec-Fetch-Site", "none")]).status, 200);
+        assert_eq!(state_of(&s, &sid, &h), "cancelled");
+    }
+}
+
+/// Token guessing (security review, finding 10): every wrong token is counted, and logged at
+/// most once a second with the number of failures since the previous line, so a flood neither
+/// goes unseen nor floods the log.
+#[test]
+fn failed_tokens_are_counted_and_logged_at_most_once_a_second() {
+    let s = Server::start(&format!(
+        "admin = {{ listen = \"127.0.0.1:0\", token = \"{TOKEN}\" }}"
+    ));
+    let addr = s.admin_addr.unwrap();
+    let lines = |log: &str| -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("admin token refused"))
+            .map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("failures="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no failures=N in {l:?}"))
+            })
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    let mut c = common::Conn::new(addr);
+    for i in 0..300 {
+        let r = c.send(
+            "GET",
+            "/admin/sessions",
+            &[("Authorization", &format!("Bearer guess-{i}"))],
+            b"",
+        );
+        assert_eq!(r.status, 401);
+    }
+    let burst = started.elapsed();
+    // No Authorization header at all is not a guess (a console asking for its token).
+    assert_eq!(c.send("GET", "/metrics", &[], b"").status, 401);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let first = lines(&s.log_text());
+    let allowed = burst.as_secs() as usize + 1;
+    assert!(
+        !first.is_empty() && first.len() <= allowed,
+        "{} lines for 300 failures in {burst:?}:\n{}",
+        first.len(),
+        s.log_text()
+    );
+    assert!(s.log_text().contains("peer=127.0.0.1:"), "{}", s.log_text());
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = c.send("GET", "/readyz", &[("Authorization", "Bearer late")], b"");
+    assert_eq!(r.status, 401);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let all = lines(&s.log_text());
+    assert_eq!(all.len(), first.len() + 1, "{}", s.log_text());
+    assert_eq!(all.iter().sum::<u64>(), 301, "{all:?}");
+
+    let bearer = format!("Bearer {TOKEN}");
+    let r = admin_get(&s, "/metrics", &[("Authorization", &bearer)]);
+    assert!(
+        body_text(&r).contains("bitsd_admin_auth_failures_total 301"),
+        "{}",
+        body_text(&r)
+    );
+}

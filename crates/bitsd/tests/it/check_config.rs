@@ -339,3 +339,106 @@ fn tls_basic_example_passes_with_its_files() {
         text(&out.stderr)
     );
 }
+
+/// The admin listener can list and cancel every session (security review, findings 6 and 10):
+/// off loopback it needs a token of at least 16 characters (check-config exits 1, and `serve`
+/// refuses to start); on loopback a missing or short token is a warning (exit 0).
+#[test]
+fn admin_listener_needs_a_long_token_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "0123456789abcdef";
+    let short = "0123456789abcde";
+    // (listen, token, exit code, stderr must contain)
+    let cases: &[(&str, Option<&str>, i32, &[&str])] = &[
+        ("0.0.0.0:9180", None, 1, &["admin.token", "loopback"]),
+        ("0.0.0.0:9180", Some("x"), 1, &["admin.token", "16"]),
+        ("[::]:9180", Some(short), 1, &["admin.token", "16"]),
+        ("192.0.2.7:9180", None, 1, &["admin.token"]),
+        ("192.0.2.7:9180", Some(long), 0, &[]),
+        (
+            "[::ffff:127.0.0.1]:9180",
+            Some("x"),
+            0,
+            &["warning", "admin.token", "16"],
+        ),
+        (
+            "127.0.0.1:9180",
+            None,
+            0,
+            &["warning", "admin.token", "no [admin] token"],
+        ),
+        (
+            "127.0.0.2:9180",
+            Some(short),
+            0,
+            &["warning", "admin.token", "16"],
+        ),
+        ("[::1]:9180", None, 0, &["warning", "admin.token"]),
+        ("127.0.0.1:9180", Some(long), 0, &[]),
+    ];
+    let mut failures = Vec::new();
+    for (i, (listen, token, code, needles)) in cases.iter().enumerate() {
+        let token = token
+            .map(|t| format!("token = \"{t}\"\n"))
+            .unwrap_or_default();
+        let path = dir.path().join(format!("admin{i}.toml"));
+        std::fs::write(&path, format!("[admin]\nlisten = \"{listen}\"\n{token}")).unwrap();
+        let out = check(&path);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let missing: Vec<_> = needles.iter().filter(|n| !stderr.contains(*n)).collect();
+        let quiet_when_fine = !needles.is_empty() || stderr.is_empty();
+        let ok_printed = stdout.contains(": ok") == (*code == 0);
+        if out.status.code() != Some(*code)
+            || !missing.is_empty()
+            || !quiet_when_fine
+            || !ok_printed
+        {
+            failures.push(format!(
+                "{listen} {token:?}: exit {:?} (want {code}), stderr lacks {missing:?}\n  stdout: {stdout}\n  stderr: {stderr}",
+                out.status.code()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+
+    // `serve` holds the same rule: it exits before binding anything.
+    let path = dir.path().join("serve.toml");
+    let spool = dir.path().join("spool");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nspool_dir = \"{}\"\n[admin]\nlisten = \"0.0.0.0:0\"\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let mut child = bitsd()
+        .current_dir(dir.path())
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running bitsd serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "serve kept running: {stderr}"
+    );
+    assert!(stderr.contains("admin.token"), "{stderr}");
+}

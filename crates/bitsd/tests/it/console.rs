@@ -368,3 +368,40 @@ async fn console_cancel_needs_the_knob_and_a_confirmation() {
     let _ = b.close().await;
     result
 }
+
+/// Without a token the listener answers only requests addressed to a loopback name (DNS
+/// rebinding defence) and refuses cross-site POSTs: the console, opened as `localhost`, still
+/// reads sessions and cancels one through its own origin's fetch (which sends `Origin` and
+/// `Sec-Fetch-Site: same-origin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_without_a_token_works_from_its_own_origin() {
+    let s = Server::start("admin = { listen = \"127.0.0.1:0\", console_cancel = true }\n");
+    let port = s.admin_addr.expect("admin listener").port();
+    let mut c = s.conn();
+    let sid = c.create("/upload/local.bin").session();
+    c.fragment("/upload/local.bin", &sid, 0, &[7u8; 1000], 5000)
+        .assert_ack(200, None);
+    let driver = start_driver();
+    let profile = tempfile::tempdir().unwrap();
+    let b = browser(&driver, profile.path()).await;
+    let result = async {
+        b.goto(&format!("http://localhost:{port}/console"))
+            .await
+            .unwrap();
+        let button = eventually("the cancel button", || async {
+            b.find(Locator::Css("#sessions button.cancel")).await.ok()
+        })
+        .await;
+        button.click().await.unwrap();
+        b.accept_alert().await.expect("a confirmation");
+        eventually("the session gone", || async {
+            progress(&b).await.is_empty().then_some(())
+        })
+        .await;
+        c.fragment("/upload/local.bin", &sid, 1000, &[7u8; 1000], 5000)
+            .assert_ack(500, Some(SESSION_NOT_FOUND));
+    }
+    .await;
+    let _ = b.close().await;
+    result
+}

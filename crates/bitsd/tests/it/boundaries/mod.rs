@@ -4,6 +4,7 @@
 
 mod auth;
 mod hooks;
+mod logs;
 mod storage;
 mod vdirs;
 

@@ -763,3 +763,29 @@ fn passwd(file: &Path, user: &str, password: &str, flags: &[&str]) {
         "bitsd passwd failed"
     );
 }
+
+/// One NTLM sign-in on `c` (NEGOTIATE, then an AUTHENTICATE for `user` in `domain`) with a
+/// Ping to `path`; the server's answer to the AUTHENTICATE. The user name travels as UTF-16
+/// inside base64, so it can hold bytes no HTTP header could (CR, LF, ESC).
+pub fn ntlm_sign_in(
+    c: &mut Conn,
+    path: &str,
+    user: &str,
+    domain: &str,
+    password: &str,
+) -> Response {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let negotiate = format!("NTLM {}", b64.encode(bits_proto::ntlm::negotiate_message()));
+    let r = c.bits(path, "Ping", &[("Authorization", &negotiate)], b"");
+    assert_eq!(r.status, 401, "NEGOTIATE is answered with a challenge");
+    let challenge = r
+        .header("WWW-Authenticate")
+        .and_then(|v| v.strip_prefix("NTLM "))
+        .and_then(|t| b64.decode(t).ok())
+        .expect("an NTLM challenge");
+    let answer = bits_proto::ntlm::authenticate_message(&challenge, user, domain, password, [7; 8])
+        .expect("AUTHENTICATE");
+    let auth = format!("NTLM {}", b64.encode(answer));
+    c.bits(path, "Ping", &[("Authorization", &auth)], b"")
+}
