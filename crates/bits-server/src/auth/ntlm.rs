@@ -114,8 +114,9 @@ impl NtlmVerifier {
                     }
                     Err(Refusal::Expired) => Leg::Restart,
                     Err(e) => {
-                        // Names a client sent are not verified: Debug-formatted, escaped.
-                        tracing::info!(user = ?auth.user, domain = ?auth.domain, error = %e, "NTLM authentication failed");
+                        // Names a client chose: both log formats escape their control
+                        // characters (bitsd's logging), JSON keeps them exact.
+                        tracing::info!(user = %auth.user, domain = %auth.domain, error = %e, "NTLM authentication failed");
                         Leg::Failed
                     }
                 }
