@@ -1078,6 +1078,77 @@ mod tests {
         ));
     }
 
+    /// Issue 25 finding 12: the same scheme with another domain, keytab, service or realm list
+    /// admits other users; such vdirs may not share a root. Spelling alone is no difference.
+    #[test]
+    fn roots_overlap_across_windows_policies_is_refused() {
+        use crate::config::AuthMode::{Negotiate, Ntlm};
+        let base = |auth| VdirConfig {
+            keytab: (auth == Negotiate).then(|| "/etc/http.keytab".into()),
+            users_file: Some("/etc/users".into()),
+            ..vdir("/a/", "/srv/shared", auth)
+        };
+        let pair = |a: VdirConfig, b: VdirConfig| ServerConfig {
+            vdirs: vec![
+                a,
+                VdirConfig {
+                    prefix: "/b/".into(),
+                    ..b
+                },
+            ],
+            ..ServerConfig::default()
+        };
+        let differs = [
+            (
+                base(Negotiate),
+                VdirConfig {
+                    kerberos_realms: vec!["CORP.EXAMPLE".into()],
+                    ..base(Negotiate)
+                },
+            ),
+            (
+                base(Ntlm),
+                VdirConfig {
+                    ntlm_domain: Some("SECURE".into()),
+                    ..base(Ntlm)
+                },
+            ),
+            (
+                base(Negotiate),
+                VdirConfig {
+                    service_principal: Some("HTTP/other".into()),
+                    ..base(Negotiate)
+                },
+            ),
+            (
+                base(Negotiate),
+                VdirConfig {
+                    keytab: Some("/etc/other.keytab".into()),
+                    ..base(Negotiate)
+                },
+            ),
+        ];
+        for (a, b) in differs {
+            assert!(
+                matches!(pair(a, b).validate(), Err(ConfigError::RootsOverlap { .. })),
+                "policies that differ shared a root"
+            );
+        }
+        let same = (
+            VdirConfig {
+                kerberos_realms: vec!["corp.example".into(), "B.EXAMPLE".into()],
+                ntlm_domain: Some("corp".into()),
+                ..base(Negotiate)
+            },
+            VdirConfig {
+                kerberos_realms: vec!["B.EXAMPLE".into(), "CORP.EXAMPLE".into()],
+                ntlm_domain: Some("CORP".into()),
+                ..base(Negotiate)
+            },
+        );
+        pair(same.0, same.1).validate().unwrap();
+    }
+
     #[test]
     fn s3_roots_are_compared_with_the_session_objects_by_segment() {
         let p = Path::new;

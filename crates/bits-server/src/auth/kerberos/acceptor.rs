@@ -368,6 +368,23 @@ mod tests {
         assert_eq!(accepted.channel_bindings, None);
     }
 
+    /// Issue 25 finding 12: `["alice", "admin"]` and `["alice/admin"]` are two principals.
+    #[test]
+    fn principal_names_escape_their_separators() {
+        let name = |c: &[&str], realm: &str| ClientName {
+            components: c.iter().map(|s| s.to_string()).collect(),
+            realm: realm.into(),
+        };
+        assert_eq!(name(&["alice", "admin"], "R").display(), "alice/admin@R");
+        assert_eq!(name(&["alice/admin"], "R").display(), "alice\\/admin@R");
+        assert_eq!(name(&["a@b"], "R").display(), "a\\@b@R");
+        assert_eq!(name(&["a\\b"], "R@S").display(), "a\\\\b@R\\@S");
+        assert_ne!(
+            name(&["alice", "admin"], "R").display(),
+            name(&["alice/admin"], "R").display()
+        );
+    }
+
     #[test]
     fn refuses_other_services_realms_times_and_keys() {
         let (token, _) = fixture();
