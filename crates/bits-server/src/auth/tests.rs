@@ -399,3 +399,54 @@ async fn ntlm_answers_bound_to_another_channel_or_target_are_refused() {
         AuthOutcome::allowed("alice")
     );
 }
+
+/// Finding 9, measured (not asserted: timings are for benchmarks): the cost of checking an
+/// NTLM answer for a known and an unknown user name, alternating, medians of many samples.
+/// `cargo test --release -p bits-server --lib auth::tests::ntlm_name_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn ntlm_name_timing() {
+    use std::time::Instant;
+    let users = Users::parse(
+        &format!("alice:{}\n", nt_hash_entry("alicepw")),
+        "timing",
+    )
+    .unwrap();
+    let type1 = ntlm::negotiate_message();
+    let (pending, challenge) = handshake::challenge(&type1, None, None).unwrap();
+    let answer = |user: &str| {
+        let msg = ntlm::authenticate_message(&challenge, user, "", "wrong", [7; 8]).unwrap();
+        let parsed = ntlm::parse_authenticate(&msg).unwrap();
+        (msg, parsed)
+    };
+    let known = answer("alice");
+    let unknown = answer("mallory");
+    let rules = handshake::Rules {
+        domain: None,
+        target: None,
+        binding: ChannelBinding::Allow,
+        connection_binding: None,
+    };
+    let mut samples = [Vec::new(), Vec::new()];
+    let cases = [&known, &unknown];
+    for round in 0..40_000 {
+        // Both orders, alternately.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (msg, parsed) = cases[i];
+            let started = Instant::now();
+            let _ = std::hint::black_box(handshake::verify(&pending, msg, parsed, &users, &rules));
+            samples[i].push(started.elapsed().as_nanos() as u64);
+        }
+    }
+    for s in &mut samples {
+        s.sort_unstable();
+    }
+    let median = |s: &Vec<u64>| s[s.len() / 2];
+    println!(
+        "NTLM check, median of {} each: known name {} ns, unknown name {} ns",
+        samples[0].len(),
+        median(&samples[0]),
+        median(&samples[1])
+    );
+}

@@ -341,3 +341,38 @@ fn finding2_a_pooling_nginx_does_not_hand_alices_identity_to_the_next_client() {
     assert!(!s.log_text().contains("user=ntlm:alice path=/ntlm/new.bin"));
     assert!(session_dirs(&s.spool()).is_empty());
 }
+
+/// `persist_auth = "request"` with clients that keep their connection: our `bits` client and
+/// curl `--ntlm` both re-run the handshake when a later request is challenged, so a whole
+/// upload completes with a sign-in per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_request_uploads_complete_with_a_handshake_per_request() {
+    use bits_client::{AuthScheme, Client, NoObserver, RetryPolicy, UploadState, Url};
+    let config = vdir_config(
+        "",
+        "auth = \"ntlm\"\nusers_file = \"{root}/users\"\npersist_auth = \"request\"",
+    );
+    let s = Server::start_prepared(&config, false, |dir| {
+        add_ntlm_user(&dir.join("users"), "alice", "alicepw");
+    });
+    let data = pattern(3_000_000, 41);
+    let file = s.dir.path().join("local.bin");
+    std::fs::write(&file, &data).unwrap();
+    let url = Url::parse(&format!("http://{}/upload/p.bin", s.addr)).unwrap();
+    let client = Client::builder()
+        .auth_scheme(AuthScheme::Ntlm)
+        .credentials("alice", "alicepw")
+        .retry(RetryPolicy::quick(2, Duration::from_millis(20)))
+        .build()
+        .expect("client");
+    let mut state = UploadState::new(&file, &url, 1 << 20).unwrap();
+    let out = client
+        .upload(&mut state, &mut NoObserver)
+        .await
+        .expect("upload with NTLM per request");
+    assert_eq!(out.bytes, data.len() as u64);
+    assert_eq!(std::fs::read(s.upload_path("p.bin")).unwrap(), data);
+    // Every BITS request was signed in on its own: no token-less 200.
+    let log = s.log_text();
+    assert!(log.contains("packet=\"Close-Session\""), "{log}");
+}
