@@ -407,11 +407,7 @@ async fn ntlm_answers_bound_to_another_channel_or_target_are_refused() {
 #[ignore]
 fn ntlm_name_timing() {
     use std::time::Instant;
-    let users = Users::parse(
-        &format!("alice:{}\n", nt_hash_entry("alicepw")),
-        "timing",
-    )
-    .unwrap();
+    let users = Users::parse(&format!("alice:{}\n", nt_hash_entry("alicepw")), "timing").unwrap();
     let type1 = ntlm::negotiate_message();
     let (pending, challenge) = handshake::challenge(&type1, None, None).unwrap();
     let answer = |user: &str| {
