@@ -656,6 +656,8 @@ pub enum ConfigError {
     RelativeNotificationWithoutBase(usize, String),
     #[error("vdir[{0}].notification_base (prefix {1:?}): must look like http://host[:port], without a path")]
     BadNotificationBase(usize, String),
+    #[error("vdir[{0}].root {1:?}: `..` is not a segment of an object key ([storage] backend = \"s3\")")]
+    DotDotInS3Root(usize, PathBuf),
     #[error("max_tombstones must be at least 1")]
     ZeroTombstones,
     #[error("admin.token: must be non-empty visible ASCII (it is sent as `Authorization: Bearer <token>`)")]
@@ -768,8 +770,13 @@ impl ServerConfig {
             v.hooks
                 .validate()
                 .map_err(|e| ConfigError::BadHooks(i, e))?;
-            let root = normalize(&v.root_base());
-            if let Some(capture) = &self.capture_dir {
+            if matches!(self.storage, StorageConfig::S3(_))
+                && v.root.to_string_lossy().split('/').any(|seg| seg == "..")
+            {
+                return Err(ConfigError::DotDotInS3Root(i, v.root.clone()));
+            }
+            let root = self.location(&v.root_base());
+            if let (Some(capture), StorageConfig::Fs) = (&self.capture_dir, &self.storage) {
                 if normalize(capture).starts_with(&root) {
                     return Err(ConfigError::CaptureInsideRoot {
                         index: i,
@@ -803,7 +810,7 @@ impl ServerConfig {
                 // Fixed roots are compared whole. With `{user}` only the fixed base is known
                 // here: a fixed root that contains another's base sees every user's files;
                 // anything finer is checked per identity by `storage_root`.
-                let (a, b) = (normalize(&o.root_base()), root.clone());
+                let (a, b) = (self.location(&o.root_base()), root.clone());
                 let overlap = match (o.is_per_user(), v.is_per_user()) {
                     (false, false) => a.starts_with(&b) || b.starts_with(&a),
                     (false, true) => b.starts_with(&a),
@@ -837,7 +844,7 @@ impl ServerConfig {
             return Ok(root);
         }
         let overlaps = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
-        let normal = normalize(&root);
+        let normal = self.location(&root);
         let crosses_storage = match &self.storage {
             StorageConfig::S3(s3) => overlaps_s3_sessions(&root, &s3.prefix, false),
             StorageConfig::Fs => overlaps(&normal, &normalize(&self.spool_dir)),
@@ -847,9 +854,9 @@ impl ServerConfig {
                 return false;
             }
             if !o.is_per_user() {
-                return overlaps(&normal, &normalize(&o.root));
+                return overlaps(&normal, &self.location(&o.root));
             }
-            let base = normalize(&o.root_base());
+            let base = self.location(&o.root_base());
             if base.starts_with(&normal) {
                 return true;
             }
@@ -863,7 +870,7 @@ impl ServerConfig {
                 .next()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned());
             match name.as_deref().and_then(|n| o.root_for(Some(n))) {
-                Some(theirs) => overlaps(&normal, &normalize(&theirs)),
+                Some(theirs) => overlaps(&normal, &self.location(&theirs)),
                 None => false,
             }
         });
@@ -892,6 +899,32 @@ fn overlaps_s3_sessions(root: &Path, prefix: &str, base_only: bool) -> bool {
     let mut sessions = segments(prefix);
     sessions.push("sessions".into());
     root.starts_with(&sessions) || (!base_only && sessions.starts_with(&root))
+}
+
+impl ServerConfig {
+    /// A root in the form roots are compared in: with the file system backend an absolute,
+    /// lexically normalised path (relative roots are relative to the working directory, as the
+    /// server resolves them); on S3 the bucket key's segments under `/` (`/uploads`,
+    /// `uploads`, `./uploads/` and `uploads//` are all the key prefix `uploads/`), whatever
+    /// the working directory.
+    fn location(&self, p: &Path) -> PathBuf {
+        match self.storage {
+            StorageConfig::Fs => normalize(p),
+            StorageConfig::S3(_) => key_location(p),
+        }
+    }
+}
+
+/// A bucket key prefix as `/seg/seg` (empty and `.` segments dropped; `..` is refused by
+/// `validate` before this is asked).
+fn key_location(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for seg in p.to_string_lossy().split('/') {
+        if !seg.is_empty() && seg != "." {
+            out.push(seg);
+        }
+    }
+    out
 }
 
 /// Absolute, lexically normalised path (no file system access, so it works before dirs exist).
@@ -1147,6 +1180,40 @@ mod tests {
             },
         );
         pair(same.0, same.1).validate().unwrap();
+    }
+
+    /// Issue 26 finding 1: on S3 `uploads-private` and `/uploads-private` are the same keys,
+    /// whatever directory `check-config` runs in.
+    #[test]
+    fn s3_roots_are_compared_as_keys_whatever_the_working_directory() {
+        use crate::config::AuthMode::{Anonymous, Basic};
+        let s3: crate::store::s3::S3Config =
+            toml::from_str("bucket = \"b\"\naccess_key = \"a\"\nsecret_key = \"s\"").unwrap();
+        let mut private = vdir("/private/", "uploads-private", Basic);
+        private.download_enabled = true;
+        for public_root in ["/uploads-private", "./uploads-private/", "uploads-private//sub"] {
+            let c = ServerConfig {
+                storage: StorageConfig::S3(s3.clone()),
+                vdirs: vec![private.clone(), vdir("/pub/", public_root, Anonymous)],
+                ..ServerConfig::default()
+            };
+            assert!(
+                matches!(c.validate(), Err(ConfigError::RootsOverlap { .. })),
+                "{public_root}"
+            );
+        }
+        let c = ServerConfig {
+            storage: StorageConfig::S3(s3.clone()),
+            vdirs: vec![private.clone(), vdir("/pub/", "/uploads-public", Anonymous)],
+            ..ServerConfig::default()
+        };
+        c.validate().unwrap();
+        let c = ServerConfig {
+            storage: StorageConfig::S3(s3),
+            vdirs: vec![vdir("/pub/", "a/../uploads-private", Anonymous)],
+            ..ServerConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::DotDotInS3Root(..))));
     }
 
     #[test]

@@ -442,3 +442,36 @@ fn admin_listener_needs_a_long_token_off_loopback() {
     );
     assert!(stderr.contains("admin.token"), "{stderr}");
 }
+
+/// Issue 26 finding 1: on S3, `uploads-private` (Basic, downloads on) and `/uploads-private`
+/// (anonymous) are the same object keys. `check-config` refuses the pair from any working
+/// directory, not only from `/`.
+#[test]
+fn s3_roots_overlapping_as_keys_are_refused_from_any_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bitsd.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n\
+         access_key = \"a\"\nsecret_key = \"s\"\nallow_http = true\n\
+         [[vdir]]\nprefix = \"/private/\"\nroot = \"uploads-private\"\nauth = \"basic\"\n\
+         users_file = \"/dev/null\"\ndownload_enabled = true\n\
+         [[vdir]]\nprefix = \"/pub/\"\nroot = \"/uploads-private\"\n",
+    )
+    .unwrap();
+    for cwd in [Path::new("/"), dir.path(), Path::new("/tmp")] {
+        let out = bitsd()
+            .current_dir(cwd)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("bitsd check-config");
+        assert!(!out.status.success(), "from {cwd:?}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains("overlap"),
+            "from {cwd:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

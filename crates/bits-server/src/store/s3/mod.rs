@@ -412,11 +412,11 @@ impl S3Store {
         Self::below(&self.mp_dir(id), &format!("c{number:05}"))
     }
 
-    /// The published key: the root's segments (empty ones dropped), then the relative path,
-    /// both raw.
+    /// The published key: the root's segments (empty and `.` ones dropped, as `check-config`
+    /// compares roots), then the relative path, both raw.
     fn dest_key_text(dest: &Destination) -> String {
         let mut key = String::with_capacity(dest.root.len() + dest.path.len() + 1);
-        for segment in dest.root.split('/').filter(|s| !s.is_empty()) {
+        for segment in dest.root.split('/').filter(|s| !s.is_empty() && *s != ".") {
             key.push_str(segment);
             key.push('/');
         }
