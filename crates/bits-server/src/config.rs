@@ -656,7 +656,9 @@ pub enum ConfigError {
     RelativeNotificationWithoutBase(usize, String),
     #[error("vdir[{0}].notification_base (prefix {1:?}): must look like http://host[:port], without a path")]
     BadNotificationBase(usize, String),
-    #[error("vdir[{0}].root {1:?}: `..` is not a segment of an object key ([storage] backend = \"s3\")")]
+    #[error(
+        "vdir[{0}].root {1:?}: `..` is not a segment of an object key ([storage] backend = \"s3\")"
+    )]
     DotDotInS3Root(usize, PathBuf),
     #[error("max_tombstones must be at least 1")]
     ZeroTombstones,
@@ -1191,7 +1193,11 @@ mod tests {
             toml::from_str("bucket = \"b\"\naccess_key = \"a\"\nsecret_key = \"s\"").unwrap();
         let mut private = vdir("/private/", "uploads-private", Basic);
         private.download_enabled = true;
-        for public_root in ["/uploads-private", "./uploads-private/", "uploads-private//sub"] {
+        for public_root in [
+            "/uploads-private",
+            "./uploads-private/",
+            "uploads-private//sub",
+        ] {
             let c = ServerConfig {
                 storage: StorageConfig::S3(s3.clone()),
                 vdirs: vec![private.clone(), vdir("/pub/", public_root, Anonymous)],

@@ -584,7 +584,15 @@ impl Engine {
                 self.check_unchanged(&loaded).await?;
             }
             let before = rec.received;
-            rec.received += outcome.durable;
+            // A body that broke its framing is refused whole: what a store wrote of it is not
+            // claimed (it lies past `received`, where the next fragment writes anyway).
+            let refused = outcome
+                .error
+                .as_ref()
+                .is_some_and(crate::store::StoreError::is_body_framing);
+            if !refused {
+                rec.received += outcome.durable;
+            }
             if let Some(d) = digest {
                 // The digest must cover exactly `received`: after a partial write, fall back to
                 // the last point it was taken at (those bytes are re-sent by the client).

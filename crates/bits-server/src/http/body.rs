@@ -48,11 +48,21 @@ where
         let (mut inner, seen) = match state {
             State::Reading(inner, seen) => (inner, seen),
             State::Failed(kind, what) => {
-                return Some((Err(io::Error::new(kind, what)), State::Failed(kind, what)))
+                let error = if kind == io::ErrorKind::InvalidData {
+                    io::Error::new(kind, crate::store::BodyFraming(what))
+                } else {
+                    io::Error::new(kind, what)
+                };
+                return Some((Err(error), State::Failed(kind, what)));
             }
         };
         let fail = |kind: io::ErrorKind, what: &'static str| {
-            Some((Err(io::Error::new(kind, what)), State::Failed(kind, what)))
+            let error = if kind == io::ErrorKind::InvalidData {
+                io::Error::new(kind, crate::store::BodyFraming(what))
+            } else {
+                io::Error::new(kind, what)
+            };
+            Some((Err(error), State::Failed(kind, what)))
         };
         const SHORT: &str = "body shorter than its Content-Range";
         const LONG: &str = "body longer than its Content-Range";

@@ -131,6 +131,21 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// A request body that broke its own framing (a chunked Fragment shorter or longer than its
+/// `Content-Range`): carried inside the `io::Error` the body stream yields, so that the engine
+/// can tell it from a client that merely went away. A refused body claims nothing, whatever a
+/// store wrote of it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyFraming(pub &'static str);
+
+impl StoreError {
+    /// Whether the write failed because the body broke its framing ([`BodyFraming`]).
+    pub fn is_body_framing(&self) -> bool {
+        matches!(self, StoreError::Body(e) if e.get_ref().is_some_and(|r| r.is::<BodyFraming>()))
+    }
+}
+
 impl From<io::Error> for StoreError {
     fn from(e: io::Error) -> Self {
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
