@@ -62,12 +62,16 @@ pub struct RecoveryReport {
 }
 
 impl Engine {
+    /// Whether an open session has been idle longer than its vdir's `session_timeout`, by the
+    /// wall clock and, where this process saw it used, by the monotonic clock too
+    /// (`liveness`).
     pub(super) fn is_expired(&self, rec: &SessionRecord, now: u64) -> bool {
         let timeout = self
             .vdir_of(rec)
-            .map(|v| v.session_timeout.as_millis() as u64)
-            .unwrap_or(0);
-        now.saturating_sub(rec.last_activity) > timeout
+            .map(|v| v.session_timeout)
+            .unwrap_or_default();
+        self.liveness
+            .idle(rec.id, rec.last_activity, timeout, now, self.clock.mono())
     }
 
     /// Deletes an idle session's data; a published upload stays and its id answers a late
@@ -118,7 +122,11 @@ impl Engine {
                         }
                     }
                 }
-            } else if now.saturating_sub(rec.ended_at.unwrap_or(0)) > ttl {
+            } else {
+                // Ended (perhaps through another node): nothing to watch any more.
+                self.liveness.forget(id);
+            }
+            if !rec.state.is_open() && now.saturating_sub(rec.ended_at.unwrap_or(0)) > ttl {
                 match self.sessions.remove(id).await {
                     Ok(()) => {
                         self.registry().drop_tombstone(id);

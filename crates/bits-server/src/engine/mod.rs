@@ -4,6 +4,7 @@
 
 mod events;
 mod lifecycle;
+mod liveness;
 mod locks;
 mod operator;
 mod registry;
@@ -59,6 +60,8 @@ pub struct Engine {
     clock: Arc<dyn crate::clock::Clock>,
     /// Recent throughput, completions and errors, for the admin console.
     activity: crate::activity::Activity,
+    /// When this process last saw each session used, on the monotonic clock.
+    liveness: liveness::Liveness,
 }
 
 /// Where this request reached the server: for building reply and notification URLs.
@@ -85,8 +88,10 @@ impl Engine {
         data: Arc<dyn DataStore>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Engine {
+        // A wall clock that moves apart from the monotonic one by more than a sweep interval
+        // was stepped.
+        let config_tolerance = config.cleanup_interval;
         Engine {
-            config,
             sessions,
             data,
             locks: SessionLocks::default(),
@@ -94,19 +99,38 @@ impl Engine {
             notifier: crate::notify::Notifier::default(),
             metrics,
             hooks: crate::hooks::Hooks::default(),
+            liveness: Self::liveness_for(&config_tolerance, &crate::clock::SystemClock),
             clock: Arc::new(crate::clock::SystemClock),
             activity: Default::default(),
+            config,
         }
+    }
+
+    fn liveness_for(
+        tolerance: &std::time::Duration,
+        clock: &dyn crate::clock::Clock,
+    ) -> liveness::Liveness {
+        liveness::Liveness::new(clock.now_ms(), clock.mono(), *tolerance)
     }
 
     /// Takes session timestamps from `clock` (a test's [`crate::clock::ManualClock`]).
     pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Engine {
+        self.liveness = Self::liveness_for(&self.config.cleanup_interval, clock.as_ref());
         self.clock = clock;
         self
     }
 
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Stamps a request's use of the session: `last_activity` never moves backward (a wall
+    /// clock stepped back must not make a busy session look older to other nodes), and this
+    /// process remembers the use on its monotonic clock.
+    fn stamp(&self, rec: &mut SessionRecord) {
+        rec.last_activity = rec.last_activity.max(self.now_ms());
+        self.liveness
+            .used(rec.id, rec.last_activity, self.clock.mono());
     }
 
     /// Recent throughput, completions and errors (the admin console's `/admin/activity`).
@@ -311,6 +335,7 @@ impl Engine {
         // The id is new, so its lock is free: held until the record is stored, so that a
         // registry refresh meanwhile does not take the session for one that is gone.
         let _creating = self.locks.try_lock(rec.id);
+        self.liveness.used(rec.id, now, self.clock.mono());
         // On a shared store this node's counts may be stale (sessions ended through other
         // nodes): a refusal is checked against the store once before it is given.
         let unchecked = self.shared_store();
@@ -470,7 +495,7 @@ impl Engine {
             // WAIT_FOR_CLOSE: a retransmit is answered from the record, data untouched.
             SessionState::Committed => {
                 drain(body.as_mut()).await;
-                rec.last_activity = self.now_ms();
+                self.stamp(&mut rec);
                 self.sessions.save(&rec).await?;
                 return Ok(Ack::ok()
                     .with_session(id)
@@ -501,7 +526,7 @@ impl Engine {
         // As stored, to tell after the data write whether another node changed it meanwhile.
         let loaded = rec.clone();
         rec.total = Some(range.total);
-        rec.last_activity = self.now_ms();
+        self.stamp(&mut rec);
         if range.end() <= rec.received {
             drain(body.as_mut()).await;
         } else {
@@ -668,6 +693,7 @@ impl Engine {
         rec.state = to;
         rec.ended_at = Some(self.now_ms());
         self.sessions.save_ended(rec).await?;
+        self.liveness.forget(rec.id);
         let evicted = {
             let mut registry = self.registry();
             registry.remove(rec.id);

@@ -96,3 +96,57 @@ async fn tombstones_answer_repeats_until_their_lifetime_ends() {
         .assert_ack(500, Some(SESSION_NOT_FOUND));
     assert_eq!(std::fs::read(h.upload_path("a.bin")).unwrap(), b"done");
 }
+
+/// Issue 27: a wall clock stepped 25 minutes ahead of a 10-minute timeout (or an hour back and
+/// forth) while a client is uploading loses no acknowledged byte: idle time is also measured
+/// on the monotonic clock for sessions this process saw used. Real idleness still expires.
+#[tokio::test]
+async fn a_stepped_wall_clock_never_expires_a_busy_session() {
+    const MIN: i64 = 60_000;
+    let h = Harness::start("", "session_timeout = \"10m\"").await;
+    let data = pattern(600, 27);
+    let sid = h.create(URL).await;
+    let mut at = 0u64;
+    async fn next(h: &Harness, sid: &str, data: &[u8], at: &mut u64) {
+        let off = *at;
+        let r = h
+            .fragment(URL, sid, off, &data[off as usize..off as usize + 100], 600)
+            .await;
+        r.assert_ack(200, None);
+        assert_eq!(r.received(), Some(off + 100));
+        *at += 100;
+    }
+    macro_rules! send {
+        () => {
+            next(&h, &sid, &data, &mut at).await
+        };
+    }
+    send!();
+    h.clock.advance(Duration::from_millis(200));
+    // Stepped 25 minutes ahead: the next fragment and a sweep find the session busy.
+    h.clock.step_wall(25 * MIN);
+    send!();
+    assert_eq!(h.engine.sweep().await.expect("sweep").expired, 0);
+    // An hour back, a fragment stamped then, and forward again.
+    h.clock.step_wall(-60 * MIN);
+    h.clock.advance(Duration::from_millis(200));
+    send!();
+    h.clock.step_wall(60 * MIN);
+    assert_eq!(h.engine.sweep().await.expect("sweep").expired, 0);
+    send!();
+    // 15 days ahead (the default timeout is 14): still busy.
+    h.clock.step_wall(15 * 24 * 60 * MIN);
+    send!();
+    send!();
+    assert_eq!(h.engine.sweep().await.expect("sweep").expired, 0);
+    h.close(URL, &sid).await.assert_ack(200, None);
+    assert_eq!(std::fs::read(h.upload_path("a.bin")).unwrap(), data);
+
+    // Eleven minutes of real idleness: expired, as before.
+    let idle = h.create("/upload/idle.bin").await;
+    h.clock.advance(Duration::from_secs(11 * 60));
+    assert_eq!(h.engine.sweep().await.expect("sweep").expired, 1);
+    h.fragment("/upload/idle.bin", &idle, 0, b"x", 1)
+        .await
+        .assert_ack(500, Some(SESSION_NOT_FOUND));
+}
