@@ -689,6 +689,12 @@ impl Engine {
 
     /// Deletes a session's temporary data and turns its record into a tombstone in state `to`.
     async fn finish(&self, rec: &mut SessionRecord, to: SessionState) -> Result<(), BitsError> {
+        // Not recorded as published: an interrupted completion may still have made the file
+        // visible (the completing fragment's claim is saved only after publishing). A session
+        // that ends without completing ends unpublished; only the session's own file goes.
+        if rec.state == SessionState::Receiving {
+            self.data.unpublish(rec.id, &rec.destination).await?;
+        }
         self.data.discard(rec.id).await?;
         rec.state = to;
         rec.ended_at = Some(self.now_ms());

@@ -814,6 +814,11 @@ impl DataStore for FsStore {
         blocking(move || me.release_blocking(id, &dest)).await
     }
 
+    async fn unpublish(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        let (me, dest) = (self.clone(), dest.clone());
+        blocking(move || me.unpublish_blocking(id, &dest)).await
+    }
+
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
         let paths = [
             self.data(id),
@@ -1018,7 +1023,53 @@ impl FsStore {
             }
         }
         if self.fsync {
-            parent.dir.sync_all()?;
+            let (synced, no_undo) = sync_publish_dir(&parent.dir);
+            if let Err(e) = synced {
+                // Whether the new name reached the disk is unknown: take it back, so the
+                // session is plainly unpublished (the retransmitted final fragment publishes
+                // again; a Cancel finds nothing). If even that fails, Cancel and expiry remove
+                // it (`unpublish`).
+                let ours = stat_at(&parent.dir, &parent.name)?
+                    .is_some_and(|t| (t.st_dev, t.st_ino) == source);
+                if ours {
+                    let undone = if no_undo {
+                        Err(io::Error::from_raw_os_error(libc::EIO))
+                    } else {
+                        remove_at(&parent.dir, &parent.name)
+                    };
+                    match undone {
+                        Ok(()) => {
+                            tracing::warn!(session = %id, error = %e, "publishing could not be made durable; taken back")
+                        }
+                        Err(undo) => {
+                            tracing::error!(session = %id, error = %e, undo = %undo, "publishing could not be made durable nor taken back")
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what an interrupted completion published at `dest` for session `id` (the name
+    /// is a link to the session's spool data, or to its copy beside the target).
+    fn unpublish_blocking(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        let Some(parent) = open_parent(dest)? else {
+            return Ok(());
+        };
+        let Some(target) = stat_at(&parent.dir, &parent.name)? else {
+            return Ok(());
+        };
+        let spool = fs::metadata(self.data(id)).ok().map(|m| (m.dev(), m.ino()));
+        let copy = stat_at(&parent.dir, &partial_name(id))?.map(|st| (st.st_dev, st.st_ino));
+        let ours = Some((target.st_dev, target.st_ino));
+        if ours == spool || ours == copy {
+            remove_at(&parent.dir, &parent.name)?;
+            if self.fsync {
+                parent.dir.sync_all()?;
+            }
+            tracing::warn!(session = %id, destination = %dest.path, "removed the publication of a session that never completed");
         }
         Ok(())
     }
@@ -1048,7 +1099,16 @@ impl FsStore {
             if own {
                 return Ok(st);
             }
-            tracing::warn!(name, dir = %parent.name, "removing an unexpected file under the server's temporary name");
+            // Ours, cut short by an earlier attempt (a full disk, an I/O error): made again.
+            let interrupted = is_regular(&st)
+                && st.st_uid == data_meta.uid()
+                && st.st_nlink == 1
+                && u64::try_from(st.st_size).is_ok_and(|n| n < total);
+            if interrupted {
+                tracing::debug!(name, dir = %parent.name, "copying again over an interrupted copy of ours");
+            } else {
+                tracing::warn!(name, dir = %parent.name, "removing an unexpected file under the server's temporary name");
+            }
         }
         // A name planted again between the removal and the creation: remove it again.
         let mut attempts = 0;
@@ -1085,6 +1145,44 @@ impl FsStore {
 }
 
 /// The name of a session's copy next to its destination.
+/// Test-only fault points of publishing, from `BITSD_TEST_FAULT` (read once per process; never
+/// set it in production): `publish-dir-fsync` fails the first fsync of a destination
+/// directory after publishing with EIO; `publish-dir-fsync-no-undo` also makes taking the
+/// publication back fail, as a second I/O error would.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PublishFault {
+    None,
+    Fsync,
+    FsyncNoUndo,
+}
+
+fn publish_fault() -> &'static std::sync::Mutex<PublishFault> {
+    static ARMED: std::sync::OnceLock<std::sync::Mutex<PublishFault>> = std::sync::OnceLock::new();
+    ARMED.get_or_init(|| {
+        std::sync::Mutex::new(match std::env::var("BITSD_TEST_FAULT").as_deref() {
+            Ok("publish-dir-fsync") => PublishFault::Fsync,
+            Ok("publish-dir-fsync-no-undo") => PublishFault::FsyncNoUndo,
+            _ => PublishFault::None,
+        })
+    })
+}
+
+/// fsync of a destination directory after publishing (with the test fault point). The second
+/// value says whether the fault point also forbids taking the publication back.
+fn sync_publish_dir(dir: &File) -> (io::Result<()>, bool) {
+    let mut armed = publish_fault().lock().unwrap_or_else(|p| p.into_inner());
+    let fault = std::mem::replace(&mut *armed, PublishFault::None);
+    drop(armed);
+    if fault != PublishFault::None {
+        tracing::error!("BITSD_TEST_FAULT: failing this fsync with EIO (test fault point)");
+        return (
+            Err(io::Error::from_raw_os_error(libc::EIO)),
+            fault == PublishFault::FsyncNoUndo,
+        );
+    }
+    (dir.sync_all(), false)
+}
+
 fn partial_name(id: SessionId) -> String {
     format!("{PARTIAL_PREFIX}{}", id.as_uuid().simple())
 }

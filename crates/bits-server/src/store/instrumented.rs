@@ -148,6 +148,10 @@ impl DataStore for Instrumented {
             .await
     }
 
+    async fn unpublish(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        self.timed("unpublish", self.data.unpublish(id, dest)).await
+    }
+
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
         self.timed("discard", self.data.discard(id)).await
     }

@@ -266,6 +266,14 @@ pub trait DataStore: Send + Sync + 'static {
         let _ = (id, dest);
         Ok(())
     }
+    /// Removes the session's own publication at `dest`, if an interrupted completion left one
+    /// (published, but not recorded as published): called before a session that never
+    /// completed is cancelled or expired, so that it ends unpublished. Anything at `dest`
+    /// that is not the session's own upload stays.
+    async fn unpublish(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        let _ = (id, dest);
+        Ok(())
+    }
     /// Deletes the session's temporary data and reply (never the published file).
     async fn discard(&self, id: SessionId) -> Result<(), StoreError>;
     /// The complete upload, for a by-value notification.

@@ -243,3 +243,53 @@ fn torn_unsynced_records_are_cleaned_up_at_start() {
     let r = server.conn().create("/upload/after-torn.bin");
     r.assert_ack(200, None);
 }
+
+/// Issue 27: EIO on the destination directory's fsync right after publishing. The completing
+/// fragment is answered 500, and the session ends in one state either way: published when the
+/// client retransmits (Close 200), or unpublished when it cancels (Cancel 200, the name free
+/// again) — also when taking the publication back failed too.
+#[test]
+fn eio_on_the_publish_fsync_ends_in_one_consistent_state() {
+    let data = pattern(70_000, 27);
+    for (fault, cancel) in [
+        ("publish-dir-fsync", false),
+        ("publish-dir-fsync", true),
+        ("publish-dir-fsync-no-undo", true),
+        ("publish-dir-fsync-no-undo", false),
+    ] {
+        let s = Server::start_env("", &[("BITSD_TEST_FAULT", fault)]);
+        let mut c = s.conn();
+        let sid = c.create("/upload/eio.bin").session();
+        let r = c.fragment("/upload/eio.bin", &sid, 0, &data, data.len() as u64);
+        assert_eq!(r.status, 500, "{fault}: {:?}", r.headers);
+        let visible = s.upload_path("eio.bin").exists();
+        assert_eq!(visible, fault.ends_with("no-undo"), "{fault}");
+        if cancel {
+            c.cancel("/upload/eio.bin", &sid).assert_ack(200, None);
+            assert!(
+                !s.upload_path("eio.bin").exists(),
+                "{fault}: published after Cancel\n{}",
+                s.log_text()
+            );
+            // The name is free: a new upload of it succeeds.
+            let again = c.create("/upload/eio.bin").session();
+            c.fragment("/upload/eio.bin", &again, 0, &data, data.len() as u64)
+                .assert_ack(200, None);
+            c.close("/upload/eio.bin", &again).assert_ack(200, None);
+        } else {
+            let r = c.fragment("/upload/eio.bin", &sid, 0, &data, data.len() as u64);
+            r.assert_ack(200, None);
+            c.close("/upload/eio.bin", &sid).assert_ack(200, None);
+        }
+        assert_eq!(
+            std::fs::read(s.upload_path("eio.bin")).unwrap(),
+            data,
+            "{fault}"
+        );
+        assert!(
+            files_below(&s.root()).len() == 1,
+            "{fault}: {:?}",
+            files_below(&s.root())
+        );
+    }
+}

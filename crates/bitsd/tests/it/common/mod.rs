@@ -24,6 +24,8 @@ pub struct Server {
     extra_config: String,
     child: Option<Child>,
     log: PathBuf,
+    /// Extra environment for the bitsd process (test fault points).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -61,7 +63,20 @@ impl Server {
             dir,
             extra_config: extra,
             child: None,
+            env: Vec::new(),
         };
+        s.launch();
+        s
+    }
+
+    /// Like `start`, with `env` set for the bitsd process (kept across restarts).
+    pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Server {
+        let mut s = Server::start(extra);
+        s.kill();
+        s.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         s.launch();
         s
     }
@@ -97,6 +112,7 @@ impl Server {
             .arg("--config")
             .arg(&config_path)
             .env("BITSD_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
