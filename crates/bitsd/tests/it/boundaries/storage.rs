@@ -120,13 +120,28 @@ fn planted_partial_name_is_not_followed_when_publishing_across_file_systems() {
     });
     assert!(std::fs::read(root.join("d.bin")).unwrap() == data);
 
+    // The server's own copy, cut short by an earlier attempt (0 bytes, as a failed copy
+    // leaves it): made again, without calling it someone else's (issue 27).
+    upload_with_planted(&s, "/upload/e.bin", &data, &root, |p| {
+        std::fs::write(p, b"").unwrap()
+    });
+    assert!(std::fs::read(root.join("e.bin")).unwrap() == data);
+    let log = s.log_text();
+    assert_eq!(
+        log.matches("removing an unexpected file under the server's temporary name")
+            .count(),
+        4,
+        "{log}"
+    );
+    assert!(log.contains("copying again over an interrupted copy of ours"));
+
     // Nothing of the server's own is left in the root.
     let mut names: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["a.bin", "b.bin", "c.bin", "d.bin"]);
+    assert_eq!(names, ["a.bin", "b.bin", "c.bin", "d.bin", "e.bin"]);
 }
 
 #[test]
