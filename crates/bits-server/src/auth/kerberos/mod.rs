@@ -3,5 +3,3 @@
 
 pub mod acceptor;
 pub mod keytab;
-
-pub use bits_proto::kerberos::{crypto, der};
