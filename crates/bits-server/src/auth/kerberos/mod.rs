@@ -3,3 +3,5 @@
 
 pub mod acceptor;
 pub mod keytab;
+#[cfg(test)]
+mod rfc3962;
