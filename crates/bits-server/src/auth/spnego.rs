@@ -47,36 +47,43 @@ pub(crate) fn neg_token_init(token: &[u8]) -> Option<NegTokenInit> {
 /// raw mode past the absent field, so the responseToken comes out with its own DER header
 /// inside. The fields are read as the raw elements of the SEQUENCE instead, each then decoded
 /// by picky-asn1-der by its context tag.
-fn neg_token_resp(token: &[u8]) -> Option<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+fn neg_token_resp(token: &[u8]) -> Option<NegTokenResp> {
     if token.first() != Some(&RESP_TAG) {
         return None;
     }
     let resp: ExplicitContextTag1<Asn1SequenceOf<Asn1RawDer>> =
         picky_asn1_der::from_bytes(token).ok()?;
-    let (mut response_token, mut mic) = (None, None);
+    let mut out = NegTokenResp::default();
     for field in resp.0 .0 {
         match field.0.first() {
             Some(0xa2) => {
                 let t: ExplicitContextTag2<OctetStringAsn1> =
                     picky_asn1_der::from_bytes(&field.0).ok()?;
-                response_token = Some(t.0 .0);
+                out.response_token = Some(t.0 .0);
             }
             Some(0xa3) => {
                 let m: ExplicitContextTag3<OctetStringAsn1> =
                     picky_asn1_der::from_bytes(&field.0).ok()?;
-                mic = Some(m.0 .0);
+                out.mic = Some(m.0 .0);
             }
             _ => {}
         }
     }
-    Some((response_token, mic))
+    Some(out)
+}
+
+/// The fields of a client's NegTokenResp that the server reads.
+#[derive(Default)]
+struct NegTokenResp {
+    response_token: Option<Vec<u8>>,
+    mic: Option<Vec<u8>>,
 }
 
 /// The NTLM message a SPNEGO token carries, if it carries one.
 pub fn ntlm_inside(token: &[u8]) -> Option<Vec<u8>> {
     let inner = match *token.first()? {
         INIT_TAG => neg_token_init(token)?.mech_token.0?.0 .0,
-        RESP_TAG => neg_token_resp(token)?.0?,
+        RESP_TAG => neg_token_resp(token)?.response_token?,
         _ => return None,
     };
     inner.starts_with(b"NTLMSSP\0").then_some(inner)
@@ -101,7 +108,7 @@ pub fn mech_type_count(token: &[u8]) -> Option<usize> {
 
 /// The `mechListMIC` of a client's NegTokenResp, if it sent one.
 pub fn client_mic(token: &[u8]) -> Option<Vec<u8>> {
-    neg_token_resp(token)?.1
+    neg_token_resp(token)?.mic
 }
 
 fn ntlmssp() -> ObjectIdentifierAsn1 {
