@@ -4,7 +4,8 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   (default 60 s; default all targets)
 #
 # Fuzz projects: crates/bits-proto/fuzz (parse_headers, classify, ntlm) and crates/bits-server/fuzz
-# (resolve_path, download_plan, notification_url, basic_auth). Naming targets runs only those.
+# (resolve_path, download_plan, notification_url, basic_auth, spnego, ap_req). Naming targets runs
+# only those.
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer, coverage instrumentation); with only a
 # stable toolchain, RUSTC_BOOTSTRAP=1 unlocks them. Corpora grow under <crate>/fuzz/corpus/<target>
@@ -21,6 +22,8 @@ shift || true
 
 # crate:target:max_len. 8 KiB inputs let classify reach the 4096-byte header value limit;
 # 4 KiB paths hold 255-byte segments fully percent-encoded and reach the 2048-byte path limit.
+# Negotiate tokens: 4 KiB holds the seed curl/MIT AP-REQ (736 bytes) several times over and any
+# NTLM message inside SPNEGO.
 all=(
   bits-proto:parse_headers:8192
   bits-proto:classify:8192
@@ -29,6 +32,8 @@ all=(
   bits-server:download_plan:4096
   bits-server:notification_url:4096
   bits-server:basic_auth:8192
+  bits-server:spnego:4096
+  bits-server:ap_req:4096
 )
 
 selected=()

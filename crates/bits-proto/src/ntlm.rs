@@ -44,6 +44,11 @@ const AV_FLAGS: u16 = 6;
 const AV_TIMESTAMP: u16 = 7;
 const AV_TARGET_NAME: u16 = 9;
 const AV_CHANNEL_BINDINGS: u16 = 10;
+/// The NTLMv2 client blob before its AV pairs ([MS-NLMP] 2.2.2.7): RespType, HiRespType,
+/// reserved (6), TimeStamp (8), ChallengeFromClient (8), reserved (4).
+const BLOB_HEADER: usize = 28;
+/// NTProofStr, which the NtChallengeResponse starts with.
+const PROOF_LEN: usize = 16;
 /// `MsvAvFlags` bit: the AUTHENTICATE message carries a MIC.
 const AV_FLAG_MIC: u32 = 0x2;
 
@@ -149,14 +154,25 @@ pub struct Authenticate {
     pub domain: String,
     pub workstation: String,
     pub flags: u32,
-    /// `MsvAvTargetName` of the NTLMv2 response: the service the client meant to answer.
+    /// From the AV pairs of the NTLMv2 client blob ([MS-NLMP] 2.2.2.1), which the NTProofStr
+    /// covers (trustworthy only once [`verify`] passed): `MsvAvTargetName`, the service the
+    /// client meant (`HTTP/host`)…
     pub target_name: Option<String>,
-    /// `MsvAvChannelBindings` of the NTLMv2 response (`None`: absent or all zeros).
+    /// …`MsvAvChannelBindings`, the MD5 of the client's channel bindings (`None` when absent
+    /// or all zero: a client without bindings)…
     pub channel_bindings: Option<[u8; 16]>,
-    /// `MsvAvFlags` of the NTLMv2 response.
+    /// …and `MsvAvFlags`.
     pub av_flags: Option<u32>,
     nt_response: Vec<u8>,
     encrypted_session_key: Vec<u8>,
+}
+
+/// The AV pairs of an NTLMv2 response's client blob, if it is one.
+fn client_pairs(nt_response: &[u8]) -> &[u8] {
+    nt_response
+        .get(PROOF_LEN + BLOB_HEADER..)
+        .filter(|_| nt_response.len() > 24)
+        .unwrap_or_default()
 }
 
 pub fn parse_authenticate(msg: &[u8]) -> Result<Authenticate, NtlmError> {
@@ -183,31 +199,40 @@ pub fn parse_authenticate(msg: &[u8]) -> Result<Authenticate, NtlmError> {
         String::from_utf16(&units).map_err(|_| NtlmError::Malformed("invalid UTF-16"))
     };
     let nt_response = field(msg, 20)?.to_vec();
-    // The client blob's AV pairs follow the 16-byte NTProofStr and the blob's 28-byte header.
-    let pairs = nt_response.get(16 + 28..).unwrap_or_default();
-    let target_name = av_value(pairs, AV_TARGET_NAME).and_then(|v| {
-        let units: Vec<u16> = v
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        String::from_utf16(&units).ok()
-    });
+    let pairs = client_pairs(&nt_response);
+    let target_name = av_value(pairs, AV_TARGET_NAME)
+        .map(|raw| {
+            if raw.len() % 2 != 0 {
+                return Err(NtlmError::Malformed("odd UTF-16 length of MsvAvTargetName"));
+            }
+            let units: Vec<u16> = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).map_err(|_| NtlmError::Malformed("MsvAvTargetName"))
+        })
+        .transpose()?;
     let channel_bindings = av_value(pairs, AV_CHANNEL_BINDINGS)
-        .and_then(|v| <[u8; 16]>::try_from(v).ok())
-        .filter(|v| *v != [0; 16]);
+        .map(|v| <[u8; 16]>::try_from(v).map_err(|_| NtlmError::Malformed("MsvAvChannelBindings")))
+        .transpose()?
+        .filter(|b| *b != [0; 16]);
     let av_flags = av_value(pairs, AV_FLAGS)
-        .and_then(|v| <[u8; 4]>::try_from(v).ok())
-        .map(u32::from_le_bytes);
+        .map(|v| {
+            <[u8; 4]>::try_from(v)
+                .map(u32::from_le_bytes)
+                .map_err(|_| NtlmError::Malformed("MsvAvFlags"))
+        })
+        .transpose()?;
     Ok(Authenticate {
-        target_name,
-        channel_bindings,
-        av_flags,
-        nt_response,
         domain: text(28)?,
         user: text(36)?,
         workstation: text(44)?,
         encrypted_session_key: field(msg, 52)?.to_vec(),
         flags,
+        target_name,
+        channel_bindings,
+        av_flags,
+        nt_response,
     })
 }
 
@@ -373,6 +398,35 @@ pub fn authenticate_message(
     password: &str,
     client_challenge: [u8; 8],
 ) -> Result<Vec<u8>, NtlmError> {
+    authenticate_message_with(
+        challenge_msg,
+        user,
+        domain,
+        password,
+        client_challenge,
+        &ClientAvPairs::default(),
+    )
+}
+
+/// AV pairs a client adds to the server's in its NTLMv2 blob ([MS-NLMP] 3.1.5.1.2), as
+/// Windows does: the service it means, its channel bindings' MD5, its `MsvAvFlags`.
+#[derive(Clone, Debug, Default)]
+pub struct ClientAvPairs {
+    pub target_name: Option<String>,
+    pub channel_bindings: Option<[u8; 16]>,
+    pub av_flags: Option<u32>,
+}
+
+/// [`authenticate_message`] with `extra` AV pairs in the blob (after the server's, before its
+/// `MsvAvEOL`; a server pair of the same id is replaced).
+pub fn authenticate_message_with(
+    challenge_msg: &[u8],
+    user: &str,
+    domain: &str,
+    password: &str,
+    client_challenge: [u8; 8],
+    extra: &ClientAvPairs,
+) -> Result<Vec<u8>, NtlmError> {
     match message_type(challenge_msg)? {
         CHALLENGE => {}
         other => return Err(NtlmError::UnexpectedType(other)),
@@ -389,7 +443,7 @@ pub fn authenticate_message(
     blob.extend_from_slice(&timestamp);
     blob.extend_from_slice(&client_challenge);
     blob.extend_from_slice(&[0; 4]);
-    blob.extend_from_slice(info);
+    blob.extend_from_slice(&with_pairs(info, extra));
     blob.extend_from_slice(&[0; 4]);
     let key = ntowf_v2(&nt_hash(password), user, domain);
     let mut nt_response = hmac_md5(&key, &[server_challenge, &blob]).to_vec();
@@ -428,6 +482,46 @@ pub fn client_nonce() -> [u8; 8] {
     let id = uuid::Uuid::new_v4();
     let b = id.as_bytes();
     [b[0], b[1], b[2], b[3], b[10], b[11], b[12], b[13]]
+}
+
+/// The server's AV pairs up to its `MsvAvEOL`, then `extra`'s, then `MsvAvEOL`. Without
+/// extras, `info` as it came (what clients that add nothing send).
+fn with_pairs(info: &[u8], extra: &ClientAvPairs) -> Vec<u8> {
+    let mut ours: Vec<(u16, Vec<u8>)> = Vec::new();
+    if let Some(flags) = extra.av_flags {
+        ours.push((AV_FLAGS, flags.to_le_bytes().to_vec()));
+    }
+    if let Some(bindings) = extra.channel_bindings {
+        ours.push((AV_CHANNEL_BINDINGS, bindings.to_vec()));
+    }
+    if let Some(name) = &extra.target_name {
+        ours.push((AV_TARGET_NAME, utf16(name)));
+    }
+    if ours.is_empty() {
+        return info.to_vec();
+    }
+    let mut out = Vec::with_capacity(info.len() + 64);
+    let mut rest = info;
+    while rest.len() >= 4 {
+        let id = u16::from_le_bytes([rest[0], rest[1]]);
+        let len = u16::from_le_bytes([rest[2], rest[3]]) as usize;
+        let Some(pair) = rest.get(..4 + len) else {
+            break;
+        };
+        if id == AV_EOL {
+            break;
+        }
+        if !ours.iter().any(|(o, _)| *o == id) {
+            out.extend_from_slice(pair);
+        }
+        rest = &rest[4 + len..];
+    }
+    for (id, value) in ours.iter().chain([&(AV_EOL, Vec::new())]) {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out
 }
 
 /// The value of AV pair `id` in `pairs`.
@@ -684,6 +778,150 @@ mod tests {
         };
         assert_eq!(check("pw"), Ok(()));
         assert_eq!(check("Pw"), Err(NtlmError::BadProof));
+    }
+
+    /// The client blob's AV pairs come out of `parse_authenticate`, from a message the client
+    /// helper built, and the message still verifies (the NTProofStr covers them).
+    #[test]
+    fn client_av_pairs_are_read() {
+        let challenge = [4u8; 8];
+        let challenge_msg = challenge_message(0, challenge, &names(), 133_000_000_000_000_000);
+        let extra = ClientAvPairs {
+            target_name: Some("HTTP/bits.example.test".into()),
+            channel_bindings: Some([0xc1; 16]),
+            av_flags: Some(0x4),
+        };
+        let msg = authenticate_message_with(&challenge_msg, "dave", "BITS", "pw", [2; 8], &extra)
+            .unwrap();
+        let auth = parse_authenticate(&msg).unwrap();
+        assert_eq!(auth.target_name.as_deref(), Some("HTTP/bits.example.test"));
+        assert_eq!(auth.channel_bindings, Some([0xc1; 16]));
+        assert_eq!(auth.av_flags, Some(0x4));
+        let verdict = verify(
+            &auth,
+            &msg,
+            &nt_hash("pw"),
+            &challenge,
+            None,
+            &challenge_msg,
+        );
+        assert_eq!(verdict.map(|_| ()), Ok(()));
+        // The server's own pairs are still there, before ours.
+        let pairs = client_pairs(&auth.nt_response);
+        assert_eq!(
+            av_value(pairs, AV_NB_COMPUTER_NAME),
+            Some(&utf16("BITSD")[..])
+        );
+        assert_eq!(av_value(pairs, AV_TIMESTAMP).map(<[u8]>::len), Some(8));
+
+        // Without extras: nothing, and the blob is the server's target info as before.
+        let plain = authenticate_message(&challenge_msg, "dave", "BITS", "pw", [2; 8]).unwrap();
+        let auth = parse_authenticate(&plain).unwrap();
+        assert_eq!(
+            (auth.target_name, auth.channel_bindings, auth.av_flags),
+            (None, None, None)
+        );
+        // All-zero bindings: a client that has none.
+        let zero = ClientAvPairs {
+            channel_bindings: Some([0; 16]),
+            ..ClientAvPairs::default()
+        };
+        let msg =
+            authenticate_message_with(&challenge_msg, "dave", "BITS", "pw", [2; 8], &zero).unwrap();
+        assert_eq!(parse_authenticate(&msg).unwrap().channel_bindings, None);
+    }
+
+    /// Pairs of the wrong size, a target name that is not UTF-16, pairs running past the
+    /// blob: refused or ignored, never a panic.
+    #[test]
+    fn malformed_client_av_pairs() {
+        let with_pairs = |pairs: &[u8]| {
+            let mut nt = vec![0u8; PROOF_LEN];
+            nt.extend(hex(
+                "0101000000000000 0000000000000000 1122334455667788 00000000",
+            ));
+            nt.extend_from_slice(pairs);
+            authenticate("eve", "BITS", &nt)
+        };
+        let parse = |pairs: &str| parse_authenticate(&with_pairs(&hex(pairs)));
+        assert!(matches!(
+            parse("0a00 0f00 000000000000000000000000000000"),
+            Err(NtlmError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("0600 0300 010000"),
+            Err(NtlmError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("0900 0300 410042"),
+            Err(NtlmError::Malformed(_))
+        ));
+        // A lone surrogate.
+        assert!(matches!(
+            parse("0900 0200 00d8"),
+            Err(NtlmError::Malformed(_))
+        ));
+        // A length past the end: the pair is not there.
+        let auth = parse("0900 ff00 4100").unwrap();
+        assert_eq!(auth.target_name, None);
+        // After MsvAvEOL nothing counts.
+        let auth = parse("0000 0000 0600 0400 02000000").unwrap();
+        assert_eq!(auth.av_flags, None);
+    }
+
+    /// [MS-NLMP] 4.2.4.4 (NTLMv2 with extended session security and key exchange): the
+    /// client-to-server signing and sealing keys from RandomSessionKey 0x55…, the HMAC-MD5
+    /// checksum over "Plaintext" with SeqNum 0, and the document's signature
+    /// `01000000 7fb38ec5c55d4976 00000000`. The document's example is GSS_WrapEx, where the RC4
+    /// handle has first sealed the 18 plaintext bytes; a `mechListMIC` is a GetMIC on a fresh
+    /// handle, so `client_signature`'s checksum is the same HMAC under the keystream's start.
+    #[test]
+    fn ms_nlmp_4_2_4_4_signature() {
+        use md5::Digest as _;
+        let flags = 0xe28a_8233; // 33 82 8a e2: KEY_EXCH, 56, 128, ESS, SIGN, SEAL, …
+        let session = Session {
+            exported_key: [0x55; 16],
+            flags,
+        };
+        let plaintext = utf16("Plaintext");
+        let sign_key: [u8; 16] = md5::Md5::new()
+            .chain_update([0x55; 16])
+            .chain_update(CLIENT_SIGNING)
+            .finalize()
+            .into();
+        assert_eq!(sign_key.to_vec(), hex("4788dc861b4782f35d43fd98fe1a2d39"));
+        let seal_key: [u8; 16] = md5::Md5::new()
+            .chain_update([0x55; 16])
+            .chain_update(CLIENT_SEALING)
+            .finalize()
+            .into();
+        assert_eq!(seal_key.to_vec(), hex("59f600973cc4960a25480a7c196e4c58"));
+        let keystream = rc4(&seal_key, &[0; 26]);
+        // The sealed data of the example: the keystream's first 18 bytes over the plaintext.
+        let sealed: Vec<u8> = plaintext
+            .iter()
+            .zip(&keystream)
+            .map(|(p, k)| p ^ k)
+            .collect();
+        assert_eq!(sealed, hex("54e50165bf1936dc996020c1811b0f06fb5f"));
+        let signature = session.client_signature(&plaintext);
+        assert_eq!(&signature[..4], &[1, 0, 0, 0]);
+        assert_eq!(&signature[12..], &[0, 0, 0, 0], "SeqNum 0");
+        let checksum: Vec<u8> = signature[4..12]
+            .iter()
+            .zip(&keystream[..8])
+            .map(|(c, k)| c ^ k)
+            .collect();
+        assert_eq!(checksum, hex("70352851f2564309"));
+        let wrapped: Vec<u8> = checksum
+            .iter()
+            .zip(&keystream[18..])
+            .map(|(c, k)| c ^ k)
+            .collect();
+        let mut document = vec![1, 0, 0, 0];
+        document.extend(&wrapped);
+        document.extend([0; 4]);
+        assert_eq!(document, hex("01000000 7fb38ec5c55d4976 00000000"));
     }
 
     proptest::proptest! {

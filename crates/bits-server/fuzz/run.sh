@@ -6,4 +6,4 @@
 # A shorthand for scripts/fuzz.sh, which runs the fuzz targets of every crate (see there).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-exec "$here/../../../scripts/fuzz.sh" "${1:-60}" resolve_path download_plan notification_url
+exec "$here/../../../scripts/fuzz.sh" "${1:-60}" resolve_path download_plan notification_url basic_auth spnego ap_req

@@ -299,7 +299,7 @@ mod tests {
         );
     }
 
-    /// [RFC 3962] appendix B: AES-128 CTS with the key "chicken teriyaki" and a zero IV.
+    /// [RFC 3962] appendix B, all six: AES-128 CTS with the key "chicken teriyaki" and a zero IV.
     #[test]
     fn cts_known_answers() {
         let key = b"chicken teriyaki";
@@ -315,6 +315,24 @@ mod tests {
             (
                 "4920776f756c64206c696b65207468652047656e6572616c2047617527732043",
                 "39312523a78662d5be7fcbcc98ebf5a897687268d6ecccc0c07b25e25ecfe584",
+            ),
+            (
+                "4920776f756c64206c696b65207468652047656e6572616c2047617527732043
+                 6869636b656e2c20706c656173652c",
+                "97687268d6ecccc0c07b25e25ecfe584b3fffd940c16a18c1b5549d2f838029e
+                 39312523a78662d5be7fcbcc98ebf5",
+            ),
+            (
+                "4920776f756c64206c696b65207468652047656e6572616c2047617527732043
+                 6869636b656e2c20706c656173652c20",
+                "97687268d6ecccc0c07b25e25ecfe5849dad8bbb96c4cdc03bc103e1a194bbd8
+                 39312523a78662d5be7fcbcc98ebf5a8",
+            ),
+            (
+                "4920776f756c64206c696b65207468652047656e6572616c2047617527732043
+                 6869636b656e2c20706c656173652c20616e6420776f6e746f6e20736f75702e",
+                "97687268d6ecccc0c07b25e25ecfe58439312523a78662d5be7fcbcc98ebf5a8
+                 4807efe836ee89a526730dbc2f7bc8409dad8bbb96c4cdc03bc103e1a194bbd8",
             ),
         ];
         for (plain, cipher) in cases {

@@ -1,6 +1,7 @@
-//! The parts of Kerberos ([RFC 4120]) both sides of HTTP Negotiate need: the AES encryption
-//! types and just enough DER. The service's acceptor lives in `bits-server`, the client's
-//! ticket handling in `bits-client`.
+//! The parts of Kerberos ([RFC 4120]) the client's side of HTTP Negotiate needs: the AES
+//! encryption types and just enough DER to build its AP-REQ (`bits-client`'s `negotiate.rs`),
+//! and the reader of MIT's counted file fields (credential cache; the server's keytab too). The
+//! service's acceptor, in `bits-server`, uses picky-krb instead.
 
 pub mod crypto;
 pub mod der;

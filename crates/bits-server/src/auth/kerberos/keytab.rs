@@ -1,8 +1,61 @@
 //! MIT keytab files (format 0x0502, as `kadmin ktadd` and `ktpass` write them): the service's
 //! long-term keys by principal, version and encryption type.
 
-use super::crypto::Key;
 use bits_proto::kerberos::wire::Reader;
+use picky_krb::crypto::CipherSuite;
+
+/// `aes128-cts-hmac-sha1-96` and `aes256-cts-hmac-sha1-96` ([RFC 3962]).
+pub const AES128_CTS_HMAC_SHA1_96: i32 = 17;
+pub const AES256_CTS_HMAC_SHA1_96: i32 = 18;
+
+/// A long-term key of an AES encryption type (the only ones a service reads tickets with here:
+/// DES3 and RC4 keys are skipped).
+#[derive(Clone)]
+pub struct Key {
+    enctype: i32,
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys never go into logs.
+        f.debug_struct("Key")
+            .field("enctype", &self.enctype)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// `None` for another encryption type, or a key of the wrong size for its type.
+    pub fn new(enctype: i32, bytes: &[u8]) -> Option<Key> {
+        let want = match enctype {
+            AES128_CTS_HMAC_SHA1_96 => 16,
+            AES256_CTS_HMAC_SHA1_96 => 32,
+            _ => return None,
+        };
+        (bytes.len() == want).then(|| Key {
+            enctype,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    pub fn enctype(&self) -> i32 {
+        self.enctype
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// picky-krb's cipher for this key's type.
+    pub fn suite(&self) -> CipherSuite {
+        if self.enctype == AES128_CTS_HMAC_SHA1_96 {
+            CipherSuite::Aes128CtsHmacSha196
+        } else {
+            CipherSuite::Aes256CtsHmacSha196
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeytabError {
@@ -98,7 +151,7 @@ fn entry(record: &[u8]) -> Option<Option<Entry>> {
         Some(v) if v != 0 => v,
         _ => u32::from(kvno8),
     };
-    let Ok(key) = Key::new(i32::from(enctype), key) else {
+    let Some(key) = Key::new(i32::from(enctype), key) else {
         return Some(None);
     };
     Some(Some(Entry {
@@ -125,10 +178,7 @@ mod tests {
                 ("TEST.BITS", "HTTP/localhost", 2)
             );
         }
-        assert_eq!(
-            entries[0].key.enctype(),
-            super::super::crypto::AES256_CTS_HMAC_SHA1_96
-        );
+        assert_eq!(entries[0].key.enctype(), AES256_CTS_HMAC_SHA1_96);
         assert!(matches!(parse(b"\x05\x01"), Err(ParseError::Version)));
         assert!(parse(b"\x05\x02\x00\x00\x00\x40\x00").is_err());
     }

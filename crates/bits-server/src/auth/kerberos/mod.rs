@@ -3,5 +3,5 @@
 
 pub mod acceptor;
 pub mod keytab;
-
-pub use bits_proto::kerberos::{crypto, der};
+#[cfg(test)]
+mod rfc3962;
