@@ -32,10 +32,9 @@ pub async fn open_engine(
     let (sessions, data): (Arc<dyn store::SessionStore>, Arc<dyn store::DataStore>) =
         match &config.storage {
             config::StorageConfig::Fs => {
-                let fs = Arc::new(
-                    store::fs::FsStore::open(&config.spool_dir, config.fsync)?
-                        .with_body_budget(config.max_buffered_body_bytes),
-                );
+                let (records, fs) = store::fs::open_local(&config.spool_dir, config.fsync)
+                    .map_err(std::io::Error::other)?;
+                let fs = Arc::new(fs.with_body_budget(config.max_buffered_body_bytes));
                 for v in config
                     .vdirs
                     .iter()
@@ -43,7 +42,7 @@ pub async fn open_engine(
                 {
                     std::fs::create_dir_all(&v.root)?;
                 }
-                (fs.clone(), fs)
+                (records, fs)
             }
             config::StorageConfig::S3(s3) => {
                 let s3 = Arc::new(
@@ -64,6 +63,25 @@ pub async fn open_engine(
     let engine = Arc::new(Engine::with_metrics(config, timed.clone(), timed, metrics));
     let report = engine.recover().await.map_err(std::io::Error::other)?;
     engine.metrics().set_open(engine.open_sessions());
+    // The rest of the records are read while the server already answers.
+    let building = engine.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match building.build_registry().await {
+            Ok(r) if r.sessions > 0 => tracing::info!(
+                sessions = r.sessions,
+                removed = r.removed,
+                reconciled = r.reconciled,
+                tombstones_forgotten = r.tombstones_forgotten,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "registry built"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reading the session records failed; limits count only what was read")
+            }
+        }
+    });
     Ok((engine, report))
 }
 

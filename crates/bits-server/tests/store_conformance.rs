@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bits_proto::SessionId;
-use bits_server::store::fs::FsStore;
 use bits_server::store::s3::{S3Config, S3Store};
 use bits_server::store::{
     DataStore, Destination, DestinationState, SessionRecord, SessionState, SessionStore, StoreError,
@@ -558,11 +557,12 @@ async fn fs_backend() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let uploads = tmp.path().join("uploads");
     std::fs::create_dir(&uploads).expect("uploads dir");
-    let store = Arc::new(FsStore::open(&tmp.path().join("spool"), true).expect("open fs store"));
+    let (records, store) =
+        bits_server::store::fs::open_local(&tmp.path().join("spool"), true).expect("open fs store");
     let b = Backend {
         kind: Kind::Fs,
-        sessions: store.clone(),
-        data: store,
+        sessions: records,
+        data: Arc::new(store),
         root: uploads.to_string_lossy().into_owned(),
         reader: Reader::Fs,
     };
@@ -637,9 +637,12 @@ async fn unreachable_s3_store_fails_within_the_retry_timeout() {
     })
     .expect("s3 store");
     let started = std::time::Instant::now();
-    let probed = tokio::time::timeout(Duration::from_secs(20), store.probe())
-        .await
-        .expect("the probe gave up by itself");
+    let probed = tokio::time::timeout(
+        Duration::from_secs(20),
+        bits_server::store::SessionStore::probe(&store),
+    )
+    .await
+    .expect("the probe gave up by itself");
     assert!(probed.is_err());
     assert!(
         started.elapsed() < Duration::from_secs(10),

@@ -201,8 +201,11 @@ impl Owing {
                     }
                 }
                 .await;
-                if let Err(e) = cleared {
-                    tracing::warn!(session = %id, error = %e, "could not clear the owed completion event");
+                match cleared {
+                    Ok(()) => tracing::debug!(session = %id, "owed completion event settled"),
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "could not clear the owed completion event")
+                    }
                 }
             })
         })

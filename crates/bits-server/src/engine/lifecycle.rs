@@ -92,13 +92,39 @@ impl Engine {
         Ok(())
     }
 
+    /// The sessions a sweep at `now` must look at: with the store's time indexes, open ones
+    /// idle longer than the shortest `session_timeout` and tombstones older than `ttl`;
+    /// without them, every record.
+    async fn sweep_candidates(&self, now: u64, ttl: u64) -> Result<Vec<SessionId>, BitsError> {
+        let shortest = self
+            .config
+            .vdirs
+            .iter()
+            .map(|v| v.session_timeout.as_millis() as u64)
+            .min()
+            .unwrap_or(0);
+        let idle = self
+            .sessions
+            .idle_before(now.saturating_sub(shortest))
+            .await?;
+        let old = self.sessions.ended_before(now.saturating_sub(ttl)).await?;
+        Ok(match (idle, old) {
+            (Some(mut idle), Some(old)) => {
+                idle.extend(old);
+                idle
+            }
+            _ => self.sessions.list().await?,
+        })
+    }
+
     /// One cleanup pass: expires idle sessions, forgets old tombstones. Sessions busy with a
     /// request are skipped (they are not idle).
     pub async fn sweep(&self) -> Result<SweepReport, BitsError> {
         let mut report = SweepReport::default();
+        self.registry_complete().await;
         let now = self.now_ms();
         let ttl = self.config.tombstone_ttl.as_millis() as u64;
-        for id in self.sessions.list().await? {
+        for id in self.sweep_candidates(now, ttl).await? {
             let Some(_guard) = self.locks.try_lock(id) else {
                 report.busy += 1;
                 continue;
@@ -325,9 +351,130 @@ impl Engine {
         BitsError::SessionNotFound(id)
     }
 
-    /// Start-up: reconcile every session with the data actually held, finish interrupted
-    /// publications, drop sessions of disabled vdirs, and rebuild the destination index.
+    /// Start-up recovery. With a store that indexes what needs a look (the file system
+    /// backend's session database), only those sessions are recovered here: interrupted
+    /// completions and owed hook events; everything else is read by [`Engine::build_registry`],
+    /// which the server runs in the background while it already serves. Without such an index
+    /// (object storage), every record is read here and the registry is complete on return.
     pub async fn recover(&self) -> Result<RecoveryReport, BitsError> {
+        let Some(ids) = self.sessions.attention().await? else {
+            return self.recover_every_record().await;
+        };
+        self.registry().begin_build();
+        self.registry_ready.send_replace(false);
+        let mut report = RecoveryReport::default();
+        for id in ids {
+            report.sessions += 1;
+            // A tombstone found here is ordered with the others by the registry build.
+            if let Err(e) = self.recover_one(id, &mut report).await {
+                report.unreadable += 1;
+                tracing::error!(session = %id, error = %e, "recovery could not restore session");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Reads every record (in pages) into the registry after [`Engine::recover`] took only the
+    /// sessions that needed attention: open sessions counted, tombstones ordered, sessions of
+    /// vdirs without uploads deleted, files of ended sessions removed. Requests are served
+    /// meanwhile; those that need the registry (Create-Session, quotas, the sweep) wait for the
+    /// end of the build. Does nothing when the registry is complete already.
+    pub async fn build_registry(&self) -> Result<RecoveryReport, BitsError> {
+        let mut report = RecoveryReport::default();
+        if *self.registry_ready.borrow() {
+            return Ok(report);
+        }
+        let result = self.read_every_page(&mut report).await;
+        self.registry().end_build();
+        self.registry_ready.send_replace(true);
+        self.metrics.set_open(self.open_sessions());
+        result.map(|()| report)
+    }
+
+    async fn read_every_page(&self, report: &mut RecoveryReport) -> Result<(), BitsError> {
+        const PAGE: usize = 1024;
+        let mut after = None;
+        let mut ended = Vec::new();
+        loop {
+            let Some(page) = self.sessions.page(after, PAGE).await? else {
+                break;
+            };
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id);
+            for mut rec in page {
+                report.sessions += 1;
+                if self.vdir_of(&rec).is_none_or(|v| !v.upload_enabled) {
+                    let Some(_guard) = self.locks.try_lock(rec.id) else {
+                        continue;
+                    };
+                    self.data.discard(rec.id).await?;
+                    self.sessions.remove(rec.id).await?;
+                    self.registry().remove(rec.id);
+                    report.removed += 1;
+                    tracing::info!(session = %rec.id, vdir = %rec.vdir, "deleted session of a vdir without uploads");
+                    continue;
+                }
+                if !rec.state.is_open() {
+                    ended.push((rec.ended_at.unwrap_or(0), rec.id));
+                    continue;
+                }
+                // Only the unsafe mode can leave a record claiming bytes the data lost.
+                if !self.config.fsync && rec.state == SessionState::Receiving {
+                    let held = self.data.held(rec.id).await?;
+                    if held < rec.received {
+                        rec.received = held;
+                        self.sessions.save(&rec).await?;
+                        report.reconciled += 1;
+                    }
+                }
+                self.registry().add_scanned(&rec);
+            }
+            // Requests come first: the build is background work.
+            tokio::task::yield_now().await;
+        }
+        ended.sort();
+        let mut evicted = Vec::new();
+        {
+            let mut registry = self.registry();
+            for (_, id) in ended {
+                evicted.extend(registry.add_tombstone(id, self.config.max_tombstones));
+            }
+        }
+        report.tombstones_forgotten = evicted.len();
+        self.forget_tombstones(evicted).await;
+        // Files of sessions that ended (removed without a flush) and came back after a crash.
+        if let Some(stored) = self.data.stored_ids().await? {
+            for id in stored {
+                if self.registry().is_open(id) {
+                    continue;
+                }
+                let Some(_guard) = self.locks.try_lock(id) else {
+                    continue;
+                };
+                if self
+                    .sessions
+                    .load(id)
+                    .await?
+                    .is_some_and(|r| r.state.is_open())
+                {
+                    continue;
+                }
+                self.data.discard(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the registry counts every open session (see [`Engine::build_registry`]).
+    pub(super) async fn registry_complete(&self) {
+        let mut ready = self.registry_ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Recovery by reading every record, for stores without an index of what needs a look.
+    async fn recover_every_record(&self) -> Result<RecoveryReport, BitsError> {
         let mut report = RecoveryReport::default();
         let mut ended = Vec::new();
         for id in self.sessions.list().await? {

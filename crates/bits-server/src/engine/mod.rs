@@ -62,6 +62,9 @@ pub struct Engine {
     activity: crate::activity::Activity,
     /// When this process last saw each session used, on the monotonic clock.
     liveness: liveness::Liveness,
+    /// Whether the registry counts every open session (false while it is built in the
+    /// background after start-up).
+    registry_ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// Where this request reached the server: for building reply and notification URLs.
@@ -102,6 +105,7 @@ impl Engine {
             liveness: Self::liveness_for(&config_tolerance, &crate::clock::SystemClock),
             clock: Arc::new(crate::clock::SystemClock),
             activity: Default::default(),
+            registry_ready: tokio::sync::watch::Sender::new(true),
             config,
         }
     }
@@ -340,6 +344,8 @@ impl Engine {
         // nodes): a refusal is checked against the store once before it is given.
         let unchecked = self.shared_store();
         let (mut holder_checked, mut limits_checked) = (!unchecked, !unchecked);
+        // Limits and holders are judged on the registry: complete after start-up's build.
+        self.registry_complete().await;
         loop {
             let refusal = {
                 let mut registry = self.registry();
@@ -531,6 +537,12 @@ impl Engine {
             drain(body.as_mut()).await;
         } else {
             let len = range.end() - rec.received;
+            if self.config.spool_quota.is_some()
+                || self.config.max_spool_bytes_per_identity.is_some()
+            {
+                // Quotas count every open session's bytes: known once start-up's build ends.
+                self.registry_complete().await;
+            }
             let over_quota = || {
                 let registry = self.registry();
                 let over = |used: u64, quota: Option<u64>| {

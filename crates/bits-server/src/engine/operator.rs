@@ -79,7 +79,8 @@ impl Engine {
 
     /// Whether storage answers at all (a cheap call), for readiness checks.
     pub async fn probe_storage(&self) -> Result<(), BitsError> {
-        Ok(self.sessions.probe().await?)
+        self.sessions.probe().await?;
+        Ok(self.data.probe().await?)
     }
 
     /// Whether `id` is a session this node knows (open, or ended and still remembered).

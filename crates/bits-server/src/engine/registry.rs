@@ -46,6 +46,9 @@ pub struct Registry {
     /// a refresh is running (one at a time).
     last_fruitless_refresh: Option<Instant>,
     refreshing: bool,
+    /// While the registry is built from the store in the background: the sessions requests
+    /// touched meanwhile. Their entries are current; what the build read of them may not be.
+    touched_during_build: Option<HashSet<SessionId>>,
 }
 
 impl Registry {
@@ -86,8 +89,45 @@ impl Registry {
         self.anonymous_per_ip.get(&ip).copied().unwrap_or(0)
     }
 
+    /// The build from the store begins: requests' changes are tracked from now on.
+    pub fn begin_build(&mut self) {
+        self.touched_during_build = Some(HashSet::new());
+    }
+
+    /// The build is over: the registry is the truth again.
+    pub fn end_build(&mut self) {
+        self.touched_during_build = None;
+    }
+
+    fn touch(&mut self, id: SessionId) {
+        if let Some(t) = &mut self.touched_during_build {
+            t.insert(id);
+        }
+    }
+
+    /// What the build read of one record: taken unless a request has touched the session
+    /// since the build began (then the registry knows better). Returns whether it was taken.
+    pub fn add_scanned(&mut self, rec: &SessionRecord) -> bool {
+        if self
+            .touched_during_build
+            .as_ref()
+            .is_some_and(|t| t.contains(&rec.id))
+        {
+            return false;
+        }
+        if rec.state.is_open() {
+            self.insert(rec);
+        }
+        // `insert` counted it as touched: a scanned entry is not a request's.
+        if let Some(t) = &mut self.touched_during_build {
+            t.remove(&rec.id);
+        }
+        true
+    }
+
     /// Remembers an ended session; returns the oldest ones beyond `cap`, to forget now.
     pub fn add_tombstone(&mut self, id: SessionId, cap: u64) -> Vec<SessionId> {
+        self.touch(id);
         if self.tombstone_set.insert(id) {
             self.tombstone_order.push_back(id);
         }
@@ -110,6 +150,7 @@ impl Registry {
 
     /// Forgets a tombstone removed by other means (the expiry sweep).
     pub fn drop_tombstone(&mut self, id: SessionId) {
+        self.touch(id);
         self.tombstone_set.remove(&id);
     }
 
@@ -183,6 +224,7 @@ impl Registry {
     /// Registers an open session (creation or recovery).
     pub fn insert(&mut self, rec: &SessionRecord) {
         self.remove(rec.id);
+        self.touch(rec.id);
         let spooled = if rec.state == SessionState::Receiving {
             rec.received
         } else {
@@ -224,6 +266,7 @@ impl Registry {
 
     /// Records the session's current spool usage.
     pub fn set_spooled(&mut self, id: SessionId, bytes: u64) {
+        self.touch(id);
         if let Some(s) = self.by_id.get_mut(&id) {
             self.spooled = self.spooled - s.spooled + bytes;
             let owner = self.spooled_per_owner.entry(s.owner.clone()).or_default();
@@ -234,6 +277,7 @@ impl Registry {
 
     /// Forgets a session that ended.
     pub fn remove(&mut self, id: SessionId) {
+        self.touch(id);
         let Some(s) = self.by_id.remove(&id) else {
             return;
         };

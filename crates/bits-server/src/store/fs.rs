@@ -1,10 +1,15 @@
-//! Local file system backend: one directory per session under the spool, published by an
-//! atomic rename (or a no-replace hard link) into the vdir root.
+//! Local file system backend: the upload data of each session in the spool, published by an
+//! atomic rename (or a no-replace hard link) into the vdir root. The session records live in
+//! the spool's session database ([`super::sessions_db`]).
 //!
 //! ```text
-//! <spool>/sessions/<uuid>/meta.json   the SessionRecord, replaced by write-temp + fsync + rename
-//! <spool>/sessions/<uuid>/data        the partial upload, written in place at the received offset
+//! <spool>/sessions.redb        session records, tombstones and their indexes
+//! <spool>/data/<uuid>          the partial upload, written in place at the received offset
+//! <spool>/data/<uuid>.reply    the server application's reply (upload-reply)
 //! ```
+//!
+//! An earlier layout kept one directory per session (`<spool>/sessions/<uuid>/meta.json`, `data`,
+//! `reply`); [`open_local`] converts it once at start-up.
 //!
 //! A vdir root may be writable by others than the server, so nothing below it is reached by a
 //! path string: the destination's directory is opened relative to the root without leaving it
@@ -12,7 +17,7 @@
 //! relative to that directory, never following a symbolic link planted under a server name.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -28,10 +33,12 @@ use rustix::io::Errno;
 use tokio::task::{spawn_blocking, JoinHandle};
 
 use super::budget::BodyBudget;
+use super::dirsync::DirSync;
+use super::sessions_db::SessionsDb;
 use super::vectored;
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
-    Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
+    Representation, SessionRecord, StoreError, WriteOutcome,
 };
 
 /// Bytes gathered from the network before one positioned write; two such batches are in flight
@@ -42,22 +49,45 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// Default of `max_buffered_body_bytes`.
 pub const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
 
-#[derive(Clone, Debug)]
+/// Opens the spool at `spool` for the file system backend: its session database and its data
+/// store, converting a spool of the earlier one-directory-per-session layout first.
+pub fn open_local(spool: &Path, fsync: bool) -> Result<(Arc<SessionsDb>, FsStore), StoreError> {
+    fs::create_dir_all(spool)?;
+    let sessions = SessionsDb::open(&spool.join("sessions.redb"), fsync)?;
+    let data = FsStore::open(spool, fsync)?;
+    migrate_legacy(spool, &sessions, &data)?;
+    Ok((Arc::new(sessions), data))
+}
+
+#[derive(Clone)]
 pub struct FsStore {
-    sessions: PathBuf,
+    data: PathBuf,
     fsync: bool,
     budget: Arc<BodyBudget>,
+    /// Group fsync of the data directory and of destination directories.
+    dirs: Arc<DirSync>,
+}
+
+impl std::fmt::Debug for FsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsStore")
+            .field("data", &self.data)
+            .field("fsync", &self.fsync)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FsStore {
-    /// Opens (creating if needed) the spool directory. `fsync = false` is the unsafe fast mode.
+    /// Opens (creating if needed) the spool's data directory. `fsync = false` is the unsafe
+    /// fast mode.
     pub fn open(spool: &Path, fsync: bool) -> io::Result<FsStore> {
-        let sessions = spool.join("sessions");
-        fs::create_dir_all(&sessions)?;
+        let data = spool.join("data");
+        fs::create_dir_all(&data)?;
         Ok(FsStore {
-            sessions,
+            data,
             fsync,
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
+            dirs: Arc::default(),
         })
     }
 
@@ -68,73 +98,120 @@ impl FsStore {
         self
     }
 
-    fn dir(&self, id: SessionId) -> PathBuf {
-        self.sessions.join(id.as_uuid().hyphenated().to_string())
-    }
-
-    fn meta(&self, id: SessionId) -> PathBuf {
-        self.dir(id).join("meta.json")
+    fn name(id: SessionId) -> String {
+        id.as_uuid().hyphenated().to_string()
     }
 
     fn data(&self, id: SessionId) -> PathBuf {
-        self.dir(id).join("data")
+        self.data.join(Self::name(id))
     }
 
     fn reply(&self, id: SessionId) -> PathBuf {
-        self.dir(id).join("reply")
+        self.data.join(format!("{}.reply", Self::name(id)))
     }
 
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+    fn reply_tmp(&self, id: SessionId) -> PathBuf {
+        self.data.join(format!("{}.reply.tmp", Self::name(id)))
+    }
+
+    /// Makes the data directory's entries durable (new or renamed files), sharing the fsync
+    /// with concurrent callers.
+    fn sync_data_dir(&self) -> io::Result<()> {
         if self.fsync {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-
-    fn write_meta(&self, rec: &SessionRecord) -> Result<(), StoreError> {
-        let how = if self.fsync {
-            MetaWrite::Durable
-        } else {
-            MetaWrite::Replace
-        };
-        self.write_meta_with(rec, how)
-    }
-
-    fn write_meta_with(&self, rec: &SessionRecord, how: MetaWrite) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(rec)
-            .map_err(|e| StoreError::Corrupt(rec.id.to_string(), e.to_string()))?;
-        let dir = self.dir(rec.id);
-        if how == MetaWrite::InPlace {
-            File::create(dir.join("meta.json"))?.write_all(&json)?;
-            return Ok(());
-        }
-        let tmp = dir.join("meta.json.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&json)?;
-        if how == MetaWrite::Durable {
-            f.sync_all()?;
-        }
-        drop(f);
-        fs::rename(&tmp, dir.join("meta.json"))?;
-        if how == MetaWrite::Durable {
-            self.sync_dir(&dir)?;
+            self.dirs.sync(&File::open(&self.data)?)?;
         }
         Ok(())
     }
 }
 
-/// How a session record is written.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum MetaWrite {
-    /// Temporary file, fsync, rename, directory fsync: survives power loss.
-    Durable,
-    /// Temporary file and rename: survives a crash of the process, not a power loss.
-    Replace,
-    /// Written in place: a new session's first record (synced by `create` before the Ack), and
-    /// tombstones (not synced: a power loss may tear one, and recovery then removes it — the
-    /// session's data is gone already). A temporary file per write would cost an inode
-    /// allocation, which dominates small uploads on ext4.
-    InPlace,
+/// Converts a spool of the one-directory-per-session layout: each `sessions/<uuid>/meta.json`
+/// goes into the database (unless it is there already), its `data` and `reply` move to
+/// `data/`, and the directory goes. Each step can be repeated after a crash without changing
+/// the result: records are imported before their files move, and a directory is removed last.
+fn migrate_legacy(spool: &Path, db: &SessionsDb, store: &FsStore) -> Result<(), StoreError> {
+    let legacy = spool.join("sessions");
+    let Ok(entries) = fs::read_dir(&legacy) else {
+        return Ok(());
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| SessionId::parse(n).ok())
+        {
+            dirs.push((id, entry.path()));
+        }
+    }
+    if dirs.is_empty() {
+        let _ = fs::remove_dir(&legacy);
+        return Ok(());
+    }
+    tracing::info!(
+        sessions = dirs.len(),
+        "converting the spool to the session database"
+    );
+    let mut kept = 0usize;
+    for chunk in dirs.chunks(1024) {
+        let mut records = Vec::with_capacity(chunk.len());
+        let mut convert = Vec::with_capacity(chunk.len());
+        for (id, dir) in chunk {
+            match fs::read(dir.join("meta.json")) {
+                Ok(bytes) => match serde_json::from_slice::<SessionRecord>(&bytes) {
+                    Ok(rec) => {
+                        records.push(rec);
+                        convert.push((*id, dir));
+                    }
+                    // Torn (tombstones were written in place without a flush). Without data
+                    // nothing acknowledged depends on it; with data it stays for an operator.
+                    Err(e) => {
+                        let held = fs::metadata(dir.join("data")).map_or(0, |m| m.len());
+                        if held == 0 {
+                            tracing::warn!(session = %id, error = %e, "unreadable record without data (torn by a crash); removed");
+                            convert.push((*id, dir));
+                        } else {
+                            tracing::error!(session = %id, dir = %dir.display(), error = %e, "unreadable record with data; left where it is for an operator");
+                            kept += 1;
+                        }
+                    }
+                },
+                // Never recorded (a crash inside Create-Session): nobody got an Ack for it.
+                Err(e) if e.kind() == ErrorKind::NotFound => convert.push((*id, dir)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        db.import(&records)?;
+        let chunk = convert;
+        for (id, dir) in &chunk {
+            for (from, to) in [
+                (dir.join("data"), store.data(*id)),
+                (dir.join("reply"), store.reply(*id)),
+            ] {
+                match fs::rename(&from, &to) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        store.sync_data_dir()?;
+        for (_, dir) in &chunk {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if store.fsync {
+        File::open(&legacy)?.sync_all()?;
+    }
+    if kept == 0 {
+        let _ = fs::remove_dir(&legacy);
+    }
+    tracing::info!(kept, "spool converted");
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -143,95 +220,6 @@ async fn blocking<T: Send + 'static>(
     spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Io(io::Error::other(e)))?
-}
-
-#[async_trait]
-impl SessionStore for FsStore {
-    async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
-        // A new session must survive a power loss once acknowledged: the client may publish
-        // through it with its very first fragment, and a session lost after that would make the
-        // client start over against a destination that now exists. The first record is written
-        // in place (no temporary file: there is no older version to keep), with the empty data
-        // file (see `allocate`) in the same trip to the blocking pool.
-        let (me, rec) = (self.clone(), rec.clone());
-        blocking(move || {
-            let dir = me.dir(rec.id);
-            fs::create_dir(&dir)?;
-            me.write_meta_with(&rec, MetaWrite::InPlace)?;
-            File::create(me.data(rec.id))?;
-            if me.fsync {
-                // The record, its directory and the session's entry in `sessions/`, in one trip
-                // to the blocking pool: the first sync commits the journal transaction that
-                // holds all three changes, so the next two find little left to wait for.
-                File::open(me.meta(rec.id))?.sync_data()?;
-                File::open(&dir)?.sync_all()?;
-                File::open(&me.sessions)?.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let path = self.meta(id);
-        blocking(move || match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        })
-        .await
-    }
-
-    async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError> {
-        let (me, rec) = (self.clone(), rec.clone());
-        blocking(move || me.write_meta(&rec)).await
-    }
-
-    async fn save_ended(&self, rec: &SessionRecord) -> Result<(), StoreError> {
-        let (me, rec) = (self.clone(), rec.clone());
-        blocking(move || me.write_meta_with(&rec, MetaWrite::InPlace)).await
-    }
-
-    async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
-        let me = self.clone();
-        blocking(move || match fs::remove_dir_all(me.dir(id)) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(me.sync_dir(&me.sessions)?),
-        })
-        .await
-    }
-
-    async fn forget_ended(&self, id: SessionId) -> Result<(), StoreError> {
-        let dir = self.dir(id);
-        blocking(move || match fs::remove_dir_all(dir) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        })
-        .await
-    }
-
-    async fn list(&self) -> Result<Vec<SessionId>, StoreError> {
-        let dir = self.sessions.clone();
-        blocking(move || {
-            let mut ids = Vec::new();
-            for entry in fs::read_dir(dir)? {
-                let name = entry?.file_name();
-                if let Some(id) = name.to_str().and_then(|n| SessionId::parse(n).ok()) {
-                    ids.push(id);
-                }
-            }
-            Ok(ids)
-        })
-        .await
-    }
-
-    async fn probe(&self) -> Result<(), StoreError> {
-        // Opening the directory is enough: a removed or unreachable spool fails here.
-        let dir = self.sessions.clone();
-        blocking(move || Ok(fs::read_dir(dir).map(|_| ())?)).await
-    }
 }
 
 /// Prefix of the temporary copy made next to a destination when the spool is on another
@@ -670,15 +658,27 @@ impl DataStore for FsStore {
         blocking(move || inspect_blocking(&dest)).await
     }
 
+    async fn probe(&self) -> Result<(), StoreError> {
+        // Opening the data directory is enough: a removed or unreachable spool fails here.
+        let dir = self.data.clone();
+        blocking(move || Ok(fs::read_dir(dir).map(|_| ())?)).await
+    }
+
     async fn prepare_root(&self, root: &str) -> Result<(), StoreError> {
         let root = PathBuf::from(root);
         blocking(move || Ok(fs::create_dir_all(root)?)).await
     }
 
     async fn allocate(&self, id: SessionId) -> Result<(), StoreError> {
-        // `SessionStore::create` of this same store made the empty data file already.
-        let _ = id;
-        Ok(())
+        // The empty file and its name made durable (sharing the directory's fsync with every
+        // session created meanwhile): the first fragment's bytes then need only the file's
+        // own flush.
+        let (me, path) = (self.clone(), self.data(id));
+        blocking(move || {
+            File::create(&path)?;
+            Ok(me.sync_data_dir()?)
+        })
+        .await
     }
 
     async fn write(
@@ -819,12 +819,24 @@ impl DataStore for FsStore {
         blocking(move || me.unpublish_blocking(id, &dest)).await
     }
 
+    async fn stored_ids(&self) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let dir = self.data.clone();
+        blocking(move || {
+            let mut ids = std::collections::BTreeSet::new();
+            for entry in fs::read_dir(dir)? {
+                let name = entry?.file_name();
+                let uuid = name.to_str().and_then(|n| n.split('.').next());
+                if let Some(id) = uuid.and_then(|u| SessionId::parse(u).ok()) {
+                    ids.insert(id);
+                }
+            }
+            Ok(Some(ids.into_iter().collect()))
+        })
+        .await
+    }
+
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
-        let paths = [
-            self.data(id),
-            self.reply(id),
-            self.dir(id).join("reply.tmp"),
-        ];
+        let paths = [self.data(id), self.reply(id), self.reply_tmp(id)];
         blocking(move || paths.iter().try_for_each(|p| remove_if_exists(p))).await
     }
 
@@ -848,7 +860,7 @@ impl DataStore for FsStore {
         mut body: BodyStream<'_>,
     ) -> Result<u64, StoreError> {
         use tokio::io::AsyncWriteExt;
-        let tmp = self.dir(id).join("reply.tmp");
+        let tmp = self.reply_tmp(id);
         let mut file = tokio::fs::File::create(&tmp).await?;
         let mut len = 0u64;
         while let Some(chunk) = body.next().await {
@@ -862,9 +874,8 @@ impl DataStore for FsStore {
         }
         drop(file);
         tokio::fs::rename(&tmp, self.reply(id)).await?;
-        let dir = self.dir(id);
         let me = self.clone();
-        blocking(move || Ok(me.sync_dir(&dir)?)).await?;
+        blocking(move || Ok(me.sync_data_dir()?)).await?;
         Ok(len)
     }
 
@@ -874,13 +885,13 @@ impl DataStore for FsStore {
     }
 
     async fn seal_reply(&self, id: SessionId) -> Result<(), StoreError> {
-        let (path, dir, me) = (self.reply(id), self.dir(id), self.clone());
+        let (path, me) = (self.reply(id), self.clone());
         blocking(move || {
             let f = OpenOptions::new().create(true).append(true).open(&path)?;
             if me.fsync {
                 f.sync_all()?;
             }
-            Ok(me.sync_dir(&dir)?)
+            Ok(me.sync_data_dir()?)
         })
         .await
     }
@@ -1023,7 +1034,9 @@ impl FsStore {
             }
         }
         if self.fsync {
-            let (synced, no_undo) = sync_publish_dir(&parent.dir);
+            let (fault, no_undo) = sync_publish_dir_fault();
+            // Completions into the same directory share its fsync.
+            let synced = fault.and_then(|()| self.dirs.sync(&parent.dir));
             if let Err(e) = synced {
                 // Whether the new name reached the disk is unknown: take it back, so the
                 // session is plainly unpublished (the retransmitted final fragment publishes
@@ -1167,9 +1180,9 @@ fn publish_fault() -> &'static std::sync::Mutex<PublishFault> {
     })
 }
 
-/// fsync of a destination directory after publishing (with the test fault point). The second
-/// value says whether the fault point also forbids taking the publication back.
-fn sync_publish_dir(dir: &File) -> (io::Result<()>, bool) {
+/// The test fault point before a destination directory's fsync after publishing: an error to
+/// report instead of syncing, and whether taking the publication back must fail too.
+fn sync_publish_dir_fault() -> (io::Result<()>, bool) {
     let mut armed = publish_fault().lock().unwrap_or_else(|p| p.into_inner());
     let fault = std::mem::replace(&mut *armed, PublishFault::None);
     drop(armed);
@@ -1180,7 +1193,7 @@ fn sync_publish_dir(dir: &File) -> (io::Result<()>, bool) {
             fault == PublishFault::FsyncNoUndo,
         );
     }
-    (dir.sync_all(), false)
+    (Ok(()), false)
 }
 
 fn partial_name(id: SessionId) -> String {
@@ -1284,7 +1297,6 @@ mod tests {
 
     fn session_with(store: &FsStore, data: &[u8]) -> SessionId {
         let id = SessionId::random();
-        fs::create_dir_all(store.dir(id)).unwrap();
         fs::write(store.data(id), data).unwrap();
         id
     }

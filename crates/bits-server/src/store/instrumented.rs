@@ -81,10 +81,36 @@ impl SessionStore for Instrumented {
     async fn probe(&self) -> Result<(), StoreError> {
         self.timed("probe", self.sessions.probe()).await
     }
+
+    async fn attention(&self) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.timed("attention", self.sessions.attention()).await
+    }
+
+    async fn idle_before(&self, before_ms: u64) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.timed("idle_before", self.sessions.idle_before(before_ms))
+            .await
+    }
+
+    async fn ended_before(&self, before_ms: u64) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.timed("ended_before", self.sessions.ended_before(before_ms))
+            .await
+    }
+
+    async fn page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Option<Vec<SessionRecord>>, StoreError> {
+        self.timed("page", self.sessions.page(after, limit)).await
+    }
 }
 
 #[async_trait]
 impl DataStore for Instrumented {
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.timed("probe", self.data.probe()).await
+    }
+
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
         self.timed("inspect", self.data.inspect(dest)).await
     }
@@ -154,6 +180,10 @@ impl DataStore for Instrumented {
 
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
         self.timed("discard", self.data.discard(id)).await
+    }
+
+    async fn stored_ids(&self) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.timed("stored_ids", self.data.stored_ids()).await
     }
 
     async fn read_upload(&self, id: SessionId) -> Result<(u64, ByteStream), StoreError> {

@@ -3,9 +3,11 @@
 //! the local file system one.
 
 mod budget;
+pub mod dirsync;
 pub mod fs;
 pub mod instrumented;
 pub mod s3;
+pub mod sessions_db;
 mod vectored;
 
 use std::io;
@@ -199,10 +201,43 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn probe(&self) -> Result<(), StoreError> {
         self.list().await.map(|_| ())
     }
+    /// The sessions start-up must look at: a completion that may be half done, an owed hook
+    /// event. `None`: the store keeps no such index, and start-up looks at every record.
+    async fn attention(&self) -> Result<Option<Vec<SessionId>>, StoreError> {
+        Ok(None)
+    }
+    /// Open sessions whose last activity is before `before_ms` (the sweep's candidates).
+    /// `None`: no index; the sweep reads every record.
+    async fn idle_before(&self, before_ms: u64) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let _ = before_ms;
+        Ok(None)
+    }
+    /// Ended sessions (tombstones) that ended before `before_ms`, oldest first. `None`: no
+    /// index.
+    async fn ended_before(&self, before_ms: u64) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let _ = before_ms;
+        Ok(None)
+    }
+    /// Up to `limit` records in id order, after `after`: for reading all records in pages
+    /// (the registry built in the background, listings). `None`: not supported; use
+    /// `list` and `load`.
+    async fn page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Option<Vec<SessionRecord>>, StoreError> {
+        let _ = (after, limit);
+        Ok(None)
+    }
 }
 
 #[async_trait]
 pub trait DataStore: Send + Sync + 'static {
+    /// A cheap check that the store answers (for the admin listener's `/readyz`), where the
+    /// data lives apart from the records.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError>;
     /// Whether the store can hold a file at `dest` at all (a name it cannot represent, such as
     /// an object key over its length limit); `Err` says why, for the client's 400.
@@ -276,6 +311,12 @@ pub trait DataStore: Send + Sync + 'static {
     }
     /// Deletes the session's temporary data and reply (never the published file).
     async fn discard(&self, id: SessionId) -> Result<(), StoreError>;
+    /// The sessions that have temporary data stored, for removing what ended sessions left
+    /// after a crash. `None`: the store cannot list them cheaply (its `discard` of a session
+    /// removes everything anyway).
+    async fn stored_ids(&self) -> Result<Option<Vec<SessionId>>, StoreError> {
+        Ok(None)
+    }
     /// The complete upload, for a by-value notification.
     async fn read_upload(&self, id: SessionId) -> Result<(u64, ByteStream), StoreError>;
     /// Stores the server application's reply (replacing any earlier one), durably.

@@ -65,13 +65,14 @@ impl Harness {
         );
         let config: ServerConfig = toml::from_str(&text).expect("config");
         config.validate().expect("valid config");
-        let fs = Arc::new(
-            bits_server::store::fs::FsStore::open(&config.spool_dir, config.fsync).expect("spool"),
-        );
+        let (records, fs) =
+            bits_server::store::fs::open_local(&config.spool_dir, config.fsync).expect("spool");
         let clock = Arc::new(ManualClock::new());
-        let engine =
-            Arc::new(Engine::new(Arc::new(config), fs.clone(), fs).with_clock(clock.clone()));
+        let engine = Arc::new(
+            Engine::new(Arc::new(config), records, Arc::new(fs)).with_clock(clock.clone()),
+        );
         engine.recover().await.expect("recovery");
+        engine.build_registry().await.expect("registry");
         let front = Arc::new(Frontend::new(engine.clone(), None).expect("frontend"));
         Harness {
             clock,

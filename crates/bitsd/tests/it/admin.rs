@@ -169,9 +169,9 @@ fn health_and_readiness() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"ok\n");
     assert_eq!(admin_get(&s, "/readyz", &[]).status, 200);
-    // The spool's session directory disappears: storage no longer answers.
-    let sessions = s.spool().join("sessions");
-    let moved = s.spool().join("sessions.away");
+    // The spool's data directory disappears: storage no longer answers.
+    let sessions = s.spool().join("data");
+    let moved = s.spool().join("data.away");
     std::fs::rename(&sessions, &moved).unwrap();
     let r = admin_get(&s, "/readyz", &[]);
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));

@@ -216,12 +216,44 @@ fn sigkill_at_random_points_loses_nothing() {
     assert!(kills >= 20, "only {kills} kills happened");
 }
 
-/// Tombstones are rewritten in place without sync, so a power loss can leave a session directory
-/// with an empty or torn record. Without data nothing acknowledged depends on it: recovery
-/// removes it. With data it is kept for an operator, and the server still starts.
+/// A spool written by the previous release (one directory per session: `meta.json`, `data`) as
+/// that release left it mid-upload (its record and 1 000 of 3 000 bytes, captured from it): the
+/// new binary converts it once at start-up and the client finishes the upload.
 #[test]
-fn torn_unsynced_records_are_cleaned_up_at_start() {
+fn an_old_spool_is_converted_and_its_upload_finishes() {
+    let data = pattern(3000, 26);
+    let sid = "{C7936523-0ED7-4213-BA0C-6198B65A95F6}";
     let mut server = Server::start("");
+    server.kill();
+    let old = server
+        .spool()
+        .join("sessions/c7936523-0ed7-4213-ba0c-6198b65a95f6");
+    std::fs::create_dir_all(&old).unwrap();
+    let record = format!(
+        r#"{{
+  "id": "{sid}",
+  "vdir": "/upload/",
+  "url": "/upload/mid.bin",
+  "destination": {{
+    "root": "{root}",
+    "path": "mid.bin"
+  }},
+  "owner": null,
+  "client": "127.0.0.1",
+  "total": 3000,
+  "received": 1000,
+  "state": "receiving",
+  "created_at": 1796646595904,
+  "last_activity": 1796646595933,
+  "ended_at": null,
+  "reply_url": null,
+  "app_forbidden": false
+}}"#,
+        root = server.root().display()
+    );
+    std::fs::write(old.join("meta.json"), record).unwrap();
+    std::fs::write(old.join("data"), &data[..1000]).unwrap();
+    // A torn tombstone without data, and a torn record with data, as a power loss left them.
     let sessions = server.spool().join("sessions");
     let torn = sessions.join("6f9619ff-8b86-d011-b42d-00c04fc964ff");
     std::fs::create_dir_all(&torn).unwrap();
@@ -231,7 +263,8 @@ fn torn_unsynced_records_are_cleaned_up_at_start() {
     std::fs::create_dir_all(&with_data).unwrap();
     std::fs::write(with_data.join("meta.json"), b"{\"id\":").unwrap();
     std::fs::write(with_data.join("data"), b"acknowledged?").unwrap();
-    server.restart();
+    server.launch_again();
+    assert!(!old.exists(), "the old session directory stays");
     assert!(!torn.exists(), "torn record without data removed");
     assert!(
         with_data.join("data").exists(),
@@ -239,9 +272,22 @@ fn torn_unsynced_records_are_cleaned_up_at_start() {
     );
     let log = server.log_text();
     assert!(log.contains("torn by a crash"), "{log}");
-    assert!(log.contains("recovery could not restore session"), "{log}");
-    let r = server.conn().create("/upload/after-torn.bin");
+    assert!(log.contains("spool converted"), "{log}");
+    // The client resumes where the old server left it.
+    let mut c = server.conn();
+    let r = c.fragment("/upload/mid.bin", sid, 0, &data[..1], 3000);
     r.assert_ack(200, None);
+    assert_eq!(r.received(), Some(1000));
+    c.fragment("/upload/mid.bin", sid, 1000, &data[1000..], 3000)
+        .assert_ack(200, None);
+    c.close("/upload/mid.bin", sid).assert_ack(200, None);
+    assert_eq!(std::fs::read(server.upload_path("mid.bin")).unwrap(), data);
+    // A second start converts nothing again: the session stays closed.
+    server.restart();
+    server
+        .conn()
+        .close("/upload/mid.bin", sid)
+        .assert_ack(200, None);
 }
 
 /// Issue 27: EIO on the destination directory's fsync right after publishing. The completing

@@ -387,12 +387,13 @@ fn item_61_static_response_url_is_the_reply_url_and_no_reply_file_is_created() {
 
         // No server-side reply: nothing in the session's spool named like a reply, and the
         // server's own reply URL for this session is not served.
-        let spooled: Vec<_> = files_below(&s.session_dir(&up.sid))
+        let name = spool_name(&up.sid);
+        let spooled: Vec<_> = files_below(&s.spool().join("data"))
             .into_iter()
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("reply") || n.starts_with("response"))
+                    .is_some_and(|n| n.starts_with(&name) && n.contains(".reply"))
             })
             .collect();
         assert!(spooled.is_empty(), "{mode}: reply files {spooled:?}");

@@ -215,17 +215,18 @@ fn finding_7_owed_events_queued_and_deferred_survive_a_crash() {
     );
     server.kill();
     // Every one is still owed in its record, with the id the receiver will see.
+    let db = SessionsDbHandle::open(&server.spool());
     let owed: HashSet<String> = sids
         .iter()
         .map(|sid| {
-            let meta = std::fs::read_to_string(server.session_dir(sid).join("meta.json")).unwrap();
-            let rec: serde_json::Value = serde_json::from_str(&meta).unwrap();
+            let rec = db.get(sid).expect("record");
             rec["pending_hook"]["id"]
                 .as_str()
-                .unwrap_or_else(|| panic!("{sid} owes nothing: {meta}"))
+                .unwrap_or_else(|| panic!("{sid} owes nothing: {rec}"))
                 .to_string()
         })
         .collect();
+    drop(db);
     std::fs::remove_file(server.dir.path().join("gate")).unwrap();
     server.restart();
     let took = wait_for_completions(&server, &sids, Duration::from_secs(60));

@@ -203,22 +203,26 @@ fn finding3_per_user_root_never_lands_on_the_spool() {
     );
     assert_eq!(r.status, 200);
     let sid = r.session();
-    let meta = format!("sessions/{}/meta.json", spool_name(&sid));
     let spool = basic("spool", "pw");
-    let r = c.send(
-        "GET",
-        &format!("/upload/{meta}"),
-        &[("Authorization", &spool)],
-        b"",
-    );
-    assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
-    let r = c.bits(
-        &format!("/upload/{meta}"),
-        "Create-Session",
-        &with_auth(&spool, &[("BITS-Supported-Protocols", PROTOCOL)]),
-        b"",
-    );
-    r.assert_ack(403, Some(E_ACCESSDENIED));
+    for name in [
+        "sessions.redb".to_string(),
+        format!("data/{}", spool_name(&sid)),
+    ] {
+        let r = c.send(
+            "GET",
+            &format!("/upload/{name}"),
+            &[("Authorization", &spool)],
+            b"",
+        );
+        assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
+        let r = c.bits(
+            &format!("/upload/{name}"),
+            "Create-Session",
+            &with_auth(&spool, &[("BITS-Supported-Protocols", PROTOCOL)]),
+            b"",
+        );
+        r.assert_ack(403, Some(E_ACCESSDENIED));
+    }
     assert!(s.log_text().contains("overlaps the spool"));
 }
 
@@ -226,29 +230,32 @@ fn finding3_per_user_root_never_lands_on_the_spool() {
 /// a record rewritten on disk to name another root still publishes into the vdir root.
 #[test]
 fn finding3_a_rewritten_record_cannot_move_the_destination() {
-    let s = Server::start("");
+    let mut s = Server::start("");
     let elsewhere = tempfile::tempdir().unwrap();
-    let mut c = s.conn();
-    let sid = c.create("/upload/x.bin").session();
+    let sid = s.conn().create("/upload/x.bin").session();
     let data = pattern(2000, 3);
-    c.fragment("/upload/x.bin", &sid, 0, &data[..1000], 2000)
+    s.conn()
+        .fragment("/upload/x.bin", &sid, 0, &data[..1000], 2000)
         .assert_ack(200, None);
-    let meta = s.session_dir(&sid).join("meta.json");
-    let mut rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-    rec["destination"]["root"] = elsewhere.path().display().to_string().into();
-    std::fs::write(&meta, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let root = elsewhere.path().display().to_string();
+    s.with_records(|db| {
+        let mut rec = db.get(&sid).expect("record");
+        rec["destination"]["root"] = root.into();
+        db.put(&rec);
+    });
+    let mut c = s.conn();
     c.fragment("/upload/x.bin", &sid, 1000, &data[1000..], 2000)
         .assert_ack(200, None);
     assert_eq!(std::fs::read(s.upload_path("x.bin")).unwrap(), data);
     assert!(files_below(elsewhere.path()).is_empty());
     // A path rewritten to climb out is refused, not published.
     let sid = c.create("/upload/y.bin").session();
-    let meta = s.session_dir(&sid).join("meta.json");
-    let mut rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-    rec["destination"]["path"] = "../escaped.bin".into();
-    std::fs::write(&meta, serde_json::to_vec(&rec).unwrap()).unwrap();
+    s.with_records(|db| {
+        let mut rec = db.get(&sid).expect("record");
+        rec["destination"]["path"] = "../escaped.bin".into();
+        db.put(&rec);
+    });
+    let mut c = s.conn();
     let r = c.fragment("/upload/y.bin", &sid, 0, &data[..10], 10);
     assert_eq!(r.status, 400, "{:?}", r.headers);
     assert!(!s.dir.path().join("escaped.bin").exists());
@@ -439,15 +446,18 @@ fn finding8_one_failing_session_does_not_abort_the_expiry_sweep() {
     let bad = c.create("/upload/bad.bin").session();
     let good = c.create("/upload/good.bin").session();
     // The data file of one session becomes a non-empty directory: deleting it fails.
-    let data = s.session_dir(&bad).join("data");
+    let data = s.session_file(&bad);
     std::fs::remove_file(&data).unwrap();
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("keep"), b"x").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let _ = &good;
     loop {
-        let rec =
-            std::fs::read_to_string(s.session_dir(&good).join("meta.json")).unwrap_or_default();
-        if rec.contains("\"expired\"") {
+        let expired = s
+            .log_text()
+            .lines()
+            .any(|l| l.contains("session expired") && l.contains("destination=good.bin"));
+        if expired {
             break;
         }
         assert!(

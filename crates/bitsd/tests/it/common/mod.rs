@@ -171,6 +171,11 @@ impl Server {
         }
     }
 
+    /// Starts a killed server again (same port, same directories).
+    pub fn launch_again(&mut self) {
+        self.launch();
+    }
+
     /// SIGKILL then start again on the same port with the same directories.
     pub fn restart(&mut self) {
         self.kill();
@@ -618,9 +623,14 @@ pub fn upload(conn: &mut Conn, path: &str, data: &[u8], frag: usize) -> String {
     sid
 }
 
+/// The sessions holding data in the spool (`data/<uuid>`; ended sessions hold none).
 pub fn session_dirs(spool: &Path) -> Vec<PathBuf> {
-    match std::fs::read_dir(spool.join("sessions")) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+    match std::fs::read_dir(spool.join("data")) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_none())
+            .collect(),
         Err(_) => vec![],
     }
 }
@@ -662,13 +672,90 @@ impl Server {
     }
 
     /// The spool directory of a session (as named by its `BITS-Session-Id`).
-    pub fn session_dir(&self, sid: &str) -> PathBuf {
-        self.spool().join("sessions").join(spool_name(sid))
+    pub fn session_file(&self, sid: &str) -> PathBuf {
+        self.spool().join("data").join(spool_name(sid))
     }
 
     /// The partial-upload file of a session in the spool, if present.
     pub fn session_data(&self, sid: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.session_dir(sid).join("data")).ok()
+        std::fs::read(self.session_file(sid)).ok()
+    }
+
+    /// Runs `f` on the spool's session database with the server stopped (one process may open
+    /// it at a time), then starts the server again on the same port.
+    pub fn with_records<T>(&mut self, f: impl FnOnce(&SessionsDbHandle) -> T) -> T {
+        self.kill();
+        let db = SessionsDbHandle::open(&self.spool());
+        let out = f(&db);
+        drop(db);
+        self.launch();
+        out
+    }
+
+    /// The record of `sid` (stops and restarts the server to read it).
+    pub fn record(&mut self, sid: &str) -> Option<serde_json::Value> {
+        self.with_records(|db| db.get(sid))
+    }
+}
+
+/// The spool's session database, opened by a test while the server is stopped.
+pub struct SessionsDbHandle {
+    db: std::sync::Arc<bits_server::store::sessions_db::SessionsDb>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl SessionsDbHandle {
+    pub fn open(spool: &Path) -> SessionsDbHandle {
+        let path = spool.join("sessions.redb");
+        // The stopped server's committer may still hold the file for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let db = loop {
+            match bits_server::store::sessions_db::SessionsDb::open(&path, true) {
+                Ok(db) => break db,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("opening {}: {e}", path.display()),
+            }
+        };
+        SessionsDbHandle {
+            db: std::sync::Arc::new(db),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime"),
+        }
+    }
+
+    fn id(sid: &str) -> bits_proto::SessionId {
+        bits_proto::SessionId::parse(sid).expect("session id")
+    }
+
+    /// The record as JSON, as the server stores it.
+    pub fn get(&self, sid: &str) -> Option<serde_json::Value> {
+        use bits_server::store::SessionStore as _;
+        let rec = self
+            .rt
+            .block_on(self.db.load(Self::id(sid)))
+            .expect("load")?;
+        Some(serde_json::to_value(rec).expect("json"))
+    }
+
+    /// Replaces the record with `value` (which must still parse as a record).
+    pub fn put(&self, value: &serde_json::Value) {
+        use bits_server::store::SessionStore as _;
+        let rec: bits_server::store::SessionRecord =
+            serde_json::from_value(value.clone()).expect("a session record");
+        self.rt.block_on(self.db.save(&rec)).expect("save");
+    }
+
+    /// Every record.
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        use bits_server::store::SessionStore as _;
+        let ids = self.rt.block_on(self.db.list()).expect("list");
+        ids.into_iter()
+            .filter_map(|id| self.get(&id.to_string()))
+            .collect()
     }
 }
 
