@@ -25,6 +25,7 @@ mod report;
 mod seaweed;
 mod server;
 mod small;
+mod startup;
 mod stats;
 mod wire;
 
@@ -130,6 +131,19 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         fragment_kib: usize,
     },
+    /// Restart with many open sessions: time to the listener, the first Ping, the first
+    /// Create-Session and the end of the registry build, cold page cache; optionally against
+    /// the previous release's binary on the same sessions in its layout.
+    Startup {
+        #[arg(long, default_value_t = 100_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// A bitsd of the previous release, started on the same sessions in its spool layout
+        /// in alternating rounds.
+        #[arg(long)]
+        legacy_binary: Option<std::path::PathBuf>,
+    },
     /// GET of a large file (whole and ranged) against `cat file > /dev/null`.
     Download {
         #[arg(long, default_value_t = 2048)]
@@ -189,6 +203,11 @@ fn main() -> Result<()> {
             dir.as_deref(),
             rounds,
         )),
+        Cmd::Startup {
+            sessions,
+            rounds,
+            legacy_binary,
+        } => print(startup::run(sessions, rounds, legacy_binary)),
         Cmd::Idle {
             sessions,
             stalled,

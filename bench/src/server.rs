@@ -15,7 +15,7 @@ pub struct Bitsd {
 
 /// The `bitsd` binary next to this one (built by `cargo build --release -p bitsd`, which this
 /// runs when the binary is missing).
-fn binary() -> Result<PathBuf> {
+pub fn binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().context("exe has no directory")?;
     // Test binaries live in target/<profile>/deps; bitsd is one level up.

@@ -420,13 +420,22 @@ impl Engine {
                     ended.push((rec.ended_at.unwrap_or(0), rec.id));
                     continue;
                 }
-                // Only the unsafe mode can leave a record claiming bytes the data lost.
-                if !self.config.fsync && rec.state == SessionState::Receiving {
-                    let held = self.data.held(rec.id).await?;
-                    if held < rec.received {
-                        rec.received = held;
-                        self.sessions.save(&rec).await?;
-                        report.reconciled += 1;
+                // The unsafe mode, or a cancelled session revived by a power loss (its
+                // tombstone was not flushed, its files were removed): the record may claim
+                // bytes the data no longer holds. Checked under the session's lock, on the
+                // current record (a request may have moved on since the page was read).
+                if rec.state == SessionState::Receiving && rec.received > 0 {
+                    if let Some(_guard) = self.locks.try_lock(rec.id) {
+                        if let Some(mut current) = self.sessions.load(rec.id).await? {
+                            let held = self.data.held(current.id).await?;
+                            if current.state == SessionState::Receiving && held < current.received {
+                                tracing::warn!(session = %current.id, recorded = current.received, held, "recorded length exceeds data held; lowered");
+                                current.received = held;
+                                self.sessions.save(&current).await?;
+                                report.reconciled += 1;
+                            }
+                            rec = current;
+                        }
                     }
                 }
                 self.registry().add_scanned(&rec);

@@ -196,7 +196,7 @@ impl SessionsDb {
 
     /// Inserts records as they are, in one durable transaction, skipping ids already present
     /// (converting an old spool: a second pass after a crash changes nothing).
-    pub(crate) fn import(&self, records: &[SessionRecord]) -> Result<usize, StoreError> {
+    pub fn import(&self, records: &[SessionRecord]) -> Result<usize, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         let mut added = 0;
         for rec in records {
