@@ -7,6 +7,14 @@ use std::process::Command;
 
 use crate::common::*;
 
+/// A temporary directory of mode 0700: bitsd refuses a capture directory others may enter.
+fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
 fn capture_config(dir: &Path) -> String {
     format!("capture_dir = {:?}\n", dir.display().to_string())
 }
@@ -79,7 +87,7 @@ fn upload_with_cli(s: &Server, name: &str, data: &[u8], fragment: u64) {
 
 #[test]
 fn a_captured_upload_replays_without_differences_and_shows_a_config_change() {
-    let cap = tempfile::tempdir().unwrap();
+    let cap = private_dir();
     let s = Server::start(&format!(
         "{}[[vdir]]\nmax_fragment_size = 1048576\n",
         capture_config(cap.path())
@@ -186,7 +194,7 @@ fn a_captured_upload_replays_without_differences_and_shows_a_config_change() {
 
 #[test]
 fn secrets_never_reach_the_capture() {
-    let cap = tempfile::tempdir().unwrap();
+    let cap = private_dir();
     let users = tempfile::tempdir().unwrap();
     let file = users.path().join("users");
     add_user(&file, "alice", "s3cret-pass");
@@ -242,7 +250,7 @@ fn secrets_never_reach_the_capture() {
 /// Made-up session ids do not each get a capture file: a flood of them lands in one file.
 #[test]
 fn unknown_session_ids_share_one_capture_file() {
-    let cap = tempfile::tempdir().unwrap();
+    let cap = private_dir();
     let s = Server::start(&capture_config(cap.path()));
     let mut c = s.conn();
     for i in 0..50 {
@@ -268,7 +276,7 @@ fn unknown_session_ids_share_one_capture_file() {
 /// against `--cacert`; without it the test CA is not trusted and the replay fails.
 #[test]
 fn a_capture_replays_over_https() {
-    let cap = tempfile::tempdir().unwrap();
+    let cap = private_dir();
     let s = Server::start(&capture_config(cap.path()));
     upload_with_cli(&s, "tls.bin", &pattern(300_000, 31), 100_000);
     let file = captures(cap.path())
@@ -302,4 +310,257 @@ fn a_capture_replays_over_https() {
 
     let (code, out) = replay_to(&file, &url, &[]);
     assert_eq!(code, 2, "{out}");
+}
+
+/// Everything the capture files in `dir` hold.
+fn all_captured(dir: &Path) -> String {
+    captures(dir)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect()
+}
+
+/// Space the files in `dir` take on disk (what `du` counts) and their number.
+fn du(dir: &Path) -> (u64, usize) {
+    use std::os::unix::fs::MetadataExt;
+    let files = captures(dir);
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().blocks() * 512)
+        .sum();
+    (bytes, files.len())
+}
+
+/// Headers the old deny-list let through verbatim.
+const CREDENTIAL_HEADERS: [(&str, &str); 6] = [
+    ("X-Api-Key", "apikey-secret-1"),
+    ("X-Amz-Security-Token", "amz-secret-2"),
+    ("X-Forwarded-Authorization", "Bearer fwd-secret-3"),
+    ("Cookie2", "sid=cookie2-secret-4"),
+    ("Authorization", "bare-token-secret-5"),
+    ("Proxy-Authorization", "Negotiate proxy-secret-6"),
+];
+
+/// Finding 3: a capture keeps the values of an allow-list only (BITS headers, framing, `Host`,
+/// `User-Agent`); any other value, and any query string, is `[redacted]` with the name kept.
+/// The old capture kept all six credentials above and `?token=` verbatim.
+#[test]
+fn finding3_credentials_in_any_header_or_query_never_reach_the_capture() {
+    let cap = private_dir();
+    let s = Server::start(&capture_config(cap.path()));
+    let mut c = s.conn();
+    let mut headers = vec![("BITS-Supported-Protocols", PROTOCOL)];
+    headers.extend_from_slice(&CREDENTIAL_HEADERS);
+    let r = c.bits(
+        "/upload/tok.bin?token=query-secret-7",
+        "Create-Session",
+        &headers,
+        b"",
+    );
+    r.assert_ack(200, None);
+    let sid = r.session();
+    c.cancel("/upload/tok.bin", &sid).assert_ack(200, None);
+    let all = all_captured(cap.path());
+    for secret in [
+        "apikey-secret-1",
+        "amz-secret-2",
+        "fwd-secret-3",
+        "cookie2-secret-4",
+        "bare-token-secret-5",
+        "proxy-secret-6",
+        "query-secret-7",
+        "secret",
+    ] {
+        assert!(!all.contains(secret), "{secret} in the capture:\n{all}");
+    }
+    let first: serde_json::Value = serde_json::from_str(all.lines().next().unwrap()).unwrap();
+    assert_eq!(first["request"]["target"], "/upload/tok.bin?[redacted]");
+    let recorded: Vec<(String, String)> =
+        serde_json::from_value(first["request"]["headers"].clone()).unwrap();
+    let value = |name: &str| {
+        recorded
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name} not recorded: {recorded:?}"))
+    };
+    for name in [
+        "x-api-key",
+        "x-amz-security-token",
+        "x-forwarded-authorization",
+        "cookie2",
+        "authorization",
+    ] {
+        assert_eq!(value(name), "[redacted]", "{name}");
+    }
+    assert_eq!(value("proxy-authorization"), "Negotiate [redacted]");
+    assert_eq!(value("bits-packet-type"), "Create-Session");
+    assert_eq!(value("bits-supported-protocols"), PROTOCOL);
+    assert_eq!(value("content-length"), "0");
+    assert_eq!(value("user-agent"), "Microsoft BITS/7.8");
+    assert_eq!(value("host"), "127.0.0.1");
+}
+
+/// `bitsd serve` with `args` (and a throwaway spool and root): its exit status and output if
+/// it exits within 20 s; a server that starts instead is stopped and reported as `None`.
+fn serve_once(args: &[&std::ffi::OsStr]) -> Option<(i32, String)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitsd"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--spool")
+        .arg(tmp.path().join("spool"))
+        .arg("--root")
+        .arg(tmp.path().join("uploads"))
+        .args(args)
+        .env_remove("BITSD_CONFIG")
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bitsd serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            return Some((out.status.code().unwrap_or(-1), text));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn check_config_of(capture: &Path) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bitsd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = {:?}\n{}[[vdir]]\nroot = {:?}\n",
+            dir.path().join("spool").display().to_string(),
+            capture_config(capture),
+            dir.path().join("uploads").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bitsd"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Finding 3: `--capture DIR` on a directory others can read or enter (the old server made a
+/// 1777 directory 0700 and went on), or on one of another user, is refused at start-up and by
+/// `check-config`, and left as it is; a missing directory is still created 0700.
+#[test]
+fn finding3_an_open_or_foreign_capture_dir_is_refused_not_changed() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    for mode in [0o1777, 0o755, 0o750] {
+        let dir = tmp.path().join(format!("open-{mode:o}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let served = serve_once(&["--capture".as_ref(), dir.as_os_str()]);
+        assert_eq!(mode_of(&dir), mode, "the mode was changed");
+        let (code, out) = served.expect("bitsd started with an open capture_dir");
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            out.contains(&format!("has mode {mode:04o}")) && out.contains("chmod 0700"),
+            "{out}"
+        );
+        let (ok, out) = check_config_of(&dir);
+        assert!(
+            !ok && out.contains(&format!("has mode {mode:04o}")),
+            "{out}"
+        );
+    }
+    // Another user's directory (the suite runs as root; nobody is 65534).
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let (code, out) = serve_once(&["--capture".as_ref(), theirs.as_os_str()])
+        .expect("bitsd started with another user's capture_dir");
+    assert!(code != 0 && out.contains("belongs to uid 65534"), "{out}");
+    let (ok, out) = check_config_of(&theirs);
+    assert!(!ok && out.contains("belongs to uid 65534"), "{out}");
+
+    // Missing: created 0700, and check-config does not mind.
+    let missing = tmp.path().join("new/capture");
+    let (ok, out) = check_config_of(&missing);
+    assert!(ok, "{out}");
+    let s = Server::start(&capture_config(&missing));
+    s.conn()
+        .bits("/upload/x", "Ping", &[], b"")
+        .assert_ack(200, None);
+    assert_eq!(mode_of(&missing), 0o700);
+}
+
+/// Create+Cancel pairs as fast as one connection sends them: one capture file each.
+fn create_cancel_pairs(s: &Server, n: usize) {
+    let mut c = s.conn();
+    for i in 0..n {
+        let path = format!("/upload/pair-{i}.bin");
+        let sid = c.create(&path).session();
+        c.cancel(&path, &sid).assert_ack(200, None);
+    }
+}
+
+/// Finding 3: `capture_max_bytes` holds the space the capture takes on disk, counted in blocks
+/// (one short file per session takes a whole block), from what the directory holds at
+/// start-up: a restart does not grant a fresh budget. The old server counted the bytes it had
+/// written in this run: 30 sessions of about 1.2 KB each fit a 40 KiB budget while taking
+/// 120 KiB, and a restart started from zero again.
+#[test]
+fn finding3_the_byte_budget_counts_blocks_on_disk_across_restarts() {
+    let cap = private_dir();
+    let budget = 40 << 10;
+    let mut s = Server::start(&format!(
+        "{}capture_max_bytes = {budget}\n",
+        capture_config(cap.path())
+    ));
+    create_cancel_pairs(&s, 30);
+    let (bytes, files) = du(cap.path());
+    assert!(bytes <= budget, "{bytes} bytes on disk in {files} files");
+    assert!(files >= 5, "{files}");
+    assert!(s.log_text().contains("capture_max_bytes reached"));
+    s.restart();
+    create_cancel_pairs(&s, 10);
+    assert_eq!(
+        du(cap.path()),
+        (bytes, files),
+        "a restart granted a new budget"
+    );
+}
+
+/// Finding 3: `capture_max_files` (new) bounds the number of files, also across restarts.
+#[test]
+fn finding3_the_file_budget_counts_files_across_restarts() {
+    let cap = private_dir();
+    let mut s = Server::start(&format!(
+        "{}capture_max_files = 8\n",
+        capture_config(cap.path())
+    ));
+    create_cancel_pairs(&s, 5);
+    assert_eq!(du(cap.path()).1, 5);
+    s.restart();
+    create_cancel_pairs(&s, 10);
+    assert_eq!(du(cap.path()).1, 8);
+    assert!(s.log_text().contains("capture_max_files reached"));
 }
