@@ -119,12 +119,19 @@ pub struct ServerConfig {
     /// when the decoded body is exactly the `Content-Range` length. `false`: 400.
     pub allow_chunked_fragments: bool,
     /// Record every `BITS_POST` exchange here (request and response heads, body lengths and
-    /// SHA-256, never bodies or credentials), one file per session, for `bitsd replay`.
+    /// SHA-256, never bodies; header values outside an allow-list and query strings as
+    /// `[redacted]`), one file per session, for `bitsd replay`. The directory must be the
+    /// server user's and mode 0700 (or missing: then it is created so).
     /// Absent (default): nothing is recorded. `bitsd serve --capture DIR` sets it.
     pub capture_dir: Option<PathBuf>,
-    /// Bytes a running server writes into `capture_dir` at most (default 1 GiB); then capture
-    /// stops with one warning, until a restart.
+    /// Disk space `capture_dir` may take, counted in allocated blocks (as `du` counts them) of
+    /// the files directly in it, those of earlier runs included (default 1 GiB); then capture
+    /// stops with one warning. 0: no limit.
     pub capture_max_bytes: u64,
+    /// Files `capture_dir` may hold, those of earlier runs included (default 10 000; each takes
+    /// at least one block whatever its length); then capture stops with one warning. 0: no
+    /// limit.
+    pub capture_max_files: u64,
 }
 
 impl ServerConfig {
@@ -239,6 +246,7 @@ impl Default for ServerConfig {
             allow_chunked_fragments: true,
             capture_dir: None,
             capture_max_bytes: 1 << 30,
+            capture_max_files: 10_000,
         }
     }
 }

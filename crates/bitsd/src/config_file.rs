@@ -85,7 +85,8 @@ fn toml_key_at(text: &str, offset: usize) -> Option<String> {
 }
 
 /// `check-config`: what `serve` checks before it binds — syntax, validation, and the files the
-/// config names (TLS certificate, key and client CA; Basic-auth users files). On success, the
+/// config names (TLS certificate, key and client CA; Basic-auth users files; an existing
+/// `capture_dir`'s owner and mode, against the user check-config runs as). On success, the
 /// config's warnings (allowed but weak settings, which `serve` logs at start-up).
 pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<bits_server::config::ConfigWarning>> {
     let config = load_config(Some(path))?;
@@ -108,6 +109,9 @@ pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<bits_server::config::C
         for (i, v) in config.vdirs.iter().enumerate() {
             bits_server::auth::Auth::for_vdirs(std::slice::from_ref(v))
                 .with_context(|| format!("vdir[{i}].users_file"))?;
+        }
+        if let Some(dir) = &config.capture_dir {
+            bits_server::capture::check_dir(dir)?;
         }
         Ok(())
     };

@@ -216,9 +216,18 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     };
     let mut frontend = bits_server::http::Frontend::new(engine.clone(), tls.clone())?;
     if let Some(dir) = &config.capture_dir {
-        let capture = bits_server::capture::Capture::open(dir, config.capture_max_bytes)
-            .with_context(|| format!("opening capture_dir {}", dir.display()))?;
-        tracing::warn!(dir = %dir.display(), "capturing every BITS exchange (heads, body lengths and digests)");
+        let budget = bits_server::capture::Budget {
+            max_bytes: config.capture_max_bytes,
+            max_files: config.capture_max_files,
+        };
+        let capture = bits_server::capture::Capture::open(dir, budget)?;
+        let held = capture.usage();
+        tracing::warn!(
+            dir = %dir.display(),
+            files = held.files,
+            bytes_on_disk = held.bytes,
+            "capturing every BITS exchange (heads with values outside the allow-list redacted, body lengths and digests)"
+        );
         frontend = frontend.with_capture(capture);
     }
     let frontend = Arc::new(frontend);

@@ -657,6 +657,9 @@ impl Engine {
         // stays until then, so a crash in between is finished by the retransmit.
         let completes = rec.total == Some(rec.received);
         if !completes || vdir.notification_type != crate::config::NotificationType::None {
+            // The record is about to claim bytes that stay in the spool: they must be
+            // reachable after a power loss too, not only written.
+            self.data.keep(rec.id).await?;
             self.save_claim(&rec).await?;
         }
         if completes {

@@ -12,7 +12,10 @@ use http::header::TRANSFER_ENCODING;
 
 use super::{ack, body, local_base, peer_ip, public_base, Frontend};
 use crate::activity::ErrorEntry;
-use crate::capture::{recorded_headers, BodyTap, CapturedRequest, CapturedResponse, Exchange};
+use crate::capture::{
+    recorded_headers, recorded_target, BodyTap, CapturedRequest, CapturedResponse, Exchange,
+    RecordingServer,
+};
 use crate::engine::{Engine, EngineRequest};
 use crate::error::BitsError;
 use crate::target::resolve;
@@ -144,9 +147,13 @@ pub async fn bits_post(front: &Frontend, req: Request) -> Response {
             at_ms: arrived
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            server: Some(RecordingServer {
+                local: local_base(&parts),
+                public_url: config.public_url.clone(),
+            }),
             request: CapturedRequest {
                 method: parts.method.to_string(),
-                target: url,
+                target: recorded_target(&url),
                 version: format!("{:?}", parts.version),
                 headers: recorded_headers(&parts.headers),
                 body: tap.summary(),

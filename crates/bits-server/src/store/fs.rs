@@ -66,6 +66,9 @@ pub struct FsStore {
     budget: Arc<BodyBudget>,
     /// Group fsync of the data directory and of destination directories.
     dirs: Arc<DirSync>,
+    /// Sessions whose data file was created since the data directory was last synced: their
+    /// names are made durable by `keep` before a record first claims bytes in them.
+    unsynced: Arc<std::sync::Mutex<std::collections::HashSet<SessionId>>>,
 }
 
 impl std::fmt::Debug for FsStore {
@@ -83,11 +86,16 @@ impl FsStore {
     pub fn open(spool: &Path, fsync: bool) -> io::Result<FsStore> {
         let data = spool.join("data");
         fs::create_dir_all(&data)?;
+        // Names a crashed process created but never synced are made durable now, once.
+        if fsync {
+            File::open(&data)?.sync_all()?;
+        }
         Ok(FsStore {
             data,
             fsync,
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
             dirs: Arc::default(),
+            unsynced: Arc::default(),
         })
     }
 
@@ -670,15 +678,35 @@ impl DataStore for FsStore {
     }
 
     async fn allocate(&self, id: SessionId) -> Result<(), StoreError> {
-        // The empty file and its name made durable (sharing the directory's fsync with every
-        // session created meanwhile): the first fragment's bytes then need only the file's
-        // own flush.
-        let (me, path) = (self.clone(), self.data(id));
-        blocking(move || {
-            File::create(&path)?;
-            Ok(me.sync_data_dir()?)
-        })
-        .await
+        // The name is made durable only when a record first claims bytes kept in the file
+        // (`keep`): an upload published by its first fragment never needs it.
+        let path = self.data(id);
+        blocking(move || Ok(File::create(&path).map(|_| ())?)).await?;
+        if self.fsync {
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
+        }
+        Ok(())
+    }
+
+    async fn keep(&self, id: SessionId) -> Result<(), StoreError> {
+        let pending = self
+            .unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        if !pending {
+            return Ok(());
+        }
+        let me = self.clone();
+        blocking(move || Ok(me.sync_data_dir()?)).await?;
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        Ok(())
     }
 
     async fn write(
@@ -810,6 +838,10 @@ impl DataStore for FsStore {
     }
 
     async fn release_upload(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         let (me, dest) = (self.clone(), dest.clone());
         blocking(move || me.release_blocking(id, &dest)).await
     }
@@ -836,6 +868,10 @@ impl DataStore for FsStore {
     }
 
     async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         let paths = [self.data(id), self.reply(id), self.reply_tmp(id)];
         blocking(move || paths.iter().try_for_each(|p| remove_if_exists(p))).await
     }

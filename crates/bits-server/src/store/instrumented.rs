@@ -182,6 +182,10 @@ impl DataStore for Instrumented {
         self.timed("discard", self.data.discard(id)).await
     }
 
+    async fn keep(&self, id: SessionId) -> Result<(), StoreError> {
+        self.timed("keep", self.data.keep(id)).await
+    }
+
     async fn stored_ids(&self) -> Result<Option<Vec<SessionId>>, StoreError> {
         self.timed("stored_ids", self.data.stored_ids()).await
     }

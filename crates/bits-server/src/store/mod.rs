@@ -282,6 +282,14 @@ pub trait DataStore: Send + Sync + 'static {
     fn writes_toward_destination(&self) -> bool {
         false
     }
+    /// Makes the session's stored bytes reachable after a power loss, before a record claims
+    /// them while they stay in the store (not published): for the file system, the data
+    /// file's name (a grouped fsync of the data directory, once per session). Bytes written by
+    /// [`DataStore::write`] are durable in themselves already.
+    async fn keep(&self, id: SessionId) -> Result<(), StoreError> {
+        let _ = id;
+        Ok(())
+    }
     /// Bytes physically present for the session (for crash recovery).
     async fn held(&self, id: SessionId) -> Result<u64, StoreError>;
     /// Publishes the first `total` bytes atomically at `dest`. Idempotent: calling it again after

@@ -5,9 +5,10 @@
 //! **Group commit.** Every mutation goes to one committer thread, which takes all mutations
 //! waiting at that moment into one write transaction and one flush, then answers each. A
 //! request's Ack waits for the commit that holds its mutation, and no longer: a lone request
-//! commits at once, concurrent ones share a flush. Mutations that need not be durable
-//! (tombstones: losing one only changes the answer to a repeated Close/Cancel) commit without a
-//! flush and become durable with the next flushed commit.
+//! commits at once, concurrent ones share a flush. Every commit is durable (redb's non-durable
+//! commits live only in the process's memory, so a process crash would lose them: a Cancel
+//! answered 200 would come back as an open session). With `fsync = false` the file is written
+//! but never flushed ([`Unsynced`]): a process crash loses nothing, a power loss may.
 //!
 //! **Indexes**, kept in the same transactions as the records, so they never disagree:
 //! - `open_by_activity` (last activity, id): the sweep reads only sessions idle long enough;
@@ -16,17 +17,16 @@
 //!   an application's answer whose copy is pending, an owed hook event). Start-up reads these
 //!   and nothing else.
 
-use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
+use ::redb::backends::FileBackend;
 use ::redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
     WriteTransaction,
 };
 use async_trait::async_trait;
 use bits_proto::SessionId;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::{SessionRecord, SessionState, SessionStore, StoreError};
@@ -43,9 +43,6 @@ const NONE: u64 = u64::MAX;
 
 /// Mutations taken into one transaction at most (the rest wait for the next).
 const BATCH_MAX: usize = 4096;
-
-/// With `fsync = false`, how often a commit is flushed anyway.
-const UNSAFE_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 fn key(id: SessionId) -> u128 {
     id.as_uuid().as_u128()
@@ -99,8 +96,75 @@ enum Change {
 
 struct Job {
     change: Change,
-    durable: bool,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The database file with flushes turned into no-ops: `fsync = false`, the unsafe mode. Writes
+/// still reach the file (and survive the process), as every other write of that mode does.
+#[derive(Debug)]
+struct Unsynced(FileBackend);
+
+impl StorageBackend for Unsynced {
+    fn len(&self) -> Result<u64, ::redb::BackendError> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), ::redb::BackendError> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), ::redb::BackendError> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), ::redb::BackendError> {
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), ::redb::BackendError> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), ::redb::BackendError> {
+        self.0.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, ::redb::BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, ::redb::BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), ::redb::BackendError> {
+        self.0.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), ::redb::BackendError> {
+        self.0.lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), ::redb::BackendError> {
+        self.0.unlock_range(start, end)
+    }
+    fn query_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, ::redb::BackendError> {
+        self.0.query_lock_range(start, end)
+    }
 }
 
 pub struct SessionsDb {
@@ -122,9 +186,21 @@ impl Drop for SessionsDb {
 
 impl SessionsDb {
     /// Opens (creating if needed) `path`. `fsync = false` is the unsafe fast mode: commits are
-    /// flushed about once a second.
+    /// written, never flushed.
     pub fn open(path: &Path, fsync: bool) -> Result<SessionsDb, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
+        let db = if fsync {
+            Database::create(path).map_err(db_err)?
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            Database::builder()
+                .create_with_backend(Unsynced(FileBackend::new(file)))
+                .map_err(db_err)?
+        };
         // Every table exists from the start, so readers never find one missing.
         let txn = db.begin_write().map_err(db_err)?;
         {
@@ -140,7 +216,7 @@ impl SessionsDb {
         let committer = db.clone();
         let committer = std::thread::Builder::new()
             .name("bitsd-commit".into())
-            .spawn(move || commit_loop(&committer, &rx, fsync))
+            .spawn(move || commit_loop(&committer, &rx))
             .map_err(StoreError::Io)?;
         Ok(SessionsDb {
             db,
@@ -149,16 +225,12 @@ impl SessionsDb {
         })
     }
 
-    async fn submit(&self, change: Change, durable: bool) -> Result<(), StoreError> {
+    async fn submit(&self, change: Change) -> Result<(), StoreError> {
         let (done, answer) = oneshot::channel();
         self.jobs
             .as_ref()
             .ok_or_else(|| db_err("the committer has stopped"))?
-            .send(Job {
-                change,
-                durable,
-                done,
-            })
+            .send(Job { change, done })
             .map_err(|_| db_err("the committer has stopped"))?;
         answer
             .await
@@ -215,9 +287,8 @@ impl SessionsDb {
     }
 }
 
-/// The committer: one write transaction per batch of waiting mutations.
-fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>, fsync: bool) {
-    let mut last_flush = Instant::now();
+/// The committer: one write transaction, one flush, per batch of waiting mutations.
+fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
@@ -226,16 +297,8 @@ fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>, fsync: bool) {
                 Err(_) => break,
             }
         }
-        let flush = if fsync {
-            batch.iter().any(|j| j.durable)
-        } else {
-            last_flush.elapsed() >= UNSAFE_FLUSH_EVERY
-        };
-        match commit(db, &batch, flush) {
+        match commit(db, &batch) {
             Ok(results) => {
-                if flush {
-                    last_flush = Instant::now();
-                }
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.done.send(result);
                 }
@@ -248,27 +311,12 @@ fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>, fsync: bool) {
             }
         }
     }
-    // Closing: whatever was committed without a flush is made durable now.
-    if let Ok(mut txn) = db.begin_write() {
-        let _ = txn.set_durability(Durability::Immediate);
-        let _ = txn.commit();
-    }
 }
 
 /// One transaction for `batch`; each mutation's own result (a Create of an existing id fails
 /// alone), or an error for all when the transaction fails.
-fn commit(
-    db: &Database,
-    batch: &[Job],
-    flush: bool,
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut txn = db.begin_write().map_err(db_err)?;
-    txn.set_durability(if flush {
-        Durability::Immediate
-    } else {
-        Durability::None
-    })
-    .map_err(db_err)?;
+fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         results.push(apply(&txn, &job.change)?);
@@ -335,7 +383,7 @@ fn apply(txn: &WriteTransaction, change: &Change) -> Result<Result<(), StoreErro
 impl SessionStore for SessionsDb {
     async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let bytes = Self::encode(rec)?;
-        self.submit(Change::Create(key(rec.id), bytes, IndexKeys::of(rec)), true)
+        self.submit(Change::Create(key(rec.id), bytes, IndexKeys::of(rec)))
             .await
     }
 
@@ -349,22 +397,22 @@ impl SessionStore for SessionsDb {
 
     async fn save(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let bytes = Self::encode(rec)?;
-        self.submit(Change::Put(key(rec.id), bytes, IndexKeys::of(rec)), true)
+        self.submit(Change::Put(key(rec.id), bytes, IndexKeys::of(rec)))
             .await
     }
 
     async fn save_ended(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let bytes = Self::encode(rec)?;
-        self.submit(Change::Put(key(rec.id), bytes, IndexKeys::of(rec)), false)
+        self.submit(Change::Put(key(rec.id), bytes, IndexKeys::of(rec)))
             .await
     }
 
     async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
-        self.submit(Change::Remove(key(id)), true).await
+        self.submit(Change::Remove(key(id))).await
     }
 
     async fn forget_ended(&self, id: SessionId) -> Result<(), StoreError> {
-        self.submit(Change::Remove(key(id)), false).await
+        self.submit(Change::Remove(key(id))).await
     }
 
     async fn list(&self) -> Result<Vec<SessionId>, StoreError> {
