@@ -777,6 +777,7 @@ async fn downloads_follow_redirects_and_need_a_content_length() {
             headers: vec![("Transfer-Encoding".into(), "chunked".into())],
             body: b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
             close: false,
+            trickle: None,
         },
         _ => Resp::new(404, &[]),
     });
