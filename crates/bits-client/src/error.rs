@@ -13,9 +13,13 @@ pub enum ErrorKind {
     /// Network trouble, 5xx, an overloaded server: worth retrying later. Returned to the caller
     /// only inside [`Error::RetriesExhausted`] once the retry budget is spent.
     Transient,
-    /// The server refused for good (4xx, BITS error codes such as `BG_E_TOO_LARGE`), or is not
-    /// speaking the protocol.
+    /// The server refused for good (4xx, BITS error codes such as `BG_E_TOO_LARGE`, a download
+    /// it cannot serve): the transfer cannot succeed as asked.
     Fatal,
+    /// The server broke the protocol in a way that waiting will not mend (it is not a BITS
+    /// server, or chose another protocol). Unlike [`ErrorKind::Fatal`] this says nothing about
+    /// the transfer itself, so a persisted job is kept: the fault is the server's to fix.
+    Protocol,
     /// 401/407, or a TLS certificate that does not verify: needs other credentials or trust.
     Auth,
     /// Reading the local file or writing local state failed.
@@ -147,6 +151,10 @@ pub enum Error {
     /// No progress for the configured idle timeout.
     #[error("{url}: no progress for {secs} s")]
     Timeout { url: String, secs: u64 },
+    /// The request (sending, the answer and its body) took longer than the request deadline,
+    /// however steadily bytes trickled.
+    #[error("{url}: no complete answer within the request deadline of {secs} s")]
+    Deadline { url: String, secs: u64 },
     /// Transient failures went on past the retry budget; `last` is the final one.
     #[error("giving up after {attempts} attempts: {last}")]
     RetriesExhausted { attempts: u32, last: Box<Error> },
@@ -172,13 +180,12 @@ impl Error {
         match self {
             Error::Server(e) if e.is_transient() => ErrorKind::Transient,
             Error::Server(_) => ErrorKind::Fatal,
-            Error::InvalidResponse { .. } | Error::Transport { .. } | Error::Timeout { .. } => {
-                ErrorKind::Transient
-            }
-            Error::NotBitsServer { .. }
-            | Error::ProtocolMismatch { .. }
-            | Error::FragmentTooLarge { .. }
-            | Error::Download { .. } => ErrorKind::Fatal,
+            Error::InvalidResponse { .. }
+            | Error::Transport { .. }
+            | Error::Timeout { .. }
+            | Error::Deadline { .. } => ErrorKind::Transient,
+            Error::NotBitsServer { .. } | Error::ProtocolMismatch { .. } => ErrorKind::Protocol,
+            Error::FragmentTooLarge { .. } | Error::Download { .. } => ErrorKind::Fatal,
             Error::Auth { .. } | Error::Tls { .. } => ErrorKind::Auth,
             // A spent retry budget is still a transient failure: it may work later.
             Error::RetriesExhausted { .. } => ErrorKind::Transient,
@@ -250,6 +257,31 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `url` with any user name and password taken out, for messages and state: a credential put
+/// into a URL is never echoed or stored. Text that does not parse as a URL loses everything
+/// between `://` and the last `@` of its authority.
+pub fn redact(url: &str) -> String {
+    if let Ok(mut u) = url::Url::parse(url) {
+        if u.username().is_empty() && u.password().is_none() {
+            return u.to_string();
+        }
+        // Both only fail for URLs that cannot have credentials at all.
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        return u.to_string();
+    }
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..start], &url[start + at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +327,15 @@ mod tests {
             let e = server(status, Some(0x8019_0000 + status as u32), Some(7));
             assert_eq!(e.is_transient(), transient, "{status}");
         }
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("http://alice:pw@h/f"), "http://h/f");
+        assert_eq!(redact("http://alice@h:81/f?q"), "http://h:81/f?q");
+        assert_eq!(redact("http://h/a@b"), "http://h/a@b");
+        assert_eq!(redact("http://al:pw@[bad/x"), "http://[bad/x");
+        assert_eq!(redact("not a url"), "not a url");
     }
 
     #[test]

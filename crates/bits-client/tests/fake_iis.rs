@@ -697,12 +697,12 @@ async fn protocol_mismatch_non_bits_servers_and_auth_are_typed() {
                     ("BITS-Session-Id", "{00000000-0000-0000-0000-000000000001}"),
                 ],
             ),
-            ErrorKind::Fatal,
+            ErrorKind::Protocol,
             "ProtocolMismatch",
         ),
         (
             Resp::new(200, &[("Content-Type", "text/html")]),
-            ErrorKind::Fatal,
+            ErrorKind::Protocol,
             "NotBitsServer",
         ),
         (

@@ -911,11 +911,11 @@ fn finding11_shared_sticky_state_dir_is_refused_with_the_fix() {
 /// `.{id}.{pid}.tmp` used to be left behind.
 #[test]
 fn finding11_temporary_job_files_are_removed_when_the_rename_fails() {
-    use bits_client::{DownloadState, Job, JobSettings, JobStore, Transfer, Url};
+    use bits_client::{DownloadState, JobSettings, JobStore, Transfer, Url};
     let dir = tempfile::tempdir().unwrap();
     let store = JobStore::open(dir.path().join("jobs")).unwrap();
     let url = Url::parse("http://127.0.0.1:9/f").unwrap();
-    let job = Job::new(
+    let job = store.job(
         "download",
         JobSettings::default(),
         Transfer::Download(DownloadState::new(&url, dir.path().join("out"))),
