@@ -359,8 +359,9 @@ pub(crate) fn output_name_problem(path: &Path) -> Option<&'static str> {
     None
 }
 
-/// Checks, before any byte moves, that `path` can receive a file: it names a file, is not an
-/// existing directory, and its directory exists.
+/// Checks, before any byte moves, that `path` can receive a file: it names a file and is not
+/// an existing directory (the caller's mistake: [`Error::Usage`]), and its directory exists
+/// ([`Error::LocalIo`] otherwise: it may come back).
 pub fn check_output(path: &Path) -> Result<()> {
     let usage = |why: &str| Err(Error::Usage(format!("{}: {why}", path.display())));
     if let Some(why) = output_name_problem(path) {
@@ -377,8 +378,11 @@ pub fn check_output(path: &Path) -> Result<()> {
         .unwrap_or(Path::new("."));
     match std::fs::metadata(parent) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => usage("its directory is not a directory"),
-        Err(e) => usage(&format!("its directory cannot be used ({e})")),
+        Ok(_) => Err(Error::local(
+            parent,
+            io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        )),
+        Err(e) => Err(Error::local(parent, e)),
     }
 }
 

@@ -572,7 +572,7 @@ fn path_bytes(p: &Path) -> std::borrow::Cow<'_, [u8]> {
 /// Why a file or directory is not safely the user's.
 struct Foreign {
     what: String,
-    /// The user owns it (only its mode is wrong).
+    /// The user owns it and only its mode is wrong: `chmod` is the fix to suggest.
     owner_is_us: bool,
 }
 
@@ -618,7 +618,15 @@ mod sys {
 
         /// Why the directory is not safely the user's, if it is not.
         pub(super) fn problem(&self) -> io::Result<Option<Foreign>> {
-            Ok(foreign(&self.file.metadata()?, 0o022))
+            let meta = self.file.metadata()?;
+            Ok(foreign(&meta, 0o022).map(|mut f| {
+                // A sticky directory others write to is shared on purpose (`/tmp`): taking
+                // their write access away is not the fix to suggest.
+                if meta.mode() & 0o1000 != 0 {
+                    f.owner_is_us = false;
+                }
+                f
+            }))
         }
 
         fn at(&self, name: &str, flags: OFlags, mode: u32) -> io::Result<File> {
