@@ -626,7 +626,7 @@ impl Client {
             }
             StatusCode::PARTIAL_CONTENT => {
                 let (Some(remote), Some(part)) = (state.remote.clone(), held.as_mut()) else {
-                    return Err(Error::Download {
+                    return Err(Error::Protocol {
                         url: furl,
                         what: "206 to a request without Range".into(),
                     });
@@ -641,7 +641,7 @@ impl Client {
                     }
                     Some(r) if r.total != remote.size => (true, 0),
                     _ => {
-                        return Err(Error::Download {
+                        return Err(Error::Protocol {
                             url: furl,
                             what: format!(
                                 "206 with Content-Range {:?} for a request from byte {have} \
@@ -782,11 +782,11 @@ impl Client {
                 let deadline = self.inner.http.deadline_of(&activity);
                 return Ok((url, resp, deadline));
             }
-            let location = header(resp.headers(), LOCATION).ok_or_else(|| Error::Download {
+            let location = header(resp.headers(), LOCATION).ok_or_else(|| Error::Protocol {
                 url: url.to_string(),
                 what: format!("redirect {} without Location", resp.status()),
             })?;
-            let next = url.join(location).map_err(|e| Error::Download {
+            let next = url.join(location).map_err(|e| Error::Protocol {
                 url: url.to_string(),
                 what: format!("redirect to {:?}: {e}", redact(location)),
             })?;
@@ -819,7 +819,7 @@ impl Client {
             }
             url = next;
         }
-        Err(Error::Download {
+        Err(Error::Protocol {
             url: url.to_string(),
             what: format!("more than {MAX_REDIRECTS} redirects"),
         })

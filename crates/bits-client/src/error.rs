@@ -123,6 +123,10 @@ pub enum Error {
     /// A response that shows the server is not a BITS upload server at all.
     #[error("{url} is not a BITS upload server: {what}")]
     NotBitsServer { url: String, what: String },
+    /// An answer that breaks HTTP or BITS in a way a retry will not mend (a 206 that does not
+    /// fit the request, a redirect without a usable `Location`, endless redirects).
+    #[error("{url}: the server broke the protocol: {what}")]
+    Protocol { url: String, what: String },
     /// Create-Session offered our protocol and the server chose another or none
     /// (`BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH`).
     #[error("{url}: the server does not speak the BITS 1.5 upload protocol ({what})")]
@@ -130,8 +134,8 @@ pub enum Error {
     /// 413 even for the smallest fragment the protocol allows.
     #[error("{url}: the server refuses even {fragment_size}-byte fragments (413)")]
     FragmentTooLarge { url: String, fragment_size: u64 },
-    /// A download the protocol cannot do (no `Content-Length`, ranges not honoured, a redirect
-    /// to plain HTTP...).
+    /// A download the server cannot serve as BITS needs it (no `Content-Length`, a file that
+    /// keeps changing).
     #[error("{url}: {what}")]
     Download { url: String, what: String },
     /// The server needs (other) credentials: 401 or 407.
@@ -184,7 +188,9 @@ impl Error {
             | Error::Transport { .. }
             | Error::Timeout { .. }
             | Error::Deadline { .. } => ErrorKind::Transient,
-            Error::NotBitsServer { .. } | Error::ProtocolMismatch { .. } => ErrorKind::Protocol,
+            Error::NotBitsServer { .. }
+            | Error::ProtocolMismatch { .. }
+            | Error::Protocol { .. } => ErrorKind::Protocol,
             Error::FragmentTooLarge { .. } | Error::Download { .. } => ErrorKind::Fatal,
             Error::Auth { .. } | Error::Tls { .. } => ErrorKind::Auth,
             // A spent retry budget is still a transient failure: it may work later.
@@ -232,9 +238,9 @@ impl Error {
         match self.root() {
             Error::Server(e) => Some(e.code),
             Error::Auth { status, .. } => Some(HResult::http_error(*status)),
-            Error::InvalidResponse { .. } | Error::NotBitsServer { .. } => {
-                Some(HResult::BG_E_INVALID_SERVER_RESPONSE)
-            }
+            Error::InvalidResponse { .. }
+            | Error::NotBitsServer { .. }
+            | Error::Protocol { .. } => Some(HResult::BG_E_INVALID_SERVER_RESPONSE),
             Error::ProtocolMismatch { .. } => Some(HResult::BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH),
             Error::FragmentTooLarge { .. } => Some(HResult::http_error(413)),
             Error::LocalFileChanged { .. } => Some(HResult(0x8020_001D)),
