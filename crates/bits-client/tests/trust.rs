@@ -3,6 +3,7 @@
 //! the terminal. Every test drives the real `bits` binary (or the library) against the scripted
 //! fake server in `support`, on loopback only. Tests that need a second local user run `bits`
 //! under throwaway uids with `setpriv` (no passwd entry needed); the suite runs as root.
+#![cfg(unix)]
 
 mod support;
 
