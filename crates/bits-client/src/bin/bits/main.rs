@@ -31,8 +31,8 @@ use clap::{Args, Parser, Subcommand};
                   6 auth: 401/407, or the server certificate did not verify\n  \
                   7 local file kept changing during the upload\n  \
                   8 job busy in another bits process\n  \
-                  9 policy refusal: a file: or https-to-http reply URL or redirect, a body over \
-                  --max-size or with a Content-Encoding\n  \
+                  9 policy refusal: a file: or https-to-http reply URL or redirect, a redirect \
+                  with credentials, a body over --max-size or with a Content-Encoding\n  \
                   130 interrupted (job kept)"
 )]
 pub struct Cli {

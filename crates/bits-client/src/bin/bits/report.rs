@@ -13,7 +13,7 @@
 //! | 6 | authentication failed (401/407) or the server certificate did not verify |
 //! | 7 | the local file kept changing during the upload |
 //! | 8 | another `bits` process is running the same job |
-//! | 9 | policy refusal: the client refused what the server asked (a `file:` or https→http reply URL or redirect, a body over `--max-size` or content-encoded) |
+//! | 9 | policy refusal: the client refused what the server asked (a `file:` or https→http reply URL or redirect, a redirect with credentials, a body over `--max-size` or content-encoded) |
 //! | 130 | interrupted (Ctrl-C, SIGTERM); the job is kept for `bits resume` |
 
 use bits_client::{Error, ErrorKind};
