@@ -77,6 +77,11 @@ pub(crate) struct Inner {
 /// disk by announcing an endless body.
 pub const DEFAULT_MAX_SIZE: u64 = 16 << 30;
 
+/// The default of [`ClientBuilder::request_deadline`]: one hour. Far longer than a fragment
+/// and its Ack take (the server application gets five minutes for the last one), short enough
+/// that a server trickling bytes cannot hold a transfer for days.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
+
 /// Builds a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
@@ -88,6 +93,7 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    deadline: Option<Duration>,
     upload_rate: Option<u64>,
     max_size: Option<u64>,
 }
@@ -105,6 +111,7 @@ impl Default for ClientBuilder {
             // [MC-BUP §3.1.2.2]: the client waits up to 5 minutes for an Ack, which for the last
             // fragment of an upload-reply includes the server application's work.
             idle_timeout: Duration::from_secs(300),
+            deadline: Some(DEFAULT_DEADLINE),
             upload_rate: None,
             max_size: Some(DEFAULT_MAX_SIZE),
         }
@@ -160,6 +167,14 @@ impl ClientBuilder {
     /// Abandon a request when no byte moved and no answer came for this long (default 5 min).
     pub fn idle_timeout(mut self, t: Duration) -> Self {
         self.idle_timeout = t;
+        self
+    }
+
+    /// Abandon a request not done within this long — sent, answered and its body read —
+    /// however steadily bytes trickle (`None`: no bound; default [`DEFAULT_DEADLINE`]). A
+    /// download cut by it resumes where it stopped, in the next request.
+    pub fn request_deadline(mut self, t: Option<Duration>) -> Self {
+        self.deadline = t.filter(|d| !d.is_zero());
         self
     }
 
@@ -220,6 +235,7 @@ impl ClientBuilder {
             &HttpSettings {
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.idle_timeout,
+                deadline: self.deadline,
                 one_connection: ntlm.is_some() || negotiate.is_some(),
             },
         );

@@ -13,9 +13,13 @@ pub enum ErrorKind {
     /// Network trouble, 5xx, an overloaded server: worth retrying later. Returned to the caller
     /// only inside [`Error::RetriesExhausted`] once the retry budget is spent.
     Transient,
-    /// The server refused for good (4xx, BITS error codes such as `BG_E_TOO_LARGE`), or is not
-    /// speaking the protocol.
+    /// The server refused for good (4xx, BITS error codes such as `BG_E_TOO_LARGE`, a download
+    /// it cannot serve): the transfer cannot succeed as asked.
     Fatal,
+    /// The server broke the protocol in a way that waiting will not mend (it is not a BITS
+    /// server, or chose another protocol). Unlike [`ErrorKind::Fatal`] this says nothing about
+    /// the transfer itself, so a persisted job is kept: the fault is the server's to fix.
+    Protocol,
     /// 401/407, or a TLS certificate that does not verify: needs other credentials or trust.
     Auth,
     /// Reading the local file or writing local state failed.
@@ -119,6 +123,10 @@ pub enum Error {
     /// A response that shows the server is not a BITS upload server at all.
     #[error("{url} is not a BITS upload server: {what}")]
     NotBitsServer { url: String, what: String },
+    /// An answer that breaks HTTP or BITS in a way a retry will not mend (a 206 that does not
+    /// fit the request, a redirect without a usable `Location`, endless redirects).
+    #[error("{url}: the server broke the protocol: {what}")]
+    Protocol { url: String, what: String },
     /// Create-Session offered our protocol and the server chose another or none
     /// (`BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH`).
     #[error("{url}: the server does not speak the BITS 1.5 upload protocol ({what})")]
@@ -126,8 +134,8 @@ pub enum Error {
     /// 413 even for the smallest fragment the protocol allows.
     #[error("{url}: the server refuses even {fragment_size}-byte fragments (413)")]
     FragmentTooLarge { url: String, fragment_size: u64 },
-    /// A download the protocol cannot do (no `Content-Length`, ranges not honoured, a redirect
-    /// to plain HTTP...).
+    /// A download the server cannot serve as BITS needs it (no `Content-Length`, a file that
+    /// keeps changing).
     #[error("{url}: {what}")]
     Download { url: String, what: String },
     /// The server needs (other) credentials: 401 or 407.
@@ -147,6 +155,10 @@ pub enum Error {
     /// No progress for the configured idle timeout.
     #[error("{url}: no progress for {secs} s")]
     Timeout { url: String, secs: u64 },
+    /// The request (sending, the answer and its body) took longer than the request deadline,
+    /// however steadily bytes trickled.
+    #[error("{url}: no complete answer within the request deadline of {secs} s")]
+    Deadline { url: String, secs: u64 },
     /// Transient failures went on past the retry budget; `last` is the final one.
     #[error("giving up after {attempts} attempts: {last}")]
     RetriesExhausted { attempts: u32, last: Box<Error> },
@@ -172,13 +184,14 @@ impl Error {
         match self {
             Error::Server(e) if e.is_transient() => ErrorKind::Transient,
             Error::Server(_) => ErrorKind::Fatal,
-            Error::InvalidResponse { .. } | Error::Transport { .. } | Error::Timeout { .. } => {
-                ErrorKind::Transient
-            }
+            Error::InvalidResponse { .. }
+            | Error::Transport { .. }
+            | Error::Timeout { .. }
+            | Error::Deadline { .. } => ErrorKind::Transient,
             Error::NotBitsServer { .. }
             | Error::ProtocolMismatch { .. }
-            | Error::FragmentTooLarge { .. }
-            | Error::Download { .. } => ErrorKind::Fatal,
+            | Error::Protocol { .. } => ErrorKind::Protocol,
+            Error::FragmentTooLarge { .. } | Error::Download { .. } => ErrorKind::Fatal,
             Error::Auth { .. } | Error::Tls { .. } => ErrorKind::Auth,
             // A spent retry budget is still a transient failure: it may work later.
             Error::RetriesExhausted { .. } => ErrorKind::Transient,
@@ -225,9 +238,9 @@ impl Error {
         match self.root() {
             Error::Server(e) => Some(e.code),
             Error::Auth { status, .. } => Some(HResult::http_error(*status)),
-            Error::InvalidResponse { .. } | Error::NotBitsServer { .. } => {
-                Some(HResult::BG_E_INVALID_SERVER_RESPONSE)
-            }
+            Error::InvalidResponse { .. }
+            | Error::NotBitsServer { .. }
+            | Error::Protocol { .. } => Some(HResult::BG_E_INVALID_SERVER_RESPONSE),
             Error::ProtocolMismatch { .. } => Some(HResult::BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH),
             Error::FragmentTooLarge { .. } => Some(HResult::http_error(413)),
             Error::LocalFileChanged { .. } => Some(HResult(0x8020_001D)),
@@ -249,6 +262,31 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `url` with any user name and password taken out, for messages and state: a credential put
+/// into a URL is never echoed or stored. Text that does not parse as a URL loses everything
+/// between `://` and the last `@` of its authority.
+pub fn redact(url: &str) -> String {
+    if let Ok(mut u) = url::Url::parse(url) {
+        if u.username().is_empty() && u.password().is_none() {
+            return u.to_string();
+        }
+        // Both only fail for URLs that cannot have credentials at all.
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        return u.to_string();
+    }
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..start], &url[start + at + 1..]),
+        None => url.to_string(),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -295,6 +333,15 @@ mod tests {
             let e = server(status, Some(0x8019_0000 + status as u32), Some(7));
             assert_eq!(e.is_transient(), transient, "{status}");
         }
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("http://alice:pw@h/f"), "http://h/f");
+        assert_eq!(redact("http://alice@h:81/f?q"), "http://h:81/f?q");
+        assert_eq!(redact("http://h/a@b"), "http://h/a@b");
+        assert_eq!(redact("http://al:pw@[bad/x"), "http://[bad/x");
+        assert_eq!(redact("not a url"), "not a url");
     }
 
     #[test]

@@ -227,7 +227,15 @@ impl Client {
                 &creds.password,
                 bits_proto::ntlm::client_nonce(),
             )
-            .map_err(|e| Error::Usage(format!("{}: NTLM challenge: {e}", out.url)))?;
+            // The server's CHALLENGE broke the protocol: its fault, not the user's, and no
+            // reason to give the job up (retried like any invalid response).
+            .map_err(|e| Error::InvalidResponse {
+                url: out.url.to_string(),
+                what: format!(
+                    "{} answered with an unusable NTLM CHALLENGE: {e}",
+                    out.packet
+                ),
+            })?;
             ack = self
                 .send_packet(out, Some(ntlm_value(&answer)?), activity, tick)
                 .await?;
@@ -291,9 +299,19 @@ impl Client {
                 }
             }
         };
-        let req = b
-            .body(body)
-            .map_err(|e| Error::Usage(format!("request for {}: {e}", out.url)))?;
+        // The URL may be the server's (a Host-Id host): a request that cannot be made from it
+        // is the server's fault, not the user's.
+        let req = b.body(body).map_err(|e| {
+            let what = format!("request for {}: {e}", out.url);
+            if out.url == out.origin {
+                Error::Usage(what)
+            } else {
+                Error::InvalidResponse {
+                    url: out.url.to_string(),
+                    what,
+                }
+            }
+        })?;
         let sent = self.inner.http.send(req, activity, tick).await;
         // A failure to read the file surfaces from hyper as a generic body error: report the
         // real cause instead.

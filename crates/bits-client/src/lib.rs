@@ -31,10 +31,12 @@ pub mod tls;
 mod transport;
 pub mod upload;
 
-pub use client::{AuthScheme, Client, ClientBuilder, Credentials, DEFAULT_MAX_SIZE};
-pub use download::{DownloadOutcome, DownloadState, RemoteVersion};
-pub use error::{Error, ErrorKind, Result, ServerError};
-pub use job::{Job, JobSettings, JobStore, Transfer};
+pub use client::{
+    AuthScheme, Client, ClientBuilder, Credentials, DEFAULT_DEADLINE, DEFAULT_MAX_SIZE,
+};
+pub use download::{DownloadOutcome, DownloadState, PartialRecord, RemoteVersion};
+pub use error::{redact, Error, ErrorKind, Result, ServerError};
+pub use job::{Job, JobSettings, JobStore, StoreError, Transfer};
 pub use progress::{Checkpoint, Event, NoObserver, Observer};
 pub use retry::RetryPolicy;
 pub use tls::TlsOptions;

@@ -32,6 +32,11 @@ const CHUNK: usize = 64 << 10;
 /// How often a waiting request reports progress to the caller and checks the idle watchdog.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Longest wait for the body of an Ack (normally empty) once its headers are in: the headers
+/// are the Ack, so a body that trickles is dropped (closing the connection) rather than
+/// waited for.
+const ACK_BODY_WAIT: Duration = Duration::from_secs(2);
+
 // ---------------------------------------------------------------------------------------------
 // Connector
 
@@ -164,8 +169,8 @@ impl hyper::rt::Write for Stream {
 // ---------------------------------------------------------------------------------------------
 // Activity (idle watchdog) and request bodies
 
-/// When bytes last moved for the current request. Shared between the body (which touches it
-/// whenever hyper pulls a chunk) and the waiting caller (which checks it).
+/// When the current request began and when bytes last moved for it. Shared between the body
+/// (which touches it whenever hyper pulls a chunk) and the waiting caller (which checks it).
 #[derive(Clone)]
 pub(crate) struct Activity {
     base: Instant,
@@ -344,12 +349,16 @@ pub(crate) struct HttpSettings {
     pub one_connection: bool,
     /// No byte moved and no answer for this long: the request is abandoned (transient).
     pub idle_timeout: Duration,
+    /// A request not done (sent, answered, its body read) after this long is abandoned
+    /// (transient), however steadily bytes move.
+    pub deadline: Option<Duration>,
 }
 
 #[derive(Clone)]
 pub(crate) struct Http {
     client: hyper_util::client::legacy::Client<Connector, ReqBody>,
     idle_timeout: Duration,
+    deadline: Option<Duration>,
     connector: Connector,
     /// With NTLM: the one connection every request goes on. NTLM authenticates a connection
     /// (the handshake's legs must share it, and the server trusts it afterwards), which a pool
@@ -367,6 +376,7 @@ impl Http {
         Http {
             client,
             idle_timeout: settings.idle_timeout,
+            deadline: settings.deadline,
             connector,
             pinned: settings
                 .one_connection
@@ -420,6 +430,14 @@ impl Http {
         self.idle_timeout
     }
 
+    /// When the request `activity` belongs to must be done.
+    pub(crate) fn deadline_of(&self, activity: &Activity) -> Option<Deadline> {
+        self.deadline.map(|of| Deadline {
+            at: activity.base + of,
+            of,
+        })
+    }
+
     /// Sends `req` and waits for the response head. `tick` is called every [`TICK`] while
     /// waiting (for progress display); `Break` abandons the request with [`Error::Interrupted`].
     pub(crate) async fn send(
@@ -430,6 +448,7 @@ impl Http {
     ) -> Result<Response<Incoming>, Error> {
         let url = req.uri().to_string();
         activity.touch();
+        let deadline = self.deadline_of(activity);
         let fut = async {
             match &self.pinned {
                 Some(pinned) => self
@@ -456,21 +475,40 @@ impl Http {
                     if activity.idle() >= self.idle_timeout {
                         return Err(Error::Timeout { url: url.clone(), secs: self.idle_timeout.as_secs() });
                     }
+                    if let Some(d) = deadline.filter(|d| Instant::now() >= d.at) {
+                        return Err(Error::Deadline { url: url.clone(), secs: d.of.as_secs() });
+                    }
                 }
             }
         }
     }
 }
 
-/// Reads the next chunk of a response body, with the idle timeout.
+/// When a request must be done, and the length of time that was.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    pub at: Instant,
+    pub of: Duration,
+}
+
+/// Reads the next chunk of a response body, with the idle timeout and the request's deadline.
 pub(crate) async fn next_chunk(
     body: &mut Incoming,
     url: &str,
     idle: Duration,
+    deadline: Option<Deadline>,
 ) -> Result<Option<Bytes>, Error> {
     use http_body_util::BodyExt;
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
+        let left = deadline.map(|d| d.at.saturating_duration_since(Instant::now()));
+        let wait = left.map_or(idle, |l| l.min(idle));
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) if wait < idle => {
+                return Err(Error::Deadline {
+                    url: url.to_string(),
+                    secs: deadline.map_or(0, |d| d.of.as_secs()),
+                })
+            }
             Err(_) => {
                 return Err(Error::Timeout {
                     url: url.to_string(),
@@ -489,11 +527,17 @@ pub(crate) async fn next_chunk(
 }
 
 /// Reads and discards an Ack's body (normally empty) so the connection can be reused; a body
-/// larger than `limit` is dropped unread, which closes the connection instead.
+/// larger than `LIMIT`, or not done within [`ACK_BODY_WAIT`] (or `idle`, if shorter), is
+/// dropped unread, which closes the connection instead.
 pub(crate) async fn discard_body(body: &mut Incoming, url: &str, idle: Duration) {
     const LIMIT: usize = 64 << 10;
+    let of = idle.min(ACK_BODY_WAIT);
+    let until = Deadline {
+        at: Instant::now() + of,
+        of,
+    };
     let mut seen = 0;
-    while let Ok(Some(chunk)) = next_chunk(body, url, idle).await {
+    while let Ok(Some(chunk)) = next_chunk(body, url, idle, Some(until)).await {
         seen += chunk.len();
         if seen > LIMIT {
             break;

@@ -481,7 +481,8 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// `--state-dir` naming an existing directory (a sticky, world-writable one here, like /tmp)
-/// leaves its mode alone; a directory the client creates is private (0700).
+/// leaves its mode alone — and is refused, since others could write jobs into it (see
+/// `trust.rs` finding 1); a directory the client creates is private (0700).
 #[cfg(unix)]
 #[test]
 fn finding10_state_dir_keeps_the_mode_of_an_existing_directory() {
@@ -496,7 +497,12 @@ fn finding10_state_dir_keeps_the_mode_of_an_existing_directory() {
         .arg("jobs")
         .output()
         .unwrap();
-    assert_code(&o, 0);
+    assert_code(&o, 5);
+    assert!(
+        text(&o.stderr).contains("writable by group or others"),
+        "{}",
+        text(&o.stderr)
+    );
     assert_eq!(mode(&shared), 0o1777);
     let fresh = env.path("new/state");
     let o = Command::new(env!("CARGO_BIN_EXE_bits"))

@@ -510,12 +510,12 @@ fn download_and_upload_reply_on_stdout() {
     assert_code(&o, 0);
     assert_eq!(json(&o)["reply"], "receipt for you");
     assert!(env.jobs().is_empty());
-    // No scratch files are left in the state directory.
+    // No scratch files are left in the state directory (the id key stays, with the locks).
     let left: Vec<_> = std::fs::read_dir(env.state())
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name())
-        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
+        .filter(|n| !n.to_string_lossy().ends_with(".lock") && n != "id.key")
         .collect();
     assert!(left.is_empty(), "{left:?}");
 

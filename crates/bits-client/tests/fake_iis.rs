@@ -697,12 +697,12 @@ async fn protocol_mismatch_non_bits_servers_and_auth_are_typed() {
                     ("BITS-Session-Id", "{00000000-0000-0000-0000-000000000001}"),
                 ],
             ),
-            ErrorKind::Fatal,
+            ErrorKind::Protocol,
             "ProtocolMismatch",
         ),
         (
             Resp::new(200, &[("Content-Type", "text/html")]),
-            ErrorKind::Fatal,
+            ErrorKind::Protocol,
             "NotBitsServer",
         ),
         (
@@ -771,12 +771,14 @@ async fn downloads_follow_redirects_and_need_a_content_length() {
     let d2 = data.clone();
     let fake = Fake::start(move |r| match r.target.as_str() {
         "/old" => Resp::new(302, &[("Location", "/new")]),
+        "/noloc" => Resp::new(302, &[]),
         "/new" => Resp::new(200, &[]).body(d2.clone()),
         "/chunked" => Resp {
             status: 200,
             headers: vec![("Transfer-Encoding".into(), "chunked".into())],
             body: b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
             close: false,
+            trickle: None,
         },
         _ => Resp::new(404, &[]),
     });
@@ -805,6 +807,15 @@ async fn downloads_follow_redirects_and_need_a_content_length() {
         .unwrap_err();
     assert_eq!(err.status(), Some(404));
     assert_eq!(err.kind(), ErrorKind::Fatal);
+
+    // A redirect without Location breaks the protocol: no retry, but nothing says the
+    // transfer itself is impossible (a job is kept).
+    let mut state = DownloadState::new(&Url::parse(&fake.url("/noloc")).unwrap(), &dest);
+    let err = client()
+        .download(&mut state, &mut NoObserver)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err:?}");
 }
 
 /// The reply download of an upload-reply job is cut mid-body: the GET is repeated with

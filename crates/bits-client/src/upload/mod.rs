@@ -19,8 +19,8 @@ use bits_proto::{headers, ContentRange, PacketType, ProtocolId, UPLOAD_PROTOCOL_
 use url::Url;
 
 use crate::client::Client;
-use crate::download::{DownloadState, Sink};
-use crate::error::{Error, Result};
+use crate::download::{check_output, write_empty, DownloadState, Sink};
+use crate::error::{redact, Error, Result};
 use crate::exchange::{content_name, Ack, Outgoing};
 use crate::host_id::{self, Route};
 use crate::progress::{Checkpoint, Event, Observer};
@@ -46,14 +46,16 @@ const MAX_STALLS: u32 = 4;
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) fn check_url(url: &Url) -> Result<()> {
+    let shown = redact(url.as_str());
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(Error::Usage(format!(
-            "{url}: only http:// and https:// URLs"
+            "{shown}: only http:// and https:// URLs"
         )));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(Error::Usage(format!(
-            "{url}: put credentials in the client settings, not in the URL"
+            "{shown}: a user name or password in the URL is refused (it would be stored with \
+             the job and shown in messages); put credentials in the client settings"
         )));
     }
     Ok(())
@@ -62,6 +64,7 @@ pub(crate) fn check_url(url: &Url) -> Result<()> {
 /// The reply URL a server named for an upload to `dest`: http(s) only, and never plain http
 /// for an https job (the reply would travel in cleartext).
 pub(crate) fn check_reply_url(dest: &Url, reply: &Url) -> Result<()> {
+    let shown = redact(reply.as_str());
     let refuse = |what: String| {
         Err(Error::Policy {
             url: dest.to_string(),
@@ -70,17 +73,17 @@ pub(crate) fn check_reply_url(dest: &Url, reply: &Url) -> Result<()> {
     };
     if !matches!(reply.scheme(), "http" | "https") || reply.host().is_none() {
         return refuse(format!(
-            "the server names the reply URL {reply}; only http(s) reply URLs are fetched"
+            "the server names the reply URL {shown}; only http(s) reply URLs are fetched"
         ));
     }
     if dest.scheme() == "https" && reply.scheme() != "https" {
         return refuse(format!(
-            "the job is https but the server names the reply URL {reply}; the reply would \
+            "the job is https but the server names the reply URL {shown}; the reply would \
              travel unencrypted"
         ));
     }
     if !reply.username().is_empty() || reply.password().is_some() {
-        return refuse(format!("the reply URL {reply} carries credentials"));
+        return refuse(format!("the reply URL {shown} carries credentials"));
     }
     Ok(())
 }
@@ -106,9 +109,13 @@ impl Client {
         state: &mut UploadState,
         observer: &mut dyn Observer,
     ) -> Result<UploadOutcome> {
-        let dest =
-            Url::parse(&state.url).map_err(|e| Error::Usage(format!("{}: {e}", state.url)))?;
+        let dest = Url::parse(&state.url)
+            .map_err(|e| Error::Usage(format!("{}: {e}", redact(&state.url))))?;
         check_url(&dest)?;
+        // Where the reply goes is checked before any byte moves, not after the upload.
+        if let Some(reply) = &state.reply_to {
+            check_output(reply)?;
+        }
         if state.local_file_changed()? {
             return Err(Error::LocalFileChanged {
                 path: state.file.clone(),
@@ -166,8 +173,8 @@ impl Client {
         if state.session.is_none() {
             return Ok(());
         }
-        let dest =
-            Url::parse(&state.url).map_err(|e| Error::Usage(format!("{}: {e}", state.url)))?;
+        let dest = Url::parse(&state.url)
+            .map_err(|e| Error::Usage(format!("{}: {e}", redact(&state.url))))?;
         let route = route_for(&dest, state.session.as_ref())?;
         let mut run = Run {
             client: self,
@@ -256,6 +263,15 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn checkpoint(&mut self) -> Result<()> {
+        // The fragment that follows this checkpoint is recorded as sent already: a process
+        // killed while it is in flight resumes knowing the server may hold it.
+        if self.state.phase == UploadPhase::Transfer {
+            if let Ok(end) = self.next_range().map(|r| r.first + r.len) {
+                if let Some(s) = &mut self.state.session {
+                    s.sent = s.sent.max(end);
+                }
+            }
+        }
         self.observer
             .checkpoint(Checkpoint::Upload(self.state))
             .map_err(|e| Error::local(&self.state.file, e))
@@ -397,7 +413,11 @@ impl Run<'_> {
                     .header(headers::HOST_ID_FALLBACK_TIMEOUT)
                     .and_then(|v| v.parse().ok()),
             });
-            let session = SessionState { id, host_id };
+            let session = SessionState {
+                id,
+                host_id,
+                sent: 0,
+            };
             self.route = match route_for(&self.dest, Some(&session)) {
                 Ok(route) => route,
                 Err(e) => {
@@ -510,6 +530,12 @@ impl Run<'_> {
             }
             self.check_file()?;
             let range = self.next_range()?;
+            let end = range.first + range.len;
+            if self.state.session.as_ref().is_some_and(|s| s.sent < end) {
+                self.checkpoint()?;
+            }
+            // The server cannot hold more than the furthest byte ever sent in this session.
+            let sent = self.state.session.as_ref().map_or(end, |s| s.sent.max(end));
             let ack = match self.send(PacketType::Fragment, Some(range)).await {
                 Ok(ack) => ack,
                 Err(e) => {
@@ -524,12 +550,13 @@ impl Run<'_> {
                     }
                     let checked = ack.check_session(&session).and_then(|_| ack.received());
                     let received = match checked {
-                        Ok(r) if r <= total => r,
+                        Ok(r) if r <= sent => r,
                         Ok(r) => {
                             let e = Error::InvalidResponse {
                                 url: ack.url.clone(),
                                 what: format!(
-                                    "BITS-Received-Content-Range {r} is beyond the file size {total}"
+                                    "BITS-Received-Content-Range {r} is beyond the bytes sent \
+                                     (up to {sent} of {total})"
                                 ),
                             };
                             self.failed(e).await?;
@@ -549,7 +576,7 @@ impl Run<'_> {
                             .header(headers::REPLY_URL)
                             .filter(|u| !u.is_empty())
                             .map(str::to_string);
-                        self.complete(reply)?;
+                        self.complete(reply).await?;
                         return Ok(Flow::Complete);
                     }
                     // Resume from what the server says it holds, not from what we sent.
@@ -621,7 +648,7 @@ impl Run<'_> {
     }
 
     /// All bytes are acknowledged: record it together with what comes next.
-    fn complete(&mut self, reply: Option<String>) -> Result<()> {
+    async fn complete(&mut self, reply: Option<String>) -> Result<()> {
         let total = self.state.stamp.size;
         self.state.acked = total;
         let resolved = match &reply {
@@ -645,8 +672,9 @@ impl Run<'_> {
                 download: DownloadState::new(url, dest.clone()),
             },
             (Some(dest), None) => {
-                // The docs allow an upload-reply job to end with an empty reply.
-                std::fs::write(dest, b"").map_err(|e| Error::local(dest, e))?;
+                // The docs allow an upload-reply job to end with an empty reply. It is written
+                // as replies are downloaded: a link at `dest` is replaced, never followed.
+                write_empty(dest).await?;
                 self.outcome.reply_file = Some(dest.clone());
                 self.outcome.reply_bytes = Some(0);
                 UploadPhase::Close

@@ -59,6 +59,11 @@ pub struct SessionState {
     /// Exactly as the server sent it; echoed verbatim.
     pub id: String,
     pub host_id: Option<HostIdState>,
+    /// The end of the furthest fragment sent (or about to be) in this session: the server
+    /// cannot hold more, so an Ack beyond it is a protocol error. Recorded before the
+    /// fragment goes out, so a resumed job still knows it.
+    #[serde(default)]
+    pub sent: u64,
 }
 
 /// Where an upload stands.

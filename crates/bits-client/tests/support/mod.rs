@@ -45,6 +45,8 @@ pub struct Resp {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub close: bool,
+    /// Send the body one byte at a time with this pause before each (a slow or hostile server).
+    pub trickle: Option<Duration>,
 }
 
 impl Resp {
@@ -58,6 +60,7 @@ impl Resp {
                 .collect(),
             body: Vec::new(),
             close: false,
+            trickle: None,
         }
     }
 
@@ -71,6 +74,18 @@ impl Resp {
     pub fn body(mut self, body: Vec<u8>) -> Resp {
         self.body = body;
         self
+    }
+
+    /// The body one byte per `pause`.
+    pub fn trickled(mut self, pause: Duration) -> Resp {
+        self.trickle = Some(pause);
+        self
+    }
+
+    fn head(&self) -> Vec<u8> {
+        let mut b = self.bytes();
+        b.truncate(b.len() - self.body.len());
+        b
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -219,6 +234,21 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Req>>, handler: &Mutex<Handler>) {
         };
         log.lock().unwrap().push(req.clone());
         let resp = (handler.lock().unwrap())(&req);
+        if let Some(pause) = resp.trickle {
+            if write.write_all(&resp.head()).is_err() {
+                return;
+            }
+            for b in &resp.body {
+                std::thread::sleep(pause);
+                if write.write_all(&[*b]).and_then(|_| write.flush()).is_err() {
+                    return;
+                }
+            }
+            if resp.close {
+                return;
+            }
+            continue;
+        }
         if write.write_all(&resp.bytes()).is_err() || resp.close {
             return;
         }

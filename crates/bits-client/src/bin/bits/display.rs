@@ -44,8 +44,10 @@ impl Display {
         }
     }
 
-    /// A message line that does not garble the bar.
+    /// A message line that does not garble the bar. Its text may come from the server or a
+    /// job file, so control characters are escaped.
     pub fn note(&self, msg: &str) {
+        let msg = crate::report::escape(msg);
         match self {
             Display::Bar(bar) => bar.println(format!("bits: {msg}")),
             Display::Lines { .. } => eprintln!("bits: {msg}"),

@@ -20,15 +20,19 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Exit codes (who is at fault):\n  \
                   0 ok\n  \
                   1 internal error\n  \
-                  2 usage error: bad arguments or options, unreadable --cacert/--cert/--key, no password\n  \
-                  3 transient failure after all retries: network, 5xx (job kept)\n  \
-                  4 server/protocol error: the server refused (4xx, BITS error) or broke the protocol\n  \
-                  5 local I/O error: local file, state directory, not enough free space\n  \
+                  2 usage error: bad arguments or options (a URL with a password, an output that is \
+                  a directory), unreadable --cacert/--cert/--key, no password\n  \
+                  3 transient failure after all retries: network, 5xx, timeouts, invalid \
+                  responses (job kept)\n  \
+                  4 server/protocol error: the server refused (4xx, BITS error; job deleted) or \
+                  broke the protocol (not a BITS server; job kept)\n  \
+                  5 local I/O error: local file, not enough free space, a state directory or job \
+                  file that is not safely yours or does not match the command\n  \
                   6 auth: 401/407, or the server certificate did not verify\n  \
                   7 local file kept changing during the upload\n  \
                   8 job busy in another bits process\n  \
-                  9 policy refusal: a file: or https-to-http reply URL or redirect, a body over \
-                  --max-size or with a Content-Encoding\n  \
+                  9 policy refusal: a file: or https-to-http reply URL or redirect, a redirect \
+                  with credentials, a body over --max-size or with a Content-Encoding\n  \
                   130 interrupted (job kept)"
 )]
 pub struct Cli {
@@ -69,6 +73,7 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub json: bool,
     /// Where job state lives [default: $XDG_STATE_HOME/bits/jobs or ~/.local/state/bits/jobs].
+    /// It must be yours and not writable by group or others (made 0700 if missing).
     #[arg(long, global = true, env = "BITS_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Consecutive failed attempts before giving up (progress resets the count).
@@ -80,6 +85,10 @@ pub struct Opts {
     /// Give up on a request after this long without progress.
     #[arg(long, global = true, default_value = "300s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Give up on a request not done after this long (sent, answered, body read), however
+    /// steadily bytes trickle; a download resumes in the next request. 0 = no deadline.
+    #[arg(long, global = true, default_value = "1h", value_parser = parse_duration)]
+    pub deadline: Duration,
     /// Refuse downloads and replies larger than this (K/M/G suffixes; 0 = no bound). The
     /// free space of the destination is checked too, before a byte is written.
     #[arg(long, global = true, value_parser = parse_size, default_value = "16G", value_name = "SIZE")]
@@ -112,7 +121,8 @@ pub enum Command {
     Resume { ids: Vec<String> },
     /// List unfinished jobs.
     Jobs,
-    /// Cancel unfinished jobs: Cancel-Session for uploads, partial data deleted for downloads.
+    /// Cancel unfinished jobs: Cancel-Session for uploads (a warning if the server cannot be
+    /// told), partial data deleted for downloads; the jobs are forgotten either way.
     Cancel {
         ids: Vec<String>,
         #[arg(long)]

@@ -6,14 +6,14 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | internal error |
-//! | 2 | usage: bad arguments, unreadable certificate files, no password available (the caller) |
-//! | 3 | transient failure after all retries (network, 5xx); the job is kept for `bits resume` |
-//! | 4 | server or protocol error: the server refused (4xx, BITS error codes) or is not a BITS server |
-//! | 5 | local I/O error (file unreadable, state directory not writable, not enough free space) |
+//! | 2 | usage: bad arguments (a URL with a user name or password, an output that is a directory), unreadable certificate files, no password available (the caller) |
+//! | 3 | transient failure after all retries (network, 5xx, timeouts, invalid responses); the job is kept for `bits resume` |
+//! | 4 | server or protocol error: the server refused (4xx, BITS error codes; the job is deleted) or broke the protocol (not a BITS server, another protocol; the job is kept) |
+//! | 5 | local I/O error (file unreadable, not enough free space, a state directory or job file that is not safely the user's or does not match the command) |
 //! | 6 | authentication failed (401/407) or the server certificate did not verify |
 //! | 7 | the local file kept changing during the upload |
 //! | 8 | another `bits` process is running the same job |
-//! | 9 | policy refusal: the client refused what the server asked (a `file:` or https→http reply URL or redirect, a body over `--max-size` or content-encoded) |
+//! | 9 | policy refusal: the client refused what the server asked (a `file:` or https→http reply URL or redirect, a redirect with credentials, a body over `--max-size` or content-encoded) |
 //! | 130 | interrupted (Ctrl-C, SIGTERM); the job is kept for `bits resume` |
 
 use bits_client::{Error, ErrorKind};
@@ -36,6 +36,8 @@ pub const INTERRUPTED: u8 = 130;
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// A line of our own after the message (what to do next).
+    pub hint: Option<String>,
     pub details: Value,
 }
 
@@ -54,6 +56,7 @@ impl Failure {
             code,
             details: json!({ "kind": kind_name(code), "message": message }),
             message,
+            hint: None,
         }
     }
 
@@ -88,6 +91,7 @@ impl From<&Error> for Failure {
         Failure {
             code,
             message: e.to_string(),
+            hint: None,
             details,
         }
     }
@@ -96,7 +100,7 @@ impl From<&Error> for Failure {
 pub fn exit_code(e: &Error) -> u8 {
     match e.kind() {
         ErrorKind::Transient => TRANSIENT,
-        ErrorKind::Fatal => FATAL,
+        ErrorKind::Fatal | ErrorKind::Protocol => FATAL,
         ErrorKind::Auth => AUTH,
         ErrorKind::LocalIo => LOCAL_IO,
         ErrorKind::LocalFileChanged => FILE_CHANGED,
@@ -129,7 +133,8 @@ pub struct Output {
 }
 
 impl Output {
-    /// Prints a success. `line` is the human summary; `to_stderr` when stdout carries data.
+    /// Prints a success. `line` is the human summary (lines of it escaped, see [`escape`]);
+    /// `to_stderr` when stdout carries data.
     pub fn success(&self, mut value: Value, line: &str, to_stderr: bool) {
         if self.json {
             if let Some(o) = value.as_object_mut() {
@@ -137,6 +142,7 @@ impl Output {
             }
             println!("{value}");
         } else if !self.quiet {
+            let line = line.split('\n').map(escape).collect::<Vec<_>>().join("\n");
             if to_stderr {
                 eprintln!("{line}");
             } else {
@@ -154,13 +160,38 @@ impl Output {
             }
             println!("{context}");
         }
-        eprintln!("bits: error: {}", f.message);
+        eprintln!("bits: error: {}", escape(&f.message));
+        if let Some(hint) = &f.hint {
+            eprintln!("bits: {}", escape(hint));
+        }
     }
+}
+
+/// `text` fit for a terminal: control characters (C0, DEL, C1) written as Rust escapes
+/// (`\n`, `\u{1b}`), so a file name, URL or server message cannot move the cursor, clear the
+/// screen, retitle the window or forge a line of output.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("a\u{1b}[2J\u{7}b"), "a\\u{1b}[2J\\u{7}b");
+        assert_eq!(escape("x\ny\r\u{9b}\u{7f}"), "x\\ny\\r\\u{9b}\\u{7f}");
+        assert_eq!(escape("DOMAIN\\user \"ü\""), "DOMAIN\\user \"ü\"");
+    }
 
     #[test]
     fn codes_by_kind() {

@@ -10,17 +10,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use bits_client::job::job_id;
 use bits_client::{
-    Checkpoint, Client, DownloadState, Error, Event, Job, JobSettings, JobStore, NoObserver,
-    Observer, RetryPolicy, TlsOptions, Transfer, UploadPhase, UploadState, Url,
-    DEFAULT_FRAGMENT_SIZE, MIN_FRAGMENT_SIZE,
+    redact, Checkpoint, Client, DownloadState, Error, Event, Job, JobSettings, JobStore,
+    NoObserver, Observer, RetryPolicy, StoreError, TlsOptions, Transfer, UploadPhase, UploadState,
+    Url, DEFAULT_FRAGMENT_SIZE, MIN_FRAGMENT_SIZE,
 };
 use serde_json::{json, Value};
 
 use crate::display::Display;
 use crate::jobs::{cancel, list_jobs, resume};
-use crate::report::{self, Failure, Output};
+use crate::report::{self, escape, Failure, Output};
 use crate::{Command, Opts};
 
 /// Replies up to this size are embedded in `--json` output (like `GetReplyData`'s 1 MiB).
@@ -68,14 +67,29 @@ pub(crate) fn finish(
     }
 }
 
+/// The URL given on the command line. One carrying a user name or password is refused before
+/// anything is stored, and never shown with them.
 pub(crate) fn parse_url(s: &str) -> Result<Url, Failure> {
-    let url = Url::parse(s).map_err(|e| Failure::usage(format!("{s}: not a URL ({e})")))?;
+    let shown = redact(s);
+    let url = Url::parse(s).map_err(|e| Failure::usage(format!("{shown}: not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Failure::usage(format!(
-            "{s}: only http:// and https:// URLs"
+            "{shown}: only http:// and https:// URLs"
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Failure::usage(format!(
+            "{shown}: a user name or password in the URL is refused (it would be stored with \
+             the job and shown in messages); use --user, with the password in BITS_PASSWORD or \
+             typed at the prompt"
         )));
     }
     Ok(url)
+}
+
+/// Refuses an output path that cannot receive a file, before any byte moves.
+fn check_output(p: &Path) -> Result<(), Failure> {
+    bits_client::download::check_output(p).map_err(|e| Failure::from(&e))
 }
 
 pub(crate) fn store(opts: &Opts) -> Result<JobStore, Failure> {
@@ -84,7 +98,12 @@ pub(crate) fn store(opts: &Opts) -> Result<JobStore, Failure> {
         .clone()
         .or_else(JobStore::default_dir)
         .ok_or_else(|| Failure::usage("no state directory: set --state-dir or HOME"))?;
-    JobStore::open(&dir).map_err(|e| Failure::local(format!("{}: {e}", dir.display())))
+    JobStore::open(&dir).map_err(|e| store_failure(&e))
+}
+
+/// A job store error: always local, its message names the path (and the fix).
+pub(crate) fn store_failure(e: &StoreError) -> Failure {
+    Failure::local(e.to_string())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, Failure> {
@@ -158,13 +177,27 @@ pub(crate) fn client(opts: &Opts, settings: &JobSettings, url: &Url) -> Result<C
             max_delay: opts.retry_delay.max(Duration::from_secs(30)),
         })
         .idle_timeout(opts.timeout)
+        .request_deadline(Some(opts.deadline))
         .max_size((opts.max_size > 0).then_some(opts.max_size))
         .upload_rate_limit(opts.limit_rate);
+    let plain = url.scheme() == "http" && !opts.quiet;
     if settings.auth.as_deref() == Some("negotiate") {
+        if plain {
+            eprintln!(
+                "bits: warning: Kerberos over http://: anyone on the network path can replay \
+                 the ticket to this server, and nothing proves the answers come from it"
+            );
+        }
         b = b.auth_scheme(bits_client::AuthScheme::Negotiate);
     } else if let Some(user) = &settings.user {
         let ntlm = settings.auth.as_deref() == Some("ntlm");
-        if url.scheme() == "http" && !opts.quiet && !ntlm {
+        if plain && ntlm {
+            eprintln!(
+                "bits: warning: NTLM over http://: the user name travels in clear, anyone on the \
+                 network path can relay the sign-in or take over the signed-in connection, and \
+                 the password can be guessed offline from the exchange"
+            );
+        } else if plain {
             eprintln!("bits: warning: Basic credentials travel unencrypted over http://");
         }
         if ntlm {
@@ -227,7 +260,7 @@ impl Observer for JobObserver<'_> {
             Checkpoint::Upload(u) => Transfer::Upload(u.clone()),
             Checkpoint::Download(d) => Transfer::Download(d.clone()),
         };
-        self.store.save(self.job)
+        self.store.save(self.job).map_err(io::Error::other)
     }
 
     fn event(&mut self, event: &Event<'_>) -> ControlFlow<()> {
@@ -240,7 +273,7 @@ impl Observer for JobObserver<'_> {
 // Commands
 
 async fn ping(opts: &Opts, out: Output, url: &str) -> u8 {
-    let context = json!({ "command": "ping", "url": url });
+    let context = json!({ "command": "ping", "url": redact(url) });
     let result = async {
         let url = parse_url(url)?;
         let settings = merged_settings(opts, &JobSettings::default())?;
@@ -272,23 +305,31 @@ async fn upload(
     } else {
         "upload"
     };
-    let context = json!({ "command": command, "url": url, "file": file });
+    let context = json!({ "command": command, "url": redact(url), "file": file });
     let result = async {
         let url = parse_url(url)?;
-        let store = store(opts)?;
+        let reply_file = match &reply {
+            Some(Some(path)) => {
+                let path = absolute(path)?;
+                check_output(&path)?;
+                Some(path)
+            }
+            _ => None,
+        };
         let mut state =
             UploadState::new(file, &url, fragment_size(opts)?).map_err(|e| Failure::from(&e))?;
-        let id = job_id(command, &state.file, &state.url);
+        let store = store(opts)?;
+        let id = store.job_id(command, &state.file, &state.url);
         let mut settings = merged_settings(opts, &JobSettings::default())?;
-        match reply {
-            Some(Some(path)) => state = state.with_reply(absolute(&path)?),
-            Some(None) => {
+        match (reply, reply_file) {
+            (Some(Some(_)), Some(path)) => state = state.with_reply(path),
+            (Some(_), _) => {
                 state = state.with_reply(store.scratch_path(&id, "reply"));
                 settings.reply_to_stdout = true;
             }
-            None => {}
+            (None, _) => {}
         }
-        let job = Job::new(command, settings, Transfer::Upload(state));
+        let job = store.job(command, settings, Transfer::Upload(state));
         run_new(opts, out, &store, job).await
     }
     .await;
@@ -296,13 +337,15 @@ async fn upload(
 }
 
 async fn download(opts: &Opts, out: Output, url: &str, file: &Path) -> u8 {
-    let context = json!({ "command": "download", "url": url, "file": file });
+    let context = json!({ "command": "download", "url": redact(url), "file": file });
     let result = async {
         let url = parse_url(url)?;
+        let dest = absolute(file)?;
+        check_output(&dest)?;
         let store = store(opts)?;
-        let state = DownloadState::new(&url, absolute(file)?);
+        let state = DownloadState::new(&url, dest);
         let settings = merged_settings(opts, &JobSettings::default())?;
-        let job = Job::new("download", settings, Transfer::Download(state));
+        let job = store.job("download", settings, Transfer::Download(state));
         run_new(opts, out, &store, job).await
     }
     .await;
@@ -318,6 +361,20 @@ async fn run_new(
 ) -> Result<(Value, String, bool), Failure> {
     let _lock = lock(store, &fresh.id)?;
     let job = match store.load(&fresh.id) {
+        // Ids are keyed and checked against the content on load, so this takes a collision
+        // or a bug; a job that is not the command typed is never run in its place.
+        Ok(Some(old)) if !old.same_transfer(&fresh) => {
+            let (local, url) = old.transfer.local_and_url();
+            return Err(Failure::local(format!(
+                "{}: job {} ({} {} {}) does not match this command; remove it, or `bits cancel {}`",
+                store.dir().join(format!("{}.json", old.id)).display(),
+                old.id,
+                old.command,
+                local.display(),
+                url,
+                old.id
+            )));
+        }
         Ok(Some(mut old)) => {
             if let (Transfer::Upload(o), Transfer::Upload(n)) = (&mut old.transfer, &fresh.transfer)
             {
@@ -338,12 +395,17 @@ async fn run_new(
             old
         }
         Ok(None) => fresh,
-        Err(e) => {
+        // The user's own file that is not a job this client can read: replaced.
+        Err(e @ (StoreError::Corrupt { .. } | StoreError::Format { .. })) => {
             if !out.quiet {
-                eprintln!("bits: ignoring unreadable job file: {e}");
+                eprintln!(
+                    "bits: replacing unreadable job file: {}",
+                    escape(&e.to_string())
+                );
             }
             fresh
         }
+        Err(e) => return Err(store_failure(&e)),
     };
     run_job(opts, out, store, job).await
 }
@@ -355,7 +417,7 @@ pub(crate) fn lock(store: &JobStore, id: &str) -> Result<bits_client::job::JobLo
             report::LOCKED,
             format!("job {id} is being run by another bits process"),
         )),
-        Err(e) => Err(Failure::local(format!("{}: {e}", store.dir().display()))),
+        Err(e) => Err(store_failure(&e)),
     }
 }
 
@@ -374,9 +436,7 @@ pub(crate) async fn run_job(
     let url = parse_url(&url_text)?;
     let client = client(opts, &settings, &url)?;
     job.settings = settings;
-    store
-        .save(&job)
-        .map_err(|e| Failure::local(format!("{}: {e}", store.dir().display())))?;
+    store.save(&job).map_err(|e| store_failure(&e))?;
     let label = job.command.clone();
     let mut display = Display::new(&label, out.quiet);
     let started = Instant::now();
@@ -407,6 +467,8 @@ pub(crate) async fn run_job(
         Err(e) => {
             let mut f = Failure::from(&e).with("job", json!(job.id));
             match e.kind() {
+                // The transfer cannot succeed as asked. A server that broke the protocol
+                // (`Protocol`, or an invalid response) says nothing about the transfer: kept.
                 bits_client::ErrorKind::Fatal
                 | bits_client::ErrorKind::Usage
                 | bits_client::ErrorKind::Policy => {
@@ -414,10 +476,10 @@ pub(crate) async fn run_job(
                     f = f.with("resumable", json!(false));
                 }
                 _ => {
-                    f.message = format!(
-                        "{}\nbits: job {} kept: `bits resume {}` (or the same command) continues it",
-                        f.message, job.id, job.id
-                    );
+                    f.hint = Some(format!(
+                        "job {} kept: `bits resume {}` (or the same command) continues it",
+                        job.id, job.id
+                    ));
                     f = f.with("resumable", json!(true));
                 }
             }
@@ -506,7 +568,7 @@ async fn start_over(
     job.transfer = Transfer::Upload(state.clone());
     store.save(job).map_err(|e| Error::LocalIo {
         path: store.dir().to_path_buf(),
-        source: e,
+        source: io::Error::other(e),
     })
 }
 
@@ -522,7 +584,7 @@ async fn abandon(client: &Client, store: &JobStore, job: &mut Job) {
             }
         }
         Transfer::Download(state) => {
-            let _ = std::fs::remove_file(state.partial_path());
+            let _ = state.remove_partial();
         }
     }
     let _ = store.remove(&job.id);
