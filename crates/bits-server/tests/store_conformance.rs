@@ -353,7 +353,10 @@ async fn commit_without_data(b: &Backend) {
     let rec = b.session("missing.bin").await;
     let dest = rec.destination.clone();
     // Nothing written, nothing published: the data is missing (total > 0).
-    b.data.discard(rec.id).await.expect("discard");
+    b.data
+        .discard(rec.id, bits_server::store::Held::ALL)
+        .await
+        .expect("discard");
     let err = b.data.commit(rec.id, 10, &dest, false).await;
     assert!(matches!(err, Err(StoreError::DataMissing)), "{err:?}");
     assert_eq!(b.read_dest(&dest).await, None);
@@ -385,16 +388,25 @@ async fn discard_keeps_published(b: &Backend) {
         .store_reply(rec.id, std::pin::pin!(body(b"reply", 2)))
         .await
         .expect("reply");
-    b.data.discard(rec.id).await.expect("discard");
+    b.data
+        .discard(rec.id, bits_server::store::Held::ALL)
+        .await
+        .expect("discard");
     assert_eq!(b.data.held(rec.id).await.expect("held"), 0);
     assert_eq!(b.read_reply(rec.id).await, None);
     assert_eq!(b.read_dest(&dest).await, Some(pattern(0, 800)));
-    b.data.discard(rec.id).await.expect("discard twice");
+    b.data
+        .discard(rec.id, bits_server::store::Held::ALL)
+        .await
+        .expect("discard twice");
 
     // Discarding an unpublished session drops its data.
     let rec = b.session("discard-2.bin").await;
     b.write(rec.id, 0, &pattern(0, 300)).await;
-    b.data.discard(rec.id).await.expect("discard");
+    b.data
+        .discard(rec.id, bits_server::store::Held::ALL)
+        .await
+        .expect("discard");
     assert_eq!(b.data.held(rec.id).await.expect("held"), 0);
     assert!(matches!(
         b.data.read_upload(rec.id).await,

@@ -343,7 +343,7 @@ impl Engine {
 
     async fn drop_ended(&self, id: SessionId) -> BitsError {
         tracing::info!(session = %id, "session ended on another node during a fragment; its data is deleted again");
-        if let Err(e) = self.data.discard(id).await {
+        if let Err(e) = self.data.discard(id, crate::store::Held::ALL).await {
             tracing::warn!(session = %id, error = %e, "could not delete the data of a session ended elsewhere");
             return e.into();
         }
@@ -409,7 +409,7 @@ impl Engine {
                     let Some(_guard) = self.locks.try_lock(rec.id) else {
                         continue;
                     };
-                    self.data.discard(rec.id).await?;
+                    self.data.discard(rec.id, crate::store::Held::ALL).await?;
                     self.sessions.remove(rec.id).await?;
                     self.registry().remove(rec.id);
                     report.removed += 1;
@@ -470,7 +470,7 @@ impl Engine {
                 {
                     continue;
                 }
-                self.data.discard(id).await?;
+                self.data.discard(id, crate::store::Held::ALL).await?;
             }
         }
         Ok(())
@@ -528,13 +528,13 @@ impl Engine {
         };
         let Some(mut rec) = loaded else {
             // Created on disk but never recorded (a crash inside Create-Session): nobody got an Ack.
-            self.data.discard(id).await?;
+            self.data.discard(id, crate::store::Held::ALL).await?;
             self.sessions.remove(id).await?;
             report.removed += 1;
             return Ok(None);
         };
         let Some(vdir) = self.vdir_of(&rec).filter(|v| v.upload_enabled) else {
-            self.data.discard(id).await?;
+            self.data.discard(id, crate::store::Held::ALL).await?;
             self.sessions.remove(id).await?;
             report.removed += 1;
             tracing::info!(session = %id, vdir = %rec.vdir, "deleted session of a vdir without uploads");
@@ -550,7 +550,7 @@ impl Engine {
             }
             // Ended: whatever a crash left in the spool is garbage.
             SessionState::Closed | SessionState::Cancelled | SessionState::Expired => {
-                self.data.discard(id).await?;
+                self.data.discard(id, crate::store::Held::ALL).await?;
                 self.redeliver_owed(&rec);
                 return Ok(Some(rec.ended_at.unwrap_or(0)));
             }

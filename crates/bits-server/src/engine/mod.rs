@@ -710,7 +710,15 @@ impl Engine {
         if rec.state == SessionState::Receiving {
             self.data.unpublish(rec.id, &rec.destination).await?;
         }
-        self.data.discard(rec.id).await?;
+        // A published upload's spool copy was dropped at publication; a reply exists only
+        // where one was recorded.
+        let held = crate::store::Held {
+            data: rec.state == SessionState::Receiving || rec.reply_url.is_some(),
+            reply: rec.reply_url.is_some(),
+        };
+        if held.data || held.reply {
+            self.data.discard(rec.id, held).await?;
+        }
         rec.state = to;
         rec.ended_at = Some(self.now_ms());
         self.sessions.save_ended(rec).await?;

@@ -37,7 +37,7 @@ use super::dirsync::DirSync;
 use super::sessions_db::SessionsDb;
 use super::vectored;
 use super::{
-    BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
+    BodyStream, ByteStream, DataStore, Destination, DestinationState, Held, PublishedFile,
     Representation, SessionRecord, StoreError, WriteOutcome,
 };
 
@@ -69,6 +69,12 @@ pub struct FsStore {
     /// Sessions whose data file was created since the data directory was last synced: their
     /// names are made durable by `keep` before a record first claims bytes in them.
     unsynced: Arc<std::sync::Mutex<std::collections::HashSet<SessionId>>>,
+    /// Sessions this process published with a copy beside the destination (the spool is on
+    /// another file system), and sessions it published from the spool file itself: what
+    /// releasing the spool copy must clean up. A session in neither (published before a
+    /// restart) gets the full clean-up.
+    copied: Arc<std::sync::Mutex<std::collections::HashSet<SessionId>>>,
+    published_here: Arc<std::sync::Mutex<std::collections::HashSet<SessionId>>>,
 }
 
 impl std::fmt::Debug for FsStore {
@@ -96,6 +102,8 @@ impl FsStore {
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
             dirs: Arc::default(),
             unsynced: Arc::default(),
+            copied: Arc::default(),
+            published_here: Arc::default(),
         })
     }
 
@@ -220,6 +228,14 @@ fn migrate_legacy(spool: &Path, db: &SessionsDb, store: &FsStore) -> Result<(), 
     }
     tracing::info!(kept, "spool converted");
     Ok(())
+}
+
+/// Runs a short metadata operation (open a directory, stat, create or remove a name; never a
+/// flush nor a data transfer) on the calling thread. A trip to the blocking pool costs two
+/// thread wake-ups, more than such a call costs on a warm cache; what may wait on the disk
+/// for long (flushes, copies, data) keeps going through [`blocking`].
+fn quick<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    f()
 }
 
 async fn blocking<T: Send + 'static>(
@@ -663,7 +679,7 @@ async fn finish(pending: Option<JoinHandle<io::Result<u64>>>) -> io::Result<u64>
 impl DataStore for FsStore {
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
         let dest = dest.clone();
-        blocking(move || inspect_blocking(&dest)).await
+        quick(move || inspect_blocking(&dest))
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
@@ -681,7 +697,7 @@ impl DataStore for FsStore {
         // The name is made durable only when a record first claims bytes kept in the file
         // (`keep`): an upload published by its first fragment never needs it.
         let path = self.data(id);
-        blocking(move || Ok(File::create(&path).map(|_| ())?)).await?;
+        quick(move || Ok(File::create(&path).map(|_| ())?))?;
         if self.fsync {
             self.unsynced
                 .lock()
@@ -842,8 +858,25 @@ impl DataStore for FsStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        // Published from the spool file itself (same file system) by this process: nothing
+        // of ours beside the destination.
+        let beside = self
+            .copied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            || !self
+                .published_here
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
         let (me, dest) = (self.clone(), dest.clone());
-        blocking(move || me.release_blocking(id, &dest)).await
+        if beside {
+            // Opens the destination's directory: may wait on the disk.
+            blocking(move || me.release_blocking(id, &dest, beside)).await
+        } else {
+            quick(move || me.release_blocking(id, &dest, beside))
+        }
     }
 
     async fn unpublish(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
@@ -867,13 +900,19 @@ impl DataStore for FsStore {
         .await
     }
 
-    async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
+    async fn discard(&self, id: SessionId, held: Held) -> Result<(), StoreError> {
         self.unsynced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let paths = [self.data(id), self.reply(id), self.reply_tmp(id)];
-        blocking(move || paths.iter().try_for_each(|p| remove_if_exists(p))).await
+        let mut paths = Vec::with_capacity(3);
+        if held.data {
+            paths.push(self.data(id));
+        }
+        if held.reply {
+            paths.extend([self.reply(id), self.reply_tmp(id)]);
+        }
+        quick(move || paths.iter().try_for_each(|p| remove_if_exists(p)))
     }
 
     async fn read_upload(&self, id: SessionId) -> Result<(u64, super::ByteStream), StoreError> {
@@ -1011,27 +1050,37 @@ impl FsStore {
                 f.sync_all()?;
             }
         }
-        let target = stat_at(&parent.dir, &parent.name)?;
         // Same file system: publish the spool file itself. Otherwise copy next to the target
         // first (kept, like the spool file, until the record says published: a retry after a
         // crash then recognises its own publication by the inode).
-        let (source_dir, source_name, source): (BorrowedFd<'_>, PathBuf, (u64, u64)) =
-            if parent.dir.metadata()?.dev() == data_meta.dev() {
-                (
-                    rustix::fs::CWD,
-                    data.clone(),
-                    (data_meta.dev(), data_meta.ino()),
-                )
-            } else {
-                let name = partial_name(id);
-                let st =
-                    self.copy_beside(&parent, &name, &data, total, &data_meta, target.as_ref())?;
-                (
-                    parent.dir.as_fd(),
-                    PathBuf::from(name),
-                    (st.st_dev, st.st_ino),
-                )
-            };
+        let same_fs = parent.dir.metadata()?.dev() == data_meta.dev();
+        // What is at the target is looked at first only where it decides something before
+        // linking (a copy of ours to reuse, a replace to skip); the common case, a new name on
+        // the same file system, learns it from the link's own answer.
+        let target = if same_fs && !overwrite {
+            None
+        } else {
+            stat_at(&parent.dir, &parent.name)?
+        };
+        let (source_dir, source_name, source): (BorrowedFd<'_>, PathBuf, (u64, u64)) = if same_fs {
+            (
+                rustix::fs::CWD,
+                data.clone(),
+                (data_meta.dev(), data_meta.ino()),
+            )
+        } else {
+            let name = partial_name(id);
+            let st = self.copy_beside(&parent, &name, &data, total, &data_meta, target.as_ref())?;
+            self.copied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
+            (
+                parent.dir.as_fd(),
+                PathBuf::from(name),
+                (st.st_dev, st.st_ino),
+            )
+        };
         let published = target.is_some_and(|t| (t.st_dev, t.st_ino) == source);
         if !published {
             if overwrite {
@@ -1039,15 +1088,24 @@ impl FsStore {
                 // without giving up the spool name. The rename replaces whatever is at the
                 // target (a link there is replaced, not followed).
                 let staged = format!("{}-publish", partial_name(id));
-                remove_at(&parent.dir, &staged)?;
-                rustix::fs::linkat(
-                    source_dir,
-                    &source_name,
-                    &parent.dir,
-                    staged.as_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(io::Error::from)?;
+                let link = || {
+                    rustix::fs::linkat(
+                        source_dir,
+                        &source_name,
+                        &parent.dir,
+                        staged.as_str(),
+                        AtFlags::empty(),
+                    )
+                };
+                match link() {
+                    Ok(()) => {}
+                    // Left by a crash between linking and renaming: made again.
+                    Err(Errno::EXIST) => {
+                        remove_at(&parent.dir, &staged)?;
+                        link().map_err(io::Error::from)?;
+                    }
+                    Err(e) => return Err(io::Error::from(e).into()),
+                }
                 rustix::fs::renameat(
                     &parent.dir,
                     staged.as_str(),
@@ -1064,7 +1122,14 @@ impl FsStore {
                     AtFlags::empty(),
                 ) {
                     Ok(()) => {}
-                    Err(Errno::EXIST) => return Err(StoreError::DestinationExists),
+                    Err(Errno::EXIST) => {
+                        // Ours from an earlier attempt that crashed before recording it, or
+                        // someone else's.
+                        let there = stat_at(&parent.dir, &parent.name)?;
+                        if there.is_none_or(|t| (t.st_dev, t.st_ino) != source) {
+                            return Err(StoreError::DestinationExists);
+                        }
+                    }
                     Err(e) => return Err(io::Error::from(e).into()),
                 }
             }
@@ -1097,6 +1162,12 @@ impl FsStore {
                 }
                 return Err(e.into());
             }
+        }
+        if same_fs {
+            self.published_here
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
         }
         Ok(())
     }
@@ -1181,8 +1252,18 @@ impl FsStore {
         Ok(rustix::fs::fstat(&out).map_err(io::Error::from)?)
     }
 
-    fn release_blocking(&self, id: SessionId, dest: &Destination) -> Result<(), StoreError> {
+    /// `beside`: a copy next to the destination may exist (one was made by this process, or
+    /// nobody here knows: after a restart).
+    fn release_blocking(
+        &self,
+        id: SessionId,
+        dest: &Destination,
+        beside: bool,
+    ) -> Result<(), StoreError> {
         remove_if_exists(&self.data(id))?;
+        if !beside {
+            return Ok(());
+        }
         if let Some(parent) = open_parent(dest)? {
             let name = partial_name(id);
             remove_at(&parent.dir, &name)?;

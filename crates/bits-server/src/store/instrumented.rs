@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bits_proto::SessionId;
 
 use super::{
-    BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
+    BodyStream, ByteStream, DataStore, Destination, DestinationState, Held, PublishedFile,
     Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
 };
 use crate::metrics::Metrics;
@@ -178,8 +178,8 @@ impl DataStore for Instrumented {
         self.timed("unpublish", self.data.unpublish(id, dest)).await
     }
 
-    async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
-        self.timed("discard", self.data.discard(id)).await
+    async fn discard(&self, id: SessionId, held: Held) -> Result<(), StoreError> {
+        self.timed("discard", self.data.discard(id, held)).await
     }
 
     async fn keep(&self, id: SessionId) -> Result<(), StoreError> {

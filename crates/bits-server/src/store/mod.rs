@@ -168,6 +168,22 @@ pub enum DestinationState {
     ParentMissing,
 }
 
+/// What a session may have in temporary storage, as far as the caller knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// Upload bytes in the spool (not yet published, or never to be).
+    pub data: bool,
+    /// A stored reply of the server application.
+    pub reply: bool,
+}
+
+impl Held {
+    pub const ALL: Held = Held {
+        data: true,
+        reply: true,
+    };
+}
+
 /// The result of streaming a fragment body into storage: how many bytes were made durable,
 /// and the error that stopped the stream early, if any. Bytes counted in `durable` are kept
 /// even when `error` is set.
@@ -317,8 +333,10 @@ pub trait DataStore: Send + Sync + 'static {
         let _ = (id, dest);
         Ok(())
     }
-    /// Deletes the session's temporary data and reply (never the published file).
-    async fn discard(&self, id: SessionId) -> Result<(), StoreError>;
+    /// Deletes the session's temporary data and reply (never the published file). `held`
+    /// says what the caller knows may be there ([`Held::ALL`] when it does not know), so that a
+    /// store need not try to remove what is not there.
+    async fn discard(&self, id: SessionId, held: Held) -> Result<(), StoreError>;
     /// The sessions that have temporary data stored, for removing what ended sessions left
     /// after a crash. `None`: the store cannot list them cheaply (its `discard` of a session
     /// removes everything anyway).

@@ -27,14 +27,21 @@ use bits_proto::SessionId;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{SessionRecord, SessionState, SessionStore, StoreError};
 
+/// Per record: its index keys (what to take out of the indexes when it changes: 8 bytes
+/// `open_by_activity` key or `NONE`, 8 bytes `ended_by_time` key or `NONE`, 1 byte attention)
+/// followed by the record as JSON. One table written per change, not two.
 const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
-/// Per record: its `open_by_activity` key (or `NONE`), its `ended_by_time` key (or `NONE`), and
-/// whether it is in `attention`: what to take out when the record changes.
-const KEYS: TableDefinition<u128, (u64, u64, bool)> = TableDefinition::new("index_keys");
+const KEYS_LEN: usize = 17;
+/// Open sessions are indexed by the minute of their last activity, not the millisecond: a
+/// session receiving fragments moves in the index at most once a minute. The sweep asks for
+/// candidates and checks each record, so a coarser key only adds candidates from the last
+/// minute.
+const ACTIVITY_BUCKET_MS: u64 = 60_000;
 const OPEN_BY_ACTIVITY: TableDefinition<(u64, u128), ()> = TableDefinition::new("open_by_activity");
 const ENDED_BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("ended_by_time");
 const ATTENTION: TableDefinition<u128, ()> = TableDefinition::new("attention");
@@ -52,7 +59,18 @@ fn id_of(key: u128) -> SessionId {
     SessionId::from_uuid(uuid::Uuid::from_u128(key))
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
+/// A database error as a store error: a full disk found anywhere in its causes is the disk-full
+/// error clients are told about (as for data), anything else an I/O error.
+fn db_err(e: impl std::fmt::Display + std::fmt::Debug) -> StoreError {
+    // redb's errors keep the `io::Error` of a failed write in their Debug form (`Io(Os { code:
+    // 28, .. })`); the codes of a full disk or quota are looked for there.
+    let debug = format!("{e:?}");
+    let full = [libc::ENOSPC, libc::EDQUOT]
+        .iter()
+        .any(|code| debug.contains(&format!("code: {code},")));
+    if full {
+        return StoreError::DiskFull;
+    }
     StoreError::Io(std::io::Error::other(format!("session database: {e}")))
 }
 
@@ -68,7 +86,11 @@ impl IndexKeys {
     fn of(rec: &SessionRecord) -> IndexKeys {
         let open = rec.state.is_open();
         IndexKeys {
-            activity: if open { rec.last_activity } else { NONE },
+            activity: if open {
+                rec.last_activity - rec.last_activity % ACTIVITY_BUCKET_MS
+            } else {
+                NONE
+            },
             ended: if open {
                 NONE
             } else {
@@ -76,6 +98,33 @@ impl IndexKeys {
             },
             attention: needs_attention(rec),
         }
+    }
+
+    fn encode(self, json: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(KEYS_LEN + json.len());
+        out.extend_from_slice(&self.activity.to_le_bytes());
+        out.extend_from_slice(&self.ended.to_le_bytes());
+        out.push(u8::from(self.attention));
+        out.extend_from_slice(json);
+        out
+    }
+
+    /// The keys of a stored value, and its JSON.
+    fn decode(value: &[u8]) -> Option<(IndexKeys, &[u8])> {
+        let (keys, json) = value.split_at_checked(KEYS_LEN)?;
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&keys[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        Some((
+            IndexKeys {
+                activity: word(0),
+                ended: word(8),
+                attention: keys[16] != 0,
+            },
+            json,
+        ))
     }
 }
 
@@ -168,7 +217,7 @@ impl StorageBackend for Unsynced {
 }
 
 pub struct SessionsDb {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     jobs: Option<mpsc::Sender<Job>>,
     committer: Option<std::thread::JoinHandle<()>>,
 }
@@ -184,10 +233,16 @@ impl Drop for SessionsDb {
     }
 }
 
-impl SessionsDb {
-    /// Opens (creating if needed) `path`. `fsync = false` is the unsafe fast mode: commits are
-    /// written, never flushed.
-    pub fn open(path: &Path, fsync: bool) -> Result<SessionsDb, StoreError> {
+/// The open database, replaceable: redb refuses every operation after a failed write (a full
+/// disk) until the database is opened again, which the committer then does.
+struct Handle {
+    path: std::path::PathBuf,
+    fsync: bool,
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+}
+
+impl Handle {
+    fn open_db(path: &Path, fsync: bool) -> Result<Database, StoreError> {
         let db = if fsync {
             Database::create(path).map_err(db_err)?
         } else {
@@ -205,21 +260,69 @@ impl SessionsDb {
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(RECORDS).map_err(db_err)?;
-            txn.open_table(KEYS).map_err(db_err)?;
             txn.open_table(OPEN_BY_ACTIVITY).map_err(db_err)?;
             txn.open_table(ENDED_BY_TIME).map_err(db_err)?;
             txn.open_table(ATTENTION).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        let db = Arc::new(db);
+        Ok(db)
+    }
+
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| db_err("the session database is being reopened"))
+    }
+
+    /// Closes and opens the database again after a failed commit. Readers holding the old one
+    /// finish first (each holds it for one read).
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut old) = slot.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still) if Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still) => {
+                        *slot = Some(still);
+                        return Err(db_err("readers did not let go of the database"));
+                    }
+                }
+            }
+        }
+        *slot = Some(Arc::new(Self::open_db(&self.path, self.fsync)?));
+        tracing::info!("session database reopened after a failed commit");
+        Ok(())
+    }
+}
+
+impl SessionsDb {
+    /// Opens (creating if needed) `path`. `fsync = false` is the unsafe fast mode: commits are
+    /// written, never flushed.
+    pub fn open(path: &Path, fsync: bool) -> Result<SessionsDb, StoreError> {
+        let db = Handle::open_db(path, fsync)?;
+        let handle = Arc::new(Handle {
+            path: path.to_path_buf(),
+            fsync,
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+        });
         let (jobs, rx) = mpsc::channel();
-        let committer = db.clone();
+        let committer = handle.clone();
         let committer = std::thread::Builder::new()
             .name("bitsd-commit".into())
             .spawn(move || commit_loop(&committer, &rx))
             .map_err(StoreError::Io)?;
         Ok(SessionsDb {
-            db,
+            db: handle,
             jobs: Some(jobs),
             committer: Some(committer),
         })
@@ -238,16 +341,17 @@ impl SessionsDb {
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(db_err)
+        self.db.get()?.begin_read().map_err(db_err)
     }
 
     fn encode(rec: &SessionRecord) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(rec.id.to_string(), e.to_string()))
     }
 
-    fn decode(id: u128, bytes: &[u8]) -> Result<SessionRecord, StoreError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| StoreError::Corrupt(id_of(id).to_string(), e.to_string()))
+    fn decode(id: u128, value: &[u8]) -> Result<SessionRecord, StoreError> {
+        let corrupt = |e: String| StoreError::Corrupt(id_of(id).to_string(), e);
+        let (_, json) = IndexKeys::decode(value).ok_or_else(|| corrupt("short value".into()))?;
+        serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Ids of an index's keys below `before` (by their first element), in order.
@@ -269,7 +373,7 @@ impl SessionsDb {
     /// Inserts records as they are, in one durable transaction, skipping ids already present
     /// (converting an old spool: a second pass after a crash changes nothing).
     pub fn import(&self, records: &[SessionRecord]) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.get()?.begin_write().map_err(db_err)?;
         let mut added = 0;
         for rec in records {
             let bytes = Self::encode(rec)?;
@@ -287,17 +391,52 @@ impl SessionsDb {
     }
 }
 
+/// While commits overlap with new arrivals (several requests in flight), how long the committer
+/// waits for more before committing: a little latency for a shared flush. A lone client never
+/// waits (nothing arrives while its own commit runs).
+const GATHER: Duration = Duration::from_micros(300);
+
 /// The committer: one write transaction, one flush, per batch of waiting mutations.
-fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+fn commit_loop(handle: &Handle, jobs: &mpsc::Receiver<Job>) {
+    // Whether mutations arrived while the last commit ran: requests are concurrent, and a
+    // short wait gathers more of them into the next flush.
+    let mut concurrent = false;
+    // A mutation that arrived during the last commit: the first of the next batch.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
         let mut batch = vec![first];
+        let gather_until = concurrent.then(|| Instant::now() + GATHER);
         while batch.len() < BATCH_MAX {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            let left = gather_until.map_or(Duration::ZERO, |u| {
+                u.saturating_duration_since(Instant::now())
+            });
+            let next = if left.is_zero() {
+                jobs.try_recv().ok()
+            } else {
+                jobs.recv_timeout(left).ok()
+            };
+            match next {
+                Some(job) => batch.push(job),
+                None => break,
             }
         }
-        match commit(db, &batch) {
+        let result = handle.get().and_then(|db| commit(&db, &batch));
+        if result.is_err() {
+            // redb refuses everything after a failed write until it is opened again.
+            if let Err(e) = handle.reopen() {
+                tracing::error!(error = %e, "could not reopen the session database");
+            }
+        }
+        carried = jobs.try_recv().ok();
+        concurrent = carried.is_some();
+        match result {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.done.send(result);
@@ -306,7 +445,11 @@ fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
             Err(e) => {
                 tracing::error!(error = %e, mutations = batch.len(), "session database commit failed");
                 for job in batch {
-                    let _ = job.done.send(Err(db_err(&e)));
+                    let each = match &e {
+                        StoreError::DiskFull => StoreError::DiskFull,
+                        other => db_err(other),
+                    };
+                    let _ = job.done.send(Err(each));
                 }
             }
         }
@@ -329,51 +472,64 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<(), StoreError>>, S
 /// only this mutation.
 fn apply(txn: &WriteTransaction, change: &Change) -> Result<Result<(), StoreError>, StoreError> {
     let mut records = txn.open_table(RECORDS).map_err(db_err)?;
-    let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-    let mut by_activity = txn.open_table(OPEN_BY_ACTIVITY).map_err(db_err)?;
-    let mut by_end = txn.open_table(ENDED_BY_TIME).map_err(db_err)?;
-    let mut attention = txn.open_table(ATTENTION).map_err(db_err)?;
     let id = match change {
         Change::Create(id, ..) | Change::Put(id, ..) | Change::Remove(id) => *id,
     };
-    if let Change::Create(..) = change {
-        if records.get(id).map_err(db_err)?.is_some() {
+    let old = records
+        .get(id)
+        .map_err(db_err)?
+        .map(|v| IndexKeys::decode(v.value()).map(|(k, _)| k));
+    let old = match (change, old) {
+        (Change::Create(..), Some(_)) => {
             return Ok(Err(StoreError::Io(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 format!("session {} exists", id_of(id)),
-            ))));
+            ))))
         }
-    }
-    // Out of the indexes as it was.
-    let old = keys.remove(id).map_err(db_err)?.map(|g| g.value());
-    if let Some((activity, ended, flagged)) = old {
-        if activity != NONE {
-            by_activity.remove((activity, id)).map_err(db_err)?;
-        }
-        if ended != NONE {
-            by_end.remove((ended, id)).map_err(db_err)?;
-        }
-        if flagged {
-            attention.remove(id).map_err(db_err)?;
-        }
-    }
+        (_, old) => old.flatten(),
+    };
+    let new = match change {
+        Change::Create(_, _, k) | Change::Put(_, _, k) => Some(*k),
+        Change::Remove(_) => None,
+    };
     match change {
         Change::Create(_, bytes, k) | Change::Put(_, bytes, k) => {
-            records.insert(id, bytes.as_slice()).map_err(db_err)?;
-            keys.insert(id, (k.activity, k.ended, k.attention))
+            records
+                .insert(id, k.encode(bytes).as_slice())
                 .map_err(db_err)?;
-            if k.activity != NONE {
-                by_activity.insert((k.activity, id), ()).map_err(db_err)?;
-            }
-            if k.ended != NONE {
-                by_end.insert((k.ended, id), ()).map_err(db_err)?;
-            }
-            if k.attention {
-                attention.insert(id, ()).map_err(db_err)?;
-            }
         }
         Change::Remove(_) => {
             records.remove(id).map_err(db_err)?;
+        }
+    }
+    drop(records);
+    // Each index is written only where the record's place in it changed.
+    let unchanged = |f: fn(&IndexKeys) -> u64| old.map(|k| f(&k)) == new.map(|k| f(&k));
+    if !unchanged(|k| k.activity) {
+        let mut t = txn.open_table(OPEN_BY_ACTIVITY).map_err(db_err)?;
+        if let Some(k) = old.filter(|k| k.activity != NONE) {
+            t.remove((k.activity, id)).map_err(db_err)?;
+        }
+        if let Some(k) = new.filter(|k| k.activity != NONE) {
+            t.insert((k.activity, id), ()).map_err(db_err)?;
+        }
+    }
+    if !unchanged(|k| k.ended) {
+        let mut t = txn.open_table(ENDED_BY_TIME).map_err(db_err)?;
+        if let Some(k) = old.filter(|k| k.ended != NONE) {
+            t.remove((k.ended, id)).map_err(db_err)?;
+        }
+        if let Some(k) = new.filter(|k| k.ended != NONE) {
+            t.insert((k.ended, id), ()).map_err(db_err)?;
+        }
+    }
+    if !unchanged(|k| u64::from(k.attention)) {
+        let mut t = txn.open_table(ATTENTION).map_err(db_err)?;
+        if old.is_some_and(|k| k.attention) {
+            t.remove(id).map_err(db_err)?;
+        }
+        if new.is_some_and(|k| k.attention) {
+            t.insert(id, ()).map_err(db_err)?;
         }
     }
     Ok(Ok(()))
@@ -503,25 +659,26 @@ mod tests {
     async fn records_and_indexes_move_together() {
         let dir = tempfile::tempdir().unwrap();
         let db = SessionsDb::open(&dir.path().join("s.redb"), true).unwrap();
-        let mut a = rec(100);
-        let b = rec(200);
+        const M: u64 = ACTIVITY_BUCKET_MS;
+        let mut a = rec(M);
+        let b = rec(2 * M);
         db.create(&a).await.unwrap();
         db.create(&b).await.unwrap();
         assert!(db.create(&a).await.is_err(), "created twice");
-        assert_eq!(db.idle_before(150).await.unwrap().unwrap(), [a.id]);
+        assert_eq!(db.idle_before(M + M / 2).await.unwrap().unwrap(), [a.id]);
         assert!(db.attention().await.unwrap().unwrap().is_empty());
         // All bytes held, not yet published: start-up must look at it.
         a.total = Some(10);
         a.received = 10;
-        a.last_activity = 300;
+        a.last_activity = 3 * M;
         db.save(&a).await.unwrap();
         assert_eq!(db.attention().await.unwrap().unwrap(), [a.id]);
-        assert_eq!(db.idle_before(250).await.unwrap().unwrap(), [b.id]);
+        assert_eq!(db.idle_before(2 * M + 1).await.unwrap().unwrap(), [b.id]);
         a.state = SessionState::Closed;
         a.ended_at = Some(400);
         db.save_ended(&a).await.unwrap();
         assert!(db.attention().await.unwrap().unwrap().is_empty());
-        assert_eq!(db.idle_before(1000).await.unwrap().unwrap(), [b.id]);
+        assert_eq!(db.idle_before(10 * M).await.unwrap().unwrap(), [b.id]);
         assert_eq!(db.ended_before(401).await.unwrap().unwrap(), [a.id]);
         assert_eq!(db.load(a.id).await.unwrap().unwrap(), a);
         db.forget_ended(a.id).await.unwrap();

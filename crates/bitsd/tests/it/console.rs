@@ -350,12 +350,19 @@ async fn console_cancel_needs_the_knob_and_a_confirmation() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         c.fragment("/upload/victim.bin", &sid, 1000, &[7u8; 1000], 5000)
             .assert_ack(200, None);
-        // Accepting it cancels the session.
-        let button = b
-            .find(Locator::Css("#sessions button.cancel"))
-            .await
-            .unwrap();
-        button.click().await.unwrap();
+        // Accepting it cancels the session. The table is redrawn every refresh: a button
+        // found just before a redraw is stale by the click, so find and click again.
+        let mut clicked = false;
+        for _ in 0..20 {
+            if let Ok(button) = b.find(Locator::Css("#sessions button.cancel")).await {
+                if button.click().await.is_ok() {
+                    clicked = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(clicked, "the cancel button could not be clicked");
         b.accept_alert().await.expect("a confirmation");
         eventually("the session gone", || async {
             progress(&b).await.is_empty().then_some(())

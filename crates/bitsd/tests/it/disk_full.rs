@@ -98,6 +98,9 @@ fn enospc_on_a_small_tmpfs_gives_disk_full_and_resumes_after_space_is_freed() {
     r.assert_ack(200, None);
     let sid = r.session();
     let (at, r) = upload_until_error(&mut c, &sid, &data, 0).expect("the tmpfs must fill up");
+    if r.header("bits-error-code") != Some(DISK_FULL.0) {
+        panic!("{:?}\n{}", r.headers, s.log_text());
+    }
     r.assert_ack(500, Some(DISK_FULL));
     assert!(
         !s.upload_path("big.bin").exists(),

@@ -1090,7 +1090,7 @@ impl DataStore for S3Store {
         Ok(())
     }
 
-    async fn discard(&self, id: SessionId) -> Result<(), StoreError> {
+    async fn discard(&self, id: SessionId, _held: crate::store::Held) -> Result<(), StoreError> {
         self.remember(id, None);
         self.abort_upload(id).await?;
         self.delete_below(&self.mp_dir(id)).await?;
