@@ -1,8 +1,8 @@
 //! `bench startup`: how long a restart takes with many open sessions in the spool.
 //!
 //! The spool is made once (records through the session database, a 1 KiB data file each, as
-//! idle sessions mid-upload), then bitsd is started `rounds` times on it, each time after
-//! dropping the page cache (cold start; needs root, else the figures are warm-cache and say
+//! idle sessions mid-upload), then bitsd is started `rounds` times on it (and stopped with
+//! SIGTERM, as a restart does), each time after dropping the page cache (cold start; needs root, else the figures are warm-cache and say
 //! so). Each round reports: the time to the listener ("listening"), to the first answered Ping,
 //! to the first answered Create-Session (which waits for the registry), to the end of the
 //! registry build, and the resident memory once built. With `--legacy-binary`, the same
@@ -240,11 +240,23 @@ fn round(binary: &Path, config: &Path, new_layout: bool) -> Result<Round> {
             rss_mib: rss_mib(pid),
         })
     })();
+    // A restart as an operator makes one: SIGTERM, and the process closes its files.
     // SAFETY: kill(2) on our own child.
     unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
     }
-    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     result
 }
 

@@ -420,11 +420,11 @@ impl Engine {
                     ended.push((rec.ended_at.unwrap_or(0), rec.id));
                     continue;
                 }
-                // The unsafe mode, or a cancelled session revived by a power loss (its
-                // tombstone was not flushed, its files were removed): the record may claim
-                // bytes the data no longer holds. Checked under the session's lock, on the
-                // current record (a request may have moved on since the page was read).
-                if rec.state == SessionState::Receiving && rec.received > 0 {
+                // Only the unsafe mode can leave a record claiming bytes the data no longer
+                // holds (data and records are flushed in that order otherwise). Checked under
+                // the session's lock, on the current record (a request may have moved on
+                // since the page was read).
+                if !self.config.fsync && rec.state == SessionState::Receiving && rec.received > 0 {
                     if let Some(_guard) = self.locks.try_lock(rec.id) {
                         if let Some(mut current) = self.sessions.load(rec.id).await? {
                             let held = self.data.held(current.id).await?;

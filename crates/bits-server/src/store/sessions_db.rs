@@ -48,6 +48,9 @@ const ATTENTION: TableDefinition<u128, ()> = TableDefinition::new("attention");
 
 const NONE: u64 = u64::MAX;
 
+/// The database's page cache.
+const CACHE_BYTES: usize = 4 << 20;
+
 /// Mutations taken into one transaction at most (the rest wait for the next).
 const BATCH_MAX: usize = 4096;
 
@@ -243,8 +246,12 @@ struct Handle {
 
 impl Handle {
     fn open_db(path: &Path, fsync: bool) -> Result<Database, StoreError> {
+        let mut builder = Database::builder();
+        // Requests read single records; the registry build reads each page once. redb's
+        // default cache (1 GiB) would keep every page read at start-up resident.
+        builder.set_cache_size(CACHE_BYTES);
         let db = if fsync {
-            Database::create(path).map_err(db_err)?
+            builder.create(path).map_err(db_err)?
         } else {
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -252,7 +259,7 @@ impl Handle {
                 .create(true)
                 .truncate(false)
                 .open(path)?;
-            Database::builder()
+            builder
                 .create_with_backend(Unsynced(FileBackend::new(file)))
                 .map_err(db_err)?
         };
