@@ -50,6 +50,7 @@ pub async fn open_engine(
                         .map_err(std::io::Error::other)?
                         .with_body_budget(config.max_buffered_body_bytes, config.body_idle_timeout),
                 );
+                s3.prepare_index().await.map_err(std::io::Error::other)?;
                 (s3.clone(), s3)
             }
         };

@@ -39,6 +39,13 @@ pub enum SessionsCommand {
         /// Include ended sessions (closed, cancelled and expired tombstones).
         #[arg(long)]
         all: bool,
+        /// Read at most this many records: one page, in session-id order (for stores with
+        /// very many sessions; the next page starts `--after` the last id shown).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start the page after this session id (with `--limit`).
+        #[arg(long, requires = "limit")]
+        after: Option<String>,
         /// Print the admin API's JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -65,17 +72,47 @@ pub enum SessionsCommand {
 pub fn sessions(args: &AdminArgs, command: &SessionsCommand) -> anyhow::Result<()> {
     let admin = AdminClient::new(args)?;
     match command {
-        SessionsCommand::List { all, json } => {
-            let path = if *all {
-                "/admin/sessions?all=1"
+        SessionsCommand::List {
+            all,
+            limit,
+            after,
+            json,
+        } => {
+            let mut query = Vec::new();
+            if *all {
+                query.push("all=1".to_string());
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+                let after = after
+                    .as_deref()
+                    .map(|a| a.trim().trim_start_matches('{').trim_end_matches('}'))
+                    .unwrap_or_default();
+                if !after.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                    bail!("--after: not a session id: {after:?}");
+                }
+                query.push(format!("after={after}"));
+            }
+            let path = if query.is_empty() {
+                "/admin/sessions".to_string()
             } else {
-                "/admin/sessions"
+                format!("/admin/sessions?{}", query.join("&"))
             };
-            let body = admin.call("GET", path)?.ok()?;
+            let body = admin.call("GET", &path)?.ok()?;
+            let rows = body.as_array().map(Vec::as_slice).unwrap_or_default();
             if *json {
                 print_json(&body);
             } else {
-                print_table(body.as_array().map(Vec::as_slice).unwrap_or_default());
+                print_table(rows);
+                if limit.is_some_and(|l| rows.len() >= l) {
+                    if let Some(last) = rows.last() {
+                        eprintln!(
+                            "more may follow: bitsd sessions list --limit {} --after {}",
+                            limit.unwrap_or_default(),
+                            text(&last["id"])
+                        );
+                    }
+                }
             }
         }
         SessionsCommand::Show { id, json } => {

@@ -165,12 +165,8 @@ impl Engine {
                 }
             }
         }
-        // A farm's registry is reconciled along with the pass.
-        if self.shared_store() {
-            if let Err(e) = self.refresh_registry(Duration::ZERO).await {
-                tracing::warn!(error = %e, "cleanup could not reconcile the open sessions");
-            }
-        }
+        // A farm's registry is reconciled by its own task (`registry_refresh_interval`), not
+        // here: a sweep reads only what its indexes name.
         Ok(report)
     }
 
@@ -394,7 +390,11 @@ impl Engine {
     async fn read_every_page(&self, report: &mut RecoveryReport) -> Result<(), BitsError> {
         const PAGE: usize = 1024;
         let mut after = None;
-        let mut ended = Vec::new();
+        if self.sessions.page(None, 1).await?.is_none() {
+            // A store that cannot page its records (object storage): the registry is what a
+            // reconciliation with the store reads, as every refresh does.
+            self.refresh_registry(Duration::ZERO).await?;
+        }
         loop {
             let Some(page) = self.sessions.page(after, PAGE).await? else {
                 break;
@@ -417,7 +417,6 @@ impl Engine {
                     continue;
                 }
                 if !rec.state.is_open() {
-                    ended.push((rec.ended_at.unwrap_or(0), rec.id));
                     continue;
                 }
                 // Only the unsafe mode can leave a record claiming bytes the data no longer
@@ -443,11 +442,16 @@ impl Engine {
             // Requests come first: the build is background work.
             tokio::task::yield_now().await;
         }
-        ended.sort();
+        // Tombstones, oldest first, from the store's index of them (no record read).
+        let ended = self
+            .sessions
+            .ended_before(u64::MAX)
+            .await?
+            .unwrap_or_default();
         let mut evicted = Vec::new();
         {
             let mut registry = self.registry();
-            for (_, id) in ended {
+            for id in ended {
                 evicted.extend(registry.add_tombstone(id, self.config.max_tombstones));
             }
         }

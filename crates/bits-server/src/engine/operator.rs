@@ -55,6 +55,36 @@ impl Engine {
         Ok(out)
     }
 
+    /// One page of the listing in session-id order: up to `limit` records after `after`, and
+    /// the cursor of the next page (the last id read) when more ids follow. Reads at most
+    /// `limit` records whatever the number of sessions.
+    pub async fn list_sessions_page(
+        &self,
+        include_ended: bool,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<(Vec<SessionRecord>, Option<SessionId>), BitsError> {
+        let mut ids = self.sessions.list().await?;
+        ids.sort_unstable_by_key(|id| id.as_uuid().as_u128());
+        let start = after.map_or(0, |a| ids.partition_point(|id| id.as_uuid() <= a.as_uuid()));
+        let mut out = Vec::new();
+        let mut next = None;
+        for (i, &id) in ids.iter().enumerate().skip(start) {
+            if out.len() >= limit {
+                next = ids.get(i.wrapping_sub(1)).copied();
+                break;
+            }
+            match self.sessions.load(id).await {
+                Ok(Some(rec)) if include_ended || rec.state.is_open() => out.push(rec),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "listing skipped an unreadable session")
+                }
+            }
+        }
+        Ok((out, next))
+    }
+
     /// One session's record (also a tombstone), `None` if unknown.
     pub async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, BitsError> {
         Ok(self.sessions.load(id).await?)

@@ -6,7 +6,7 @@
 //! | `GET /healthz`                     | 200 `ok` while the process serves (never needs a token nor a loopback Host)|
 //! | `GET /readyz`                      | 200 `ready` when storage answers a probe, else 503     |
 //! | `GET /metrics`                     | Prometheus text exposition                            |
-//! | `GET /admin/sessions[?all=1][&limit=N]` | JSON array of open sessions (`all`: tombstones too; `limit`: read at most N records) |
+//! | `GET /admin/sessions[?all=1][&limit=N][&after=ID]` | JSON array of open sessions (`all`: tombstones too; `limit`: read at most N records; `after`: pages in id order from ID, empty for the start, with `Link: <next>; rel="next"`) |
 //! | `GET /admin/sessions/{id}`         | one session as JSON, 404 if unknown                   |
 //! | `POST /admin/sessions/{id}/cancel` | cancels it like its owner's Cancel-Session            |
 //! | `POST /admin/gc`                   | one cleanup pass now; its report as JSON              |
@@ -408,11 +408,44 @@ async fn list(State(admin): State<Arc<Admin>>, uri: Uri) -> Response {
             }
         },
     };
-    match admin.engine.list_sessions_up_to(all, limit).await {
-        Ok(recs) => json_response(
-            StatusCode::OK,
-            &Value::Array(recs.iter().map(session_json).collect()),
-        ),
+    // `after` pages in session-id order (`after=` empty: from the start); the next page is
+    // named by a `Link: <...>; rel="next"` header.
+    let after = match query.iter().find(|(k, _)| *k == "after") {
+        None => None,
+        Some((_, "")) => Some(None),
+        Some((_, v)) => match SessionId::parse(v) {
+            Ok(id) => Some(Some(id)),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "after must be a session id"),
+        },
+    };
+    let Some(after) = after else {
+        // Without a cursor: as before (creation order, the first `limit` found).
+        return match admin.engine.list_sessions_up_to(all, limit).await {
+            Ok(recs) => json_response(
+                StatusCode::OK,
+                &Value::Array(recs.iter().map(session_json).collect()),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+    };
+    match admin.engine.list_sessions_page(all, after, limit).await {
+        Ok((recs, next)) => {
+            let mut resp = json_response(
+                StatusCode::OK,
+                &Value::Array(recs.iter().map(session_json).collect()),
+            );
+            if let Some(next) = next {
+                let link = format!(
+                    "</admin/sessions?after={}&limit={limit}{}>; rel=\"next\"",
+                    next,
+                    if all { "&all=1" } else { "" }
+                );
+                if let Ok(v) = HeaderValue::from_str(&link) {
+                    resp.headers_mut().insert(http::header::LINK, v);
+                }
+            }
+            resp
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -68,6 +68,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 mod config;
+mod index;
 mod multipart;
 mod parts;
 mod read;
@@ -132,6 +133,8 @@ pub struct S3Store {
     /// The multipart upload of sessions this node wrote to lately, and where its chain of
     /// parts ended then: saves listing `mp/` and reading `mp/upload` on every fragment.
     uploads: Mutex<HashMap<SessionId, Cached>>,
+    /// Where each session's time-index markers are, as far as this node knows (`index.rs`).
+    known: Mutex<index::Known>,
 }
 
 /// ETags of open sessions' records: an ended session's entry is dropped when its record is
@@ -358,6 +361,7 @@ impl S3Store {
             http,
             request_timeout: cfg.request_timeout,
             uploads: Mutex::new(HashMap::new()),
+            known: Mutex::default(),
         })
     }
 
@@ -431,6 +435,16 @@ impl S3Store {
 
     fn etags(&self) -> MutexGuard<'_, Etags> {
         self.etags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known(&self) -> MutexGuard<'_, index::Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the time-index markers of every record that has none yet (once per bucket, at
+    /// a node's start; see `index.rs`).
+    pub async fn prepare_index(&self) -> Result<(), StoreError> {
+        self.ensure_index().await
     }
 
     fn record_json(rec: &SessionRecord) -> Result<PutPayload, StoreError> {
@@ -772,6 +786,7 @@ impl S3Store {
 impl SessionStore for S3Store {
     async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let opts = PutOptions::from(PutMode::Create);
+        let stale = self.mark_before_save(rec).await?;
         match self
             .store
             .put_opts(&self.meta(rec.id), Self::record_json(rec)?, opts)
@@ -779,6 +794,7 @@ impl SessionStore for S3Store {
         {
             Ok(r) => {
                 self.etags().note(rec.id, r.e_tag, rec.state.is_open());
+                self.mark_after_save(rec, stale).await;
                 Ok(())
             }
             Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::Io(io::Error::new(
@@ -806,6 +822,8 @@ impl SessionStore for S3Store {
         if etags.get(&id) == before.as_ref() {
             etags.note(id, etag, rec.state.is_open());
         }
+        drop(etags);
+        self.learn_marks(&rec);
         Ok(Some(rec))
     }
 
@@ -821,18 +839,21 @@ impl SessionStore for S3Store {
             }),
             None => PutMode::Overwrite,
         };
+        let stale = self.mark_before_save(rec).await?;
         let r = self
             .store
             .put_opts(&self.meta(rec.id), Self::record_json(rec)?, mode.into())
             .await
             .map_err(os_err)?;
         self.etags().note(rec.id, r.e_tag, rec.state.is_open());
+        self.mark_after_save(rec, stale).await;
         Ok(())
     }
 
     async fn remove(&self, id: SessionId) -> Result<(), StoreError> {
         self.delete_below(&self.dir(id)).await?;
         self.etags().forget(&id);
+        self.unmark(id).await;
         Ok(())
     }
 
@@ -858,6 +879,18 @@ impl SessionStore for S3Store {
             None | Some(Ok(_)) => Ok(()),
             Some(Err(e)) => Err(os_err(e)),
         }
+    }
+
+    async fn attention(&self) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.marked_for_attention().await.map(Some)
+    }
+
+    async fn idle_before(&self, before_ms: u64) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.marked_before("idle", before_ms).await.map(Some)
+    }
+
+    async fn ended_before(&self, before_ms: u64) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.marked_before("ended", before_ms).await.map(Some)
     }
 }
 
