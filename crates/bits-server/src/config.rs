@@ -407,7 +407,7 @@ pub struct VdirConfig {
     /// `client_cert`.
     pub auth: AuthMode,
     /// Lines `name:$argon2id$...` (Basic) and `name:$NT$<hex>` (NTLM), as written by
-    /// `bitsd passwd [--ntlm]`.
+    /// `bitsd passwd [--ntlm]`; also `name:$2y$...` (bcrypt, Basic) as `htpasswd -B` writes.
     pub users_file: Option<PathBuf>,
     /// With `auth = "ntlm"`: the only domain a client may name (case-insensitive; a client
     /// that names none is taken as this one), and the domain announced in the challenge.

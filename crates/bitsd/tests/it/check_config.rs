@@ -340,6 +340,88 @@ fn tls_basic_example_passes_with_its_files() {
     );
 }
 
+/// Runs `bitsd serve --config path` in `dir` until it exits (20 s at most): its exit code
+/// (`None`: still running, then killed) and standard error.
+fn serve_exit(dir: &Path, path: &Path) -> (Option<i32>, String) {
+    let mut child = bitsd()
+        .current_dir(dir)
+        .arg("serve")
+        .arg("--config")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running bitsd serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.and_then(|s| s.code()), stderr)
+}
+
+/// Issue 30: Debian's `htpasswd` writes Apache MD5 (`$apr1$`) unless told `-B`. Such a line
+/// fails check-config and serve with a message naming the file, the line and the user, and the
+/// command that replaces it with bcrypt; after that command the file passes, with a warning
+/// about htpasswd's default bcrypt cost (5).
+#[test]
+fn htpasswd_apr1_lines_are_refused_naming_the_line_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let users = d.join("users").display().to_string();
+    common::htpasswd(&["-cbB", "-C", "12", &users, "alice", "wonderland"]);
+    common::htpasswd(&["-b", &users, "bob", "builder"]);
+    let text_of_users = std::fs::read_to_string(&users).unwrap();
+    assert!(text_of_users.contains("\nbob:$apr1$"), "{text_of_users}");
+    let path = d.join("bitsd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nspool_dir = \"{d}/spool\"\n[[vdir]]\nprefix = \"/secure/\"\n\
+             root = \"{d}/secure\"\nauth = \"basic\"\nusers_file = \"{users}\"\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let expected = format!(
+        "{users} line 2: the password hash of \"bob\" is Apache MD5 ($apr1$, htpasswd -m), \
+         refused: one guess costs a single MD5, SHA-1 or DES run if the file leaks; replace it \
+         with bcrypt: htpasswd -B {users} bob (or argon2: bitsd passwd {users} bob)"
+    );
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("vdir[0].users_file"), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    let (code, stderr) = serve_exit(d, &path);
+    assert_eq!(code, Some(1), "serve kept running: {stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // The suggested command (with the password given, as a test must).
+    common::htpasswd(&["-bB", &users, "bob", "builder"]);
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 bcrypt hash(es) of cost below 10 (lowest: 5, line 2)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bcrypt cost 12 on line 1, bcrypt cost 5 on line 2"),
+        "{stderr}"
+    );
+}
+
 /// The admin listener can list and cancel every session (security review, findings 6 and 10):
 /// off loopback it needs a token of at least 16 characters (check-config exits 1, and `serve`
 /// refuses to start); on loopback a missing or short token is a warning (exit 0).
@@ -412,34 +494,8 @@ fn admin_listener_needs_a_long_token_off_loopback() {
         ),
     )
     .unwrap();
-    let mut child = bitsd()
-        .current_dir(dir.path())
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running bitsd serve");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(1),
-        "serve kept running: {stderr}"
-    );
+    let (code, stderr) = serve_exit(dir.path(), &path);
+    assert_eq!(code, Some(1), "serve kept running: {stderr}");
     assert!(stderr.contains("admin.token"), "{stderr}");
 }
 
