@@ -224,6 +224,16 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         &["vdir[0].users_file", "bad-users", "line 1"],
     ),
     (
+        "0 for a bound that cannot be switched off",
+        "max_connections = 0\n",
+        &["max_connections = 0", "at least 1", "file descriptors"],
+    ),
+    (
+        "a vdir whose sessions expire at once",
+        "[[vdir]]\nprefix = \"/upload/\"\nsession_timeout = \"0s\"\n",
+        &["vdir[0].session_timeout", "at least 1s"],
+    ),
+    (
         "not TOML at all",
         "[[vdir]\nprefix = \"/upload/\"\n",
         &["TOML parse error", "line 1"],
@@ -282,6 +292,35 @@ fn plain_examples_pass() {
             text(&out.stderr)
         );
     }
+}
+
+/// Issue 30: a vdir no request can use passes check-config, with a warning that names it
+/// (exit 0: such a vdir may be meant to be switched off for a while).
+#[test]
+fn vdirs_no_request_can_use_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bitsd.toml");
+    std::fs::write(
+        &path,
+        "[[vdir]]\nprefix = \"/off/\"\nroot = \"/srv/off\"\nupload_enabled = false\n\
+         download_enabled = false\n[[vdir]]\nprefix = \"/tls/\"\nroot = \"/srv/tls\"\n\
+         require_tls = true\n[[vdir]]\nprefix = \"/zero/\"\nroot = \"/srv/zero\"\n\
+         max_open_sessions = 0\n",
+    )
+    .unwrap();
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "warning: ",
+        "vdir[0] (prefix \"/off/\"): upload_enabled = false and download_enabled = false",
+        "vdir[1].require_tls (prefix \"/tls/\"): there is no [tls] listener, so every request",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    // max_open_sessions = 0 is no limit now: nothing to warn about.
+    assert!(!stderr.contains("vdir[2]"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
 }
 
 #[test]
