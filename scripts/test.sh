@@ -53,5 +53,16 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
     exit 1
   fi
 fi
+# The Basic-auth tests sign in with users files written by Apache's htpasswd (Debian: apache2-utils).
+if ! command -v htpasswd >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing apache2-utils (htpasswd) for the Basic-auth tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends apache2-utils >/dev/null
+  else
+    echo "the Basic-auth tests need htpasswd (Debian package name: apache2-utils)" >&2
+    exit 1
+  fi
+fi
 export PATH="$PATH:/usr/sbin:/sbin"
 cargo test --workspace --all-targets "$@"

@@ -1,46 +1,24 @@
-//! PNG bar charts of benchmark results (plotters, pure-Rust font rendering).
+//! SVG bar charts of benchmark results (plotters' SVG backend). The text is written as SVG
+//! text and drawn by whatever shows the picture, so no font file is read and no font parser is
+//! linked (docs/decisions.md, "Advisories").
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
 use crate::report::Chart;
 
-/// Fonts looked for, in order; charts are skipped (with a message) when none is present.
-const FONT_PATHS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
-fn font_ready() -> Result<()> {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    READY
-        .get_or_init(|| {
-            let bytes = FONT_PATHS
-                .iter()
-                .find_map(|p| std::fs::read(p).ok())
-                .ok_or_else(|| format!("no DejaVuSans.ttf in {FONT_PATHS:?}"))?;
-            // plotters keeps fonts for the life of the process.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                .map_err(|_| "DejaVuSans.ttf is not a usable font".to_string())
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-/// Draws `chart` to `dir/<name>.png`; returns the file name.
+/// Draws `chart` to `dir/<name>.svg`; returns the file name.
 pub fn draw(chart: &Chart, dir: &Path) -> Result<String> {
-    font_ready()?;
     std::fs::create_dir_all(dir)?;
-    let file = format!("{}.png", chart.name);
+    // Charts were PNGs before: one left beside its SVG would be a stale picture in docs/img.
+    let _ = std::fs::remove_file(dir.join(format!("{}.png", chart.name)));
+    let file = format!("{}.svg", chart.name);
     let path = dir.join(&file);
     let n = chart.bars.len().max(1);
     let height = 120 + 50 * n as u32;
-    let root = BitMapBackend::new(&path, (960, height)).into_drawing_area();
+    let root = SVGBackend::new(&path, (960, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let max = chart
         .bars
@@ -128,12 +106,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn draws_a_png() {
-        if font_ready().is_err() {
-            eprintln!("no DejaVuSans.ttf here; skipped");
-            return;
-        }
+    fn draws_an_svg_with_its_text() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("test-chart.png"), b"old").unwrap();
         let chart = Chart {
             name: "test-chart".to_string(),
             title: "A chart".to_string(),
@@ -144,10 +119,20 @@ mod tests {
         // BENCH_PLOT_DIR keeps the picture for a look.
         let out = std::env::var_os("BENCH_PLOT_DIR").map_or(dir.path().to_path_buf(), Into::into);
         let file = draw(&chart, &out).unwrap();
-        let bytes = std::fs::read(out.join(file)).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
-        let file = draw(&chart, dir.path()).unwrap();
-        let bytes = std::fs::read(dir.path().join(file)).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
+        assert_eq!(file, "test-chart.svg");
+        let svg = std::fs::read_to_string(out.join(&file)).unwrap();
+        assert!(svg.starts_with("<svg"), "{svg}");
+        for text in [
+            "A chart (red line: target)",
+            "baseline",
+            "bitsd",
+            "91.0",
+            "MiB/s",
+        ] {
+            assert!(svg.contains(text), "{text} missing from {svg}");
+        }
+        if out == dir.path() {
+            assert!(!dir.path().join("test-chart.png").exists());
+        }
     }
 }

@@ -1,10 +1,47 @@
 //! Server and virtual-directory configuration. Every knob has a default, so an empty config runs.
+//!
+//! `0` has one meaning for every limit that can be switched off: no limit, as if the key were
+//! left out (`zero_is_none`, `zero_is_max` read it so, and the engine only ever sees "absent").
+//! A bound that protects memory, threads or file descriptors cannot be switched off, and `0`
+//! for it is refused by [`ServerConfig::validate`], naming the key. docs/operations.md ("What
+//! 0 means") lists every setting.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A limit kept as `Option` (absent: no limit): `0` in a config file is no limit too.
+fn zero_is_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + PartialEq,
+{
+    Ok(Option::<T>::deserialize(d)?.filter(|v| *v != T::default()))
+}
+
+/// A limit kept as a plain number: `0` in a config file is no limit, the largest count.
+fn zero_is_max<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + PartialEq + Unlimited,
+{
+    let v = T::deserialize(d)?;
+    Ok(if v == T::default() { T::UNLIMITED } else { v })
+}
+
+trait Unlimited {
+    const UNLIMITED: Self;
+}
+
+impl Unlimited for u64 {
+    const UNLIMITED: u64 = u64::MAX;
+}
+
+impl Unlimited for usize {
+    const UNLIMITED: usize = usize::MAX;
+}
 
 /// IIS's default `BITSSessionTimeout`: 14 days.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(1_209_600);
@@ -36,7 +73,8 @@ pub struct ServerConfig {
     /// A client must send a complete request head within this time (slow-loris defence).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Total size of a request's head (header names and values); larger heads get 431. 64 KiB
+    /// Total size of a request's head (header names and values); larger heads get 431 (at
+    /// least 1: a bound on memory, never switched off). 64 KiB
     /// by default: a Windows Kerberos ticket carrying a PAC with many groups can take tens of
     /// KiB in one `Authorization` header (IIS guidance raises its limits to 64 KiB for that).
     pub max_header_bytes: usize,
@@ -50,32 +88,40 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Unread request bodies up to this size are drained after an error Ack so the connection
-    /// stays usable; larger ones close the connection.
+    /// stays usable; larger ones close the connection. A size, not a limit: 0 drains nothing.
     pub drain_limit: u64,
-    /// Create-Session is refused with 503 while this many sessions are open.
+    /// Create-Session is refused with 503 while this many sessions are open. 0: no limit.
+    #[serde(deserialize_with = "zero_is_max")]
     pub max_open_sessions: u64,
     /// Open sessions per authenticated identity, all vdirs together (IIS
     /// `BITSNumberOfSessionsLimit`, default 50); anonymous sessions are limited by
     /// `max_anonymous_sessions*` instead. `0`: no per-identity limit (IIS
     /// `BITSSessionLimitEnable = 0`). A vdir's own `max_sessions_per_identity` applies as well.
+    #[serde(deserialize_with = "zero_is_none")]
     pub max_sessions_per_identity: Option<u64>,
     /// The HTTPS listener; absent: plain HTTP only.
     pub tls: Option<crate::tls::TlsConfig>,
     /// Serve plain HTTP on `listen` (turn off to offer HTTPS only).
     pub http_enabled: bool,
-    /// Open connections at most; beyond it new connections wait in the listen backlog.
+    /// Open connections at most; beyond it new connections wait in the listen backlog. At
+    /// least 1 (file descriptors: never switched off).
     pub max_connections: usize,
-    /// Requests per second allowed from one client IP (token bucket); absent: unlimited.
+    /// Requests per second allowed from one client IP (token bucket); absent or 0: unlimited.
+    #[serde(deserialize_with = "zero_is_none")]
     pub rate_limit_per_ip: Option<u32>,
-    /// Burst size of the per-IP rate limit.
+    /// Burst size of the per-IP rate limit (at least 1).
     pub rate_limit_burst: u32,
-    /// Bytes of unfinished uploads one authenticated identity may hold in the spool.
+    /// Bytes of unfinished uploads one authenticated identity may hold in the spool; absent or
+    /// 0: no limit.
+    #[serde(deserialize_with = "zero_is_none")]
     pub max_spool_bytes_per_identity: Option<u64>,
     /// Scheme and authority clients use to reach this server (e.g. behind a TLS proxy),
     /// for reply URLs. Default: the scheme and local address the client's connection reached,
     /// never the request's Host header (`docs/decisions.md` item 13).
     pub public_url: Option<String>,
-    /// Bytes of unfinished uploads the spool may hold; beyond it fragments get the disk-full Ack.
+    /// Bytes of unfinished uploads the spool may hold; beyond it fragments get the disk-full
+    /// Ack. Absent or 0: no limit.
+    #[serde(deserialize_with = "zero_is_none")]
     pub spool_quota: Option<u64>,
     /// Where sessions and uploads live: the local file system (default) or S3-compatible
     /// object storage shared by a farm of nodes.
@@ -87,7 +133,8 @@ pub struct ServerConfig {
     /// forgotten first: a flood of Create+Cancel cannot fill the spool with tombstones.
     pub max_tombstones: u64,
     /// Open anonymous sessions at most, across every vdir: the rest of `max_open_sessions`
-    /// stays available to authenticated clients. 0: only `max_open_sessions` applies.
+    /// stays available to authenticated clients. 0: no limit of its own (`max_open_sessions`
+    /// still applies, as it does to every session).
     pub max_anonymous_sessions: u64,
     /// Open anonymous sessions one client IP address may hold; 0: no per-address limit (set
     /// that behind a reverse proxy or load balancer, where every client has its address).
@@ -109,7 +156,8 @@ pub struct ServerConfig {
     /// requests. fs: a write gathers up to 1 MiB before one positioned write, and writes what it
     /// has at once when the budget is spent. S3: each piece (≤ 5 MiB) is held until stored; a
     /// write that finds the budget spent waits up to `body_idle_timeout`, then goes on with a
-    /// minimal piece. Stalled clients cannot pin memory either way.
+    /// minimal piece. Stalled clients cannot pin memory either way. At least 1 (memory: never
+    /// switched off).
     pub max_buffered_body_bytes: u64,
     /// Ping, Create-Session, Close-Session and Cancel-Session without `Content-Length` are read
     /// as empty bodies, as HTTP/1.1 reads any request without a framing header (Python's
@@ -177,8 +225,8 @@ pub struct AdminConfig {
     /// second). Visible ASCII; at least 16 characters, and required, when `listen` is not a
     /// loopback address.
     pub token: Option<String>,
-    /// Open admin connections at most (absent: 64); beyond it new ones wait in the listen
-    /// backlog. Heads must arrive within the server's `header_read_timeout`.
+    /// Open admin connections at most (absent: 64; at least 1); beyond it new ones wait in the
+    /// listen backlog. Heads must arrive within the server's `header_read_timeout`.
     pub max_connections: Option<usize>,
     /// The console at `/console` offers a Cancel button per session (behind a confirmation).
     /// `false` (default): the console is read-only; the admin API can still cancel.
@@ -205,6 +253,14 @@ pub enum ConfigWarning {
     AdminWithoutToken(SocketAddr),
     #[error("admin.token: shorter than {min} characters (the admin listener on {0} is on loopback, so it is allowed; off loopback it would be refused)", min = MIN_ADMIN_TOKEN_CHARS)]
     ShortAdminToken(SocketAddr),
+    #[error("vdir[{0}] (prefix {1:?}): upload_enabled = false and download_enabled = false: it answers every request with an error")]
+    VdirServesNothing(usize, String),
+    #[error("vdir[{0}].require_tls (prefix {1:?}): there is no [tls] listener, so every request to this vdir gets 403")]
+    RequireTlsWithoutTls(usize, String),
+    #[error("vdir[{0}].auth = \"client_cert\" (prefix {1:?}): [tls] has no client_ca, so no client presents a certificate and every request gets 403")]
+    ClientCertWithoutCa(usize, String),
+    #[error("http_enabled = false and no [tls] listener: nothing serves BITS")]
+    NoListener,
 }
 
 impl Default for ServerConfig {
@@ -302,7 +358,9 @@ pub struct BasicAuthLimits {
     /// Password verifications running at once (each on a blocking thread); the others wait
     /// their turn without holding a thread. 0 (default): the number of CPUs.
     pub verify_concurrency: usize,
-    /// Requests allowed to wait for a verification slot; past that they get 503 at once.
+    /// Requests allowed to wait for a verification slot; past that they get 503 at once. 0: no
+    /// limit (`max_connections` still bounds them).
+    #[serde(deserialize_with = "zero_is_max")]
     pub max_waiting: usize,
     /// Wrong passwords (Basic or NTLM) accepted for one user name (existing or not) per
     /// `failure_window`; past that the name gets 503 without a verification, except for a
@@ -318,6 +376,7 @@ pub struct BasicAuthLimits {
     pub failure_window: Duration,
     /// User names and addresses each failure table tracks at most (memory stays bounded
     /// against floods of distinct names); when full, the entry with the fewest failures goes.
+    /// At least 1 (memory: never switched off).
     pub max_tracked: usize,
 }
 
@@ -344,10 +403,11 @@ pub struct KerberosConfig {
     pub replay_cache: Option<PathBuf>,
     /// Authenticators remembered at most. An entry lives until its time is outside the 5-minute
     /// skew window (then the skew check refuses the authenticator anyway) and is never dropped
-    /// earlier: when the cache is full of live entries, new Kerberos sign-ins get 503.
+    /// earlier: when the cache is full of live entries, new Kerberos sign-ins get 503. At least 1.
     pub replay_cache_max: usize,
     /// Live authenticators one client principal may have in the cache; past it that principal's
     /// new sign-ins get 503 until its entries age out, so no user can fill the cache for others.
+    /// At least 1.
     pub replay_cache_per_principal: usize,
 }
 
@@ -393,9 +453,11 @@ pub struct VdirConfig {
     pub upload_enabled: bool,
     /// Answer GET/HEAD for published files (never for uploads in progress), as IIS does.
     pub download_enabled: bool,
-    /// `BITSMaximumUploadSize` in bytes; absent means unlimited.
+    /// `BITSMaximumUploadSize` in bytes; absent or 0: unlimited.
+    #[serde(deserialize_with = "zero_is_none")]
     pub max_upload_size: Option<u64>,
     /// `BITSSessionTimeout`: a session with no successful request for this long is deleted.
+    /// At least 1s.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// `BITSAllowOverwrites`.
@@ -407,7 +469,7 @@ pub struct VdirConfig {
     /// `client_cert`.
     pub auth: AuthMode,
     /// Lines `name:$argon2id$...` (Basic) and `name:$NT$<hex>` (NTLM), as written by
-    /// `bitsd passwd [--ntlm]`.
+    /// `bitsd passwd [--ntlm]`; also `name:$2y$...` (bcrypt, Basic) as `htpasswd -B` writes.
     pub users_file: Option<PathBuf>,
     /// With `auth = "ntlm"`: the only domain a client may name (case-insensitive; a client
     /// that names none is taken as this one), and the domain announced in the challenge.
@@ -452,11 +514,14 @@ pub struct VdirConfig {
     pub notification_timeout: Duration,
     /// Event hooks (webhook and/or command) for this vdir's sessions: `[vdir.hooks]`.
     pub hooks: crate::hooks::HooksConfig,
-    /// Open sessions this vdir may hold at most (all identities); absent: no per-vdir limit.
+    /// Open sessions this vdir may hold at most (all identities); absent or 0: no per-vdir
+    /// limit.
+    #[serde(deserialize_with = "zero_is_none")]
     pub max_open_sessions: Option<u64>,
     /// Open sessions one authenticated identity may hold in this vdir (IIS sets
-    /// `BITSNumberOfSessionsLimit` per vdir); absent or 0: only the server-wide
-    /// `max_sessions_per_identity` applies.
+    /// `BITSNumberOfSessionsLimit` per vdir); absent or 0: no per-vdir limit (the server-wide
+    /// `max_sessions_per_identity` still applies).
+    #[serde(deserialize_with = "zero_is_none")]
     pub max_sessions_per_identity: Option<u64>,
     /// Where a relative `notification_url` points: the server application's own
     /// `http://host:port` (IIS runs the application in the same site; bitsd hosts none, so a
@@ -670,6 +735,12 @@ pub enum ConfigError {
     DotDotInS3Root(usize, PathBuf),
     #[error("max_tombstones must be at least 1")]
     ZeroTombstones,
+    #[error("{0} = 0: must be at least 1 ({1}: it cannot be switched off; 0 means \"no limit\" only for limits that can)")]
+    ZeroBound(&'static str, &'static str),
+    #[error("vdir[{0}].session_timeout (prefix {1:?}): must be at least 1s, or every session expires before its next fragment")]
+    ZeroSessionTimeout(usize, String),
+    #[error("vdir[{0}].notification_timeout (prefix {1:?}): must be at least 1s, or every notification times out and no upload completes")]
+    ZeroNotificationTimeout(usize, String),
     #[error("admin.token: must be non-empty visible ASCII (it is sent as `Authorization: Bearer <token>`)")]
     BadAdminToken,
     #[error("admin.token: the admin listener on {0} is not on a loopback address, so it needs a token of at least {min} characters (it can list and cancel every session)", min = MIN_ADMIN_TOKEN_CHARS)]
@@ -688,6 +759,22 @@ impl ServerConfig {
                     warnings.push(ConfigWarning::ShortAdminToken(listen))
                 }
                 Some(_) => {}
+            }
+        }
+        if !self.http_enabled && self.tls.is_none() {
+            warnings.push(ConfigWarning::NoListener);
+        }
+        for (i, v) in self.vdirs.iter().enumerate() {
+            let p = || v.prefix.clone();
+            if !v.upload_enabled && !v.download_enabled {
+                warnings.push(ConfigWarning::VdirServesNothing(i, p()));
+            }
+            if v.require_tls && self.tls.is_none() {
+                warnings.push(ConfigWarning::RequireTlsWithoutTls(i, p()));
+            }
+            let no_ca = self.tls.as_ref().is_none_or(|t| t.client_ca.is_none());
+            if v.auth == AuthMode::ClientCert && no_ca {
+                warnings.push(ConfigWarning::ClientCertWithoutCa(i, p()));
             }
         }
         warnings
@@ -777,6 +864,14 @@ impl ServerConfig {
             if v.max_fragment_size == 0 {
                 return Err(ConfigError::ZeroFragmentSize(i, p.clone()));
             }
+            if v.session_timeout < Duration::from_secs(1) {
+                return Err(ConfigError::ZeroSessionTimeout(i, p.clone()));
+            }
+            if v.notification_type != NotificationType::None
+                && v.notification_timeout < Duration::from_secs(1)
+            {
+                return Err(ConfigError::ZeroNotificationTimeout(i, p.clone()));
+            }
             v.hooks
                 .validate()
                 .map_err(|e| ConfigError::BadHooks(i, e))?;
@@ -839,6 +934,48 @@ impl ServerConfig {
         }
         if self.max_tombstones == 0 {
             return Err(ConfigError::ZeroTombstones);
+        }
+        let memory = "it bounds memory";
+        let bounds = [
+            ("max_header_bytes", self.max_header_bytes as u64, memory),
+            (
+                "max_connections",
+                self.max_connections as u64,
+                "it bounds open file descriptors",
+            ),
+            (
+                "admin.max_connections",
+                self.admin.max_connections.map_or(1, |n| n as u64),
+                "it bounds open file descriptors",
+            ),
+            (
+                "max_buffered_body_bytes",
+                self.max_buffered_body_bytes,
+                memory,
+            ),
+            (
+                "rate_limit_burst",
+                u64::from(self.rate_limit_burst),
+                "a burst of 0 admits nothing",
+            ),
+            (
+                "basic_auth.max_tracked",
+                self.basic_auth.max_tracked as u64,
+                memory,
+            ),
+            (
+                "kerberos.replay_cache_max",
+                self.kerberos.replay_cache_max as u64,
+                memory,
+            ),
+            (
+                "kerberos.replay_cache_per_principal",
+                self.kerberos.replay_cache_per_principal as u64,
+                "it is what keeps one user from filling the replay cache",
+            ),
+        ];
+        if let Some((key, _, why)) = bounds.iter().find(|(_, v, _)| *v == 0) {
+            return Err(ConfigError::ZeroBound(key, why));
         }
         Ok(())
     }
@@ -1011,6 +1148,118 @@ mod tests {
             assert!(with(listen, long).warnings().is_empty());
         }
         assert!(ServerConfig::default().warnings().is_empty(), "no listener");
+    }
+
+    /// Issue 30: `0` switches every limit that can be off to "no limit", as leaving the key out
+    /// does; before, a vdir's `max_open_sessions = 0` refused every Create-Session.
+    #[test]
+    fn zero_is_no_limit_for_every_limit_that_can_be_off() {
+        let c: ServerConfig = toml::from_str(
+            "max_open_sessions = 0\nmax_sessions_per_identity = 0\nspool_quota = 0\n\
+             max_spool_bytes_per_identity = 0\nrate_limit_per_ip = 0\n\
+             max_anonymous_sessions = 0\nmax_anonymous_sessions_per_ip = 0\n\
+             capture_max_bytes = 0\ncapture_max_files = 0\n\
+             [basic_auth]\nmax_waiting = 0\nfailures_per_user = 0\nfailures_per_ip = 0\n\
+             [[vdir]]\nprefix = \"/u/\"\nroot = \"/srv/u\"\nmax_open_sessions = 0\n\
+             max_sessions_per_identity = 0\nmax_upload_size = 0\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        assert_eq!(c.max_open_sessions, u64::MAX);
+        assert_eq!(c.max_sessions_per_identity, None);
+        assert_eq!(c.spool_quota, None);
+        assert_eq!(c.max_spool_bytes_per_identity, None);
+        assert_eq!(c.rate_limit_per_ip, None);
+        assert_eq!(c.basic_auth.max_waiting, usize::MAX);
+        let v = &c.vdirs[0];
+        assert_eq!(
+            (
+                v.max_open_sessions,
+                v.max_sessions_per_identity,
+                v.max_upload_size
+            ),
+            (None, None, None)
+        );
+        // Other values are kept as written.
+        let c: ServerConfig = toml::from_str(
+            "max_open_sessions = 7\nspool_quota = 5\n[[vdir]]\nprefix = \"/u/\"\n\
+             max_open_sessions = 3\nmax_upload_size = 9\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_open_sessions, 7);
+        assert_eq!(c.spool_quota, Some(5));
+        assert_eq!(c.vdirs[0].max_open_sessions, Some(3));
+        assert_eq!(c.vdirs[0].max_upload_size, Some(9));
+    }
+
+    #[test]
+    fn zero_for_a_bound_that_cannot_be_off_is_refused_naming_the_key() {
+        let cases = [
+            ("max_header_bytes = 0", "max_header_bytes = 0"),
+            ("max_connections = 0", "max_connections = 0"),
+            ("max_buffered_body_bytes = 0", "max_buffered_body_bytes = 0"),
+            ("rate_limit_burst = 0", "rate_limit_burst = 0"),
+            ("[admin]\nmax_connections = 0", "admin.max_connections = 0"),
+            (
+                "[basic_auth]\nmax_tracked = 0",
+                "basic_auth.max_tracked = 0",
+            ),
+            (
+                "[kerberos]\nreplay_cache_max = 0",
+                "kerberos.replay_cache_max = 0",
+            ),
+            (
+                "[kerberos]\nreplay_cache_per_principal = 0",
+                "kerberos.replay_cache_per_principal = 0",
+            ),
+            ("max_tombstones = 0", "max_tombstones"),
+            (
+                "[[vdir]]\nprefix = \"/u/\"\nmax_fragment_size = 0",
+                "vdir[0].max_fragment_size",
+            ),
+            (
+                "[[vdir]]\nprefix = \"/u/\"\nsession_timeout = \"0s\"",
+                "vdir[0].session_timeout",
+            ),
+            (
+                "[[vdir]]\nprefix = \"/u/\"\nnotification_type = \"by_value\"\n\
+                 notification_url = \"http://127.0.0.1:9/x\"\nnotification_timeout = \"0s\"",
+                "vdir[0].notification_timeout",
+            ),
+        ];
+        for (toml_text, key) in cases {
+            let c: ServerConfig = toml::from_str(toml_text).unwrap();
+            let err = c
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with(key), "{toml_text}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn vdirs_that_refuse_every_request_are_warned_about() {
+        let c: ServerConfig = toml::from_str(
+            "http_enabled = false\n\
+             [[vdir]]\nprefix = \"/a/\"\nroot = \"/srv/a\"\nupload_enabled = false\ndownload_enabled = false\n\
+             [[vdir]]\nprefix = \"/b/\"\nroot = \"/srv/b\"\nrequire_tls = true\n\
+             [[vdir]]\nprefix = \"/c/\"\nroot = \"/srv/c\"\nauth = \"client_cert\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let warnings: Vec<String> = c.warnings().iter().map(|w| w.to_string()).collect();
+        let starts = [
+            "http_enabled = false and no [tls] listener",
+            "vdir[0] (prefix \"/a/\"): upload_enabled = false and download_enabled = false",
+            "vdir[1].require_tls (prefix \"/b/\"): there is no [tls] listener",
+            "vdir[2].auth = \"client_cert\" (prefix \"/c/\"): [tls] has no client_ca",
+        ];
+        assert_eq!(warnings.len(), starts.len(), "{warnings:#?}");
+        for (w, start) in warnings.iter().zip(starts) {
+            assert!(w.starts_with(start), "{w}");
+        }
     }
 
     #[test]

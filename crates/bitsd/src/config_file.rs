@@ -87,10 +87,12 @@ fn toml_key_at(text: &str, offset: usize) -> Option<String> {
 /// `check-config`: what `serve` checks before it binds — syntax, validation, and the files the
 /// config names (TLS certificate, key and client CA; Basic-auth users files; an existing
 /// `capture_dir`'s owner and mode, against the user check-config runs as). On success, the
-/// config's warnings (allowed but weak settings, which `serve` logs at start-up).
-pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<bits_server::config::ConfigWarning>> {
+/// config's warnings and its users files' (allowed but weak settings, which `serve` logs at
+/// start-up).
+pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<String>> {
     let config = load_config(Some(path))?;
-    let checks = || -> anyhow::Result<()> {
+    let mut warnings: Vec<String> = config.warnings().iter().map(|w| w.to_string()).collect();
+    let mut checks = || -> anyhow::Result<()> {
         config.validate()?;
         if let Some(t) = &config.tls {
             let named = [
@@ -107,8 +109,14 @@ pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<bits_server::config::C
             bits_server::tls::load(t).context("tls.cert, tls.key or tls.client_ca")?;
         }
         for (i, v) in config.vdirs.iter().enumerate() {
-            bits_server::auth::Auth::for_vdirs(std::slice::from_ref(v))
+            let auth = bits_server::auth::Auth::for_vdirs(std::slice::from_ref(v))
                 .with_context(|| format!("vdir[{i}].users_file"))?;
+            for w in auth.warnings() {
+                // Vdirs sharing a users file would repeat its warnings.
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
         }
         if let Some(dir) = &config.capture_dir {
             bits_server::capture::check_dir(dir)?;
@@ -116,5 +124,5 @@ pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<bits_server::config::C
         Ok(())
     };
     checks().with_context(|| path.display().to_string())?;
-    Ok(config.warnings())
+    Ok(warnings)
 }

@@ -120,8 +120,16 @@ impl AuthOutcome {
 pub enum AuthError {
     #[error("reading {0}: {1}")]
     Read(String, io::Error),
-    #[error("{0} line {1}: expected name:argon2-hash or name:$NT$<32 hex digits> (names without control characters)")]
+    #[error("{0} line {1}: expected name:argon2-hash, name:bcrypt-hash ($2y$, $2b$, $2a$) or name:$NT$<32 hex digits> (names without control characters)")]
     Syntax(String, usize),
+    #[error("{origin} line {line}: the password hash of {user:?} is {format}, {why}; replace it with bcrypt: htpasswd -B {origin} {user} (or argon2: bitsd passwd {origin} {user})")]
+    WeakHash {
+        origin: String,
+        line: usize,
+        user: String,
+        format: &'static str,
+        why: &'static str,
+    },
     #[error("vdir {0:?}: auth = \"basic\" and auth = \"ntlm\" need users_file")]
     MissingUsersFile(String),
     #[error("{0}: cannot set up password checks: {1}")]
@@ -214,12 +222,16 @@ impl Auth {
         } else {
             replay::ReplayCache::in_memory(k.replay_cache_max, k.replay_cache_per_principal)
         };
-        Self::build(
+        let auth = Self::build(
             &config.vdirs,
             &config.basic_auth,
             replay,
             config.trusted_proxies.clone(),
-        )
+        )?;
+        for w in auth.warnings() {
+            tracing::warn!("{w}");
+        }
+        Ok(auth)
     }
 
     /// The vdirs' authentication with default limits and a replay cache in memory (tests,
@@ -313,7 +325,16 @@ impl Auth {
         })
     }
 
-    /// Re-reads every users file (blocking: file I/O and one argon2 hash each). A file that
+    /// What the users files hold that is allowed but weak (`check-config` prints it, `serve`
+    /// logs it at start and on reload).
+    pub fn warnings(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .flat_map(|f| f.current().warnings().to_vec())
+            .collect()
+    }
+
+    /// Re-reads every users file (blocking: file I/O and one argon2 or bcrypt hash each). A file that
     /// cannot be read or parsed keeps the users loaded before; every verified password is
     /// forgotten either way. Returns the errors, each naming its file.
     pub fn reload(&self) -> Vec<AuthError> {

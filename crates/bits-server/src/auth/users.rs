@@ -1,5 +1,6 @@
-//! A users file: lines `name:$argon2id$...` (Basic) and `name:$NT$<32 hex>` (the NT hash NTLM
-//! needs: password-equivalent); `#` starts a comment.
+//! A users file: lines `name:$argon2id$...` or `name:$2y$...` (bcrypt, as Apache's `htpasswd -B`
+//! writes it) for Basic, and `name:$NT$<32 hex>` (the NT hash NTLM needs: password-equivalent);
+//! `#` starts a comment. Apache's weaker formats are refused by name (`WEAK_FORMATS`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,13 +39,86 @@ pub fn fold_name(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
+/// A Basic password hash from a users file.
+#[derive(Clone, Debug)]
+enum Hash {
+    /// A PHC string, `$argon2id$v=19$m=…,t=…,p=…$salt$hash` (`bitsd passwd`).
+    Argon2(String),
+    /// `$2y$`, `$2b$` or `$2a$`, two digits of cost, 53 characters of salt and hash.
+    Bcrypt(String),
+}
+
+/// What a check of a hash costs: two hashes of the same cost take as long to verify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Cost {
+    Argon2 {
+        algorithm: String,
+        m: u32,
+        t: u32,
+        p: u32,
+    },
+    Bcrypt(u32),
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cost::Argon2 { algorithm, m, t, p } => write!(f, "{algorithm} m={m},t={t},p={p}"),
+            Cost::Bcrypt(cost) => write!(f, "bcrypt cost {cost}"),
+        }
+    }
+}
+
+/// bcrypt prefixes accepted; `$2x$` (hashes of the pre-2011 bug) is not one of them.
+const BCRYPT_PREFIXES: [&str; 3] = ["$2y$", "$2b$", "$2a$"];
+
+/// Below this bcrypt cost (2^cost rounds) a check-config warning suggests a higher one:
+/// `htpasswd -B` writes cost 5 unless told `-C`, a few milliseconds per guess offline.
+pub const MIN_GOOD_BCRYPT_COST: u32 = 10;
+
+/// Apache's other `htpasswd` formats, refused with the line and a way out: (prefix, name, why).
+/// Matched on the hash's start; DES crypt (13 characters, no prefix) separately.
+const WEAK_FORMATS: [(&str, &str, &str); 5] = [
+    ("$apr1$", "Apache MD5 ($apr1$, htpasswd -m)", FAST),
+    ("{SHA}", "SHA-1 ({SHA}, htpasswd -s)", FAST),
+    ("$1$", "MD5-crypt ($1$)", FAST),
+    ("$5$", "SHA-256-crypt ($5$, htpasswd -2)", UNSUPPORTED),
+    ("$6$", "SHA-512-crypt ($6$, htpasswd -5)", UNSUPPORTED),
+];
+const FAST: &str = "refused: one guess costs a single MD5, SHA-1 or DES run if the file leaks";
+const UNSUPPORTED: &str = "not supported";
+
+/// The name of a refused htpasswd format `hash` is written in, and why it is refused.
+fn weak_format(hash: &str) -> Option<(&'static str, &'static str)> {
+    if let Some((_, name, why)) = WEAK_FORMATS.iter().find(|(p, ..)| hash.starts_with(p)) {
+        return Some((name, why));
+    }
+    let des = hash.len() == 13
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+    des.then_some(("DES crypt (htpasswd -d)", FAST))
+}
+
+/// A bcrypt hash's cost, when `hash` is one bcrypt can check.
+fn bcrypt_cost(hash: &str) -> Option<u32> {
+    if !BCRYPT_PREFIXES.iter().any(|p| hash.starts_with(p)) || hash.len() != 60 {
+        return None;
+    }
+    let cost: u32 = hash.get(4..6)?.parse().ok()?;
+    // bcrypt's own range; the crate refuses others at verification.
+    (4..=31).contains(&cost).then_some(cost)
+}
+
 pub struct Users {
-    hashes: HashMap<String, String>,
+    hashes: HashMap<String, Hash>,
     /// NT hashes by [`fold_name`], with the name as written in the file.
     nt_hashes: HashMap<String, (String, [u8; 16])>,
-    /// An argon2 hash of a random password with the parameters of the file's (first) hash:
-    /// verified against for unknown names, so that they cost as much as a wrong password.
-    dummy: String,
+    /// A hash of a random password in the scheme and with the cost of the file's first Basic
+    /// hash: verified against for unknown names, so that they cost as much as a wrong password.
+    dummy: Hash,
+    /// What check-config says about the hashes (weak bcrypt cost, mixed costs).
+    warnings: Vec<String>,
     /// A random NT hash, checked against for unknown NTLM names: the same work as a real one,
     /// with nothing drawn from the OS per attempt (that alone made unknown names slower).
     dummy_nt: [u8; 16],
@@ -58,7 +132,10 @@ impl Users {
     pub fn parse(text: &str, origin: &str) -> Result<Users, AuthError> {
         let mut hashes = HashMap::new();
         let mut nt_hashes = HashMap::new();
-        let mut params = None;
+        // The cost of the first Basic hash and its line; the lines whose cost differs.
+        let mut first: Option<(Cost, usize, Hash)> = None;
+        let mut other_costs: Vec<(Cost, usize)> = Vec::new();
+        let mut weak_bcrypt: Vec<(u32, usize)> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -75,19 +152,63 @@ impl Users {
                 nt_hashes.insert(fold_name(name), (name.to_string(), nt));
                 continue;
             }
-            let parsed = PasswordHash::new(hash).map_err(|_| syntax())?;
-            if params.is_none() {
-                params = Some(hasher_for(&parsed));
+            let (hash, cost) = if let Some(cost) = bcrypt_cost(hash) {
+                if cost < MIN_GOOD_BCRYPT_COST {
+                    weak_bcrypt.push((cost, i + 1));
+                }
+                (Hash::Bcrypt(hash.to_string()), Cost::Bcrypt(cost))
+            } else if let Some((format, why)) = weak_format(hash) {
+                return Err(AuthError::WeakHash {
+                    origin: origin.into(),
+                    line: i + 1,
+                    user: name.into(),
+                    format,
+                    why,
+                });
+            } else {
+                let parsed = PasswordHash::new(hash).map_err(|_| syntax())?;
+                let cost = argon2_cost(&hasher_for(&parsed), &parsed);
+                (Hash::Argon2(hash.to_string()), cost)
+            };
+            match &first {
+                None => first = Some((cost, i + 1, hash.clone())),
+                Some((c, ..)) if *c != cost => other_costs.push((cost, i + 1)),
+                Some(_) => {}
             }
-            hashes.insert(name.to_string(), hash.to_string());
+            hashes.insert(name.to_string(), hash);
         }
         let mut random = [0u8; 32];
         OsRng.fill_bytes(&mut random);
-        let dummy = params
-            .unwrap_or_default()
-            .hash_password(&random, &SaltString::generate(&mut OsRng))
-            .map(|h| h.to_string())
-            .map_err(|e| AuthError::Setup(origin.into(), e.to_string()))?;
+        let setup = |e: String| AuthError::Setup(origin.into(), e);
+        // The dummy repeats the first Basic hash's scheme and cost (argon2: and version).
+        let dummy = match &first {
+            Some((Cost::Bcrypt(cost), ..)) => {
+                Hash::Bcrypt(bcrypt::hash(random, *cost).map_err(|e| setup(e.to_string()))?)
+            }
+            Some((_, _, Hash::Argon2(phc))) => {
+                let parsed = PasswordHash::new(phc).map_err(|e| setup(e.to_string()))?;
+                Hash::Argon2(argon2_dummy(&hasher_for(&parsed), &random).map_err(setup)?)
+            }
+            _ => Hash::Argon2(argon2_dummy(&Argon2::default(), &random).map_err(setup)?),
+        };
+        let mut warnings = Vec::new();
+        if let Some((lowest, line)) = weak_bcrypt.iter().min() {
+            warnings.push(format!(
+                "{origin}: {} bcrypt hash(es) of cost below {MIN_GOOD_BCRYPT_COST} (lowest: \
+                 {lowest}, line {line}), cheap to guess if the file leaks; re-create them \
+                 with `htpasswd -B -C 12 {origin} USER` or `bitsd passwd {origin} USER`",
+                weak_bcrypt.len()
+            ));
+        }
+        if let (Some((cost, line, _)), Some((other, other_line))) = (&first, other_costs.first()) {
+            warnings.push(format!(
+                "{origin}: password hashes of different costs ({cost} on line {line}, {other} \
+                 on line {other_line}, {} line(s) in all differ from line {line}): unknown \
+                 names are checked like line {line}, so response times can tell the other \
+                 names exist; give every user the same kind of hash",
+                other_costs.len()
+            ));
+        }
         let mut dummy_nt = [0u8; 16];
         OsRng.fill_bytes(&mut dummy_nt);
         let mut cache_key = [0u8; 32];
@@ -98,10 +219,16 @@ impl Users {
             hashes,
             nt_hashes,
             dummy,
+            warnings,
             dummy_nt,
             cache_mac,
             verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Allowed but weak: bcrypt hashes of a low cost, hashes of different costs in one file.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn load(path: &Path) -> Result<Users, AuthError> {
@@ -110,7 +237,7 @@ impl Users {
         Users::parse(&text, &origin)
     }
 
-    /// Names with a Basic (argon2) or an NTLM (NT hash) entry, counted once each.
+    /// Names with a Basic (argon2 or bcrypt) or an NTLM (NT hash) entry, counted once each.
     pub fn len(&self) -> usize {
         let only_nt = self
             .nt_hashes
@@ -152,7 +279,7 @@ impl Users {
         mac.finalize().into_bytes().into()
     }
 
-    /// A password verified in the last `VERIFIED_TTL` (cheap: no argon2).
+    /// A password verified in the last `VERIFIED_TTL` (cheap: no argon2 or bcrypt).
     pub fn remembered(&self, user: &str, password: &str) -> bool {
         if !self.hashes.contains_key(user) {
             return false;
@@ -170,19 +297,24 @@ impl Users {
             .clear();
     }
 
-    /// Checks a password: the cache, else one argon2 verification, against the dummy hash for
+    /// Checks a password: the cache, else one argon2 or bcrypt verification, against the dummy hash for
     /// an unknown user so that the answer takes as long. CPU-heavy: call from a blocking context.
     pub fn verify(&self, user: &str, password: &str) -> bool {
         self.remembered(user, password) || self.verify_slow(user, password)
     }
 
-    /// One argon2 verification, whatever the cache says.
+    /// One argon2 or bcrypt verification, whatever the cache says.
     pub(crate) fn verify_slow(&self, user: &str, password: &str) -> bool {
         let (hash, known) = match self.hashes.get(user) {
-            Some(h) => (h.as_str(), true),
-            None => (self.dummy.as_str(), false),
+            Some(h) => (h, true),
+            None => (&self.dummy, false),
         };
-        let ok = verify_hash(hash, password.as_bytes()) && known;
+        let ok = match hash {
+            Hash::Argon2(phc) => verify_hash(phc, password.as_bytes()),
+            // Truncating at 72 bytes as Apache does, or a long password that htpasswd
+            // accepted would never sign in.
+            Hash::Bcrypt(h) => bcrypt::verify(password.as_bytes(), h).unwrap_or(false),
+        } && known;
         if ok {
             self.remember(user, password);
         }
@@ -228,6 +360,9 @@ impl UsersFile {
     pub(crate) fn reload(&self) -> Result<(), AuthError> {
         match Users::load(&self.path) {
             Ok(fresh) => {
+                for w in fresh.warnings() {
+                    tracing::warn!("{w}");
+                }
                 *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
                 Ok(())
             }
@@ -277,6 +412,25 @@ fn verify_hash(hash: &str, password: &[u8]) -> bool {
         .push(memory);
     // `Output` compares in constant time.
     computed.is_ok() && password_hash::Output::new(&out).is_ok_and(|o| o == expected)
+}
+
+/// What checking an argon2 hash costs: its algorithm and parameters.
+fn argon2_cost(hasher: &Argon2<'_>, hash: &PasswordHash<'_>) -> Cost {
+    let params = hasher.params();
+    Cost::Argon2 {
+        algorithm: hash.algorithm.as_str().to_string(),
+        m: params.m_cost(),
+        t: params.t_cost(),
+        p: params.p_cost(),
+    }
+}
+
+/// An argon2 hash of `random` (a dummy) made by `hasher`.
+fn argon2_dummy(hasher: &Argon2<'_>, random: &[u8]) -> Result<String, String> {
+    hasher
+        .hash_password(random, &SaltString::generate(&mut OsRng))
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// The argon2 instance a hash was made with (algorithm, version, cost parameters).
@@ -354,12 +508,126 @@ mod tests {
         );
         let hash = cheap.hash_password(b"pw", &salt).unwrap().to_string();
         let users = Users::parse(&format!("alice:{hash}\n"), "test").unwrap();
-        let dummy = PasswordHash::new(&users.dummy).unwrap();
+        let Hash::Argon2(dummy) = &users.dummy else {
+            panic!("{:?}", users.dummy);
+        };
+        let dummy = PasswordHash::new(dummy).unwrap();
         assert_eq!(argon2::Params::try_from(&dummy).unwrap().m_cost(), 1024);
         assert_eq!(argon2::Params::try_from(&dummy).unwrap().t_cost(), 3);
         assert!(!users.verify("nobody", "pw"));
         // An empty file still gets a dummy (default parameters).
         assert!(!Users::parse("", "test").unwrap().verify("x", "y"));
+    }
+
+    /// Lines as Debian's `htpasswd -nbB` (apache2-utils 2.4) wrote them.
+    const HTPASSWD_B: &str = "alice:$2y$05$pCASPi4u4dNi/CINffP/LeWDMhFiKNCtwsdZa4crm92wNuTHToNVO\n\
+                              bob:$2y$04$sNB9/ysNifrqcmudVWKoRO45W7yVbD581n4M1eOjn0DWL1SMya7OC\n";
+
+    #[test]
+    fn bcrypt_lines_from_htpasswd_verify() {
+        let users = Users::parse(HTPASSWD_B, "users").unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users.verify("alice", "wonderland"));
+        assert!(users.remembered("alice", "wonderland"));
+        assert!(users.verify("bob", "builder"));
+        assert!(!users.verify("alice", "builder"));
+        assert!(!users.verify("nobody", "wonderland"));
+        // $2b$ and $2a$ are the same algorithm for any password htpasswd accepts.
+        for version in [bcrypt::Version::TwoB, bcrypt::Version::TwoA] {
+            let hash = bcrypt::hash_with_result("pw", 4)
+                .unwrap()
+                .format_for_version(version);
+            let users = Users::parse(&format!("carol:{hash}\n"), "users").unwrap();
+            assert!(users.verify("carol", "pw"), "{hash}");
+            assert!(!users.verify("carol", "pw2"), "{hash}");
+        }
+        // bcrypt reads 72 bytes of a password, as htpasswd did when it hashed it.
+        let long = "x".repeat(72);
+        let hash = bcrypt::hash(&long, 4).unwrap();
+        let users = Users::parse(&format!("dora:{hash}\n"), "users").unwrap();
+        assert!(users.verify("dora", &format!("{long}and more")));
+        // Malformed bcrypt (cost out of range, short, the buggy $2x$) is a syntax error.
+        for bad in [
+            "$2y$03$pCASPi4u4dNi/CINffP/LeWDMhFiKNCtwsdZa4crm92wNuTHToNVO",
+            "$2y$05$pCASPi4u4dNi/CINffP/LeWDMhFiKNCtwsdZa4crm92wNuTHToNV",
+            "$2x$05$pCASPi4u4dNi/CINffP/LeWDMhFiKNCtwsdZa4crm92wNuTHToNVO",
+        ] {
+            let err = Users::parse(&format!("alice:{bad}\n"), "users").err();
+            assert!(
+                matches!(err, Some(AuthError::Syntax(_, 1))),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dummy_of_a_bcrypt_file_is_bcrypt_of_the_same_cost() {
+        let users = Users::parse(HTPASSWD_B, "users").unwrap();
+        let Hash::Bcrypt(dummy) = &users.dummy else {
+            panic!("argon2 dummy for a bcrypt file: {:?}", users.dummy);
+        };
+        // The first line's cost: a check of an unknown name runs as many rounds as alice's.
+        assert_eq!(bcrypt_cost(dummy), Some(5));
+        assert!(!users.verify("nobody", ""));
+    }
+
+    #[test]
+    fn weaker_htpasswd_formats_are_refused_by_line_with_the_way_out() {
+        // As `htpasswd -nb` writes them with -m (Debian's default), -s, -d, -2, -5.
+        let lines = [
+            ("carol:$apr1$Yq0raOe/$f9H/Q7BBm5OR2CkRl/l6Z1", "$apr1$"),
+            ("dave:{SHA}EfatjsUqKYSrqv18O1FlA3hcIHI=", "{SHA}"),
+            ("erin:amSeQ.dt/GQK.", "DES crypt"),
+            ("fay:$1$abcdefgh$0123456789abcdefghijkl", "$1$"),
+            (
+                "frank:$5$Nh442RaXWqZF572Q$bjbxmapvOpYCkQRQoTtSgqFQIKK/tt268M69yhIvSQ1",
+                "$5$",
+            ),
+            ("gina:$6$zAmH18oD53vAC2V2$yhY.C7QutVKH", "$6$"),
+        ];
+        for (line, format) in lines {
+            let text = format!("# users\n{}\n{line}\n", HTPASSWD_B.lines().next().unwrap());
+            let err = Users::parse(&text, "/etc/bitsd/users").err().unwrap();
+            let user = line.split_once(':').unwrap().0;
+            assert!(
+                matches!(&err, AuthError::WeakHash { line: 3, user: u, .. } if u == user),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.starts_with("/etc/bitsd/users line 3: "),
+                "{message}"
+            );
+            assert!(message.contains(format), "{message}");
+            assert!(
+                message.contains(&format!("htpasswd -B /etc/bitsd/users {user}")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn weak_bcrypt_costs_and_mixed_costs_are_warned_about() {
+        let users = Users::parse(HTPASSWD_B, "users").unwrap();
+        let [cost, mixed] = users.warnings() else {
+            panic!("{:?}", users.warnings());
+        };
+        assert!(
+            cost.contains("2 bcrypt hash(es) of cost below 10 (lowest: 4, line 2)"),
+            "{cost}"
+        );
+        assert!(cost.contains("htpasswd -B -C 12 users USER"), "{cost}");
+        assert!(
+            mixed.contains("bcrypt cost 5 on line 1, bcrypt cost 4 on line 2"),
+            "{mixed}"
+        );
+        let strong = bcrypt::hash("pw", 10).unwrap();
+        let argon = hash_password("pw").unwrap();
+        let users = Users::parse(&format!("a:{strong}\nb:{strong}\n"), "users").unwrap();
+        assert!(users.warnings().is_empty(), "{:?}", users.warnings());
+        let users = Users::parse(&format!("a:{argon}\nb:{strong}\n"), "users").unwrap();
+        assert_eq!(users.warnings().len(), 1);
+        assert!(users.warnings()[0].contains("argon2id m=19456,t=2,p=1 on line 1"));
     }
 
     #[test]

@@ -224,6 +224,16 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         &["vdir[0].users_file", "bad-users", "line 1"],
     ),
     (
+        "0 for a bound that cannot be switched off",
+        "max_connections = 0\n",
+        &["max_connections = 0", "at least 1", "file descriptors"],
+    ),
+    (
+        "a vdir whose sessions expire at once",
+        "[[vdir]]\nprefix = \"/upload/\"\nsession_timeout = \"0s\"\n",
+        &["vdir[0].session_timeout", "at least 1s"],
+    ),
+    (
         "not TOML at all",
         "[[vdir]\nprefix = \"/upload/\"\n",
         &["TOML parse error", "line 1"],
@@ -284,6 +294,35 @@ fn plain_examples_pass() {
     }
 }
 
+/// Issue 30: a vdir no request can use passes check-config, with a warning that names it
+/// (exit 0: such a vdir may be meant to be switched off for a while).
+#[test]
+fn vdirs_no_request_can_use_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bitsd.toml");
+    std::fs::write(
+        &path,
+        "[[vdir]]\nprefix = \"/off/\"\nroot = \"/srv/off\"\nupload_enabled = false\n\
+         download_enabled = false\n[[vdir]]\nprefix = \"/tls/\"\nroot = \"/srv/tls\"\n\
+         require_tls = true\n[[vdir]]\nprefix = \"/zero/\"\nroot = \"/srv/zero\"\n\
+         max_open_sessions = 0\n",
+    )
+    .unwrap();
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "warning: ",
+        "vdir[0] (prefix \"/off/\"): upload_enabled = false and download_enabled = false",
+        "vdir[1].require_tls (prefix \"/tls/\"): there is no [tls] listener, so every request",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    // max_open_sessions = 0 is no limit now: nothing to warn about.
+    assert!(!stderr.contains("vdir[2]"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+}
+
 #[test]
 fn farm_example_with_host_id_uncommented_passes() {
     let farm = std::fs::read_to_string(examples().join("farm.toml")).unwrap();
@@ -337,6 +376,88 @@ fn tls_basic_example_passes_with_its_files() {
         out.status.success() && text(&out.stdout).contains("ok"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// Runs `bitsd serve --config path` in `dir` until it exits (20 s at most): its exit code
+/// (`None`: still running, then killed) and standard error.
+fn serve_exit(dir: &Path, path: &Path) -> (Option<i32>, String) {
+    let mut child = bitsd()
+        .current_dir(dir)
+        .arg("serve")
+        .arg("--config")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running bitsd serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.and_then(|s| s.code()), stderr)
+}
+
+/// Issue 30: Debian's `htpasswd` writes Apache MD5 (`$apr1$`) unless told `-B`. Such a line
+/// fails check-config and serve with a message naming the file, the line and the user, and the
+/// command that replaces it with bcrypt; after that command the file passes, with a warning
+/// about htpasswd's default bcrypt cost (5).
+#[test]
+fn htpasswd_apr1_lines_are_refused_naming_the_line_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let users = d.join("users").display().to_string();
+    common::htpasswd(&["-cbB", "-C", "12", &users, "alice", "wonderland"]);
+    common::htpasswd(&["-b", &users, "bob", "builder"]);
+    let text_of_users = std::fs::read_to_string(&users).unwrap();
+    assert!(text_of_users.contains("\nbob:$apr1$"), "{text_of_users}");
+    let path = d.join("bitsd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nspool_dir = \"{d}/spool\"\n[[vdir]]\nprefix = \"/secure/\"\n\
+             root = \"{d}/secure\"\nauth = \"basic\"\nusers_file = \"{users}\"\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let expected = format!(
+        "{users} line 2: the password hash of \"bob\" is Apache MD5 ($apr1$, htpasswd -m), \
+         refused: one guess costs a single MD5, SHA-1 or DES run if the file leaks; replace it \
+         with bcrypt: htpasswd -B {users} bob (or argon2: bitsd passwd {users} bob)"
+    );
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("vdir[0].users_file"), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    let (code, stderr) = serve_exit(d, &path);
+    assert_eq!(code, Some(1), "serve kept running: {stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // The suggested command (with the password given, as a test must).
+    common::htpasswd(&["-bB", &users, "bob", "builder"]);
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 bcrypt hash(es) of cost below 10 (lowest: 5, line 2)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bcrypt cost 12 on line 1, bcrypt cost 5 on line 2"),
+        "{stderr}"
     );
 }
 
@@ -412,34 +533,8 @@ fn admin_listener_needs_a_long_token_off_loopback() {
         ),
     )
     .unwrap();
-    let mut child = bitsd()
-        .current_dir(dir.path())
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running bitsd serve");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(1),
-        "serve kept running: {stderr}"
-    );
+    let (code, stderr) = serve_exit(dir.path(), &path);
+    assert_eq!(code, Some(1), "serve kept running: {stderr}");
     assert!(stderr.contains("admin.token"), "{stderr}");
 }
 

@@ -97,6 +97,26 @@ fn open_session_limit_gives_503_until_a_session_ends() {
     c.create("/upload/c.bin").assert_ack(200, None);
 }
 
+/// Issue 30: 0 is "no limit" for every session and size limit, as leaving the key out is.
+/// Before, a vdir's `max_open_sessions = 0` answered every Create-Session 503, a
+/// `max_upload_size = 0` refused every non-empty upload and `spool_quota = 0` every fragment.
+#[test]
+fn zero_means_no_limit_for_every_session_and_size_limit() {
+    let s = Server::start_vdir(
+        "max_open_sessions = 0\nmax_anonymous_sessions = 0\nmax_anonymous_sessions_per_ip = 0\n\
+         spool_quota = 0\nmax_spool_bytes_per_identity = 0\nmax_sessions_per_identity = 0",
+        "max_open_sessions = 0\nmax_upload_size = 0\nmax_sessions_per_identity = 0",
+    );
+    let mut c = s.conn();
+    for i in 0..3 {
+        c.create(&format!("/upload/open-{i}.bin"))
+            .assert_ack(200, None);
+    }
+    let data = pattern(100_000, 30);
+    upload(&mut c, URL, &data, 40_000);
+    assert_eq!(std::fs::read(s.upload_path("a.bin")).unwrap(), data);
+}
+
 #[test]
 fn sigterm_lets_an_in_flight_fragment_finish() {
     let mut s = Server::start("shutdown_grace = \"10s\"");

@@ -197,6 +197,86 @@ fn failure_budget_per_address_answers_503() {
     assert_eq!(try_create(s.addr, &basic("alice", "wonderland")).0, 503);
 }
 
+/// Issue 30: a users file written by Apache's `htpasswd -B` (bcrypt, `$2y$`) signs in with
+/// Basic, under the same failure budgets as argon2; a right password is remembered as argon2's
+/// is, so the fragments of an upload do not pay bcrypt each.
+#[test]
+fn htpasswd_bcrypt_users_sign_in_with_basic() {
+    let s = Server::start_prepared(
+        &two_vdirs("[basic_auth]\nfailures_per_user = 3\nfailures_per_ip = 1000"),
+        false,
+        |dir| {
+            let users = dir.join("users").display().to_string();
+            htpasswd(&["-cbB", &users, "alice", "wonderland"]);
+            htpasswd(&["-bB", &users, "bob", "builder"]);
+        },
+    );
+    let users = std::fs::read_to_string(s.dir.path().join("users")).unwrap();
+    assert!(users.starts_with("alice:$2y$05$"), "{users}");
+    let mut c = s.conn();
+    let r = c.bits(
+        "/secure/report.bin",
+        "Create-Session",
+        &[
+            ("BITS-Supported-Protocols", PROTOCOL),
+            ("Authorization", &basic("alice", "wonderland")),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let sid = r.session();
+    let data = pattern(3000, 30);
+    for (i, chunk) in data.chunks(1000).enumerate() {
+        let range = format!("bytes {}-{}/3000", i * 1000, i * 1000 + chunk.len() - 1);
+        let r = c.bits(
+            "/secure/report.bin",
+            "Fragment",
+            &[
+                ("BITS-Session-Id", &sid),
+                ("Content-Range", &range),
+                ("Authorization", &basic("alice", "wonderland")),
+            ],
+            chunk,
+        );
+        assert_eq!(r.status, 200, "{:?}", r.headers);
+    }
+    assert_eq!(
+        std::fs::read(s.dir.path().join("secure/report.bin")).unwrap(),
+        data
+    );
+    assert_eq!(try_create(s.addr, &basic("bob", "builder")).0, 200);
+    for i in 0..3 {
+        assert_eq!(try_create(s.addr, &basic("bob", &format!("x{i}"))).0, 401);
+    }
+    assert_eq!(try_create(s.addr, &basic("bob", "x3")).0, 503);
+    assert_eq!(try_create(s.addr, &basic("nobody", "builder")).0, 401);
+}
+
+/// Issue 30: in a bcrypt users file an unknown name is checked against a bcrypt dummy of the
+/// file's cost (10 here, some milliseconds), so it costs what a wrong password costs.
+#[test]
+fn unknown_users_cost_as_much_as_wrong_bcrypt_passwords() {
+    let s = Server::start_prepared(&two_vdirs(""), false, |dir| {
+        let users = dir.join("users").display().to_string();
+        htpasswd(&["-cbB", "-C", "10", &users, "alice", "wonderland"]);
+    });
+    let (mut known, mut unknown) = (vec![], vec![]);
+    for i in 0..7 {
+        let (status, t) = try_create(s.addr, &basic("alice", &format!("wrong-{i}")));
+        assert_eq!(status, 401);
+        known.push(t);
+        let (status, t) = try_create(s.addr, &basic(&format!("nobody-{i}"), "wrong"));
+        assert_eq!(status, 401);
+        unknown.push(t);
+    }
+    let (known, unknown) = (median(known), median(unknown));
+    println!("bcrypt cost 10, wrong password: existing user median {known:?}, unknown user median {unknown:?}");
+    assert!(
+        unknown * 3 >= known && known * 3 >= unknown,
+        "existing {known:?} vs unknown {unknown:?}"
+    );
+}
+
 /// Colons, non-ASCII names, missing colons, undecodable and oversized credentials: each gets a
 /// plain answer and the server stays up.
 #[test]

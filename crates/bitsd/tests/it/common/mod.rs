@@ -845,6 +845,20 @@ pub fn add_user(file: &Path, user: &str, password: &str) {
     passwd(file, user, password, &[]);
 }
 
+/// Apache's `htpasswd` (Debian: apache2-utils, which scripts/test.sh installs) with these
+/// arguments, `-b` style (the password on the command line: a test's throwaway password).
+pub fn htpasswd(args: &[&str]) {
+    let out = Command::new("htpasswd")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("htpasswd: {e} (install apache2-utils; scripts/test.sh does)"));
+    assert!(
+        out.status.success(),
+        "htpasswd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `bitsd passwd --ntlm`: the user's NT hash, for NTLM vdirs.
 pub fn add_ntlm_user(file: &Path, user: &str, password: &str) {
     passwd(file, user, password, &["--ntlm"]);
