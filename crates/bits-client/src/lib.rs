@@ -24,6 +24,7 @@ pub mod error;
 mod exchange;
 mod host_id;
 pub mod job;
+pub mod manual;
 mod negotiate;
 pub mod progress;
 pub mod retry;

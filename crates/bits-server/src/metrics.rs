@@ -5,6 +5,8 @@
 //! error Acks, the notifier counts server-application answers, and the instrumented store
 //! times every storage call. `docs/operations.md` describes each family.
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bits_proto::Ack;
@@ -46,6 +48,11 @@ pub struct Metrics {
     storage_duration: HistogramVec,
     hook_deliveries: IntCounterVec,
     admin_auth_failures: IntCounter,
+    /// Registered by the first [`set_storage_ready`](Metrics::set_storage_ready): a server that
+    /// never probes shows no readiness rather than a made-up one.
+    storage_ready: OnceLock<IntGauge>,
+    /// Registered by [`set_session_limit`](Metrics::set_session_limit) when there is a limit.
+    max_open_sessions: OnceLock<IntGauge>,
 }
 
 /// How a notification of the server application ended.
@@ -183,6 +190,8 @@ impl Metrics {
                 STORAGE_BUCKETS,
             ),
             registry,
+            storage_ready: OnceLock::new(),
+            max_open_sessions: OnceLock::new(),
         }
         .with_known_series()
     }
@@ -289,11 +298,101 @@ impl Metrics {
         }
     }
 
+    /// A gauge registered on first use (the name is a constant: creating it cannot fail).
+    fn lazy_gauge<'a>(&self, cell: &'a OnceLock<IntGauge>, name: &str, help: &str) -> &'a IntGauge {
+        cell.get_or_init(|| {
+            let gauge = IntGauge::new(name, help).expect("constant metric name");
+            if let Err(e) = self.registry.register(Box::new(gauge.clone())) {
+                tracing::error!(error = %e, "metric family not registered");
+            }
+            gauge
+        })
+    }
+
+    /// The outcome of the latest storage probe (`bitsd serve` probes every
+    /// [`STORAGE_PROBE_INTERVAL`] while the admin listener is on).
+    pub fn set_storage_ready(&self, ready: bool) {
+        self.lazy_gauge(
+            &self.storage_ready,
+            "bitsd_storage_ready",
+            "1 when the latest storage probe (as /readyz makes it) succeeded, 0 when it failed.",
+        )
+        .set(i64::from(ready));
+    }
+
+    /// `max_open_sessions`, so that alerts can compare `bitsd_sessions_open` with it; no series
+    /// when there is no limit (`u64::MAX`, as `0` in a config file reads).
+    pub fn set_session_limit(&self, max_open_sessions: u64) {
+        if max_open_sessions == u64::MAX {
+            return;
+        }
+        self.lazy_gauge(
+            &self.max_open_sessions,
+            "bitsd_max_open_sessions",
+            "The server-wide max_open_sessions: Create-Session gets 503 at this many open sessions.",
+        )
+        .set(i64::try_from(max_open_sessions).unwrap_or(i64::MAX));
+    }
+
+    /// Adds `bitsd_spool_free_bytes` and `bitsd_spool_size_bytes`, read from the file system
+    /// holding `spool` at every scrape (a failed read leaves both out of that scrape).
+    pub fn watch_spool(&self, spool: PathBuf) {
+        let space = SpoolSpace {
+            path: spool,
+            free: IntGauge::new(
+                "bitsd_spool_free_bytes",
+                "Bytes available to bitsd on the file system holding the spool (statvfs f_bavail).",
+            )
+            .expect("constant metric name"),
+            size: IntGauge::new(
+                "bitsd_spool_size_bytes",
+                "Size of the file system holding the spool, in bytes.",
+            )
+            .expect("constant metric name"),
+        };
+        if let Err(e) = self.registry.register(Box::new(space)) {
+            tracing::error!(error = %e, "metric family not registered");
+        }
+    }
+
     /// The text exposition format (`text/plain; version=0.0.4`) of every family.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// How often `bitsd serve` probes storage for `bitsd_storage_ready`.
+pub const STORAGE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The spool's file system, measured when the registry is gathered.
+struct SpoolSpace {
+    path: PathBuf,
+    free: IntGauge,
+    size: IntGauge,
+}
+
+impl prometheus::core::Collector for SpoolSpace {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.free
+            .desc()
+            .into_iter()
+            .chain(self.size.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let Ok(fs) = rustix::fs::statvfs(&self.path) else {
+            return Vec::new();
+        };
+        let bytes =
+            |blocks: u64| i64::try_from(blocks.saturating_mul(fs.f_frsize)).unwrap_or(i64::MAX);
+        self.free.set(bytes(fs.f_bavail));
+        self.size.set(bytes(fs.f_blocks));
+        let mut families = self.free.collect();
+        families.extend(self.size.collect());
+        families
     }
 }
 
@@ -365,5 +464,45 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }
+        // Nothing probed, no limit, no spool watched: no such series.
+        for absent in [
+            "bitsd_storage_ready",
+            "bitsd_max_open_sessions",
+            "bitsd_spool_free_bytes",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn readiness_limit_and_spool_space_once_set() {
+        let m = Metrics::new();
+        m.set_session_limit(u64::MAX);
+        m.set_storage_ready(false);
+        let dir = tempfile::tempdir().unwrap();
+        m.watch_spool(dir.path().to_path_buf());
+        let text = m.render().unwrap();
+        assert!(text.contains("bitsd_storage_ready 0"), "{text}");
+        assert!(!text.contains("bitsd_max_open_sessions"), "{text}");
+        m.set_storage_ready(true);
+        m.set_session_limit(100);
+        let text = m.render().unwrap();
+        assert!(text.contains("bitsd_storage_ready 1"), "{text}");
+        assert!(text.contains("bitsd_max_open_sessions 100"), "{text}");
+        let value = |name: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+        };
+        let (free, size) = (
+            value("bitsd_spool_free_bytes"),
+            value("bitsd_spool_size_bytes"),
+        );
+        assert!(free > 0 && free <= size, "free {free}, size {size}");
+        // A spool that cannot be measured leaves the series out instead of reporting 0 free.
+        drop(dir);
+        let text = m.render().unwrap();
+        assert!(!text.contains("bitsd_spool_free_bytes"), "{text}");
     }
 }

@@ -18,6 +18,18 @@ use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "bitsd", version, about = "BITS upload server")]
+#[command(
+    long_about = "bitsd speaks Microsoft's BITS Upload Protocol: Windows machines (bitsadmin, \
+                  Start-BitsTransfer, the BITS COM API) upload files to it resumably over HTTP(S). \
+                  Without a command it serves, as `bitsd serve` does."
+)]
+#[command(
+    after_long_help = "Files: /etc/bitsd/bitsd.toml (the Debian package's config), \
+    /usr/share/doc/bitsd/ (README.md, operations.md, security.md, examples/). \
+    `bitsd check-config --config FILE` validates a config. Environment: BITSD_CONFIG, \
+    BITSD_LISTEN, BITSD_ROOT, BITSD_SPOOL, BITSD_CAPTURE, BITSD_LOG (a tracing filter, e.g. debug), \
+    BITSD_LOG_FORMAT. See also bits(1)."
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Log format on standard error: `human` (coloured on a terminal) or `json` (one object per
@@ -46,6 +58,8 @@ enum Command {
         /// The users file (created if missing).
         file: PathBuf,
         user: String,
+        /// Read the password from the first line of standard input instead of asking on the
+        /// terminal (scripts, provisioning: `printf '%s\n' "$PW" | bitsd passwd --password-stdin FILE USER`).
         #[arg(long)]
         password_stdin: bool,
         /// Store the NT hash NTLM needs (`name:$NT$…`, password-equivalent) instead of an
@@ -71,6 +85,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) to standard
+    /// output, e.g. `bitsd completions bash > ~/.local/share/bash-completion/completions/bitsd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: bits_client::manual::Shell,
+    },
+    /// Write the man pages (bitsd.8 and one per command) into DIR (for packaging).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(clap::Args, Default)]
@@ -150,6 +173,21 @@ fn main() -> anyhow::Result<()> {
             exit_on_error("sessions", admin_client::sessions(&admin, &command))
         }
         Some(Command::Gc { admin, json }) => exit_on_error("gc", admin_client::gc(&admin, json)),
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            let out = &mut std::io::stdout().lock();
+            bits_client::manual::write_completions(Cli::command(), "bitsd", shell, out)?;
+            Ok(())
+        }
+        Some(Command::Manpages { dir }) => {
+            use clap::CommandFactory;
+            for page in bits_client::manual::write_man_pages(Cli::command(), "8", &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?
+            {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
         Some(Command::Replay(args)) => match replay::replay(&args) {
             Ok(0) => Ok(()),
             Ok(_) => std::process::exit(1),
@@ -207,6 +245,14 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         unreadable = recovery.unreadable,
         "recovery done"
     );
+    let metrics = engine.metrics();
+    metrics.set_session_limit(config.max_open_sessions);
+    if matches!(config.storage, bits_server::config::StorageConfig::Fs) {
+        metrics.watch_spool(config.spool_dir.clone());
+    }
+    if config.admin.listen.is_some() {
+        tokio::spawn(watch_storage(engine.clone()));
+    }
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(
             bits_server::tls::TlsState::new(t.clone())
@@ -333,6 +379,29 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Keeps `bitsd_storage_ready` current for alerts (the admin listener's /readyz answers only
+/// whoever asks), and logs each change of readiness once.
+async fn watch_storage(engine: Arc<bits_server::engine::Engine>) {
+    let every = bits_server::metrics::STORAGE_PROBE_INTERVAL;
+    let mut was_ready = true;
+    loop {
+        // A hung backend is as unready as a failing one.
+        let probe = tokio::time::timeout(every, engine.probe_storage()).await;
+        let ready = matches!(probe, Ok(Ok(())));
+        engine.metrics().set_storage_ready(ready);
+        match (was_ready, probe) {
+            (true, Ok(Err(e))) => tracing::error!(error = %e, "storage not ready"),
+            (true, Err(_)) => {
+                tracing::error!(timeout = ?every, "storage not ready: the probe did not finish")
+            }
+            (false, Ok(Ok(()))) => tracing::info!("storage ready again"),
+            _ => {}
+        }
+        was_ready = ready;
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// SIGHUP: re-read the users files, and the TLS certificate, key and client CA when configured;

@@ -255,3 +255,45 @@ fn finding2_postrm_purge_never_deletes_through_a_link() {
     assert!(!tree.state().join("spool").exists());
     assert!(tree.state().join("uploads/published.bin").exists());
 }
+
+/// Issue 30: the packages' `changelog.Debian.gz` comes from `packaging/debian/changelog`, whose
+/// newest entry must name the version `cargo deb` gives both packages (lintian and
+/// `apt changelog` read it), and a maintainer address lintian accepts (not `@localhost`).
+#[test]
+fn the_debian_changelog_names_the_workspace_version() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/debian");
+    let changelog = std::fs::read_to_string(dir.join("changelog")).unwrap();
+    let first = changelog.lines().next().unwrap_or_default();
+    let expected = format!(
+        "bitsd ({}-1) unstable; urgency=medium",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        first, expected,
+        "bump packaging/debian/changelog with the version"
+    );
+    let trailer = changelog
+        .lines()
+        .find(|l| l.starts_with(" -- "))
+        .unwrap_or_default();
+    assert!(
+        trailer.starts_with(" -- bitsd maintainers <maintainers@bitsd.invalid>  "),
+        "{trailer}"
+    );
+    for manifest in [
+        "../../crates/bitsd/Cargo.toml",
+        "../../crates/bits-client/Cargo.toml",
+    ] {
+        let toml =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest)).unwrap();
+        assert!(
+            toml.contains("maintainer = \"bitsd maintainers <maintainers@bitsd.invalid>\""),
+            "{manifest}"
+        );
+        assert!(!toml.contains("@localhost"), "{manifest}");
+    }
+    let copyright = std::fs::read_to_string(dir.join("copyright")).unwrap();
+    assert!(copyright.starts_with(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+    ));
+}

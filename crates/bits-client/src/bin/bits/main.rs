@@ -47,7 +47,7 @@ pub struct Opts {
     /// Fragment size for uploads (bytes; K/M/G suffixes are binary). Default 1M, minimum 5K.
     #[arg(long, global = true, value_parser = parse_size, value_name = "SIZE")]
     pub fragment_size: Option<u64>,
-    /// User to sign in as (Basic, or NTLM with --auth ntlm, where it may be DOMAIN\\user); the
+    /// User to sign in as (Basic, or NTLM with --auth ntlm, where it may be DOMAIN\user); the
     /// password comes from BITS_PASSWORD or is prompted for.
     #[arg(long, short = 'u', global = true)]
     pub user: Option<String>,
@@ -128,6 +128,41 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) to standard
+    /// output, e.g. `bits completions bash > ~/.local/share/bash-completion/completions/bits`.
+    Completions {
+        #[arg(value_enum)]
+        shell: bits_client::manual::Shell,
+    },
+    /// Write the man pages (bits.1 and one per command) into DIR (for packaging).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}
+
+/// `bits completions` and `bits manpages`: no job, no network.
+fn manual(command: Command) -> u8 {
+    use clap::CommandFactory;
+    let result = match command {
+        Command::Completions { shell } => {
+            let out = &mut std::io::stdout().lock();
+            bits_client::manual::write_completions(Cli::command(), "bits", shell, out)
+        }
+        Command::Manpages { dir } => {
+            bits_client::manual::write_man_pages(Cli::command(), "1", &dir).map(|pages| {
+                for page in pages {
+                    println!("{}", page.display());
+                }
+            })
+        }
+        _ => return report::USAGE,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bits: error: {e}");
+            report::LOCAL_IO
+        }
+    }
 }
 
 /// `1048576`, `64K`, `1M`, `2MiB`, `1G` (binary multiples).
@@ -176,6 +211,12 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    if matches!(
+        cli.command,
+        Command::Completions { .. } | Command::Manpages { .. }
+    ) {
+        return ExitCode::from(manual(cli.command));
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

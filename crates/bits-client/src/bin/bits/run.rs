@@ -44,6 +44,9 @@ pub async fn main(cli: crate::Cli) -> u8 {
         Command::Resume { ids } => resume(&opts, out, &ids).await,
         Command::Jobs => list_jobs(&opts, out),
         Command::Cancel { ids, all } => cancel(&opts, out, &ids, all).await,
+        command @ (Command::Completions { .. } | Command::Manpages { .. }) => {
+            crate::manual(command)
+        }
     }
 }
 
