@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// Default of `min_free_space`.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 64 << 20;
+
 /// A limit kept as `Option` (absent: no limit): `0` in a config file is no limit too.
 fn zero_is_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
@@ -123,6 +126,11 @@ pub struct ServerConfig {
     /// Ack. Absent or 0: no limit.
     #[serde(deserialize_with = "zero_is_none")]
     pub spool_quota: Option<u64>,
+    /// Bytes that must stay free on the spool's file system for `/readyz` to answer ready
+    /// (the local backend): below it the node reports itself unready before fragments start
+    /// failing with the disk-full Ack. 0: no check. Default 64 MiB.
+    #[serde(deserialize_with = "zero_is_none")]
+    pub min_free_space: Option<u64>,
     /// Where sessions and uploads live: the local file system (default) or S3-compatible
     /// object storage shared by a farm of nodes.
     pub storage: StorageConfig,
@@ -281,6 +289,7 @@ impl Default for ServerConfig {
             max_open_sessions: 100_000,
             max_sessions_per_identity: Some(50),
             spool_quota: None,
+            min_free_space: Some(DEFAULT_MIN_FREE_SPACE),
             public_url: None,
             tls: None,
             http_enabled: true,

@@ -34,7 +34,10 @@ pub async fn open_engine(
             config::StorageConfig::Fs => {
                 let (records, fs) = store::fs::open_local(&config.spool_dir, config.fsync)
                     .map_err(std::io::Error::other)?;
-                let fs = Arc::new(fs.with_body_budget(config.max_buffered_body_bytes));
+                let fs = Arc::new(
+                    fs.with_body_budget(config.max_buffered_body_bytes)
+                        .with_min_free_space(config.min_free_space),
+                );
                 for v in config
                     .vdirs
                     .iter()

@@ -121,6 +121,7 @@ pub fn check_config(path: &PathBuf) -> anyhow::Result<Vec<String>> {
         if let Some(dir) = &config.capture_dir {
             bits_server::capture::check_dir(dir)?;
         }
+        warnings.extend(crate::fd_limit::warning(&config));
         Ok(())
     };
     checks().with_context(|| path.display().to_string())?;

@@ -2,6 +2,7 @@
 
 mod admin_client;
 mod config_file;
+mod fd_limit;
 mod logging;
 mod passwd;
 mod replay;
@@ -227,6 +228,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
+    fd_limit::apply(&mut config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -278,7 +280,7 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     }
     let frontend = Arc::new(frontend);
     let http = if config.http_enabled {
-        let l = TcpListener::bind(config.listen)
+        let l = bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         Some(l)
@@ -287,7 +289,7 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     };
     let https = match &tls {
         Some(t) => Some(
-            TcpListener::bind(t.listen())
+            bind(t.listen())
                 .await
                 .with_context(|| format!("binding {}", t.listen()))?,
         ),
@@ -295,7 +297,7 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     };
     let admin = match config.admin.listen {
         Some(addr) => Some(
-            TcpListener::bind(addr)
+            bind(addr)
                 .await
                 .with_context(|| format!("binding admin.listen {addr}"))?,
         ),
@@ -379,6 +381,24 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Pending connections the kernel queues for each listener while bitsd is at its connection
+/// cap (std's 128 made the 129th waiting client's SYN be dropped and retried for seconds).
+/// The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` for listening with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does, so a
+/// restart does not wait for the previous process's connections in TIME_WAIT).
+async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Keeps `bitsd_storage_ready` current for alerts (the admin listener's /readyz answers only

@@ -4,10 +4,14 @@
 //! as the packets: the session's lock, `finish`, the event funnel.
 
 use bits_proto::SessionId;
+use futures_util::StreamExt as _;
 
 use super::{Engine, SessionEvent, SweepReport};
 use crate::error::BitsError;
 use crate::store::{SessionRecord, SessionState};
+
+/// Records a listing reads at once.
+const LISTING_READS: usize = 32;
 
 /// What an administrator's cancel did.
 #[derive(Debug)]
@@ -39,11 +43,12 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<SessionRecord>, BitsError> {
         let mut out = Vec::new();
-        for id in self.sessions.list().await? {
+        let mut reads = self.load_in_order(self.sessions.list().await?);
+        while let Some((id, loaded)) = reads.next().await {
             if out.len() >= limit {
                 break;
             }
-            match self.sessions.load(id).await {
+            match loaded {
                 Ok(Some(rec)) if include_ended || rec.state.is_open() => out.push(rec),
                 Ok(_) => {}
                 Err(e) => {
@@ -69,12 +74,15 @@ impl Engine {
         let start = after.map_or(0, |a| ids.partition_point(|id| id.as_uuid() <= a.as_uuid()));
         let mut out = Vec::new();
         let mut next = None;
-        for (i, &id) in ids.iter().enumerate().skip(start) {
+        let mut last = None;
+        let mut reads = self.load_in_order(ids.iter().skip(start).copied().collect());
+        while let Some((id, loaded)) = reads.next().await {
             if out.len() >= limit {
-                next = ids.get(i.wrapping_sub(1)).copied();
+                next = last;
                 break;
             }
-            match self.sessions.load(id).await {
+            last = Some(id);
+            match loaded {
                 Ok(Some(rec)) if include_ended || rec.state.is_open() => out.push(rec),
                 Ok(_) => {}
                 Err(e) => {
@@ -83,6 +91,22 @@ impl Engine {
             }
         }
         Ok((out, next))
+    }
+
+    /// The records of `ids` in that order, [`LISTING_READS`] read at once (on object storage
+    /// each is a round trip).
+    fn load_in_order(
+        &self,
+        ids: Vec<SessionId>,
+    ) -> impl futures_util::Stream<
+        Item = (
+            SessionId,
+            Result<Option<SessionRecord>, crate::store::StoreError>,
+        ),
+    > + '_ {
+        futures_util::stream::iter(ids)
+            .map(move |id| async move { (id, self.sessions.load(id).await) })
+            .buffered(LISTING_READS)
     }
 
     /// One session's record (also a tombstone), `None` if unknown.

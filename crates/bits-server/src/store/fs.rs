@@ -75,6 +75,7 @@ pub struct FsStore {
     /// restart) gets the full clean-up.
     copied: Arc<std::sync::Mutex<std::collections::HashSet<SessionId>>>,
     published_here: Arc<std::sync::Mutex<std::collections::HashSet<SessionId>>>,
+    min_free: Option<u64>,
 }
 
 impl std::fmt::Debug for FsStore {
@@ -104,6 +105,7 @@ impl FsStore {
             unsynced: Arc::default(),
             copied: Arc::default(),
             published_here: Arc::default(),
+            min_free: None,
         })
     }
 
@@ -111,6 +113,13 @@ impl FsStore {
     /// (`max_buffered_body_bytes`).
     pub fn with_body_budget(mut self, bytes: u64) -> FsStore {
         self.budget = BodyBudget::new(bytes);
+        self
+    }
+
+    /// `/readyz` says unready when the spool's file system has fewer than `bytes` free
+    /// (`min_free_space`; `None`: no check).
+    pub fn with_min_free_space(mut self, bytes: Option<u64>) -> FsStore {
+        self.min_free = bytes;
         self
     }
 
@@ -675,6 +684,41 @@ async fn finish(pending: Option<JoinHandle<io::Result<u64>>>) -> io::Result<u64>
     }
 }
 
+/// Name of the file the readiness probe writes (a UUID never starts with a dot, so no session
+/// and no listing of stored ids ever sees it).
+const PROBE_FILE: &str = ".readiness-probe";
+
+/// What makes uploads fail, checked the way uploads meet it: a file written (and flushed, as
+/// fragments are) in the data directory, so a read-only, full or failing file system is
+/// unready although it still lists its directories; then the free space left.
+fn probe_blocking(dir: &Path, fsync: bool, min_free: Option<u64>) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let path = dir.join(PROBE_FILE);
+    let written = File::create(&path).and_then(|mut f| {
+        f.write_all(b"ready\n")?;
+        if fsync {
+            f.sync_data()?;
+        }
+        Ok(())
+    });
+    let removed = remove_if_exists(&path);
+    written?;
+    removed?;
+    if let Some(min) = min_free {
+        let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < min {
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{free} bytes free on the spool's file system, below min_free_space ({min})"
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl DataStore for FsStore {
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
@@ -683,9 +727,8 @@ impl DataStore for FsStore {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
-        // Opening the data directory is enough: a removed or unreachable spool fails here.
-        let dir = self.data.clone();
-        blocking(move || Ok(fs::read_dir(dir).map(|_| ())?)).await
+        let (dir, fsync, min_free) = (self.data.clone(), self.fsync, self.min_free);
+        blocking(move || probe_blocking(&dir, fsync, min_free)).await
     }
 
     async fn prepare_root(&self, root: &str) -> Result<(), StoreError> {

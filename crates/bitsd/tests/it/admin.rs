@@ -182,6 +182,21 @@ fn health_and_readiness() {
     assert_eq!(admin_get(&s, "/nope", &[]).status, 404);
 }
 
+/// Issue 30: free space below `min_free_space` makes the node unready before fragments fail
+/// (the real full and read-only file systems are in `disk_full.rs`).
+#[test]
+fn readiness_needs_min_free_space() {
+    let s = Server::start(&format!("{ADMIN}\nmin_free_space = {}", u64::MAX / 2));
+    let r = admin_get(&s, "/readyz", &[]);
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 503, "{body}");
+    assert!(body.contains("below min_free_space"), "{body}");
+    assert_eq!(admin_get(&s, "/healthz", &[]).status, 200);
+    // Off: no check.
+    let s = Server::start(&format!("{ADMIN}\nmin_free_space = 0"));
+    assert_eq!(admin_get(&s, "/readyz", &[]).status, 200);
+}
+
 #[test]
 fn token_guards_everything_but_healthz() {
     let s = Server::start(&format!(

@@ -161,3 +161,71 @@ fn sigterm_lets_an_in_flight_fragment_finish() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 30: under an open-file limit far below `max_connections` (here `prlimit --nofile=64`,
+/// soft and hard), 200 idle connections wait in the backlog instead of taking the descriptors
+/// an upload in flight needs: it completes, `/healthz` answers, nothing fails with "Too many
+/// open files", and the start-up log says how many connections the limit fits.
+#[test]
+fn idle_connections_under_a_low_fd_limit_do_not_stall_an_upload() {
+    let s = Server::start_wrapped(
+        "admin = { listen = \"127.0.0.1:0\" }",
+        &["prlimit", "--nofile=64:64", "--"],
+    );
+    let data = pattern(1 << 20, 9);
+    let mut c = s.conn();
+    let r = c.create("/upload/fd.bin");
+    r.assert_ack(200, None);
+    let sid = r.session();
+    let frag = 128 << 10;
+    c.fragment("/upload/fd.bin", &sid, 0, &data[..frag], data.len() as u64)
+        .assert_ack(200, None);
+    // Connected from threads: whatever the backlog, a client waiting to be accepted must not
+    // hold up the test's own upload.
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(held));
+    let addr = s.addr;
+    let idle: Vec<_> = (0..200)
+        .map(|_| {
+            let held = held.clone();
+            std::thread::spawn(move || {
+                let conn = std::net::TcpStream::connect(addr);
+                // Held until the test drops `hold`.
+                let _ = held.lock().map(|rx| rx.recv());
+                drop(conn);
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut off = frag;
+    while off < data.len() {
+        let end = (off + frag).min(data.len());
+        let r = c.fragment(
+            "/upload/fd.bin",
+            &sid,
+            off as u64,
+            &data[off..end],
+            data.len() as u64,
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "fragment at {off}: {:?}\n{}",
+            r.headers,
+            s.log_text()
+        );
+        off = end;
+    }
+    c.close("/upload/fd.bin", &sid).assert_ack(200, None);
+    assert_eq!(std::fs::read(s.upload_path("fd.bin")).unwrap(), data);
+    let health = Conn::new(s.admin_addr.expect("admin")).send("GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 200);
+    drop(hold);
+    for t in idle {
+        let _ = t.join();
+    }
+    let log = s.log_text();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("accept failed"), "{log}");
+    assert!(log.contains("serving at most 15 at once"), "{log}");
+}

@@ -123,3 +123,84 @@ fn enospc_on_a_small_tmpfs_gives_disk_full_and_resumes_after_space_is_freed() {
         .iter()
         .all(|p| !p.to_string_lossy().contains(".bits-partial-")));
 }
+
+/// Issue 30: `/readyz` follows what makes uploads fail on a real 4 MiB tmpfs holding the
+/// spool's data directory: 503 while it is full (every fragment would get the disk-full Ack),
+/// 200 once space is back, 503 while it is read-only. Skipped (with a note) where mounting is
+/// not allowed.
+#[test]
+fn readiness_follows_a_full_and_a_read_only_spool() {
+    struct Mount(PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let mut mount = None;
+    let s = Server::start_prepared(
+        "admin = { listen = \"127.0.0.1:0\" }\nmin_free_space = 65536",
+        true,
+        |dir: &Path| {
+            // The data directory only: the session database beside it stays writable, so the
+            // file system can be remounted read-only while bitsd runs.
+            let data = dir.join("spool/data");
+            std::fs::create_dir_all(&data).unwrap();
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+                .arg(&data)
+                .status()
+                .map(|st| st.success())
+                .unwrap_or(false);
+            if ok {
+                mount = Some(Mount(data));
+            }
+        },
+    );
+    let Some(_mount) = mount else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data_dir = s.spool().join("data");
+    let readyz = || {
+        let r = Conn::new(s.admin_addr.expect("admin")).send("GET", "/readyz", &[], b"");
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
+    assert_eq!(readyz().0, 200);
+    // Filled to the last block, as a flood of fragments would leave it.
+    let filler = data_dir.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[7u8]).is_ok() {}
+    }
+    let (status, body) = readyz();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("storage not ready"), "{body}");
+    // What a client meets meanwhile.
+    let mut c = s.conn();
+    let r = c.create("/upload/full.bin");
+    r.assert_ack(200, None);
+    let sid = r.session();
+    let data = pattern(256 << 10, 3);
+    c.fragment("/upload/full.bin", &sid, 0, &data, data.len() as u64)
+        .assert_ack(500, Some(DISK_FULL));
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(readyz().0, 200);
+    // Read-only (as ext4 remounts itself after an error).
+    let remount = |opt: &str| {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(&data_dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {opt}");
+    };
+    remount("ro");
+    let (status, body) = readyz();
+    remount("rw");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Read-only"), "{body}");
+    assert_eq!(readyz().0, 200);
+}

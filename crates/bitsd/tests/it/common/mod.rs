@@ -26,6 +26,8 @@ pub struct Server {
     log: PathBuf,
     /// Extra environment for the bitsd process (test fault points).
     env: Vec<(String, String)>,
+    /// A command bitsd runs under (e.g. `prlimit --nofile=64:64 --`), kept across restarts.
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -64,7 +66,18 @@ impl Server {
             extra_config: extra,
             child: None,
             env: Vec::new(),
+            wrapper: Vec::new(),
         };
+        s.launch();
+        s
+    }
+
+    /// Like `start`, with bitsd run by `wrapper` (a command and its arguments before bitsd's
+    /// own, e.g. `["prlimit", "--nofile=64:64", "--"]`).
+    pub fn start_wrapped(extra: &str, wrapper: &[&str]) -> Server {
+        let mut s = Server::start(extra);
+        s.kill();
+        s.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
         s.launch();
         s
     }
@@ -107,7 +120,15 @@ impl Server {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bitsd"))
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_bitsd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_bitsd")),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
