@@ -684,6 +684,7 @@ impl Client {
                 code: HResult::http_error(s.as_u16()),
                 code_sent: false,
                 context: None,
+                reason: None,
             })),
         }
     }

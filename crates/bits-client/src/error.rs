@@ -50,6 +50,8 @@ pub struct ServerError {
     pub code_sent: bool,
     /// `BITS-Error-Context`: the BITS server itself (0x5) or the server application (0x7).
     pub context: Option<ErrorContext>,
+    /// bitsd's `Bitsd-Error-Reason`: why, in the server's words (checked text, bounded length).
+    pub reason: Option<String>,
 }
 
 impl ServerError {
@@ -105,6 +107,10 @@ impl ServerError {
                 ErrorContext::RemoteApplication => "server application",
             };
             out.push_str(&format!(" (context {ctx}: {who})"));
+        }
+        if let Some(reason) = &self.reason {
+            out.push_str(": ");
+            out.push_str(reason);
         }
         out
     }
@@ -300,7 +306,19 @@ mod tests {
             code: code.map(HResult).unwrap_or(HResult::http_error(status)),
             code_sent: code.is_some(),
             context: ctx.and_then(|c| ErrorContext::parse(&c.to_string())),
+            reason: None,
         }
+    }
+
+    #[test]
+    fn the_servers_reason_is_shown() {
+        let mut e = server(403, Some(0x8007_0005), Some(5));
+        e.reason = Some("the destination already exists".into());
+        let text = Error::Server(e).to_string();
+        assert!(
+            text.ends_with("(context 0x5: BITS server): the destination already exists"),
+            "{text}"
+        );
     }
 
     #[test]

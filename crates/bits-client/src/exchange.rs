@@ -137,6 +137,9 @@ impl Ack {
             context: self
                 .header(headers::ERROR_CONTEXT)
                 .and_then(ErrorContext::parse),
+            reason: self
+                .header(headers::ERROR_REASON)
+                .and_then(bits_proto::reason_text),
         }
     }
 }

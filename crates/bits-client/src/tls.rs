@@ -146,6 +146,36 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
 }
 
+/// What a person can do about the certificate errors test setups run into, in words: rustls
+/// names them by type only. `None` for errors whose own text says enough.
+pub(crate) fn explain(e: &rustls::Error) -> Option<&'static str> {
+    let rustls::Error::InvalidCertificate(cert) = e else {
+        return None;
+    };
+    match cert {
+        // webpki's `CaUsedAsEndEntity` reaches us only as `Other`'s text: webpki is not a
+        // dependency of ours, so its type cannot be matched.
+        rustls::CertificateError::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => Some(
+            "the server's certificate is a CA certificate (basicConstraints CA:TRUE) used as a \
+             server certificate, which TLS clients refuse; the server needs a leaf certificate \
+             signed by a CA, and `bits --cacert CA.pem` trusts that CA \
+             (`bitsd tls selfsigned --out DIR` writes both)",
+        ),
+        rustls::CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => Some(
+            "the server's certificate chain does not verify: a signature in it does not fit the \
+             key that should have made it, as happens when a self-signed or test certificate is \
+             checked against the system's CAs; pass --cacert with the CA that signed the \
+             server's certificate (`bitsd tls selfsigned --out DIR` writes a CA and a server \
+             certificate)",
+        ),
+        rustls::CertificateError::UnknownIssuer => Some(
+            "the server's certificate is not signed by a trusted CA; pass --cacert with the CA \
+             that signed it",
+        ),
+        _ => None,
+    }
+}
+
 /// Whether a rustls error is about trust (fatal) rather than a broken connection (transient).
 pub(crate) fn is_trust_error(e: &rustls::Error) -> bool {
     matches!(

@@ -586,9 +586,13 @@ fn map_hyper_error(url: &str, e: &hyper::Error) -> Error {
 fn map_chain(url: &str, e: &(dyn std::error::Error + 'static)) -> Error {
     if let Some(r) = find_rustls(e) {
         if crate::tls::is_trust_error(r) {
+            let message = match crate::tls::explain(r) {
+                Some(words) => format!("{words} ({r})"),
+                None => r.to_string(),
+            };
             return Error::Tls {
                 url: url.to_string(),
-                message: r.to_string(),
+                message,
             };
         }
     }

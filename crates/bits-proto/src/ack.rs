@@ -24,6 +24,30 @@ pub struct Ack {
     /// `BITS-Host-Id` and its fallback timeout in seconds.
     pub host_id: Option<(String, u32)>,
     pub error: Option<AckError>,
+    /// [`headers::ERROR_REASON`]: why, in words a person can act on (non-2xx Acks only).
+    pub reason: Option<String>,
+}
+
+/// The longest reason sent or shown, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// A reason as it may travel in a header and appear on a terminal: visible ASCII and spaces
+/// only (anything else becomes `?`), at most [`MAX_REASON_CHARS`]; `None` when nothing is left.
+/// The client applies it too: the header comes from whatever server answered.
+pub fn reason_text(raw: &str) -> Option<String> {
+    let text: String = raw
+        .trim()
+        .chars()
+        .take(MAX_REASON_CHARS)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    (!text.is_empty()).then_some(text)
 }
 
 impl Ack {
@@ -38,6 +62,7 @@ impl Ack {
             reply_url: None,
             host_id: None,
             error: None,
+            reason: None,
         }
     }
 
@@ -65,6 +90,12 @@ impl Ack {
 
     pub fn with_received(mut self, received: u64) -> Ack {
         self.received = Some(received);
+        self
+    }
+
+    /// Adds a reason (see [`reason_text`]); sent only when the Ack is not a success.
+    pub fn with_reason(mut self, reason: &str) -> Ack {
+        self.reason = reason_text(reason);
         self
     }
 
@@ -115,6 +146,9 @@ impl Ack {
             out.push((headers::ERROR_CODE, e.code.to_string()));
             out.push((headers::ERROR_CONTEXT, e.context.to_string()));
         }
+        if let Some(reason) = self.reason.as_ref().filter(|_| !self.is_success()) {
+            out.push((headers::ERROR_REASON, reason.clone()));
+        }
         out
     }
 }
@@ -129,6 +163,28 @@ mod tests {
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn reason_only_on_errors_and_only_text() {
+        let ack = Ack::error(403, HResult::E_ACCESSDENIED, ErrorContext::RemoteFile)
+            .with_reason("the destination exists\r\nSet-Cookie: x");
+        let h = ack.header_pairs();
+        assert_eq!(
+            get(&h, "bitsd-error-reason"),
+            Some("the destination exists??Set-Cookie: x")
+        );
+        let long = "x".repeat(MAX_REASON_CHARS + 50);
+        let ack = Ack::error(500, HResult::E_FAIL, ErrorContext::RemoteFile).with_reason(&long);
+        assert_eq!(ack.reason.map(|r| r.len()), Some(MAX_REASON_CHARS));
+        assert_eq!(
+            get(
+                &Ack::ok().with_reason("no").header_pairs(),
+                "bitsd-error-reason"
+            ),
+            None
+        );
+        assert_eq!(reason_text("  \t "), None);
     }
 
     #[test]

@@ -10,6 +10,10 @@ pub const RECEIVED_CONTENT_RANGE: &str = "bits-received-content-range";
 pub const REPLY_URL: &str = "bits-reply-url";
 pub const ERROR_CODE: &str = "bits-error-code";
 pub const ERROR_CONTEXT: &str = "bits-error-context";
+/// Not part of the protocol: bitsd's words for why it refused, on error Acks. Windows ignores
+/// unknown headers (spec §2.1); the name is bitsd's own so that it cannot collide with a
+/// `BITS-` header Microsoft may add (docs/decisions.md, "Refusals in words").
+pub const ERROR_REASON: &str = "bitsd-error-reason";
 pub const CONTENT_NAME: &str = "content-name";
 
 // Server application notification (back end -> application and back).

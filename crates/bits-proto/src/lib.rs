@@ -16,7 +16,7 @@ pub mod range;
 pub mod secret;
 pub mod session_id;
 
-pub use ack::{Ack, AckError};
+pub use ack::{reason_text, Ack, AckError, MAX_REASON_CHARS};
 pub use hresult::{ErrorContext, HResult};
 pub use packet::{
     classify, content_length, named_session, Leniency, Packet, PacketType, ProtoError,

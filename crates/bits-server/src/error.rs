@@ -24,6 +24,12 @@ pub enum BitsError {
     SessionNotFound(SessionId),
     #[error("session belongs to another user")]
     NotOwner,
+    #[error("{}", match .0 {
+        crate::auth::Refusal::TlsRequired => "this URL requires TLS (require_tls) and the request came over plain HTTP",
+        crate::auth::Refusal::NoClientCertificate => "this URL requires a client certificate and the connection presented none",
+        crate::auth::Refusal::UnknownVdir => "no virtual directory serves this path",
+    })]
+    Refused(crate::auth::Refusal),
     #[error("fragment starts past the {received} bytes held")]
     RangeGap { received: u64 },
     #[error("total length {got} differs from the {expected} fixed by the first fragment")]

@@ -6,6 +6,7 @@ mod fd_limit;
 mod logging;
 mod passwd;
 mod replay;
+mod tls_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,6 +93,11 @@ enum Command {
         #[arg(value_enum)]
         shell: bits_client::manual::Shell,
     },
+    /// TLS helpers: `bitsd tls selfsigned --out DIR` writes a test CA and a server certificate.
+    Tls {
+        #[command(subcommand)]
+        command: tls_cmd::TlsCommand,
+    },
     /// Write the man pages (bitsd.8 and one per command) into DIR (for packaging).
     #[command(hide = true)]
     Manpages { dir: PathBuf },
@@ -174,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             exit_on_error("sessions", admin_client::sessions(&admin, &command))
         }
         Some(Command::Gc { admin, json }) => exit_on_error("gc", admin_client::gc(&admin, json)),
+        Some(Command::Tls { command }) => tls_cmd::run(&command),
         Some(Command::Completions { shell }) => {
             use clap::CommandFactory;
             let out = &mut std::io::stdout().lock();
@@ -311,17 +318,29 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         } else {
             "uploads disabled"
         };
-        let base = match (http_addr, https_addr) {
-            (Some(a), _) => format!("http://{a}"),
-            (None, Some(a)) => format!("https://{a}"),
-            (None, None) => "-".into(),
-        };
-        println!(
-            "bitsd: {base}{} -> {} ({mode}, auth {:?})",
-            v.prefix,
-            v.root.display(),
-            v.auth
-        );
+        // Only URLs that work: plain HTTP to a `require_tls` vdir is refused.
+        let bases: Vec<String> = http_addr
+            .filter(|_| !v.require_tls)
+            .map(|a| format!("http://{a}"))
+            .into_iter()
+            .chain(https_addr.map(|a| format!("https://{a}")))
+            .collect();
+        if bases.is_empty() {
+            println!(
+                "bitsd: no listener serves {} -> {} ({mode}{})",
+                v.prefix,
+                v.root.display(),
+                if v.require_tls { ", require_tls" } else { "" }
+            );
+        }
+        for base in bases {
+            println!(
+                "bitsd: {base}{} -> {} ({mode}, auth {:?})",
+                v.prefix,
+                v.root.display(),
+                v.auth
+            );
+        }
     }
     println!("bitsd: spool {}", config.spool_dir.display());
     if let Some(a) = https_addr {

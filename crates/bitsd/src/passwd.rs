@@ -20,7 +20,15 @@ pub fn passwd(
         std::io::stdin().read_line(&mut line)?;
         line.trim_end_matches(['\r', '\n']).to_string()
     } else {
-        let first = rpassword::prompt_password(format!("password for {user}: "))?;
+        // rpassword asks on /dev/tty; without a controlling terminal (cron, CI, ssh without a
+        // tty) that fails with an errno text (ENXIO) that says nothing about the way out.
+        let first = rpassword::prompt_password(format!("password for {user}: ")).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot ask for the password: no terminal ({e}); pass it on standard input with \
+                 --password-stdin, e.g. `printf '%s\\n' \"$PW\" | bitsd passwd --password-stdin {} {user}`",
+                file.display()
+            )
+        })?;
         if rpassword::prompt_password("again: ")? != first {
             anyhow::bail!("the passwords differ");
         }

@@ -260,8 +260,14 @@ fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified() || UdpSocket::bind((ip, 0)).is_ok()
 }
 
-/// Response headers whose values differ between any two runs by nature.
-const IGNORED: [&str; 3] = ["date", "server", "keep-alive"];
+/// Response headers whose values differ between any two runs by nature, and bitsd's
+/// `Bitsd-Error-Reason`: words, not protocol, which IIS never sends.
+const IGNORED: [&str; 4] = [
+    "date",
+    "server",
+    "keep-alive",
+    bits_proto::headers::ERROR_REASON,
+];
 /// Request headers not replayed: the new `Host` is the URL's, credentials were not captured.
 const NOT_REPLAYED: [&str; 3] = ["host", "authorization", "proxy-authorization"];
 

@@ -101,10 +101,21 @@ pub enum AuthOutcome {
     },
     /// 401 with this challenge.
     Challenge(Challenge),
-    /// 403: this connection can never be allowed (no TLS where required, no certificate).
-    Forbidden,
+    /// 403: this connection can never be allowed, for this reason.
+    Forbidden(Refusal),
     /// 503: a failure budget is spent or a queue or cache is full; nothing was checked.
     Throttled,
+}
+
+/// Why a connection can never be allowed: each has its own log line and reason for the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Plain HTTP to a `require_tls` vdir.
+    TlsRequired,
+    /// A `client-cert` vdir, and the connection presented no (valid) certificate.
+    NoClientCertificate,
+    /// The vdir index is unknown (a bug, or a reload in between).
+    UnknownVdir,
 }
 
 impl AuthOutcome {
@@ -183,7 +194,7 @@ impl Authenticator for ClientCert {
     async fn authenticate(&self, req: &AuthRequest<'_>) -> AuthOutcome {
         match &req.conn.cert_identity {
             Some(id) => AuthOutcome::allowed(id.clone()),
-            None => AuthOutcome::Forbidden,
+            None => AuthOutcome::Forbidden(Refusal::NoClientCertificate),
         }
     }
 }
@@ -350,10 +361,10 @@ impl Auth {
         peer: Option<IpAddr>,
     ) -> AuthOutcome {
         let Some(vdir) = self.vdirs.get(index) else {
-            return AuthOutcome::Forbidden;
+            return AuthOutcome::Forbidden(Refusal::UnknownVdir);
         };
         if vdir.require_tls && !conn.tls {
-            return AuthOutcome::Forbidden;
+            return AuthOutcome::Forbidden(Refusal::TlsRequired);
         }
         let persist = vdir.persist == PersistAuth::Connection && !self.proxied(peer, headers);
         if !persist {

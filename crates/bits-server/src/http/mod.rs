@@ -128,7 +128,7 @@ impl Frontend {
                 }))
             }
             AuthOutcome::Challenge(c) => Err(BitsError::Unauthenticated(c)),
-            AuthOutcome::Forbidden => Err(BitsError::NotOwner),
+            AuthOutcome::Forbidden(refusal) => Err(BitsError::Refused(refusal)),
             AuthOutcome::Throttled => Err(BitsError::RateLimited),
         }
     }

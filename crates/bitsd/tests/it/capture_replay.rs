@@ -62,7 +62,7 @@ fn replayed(s: &Server, name: &str) -> PathBuf {
 
 /// The `bits` CLI binary, built next to bitsd (`cargo test --workspace --all-targets` builds it;
 /// a run of this package alone builds it here).
-fn bits_cli() -> PathBuf {
+pub(crate) fn bits_cli() -> PathBuf {
     let bits = Path::new(env!("CARGO_BIN_EXE_bitsd")).with_file_name("bits");
     if !bits.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

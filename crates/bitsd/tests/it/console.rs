@@ -3,7 +3,7 @@
 //! pause mid-way; the console must list them with their progress, follow a fragment that
 //! lands, move a completed one to the completions, refuse to show anything without the token,
 //! and show hostile file names as text. A screenshot is saved under
-//! `target/test-artifacts/console.png`.
+//! `<target dir>/test-artifacts/console.png` (`$CARGO_TARGET_DIR`, default `target/`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -141,9 +141,26 @@ async fn submit_token(b: &Client, token: &str) {
 }
 
 fn artifacts() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    let dir = target_dir().join("test-artifacts");
     std::fs::create_dir_all(&dir).expect("artifact dir");
     dir
+}
+
+/// The target directory this test was built into: `CARGO_TARGET_DIR` when it is absolute (a
+/// relative one is relative to wherever cargo ran), else two levels above the test binary
+/// (`<target>/<profile>/deps/it-…`). Never a fixed `target/` under the sources, which a
+/// read-only checkout or a shared target dir would make wrong.
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+    {
+        return dir;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

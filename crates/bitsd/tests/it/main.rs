@@ -38,6 +38,7 @@ mod kerberos;
 mod large_download;
 mod large_upload;
 mod ntlm;
+mod operator_messages;
 mod packaging;
 mod reference_exchanges;
 mod security;

@@ -87,6 +87,9 @@ impl From<&Error> for Failure {
             if let Some(c) = e.context() {
                 o.insert("context".into(), json!(c.to_string()));
             }
+            if let Some(r) = e.server().and_then(|s| s.reason.as_deref()) {
+                o.insert("reason".into(), json!(r));
+            }
         }
         Failure {
             code,

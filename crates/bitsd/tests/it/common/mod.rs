@@ -20,6 +20,8 @@ pub struct Server {
     pub tls_addr: Option<SocketAddr>,
     /// The admin listener, when the config has `[admin] listen`.
     pub admin_addr: Option<SocketAddr>,
+    /// What the last start printed on stdout before `bitsd ready` (the vdir URLs, listeners).
+    pub startup: Vec<String>,
     pub dir: tempfile::TempDir,
     extra_config: String,
     child: Option<Child>,
@@ -61,6 +63,7 @@ impl Server {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls_addr: None,
             admin_addr: None,
+            startup: Vec::new(),
             log: dir.path().join("bitsd.log"),
             dir,
             extra_config: extra,
@@ -152,10 +155,12 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        self.startup.clear();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    self.startup.push(line.clone());
                     if let Some(addr) = line.strip_prefix("bitsd listening on ") {
                         self.addr = addr.trim().parse().expect("listen addr");
                     } else if let Some(addr) = line.strip_prefix("bitsd listening (tls) on ") {
