@@ -11,6 +11,7 @@ mod tls_cmd;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bits_server::ServerConfig;
@@ -243,25 +244,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
-    let (engine, recovery) = bits_server::open_engine(config.clone())
-        .await
-        .with_context(|| format!("opening spool {}", config.spool_dir.display()))?;
-    tracing::info!(
-        sessions = recovery.sessions,
-        reconciled = recovery.reconciled,
-        published = recovery.published,
-        removed = recovery.removed,
-        unreadable = recovery.unreadable,
-        "recovery done"
-    );
-    let metrics = engine.metrics();
-    metrics.set_session_limit(config.max_open_sessions);
-    if matches!(config.storage, bits_server::config::StorageConfig::Fs) {
-        metrics.watch_spool(config.spool_dir.clone());
-    }
-    if config.admin.listen.is_some() {
-        tokio::spawn(watch_storage(engine.clone()));
-    }
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(
             bits_server::tls::TlsState::new(t.clone())
@@ -269,23 +251,7 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let mut frontend = bits_server::http::Frontend::new(engine.clone(), tls.clone())?;
-    if let Some(dir) = &config.capture_dir {
-        let budget = bits_server::capture::Budget {
-            max_bytes: config.capture_max_bytes,
-            max_files: config.capture_max_files,
-        };
-        let capture = bits_server::capture::Capture::open(dir, budget)?;
-        let held = capture.usage();
-        tracing::warn!(
-            dir = %dir.display(),
-            files = held.files,
-            bytes_on_disk = held.bytes,
-            "capturing every BITS exchange (heads with values outside the allow-list redacted, body lengths and digests)"
-        );
-        frontend = frontend.with_capture(capture);
-    }
-    let frontend = Arc::new(frontend);
+    // Bound before the store is opened: a farm node waiting for its store answers meanwhile.
     let http = if config.http_enabled {
         let l = bind(config.listen)
             .await
@@ -353,6 +319,40 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         let a = l.local_addr()?;
         println!("bitsd admin listening on {a}");
     }
+    let (engine, recovery) = open_when_reachable(&config, http.as_ref(), admin.as_ref()).await?;
+    tracing::info!(
+        sessions = recovery.sessions,
+        reconciled = recovery.reconciled,
+        published = recovery.published,
+        removed = recovery.removed,
+        unreadable = recovery.unreadable,
+        "recovery done"
+    );
+    let metrics = engine.metrics();
+    metrics.set_session_limit(config.max_open_sessions);
+    if matches!(config.storage, bits_server::config::StorageConfig::Fs) {
+        metrics.watch_spool(config.spool_dir.clone());
+    }
+    if config.admin.listen.is_some() {
+        tokio::spawn(watch_storage(engine.clone()));
+    }
+    let mut frontend = bits_server::http::Frontend::new(engine.clone(), tls.clone())?;
+    if let Some(dir) = &config.capture_dir {
+        let budget = bits_server::capture::Budget {
+            max_bytes: config.capture_max_bytes,
+            max_files: config.capture_max_files,
+        };
+        let capture = bits_server::capture::Capture::open(dir, budget)?;
+        let held = capture.usage();
+        tracing::warn!(
+            dir = %dir.display(),
+            files = held.files,
+            bytes_on_disk = held.bytes,
+            "capturing every BITS exchange (heads with values outside the allow-list redacted, body lengths and digests)"
+        );
+        frontend = frontend.with_capture(capture);
+    }
+    let frontend = Arc::new(frontend);
     // Installed before "ready" and whatever the config: SIGHUP's default action is to exit, so
     // a `systemctl reload` racing the start, or on a server without TLS, would kill it.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -400,6 +400,65 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens the engine. A farm node whose object store does not answer yet (booted before it, as
+/// compose files and boot orders often have it) keeps trying, every 1 s doubling to 30 s,
+/// while its listeners answer for it (`serve_unready`: `/healthz` 200, `/readyz` 503, BITS
+/// requests the transient 503 Ack); the TLS listener's clients wait in its backlog. A local
+/// spool is not waited for: what fails there is for the operator to fix, and bitsd says so.
+async fn open_when_reachable(
+    config: &Arc<ServerConfig>,
+    http: Option<&TcpListener>,
+    admin: Option<&TcpListener>,
+) -> anyhow::Result<(
+    Arc<bits_server::Engine>,
+    bits_server::engine::RecoveryReport,
+)> {
+    const FIRST_RETRY: Duration = Duration::from_secs(1);
+    const LAST_RETRY: Duration = Duration::from_secs(30);
+    let failed = match bits_server::open_engine(config.clone()).await {
+        Ok(opened) => return Ok(opened),
+        Err(e) if matches!(config.storage, bits_server::config::StorageConfig::S3(_)) => e,
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("opening spool {}", config.spool_dir.display())))
+        }
+    };
+    tracing::error!(error = %failed, "the store does not answer: retrying (meanwhile /readyz answers 503 and BITS requests the transient 503)");
+    let why = Arc::new(std::sync::Mutex::new(failed.to_string()));
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<()>();
+    let unready = bits_server::http::serve_unready(
+        http,
+        admin,
+        why.clone(),
+        config.header_read_timeout,
+        async move {
+            let _ = opened_rx.await;
+        },
+    );
+    let retry = async {
+        let mut delay = FIRST_RETRY;
+        let opened = loop {
+            tokio::time::sleep(delay).await;
+            match bits_server::open_engine(config.clone()).await {
+                Ok(opened) => break opened,
+                Err(e) => {
+                    tracing::warn!(error = %e, next_try_in = ?(delay * 2).min(LAST_RETRY), "the store still does not answer");
+                    if let Ok(mut w) = why.lock() {
+                        *w = e.to_string();
+                    }
+                    delay = (delay * 2).min(LAST_RETRY);
+                }
+            }
+        };
+        tracing::info!("the store answers: starting");
+        let _ = opened_tx.send(());
+        opened
+    };
+    let (opened, served) = tokio::join!(retry, unready);
+    served.context("answering while the store was unreachable")?;
+    Ok(opened)
 }
 
 /// Pending connections the kernel queues for each listener while bitsd is at its connection

@@ -247,3 +247,100 @@ async fn drive<I>(
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
+
+/// What a node answers while its store cannot be reached at start-up (a farm node booted
+/// before its object store): BITS requests the transient 503 Ack, which clients retry; other
+/// requests a plain 503; the admin listener `/healthz` 200 and `/readyz` 503 with the reason
+/// in `why`. Every answer closes its connection, so that clients reconnect to the real server
+/// once it runs. Serves until `ready` resolves; the listeners are the caller's (clones of
+/// their sockets are served here), so the real server takes them over without a gap.
+pub async fn serve_unready(
+    http: Option<&TcpListener>,
+    admin: Option<&TcpListener>,
+    why: Arc<std::sync::Mutex<String>>,
+    header_timeout: Duration,
+    ready: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    use axum::routing::get;
+    /// Connections each unready listener holds at once: enough for probes and retrying clients.
+    const UNREADY_CONNECTIONS: usize = 64;
+    fn retry_later(body: String) -> axum::response::Response {
+        let mut resp = axum::response::Response::new(Body::from(body));
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("5"),
+        );
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+    let bits = axum::Router::new().fallback(|method: http::Method| async move {
+        if method.as_str() == "BITS_POST" {
+            let ack = Ack::error(503, HResult::http_error(503), ErrorContext::RemoteFile)
+                .with_reason("the server is starting: its storage cannot be reached yet");
+            ack::render(&ack, true)
+        } else {
+            retry_later("the server is starting: its storage cannot be reached yet\n".into())
+        }
+    });
+    let reason = why.clone();
+    let admin_app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(|| async {
+                let mut resp = retry_later("starting\n".into());
+                *resp.status_mut() = http::StatusCode::OK;
+                resp.headers_mut().remove(http::header::RETRY_AFTER);
+                resp
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move {
+                let why = reason.lock().map(|w| w.clone()).unwrap_or_default();
+                retry_later(format!("storage not reachable yet: {why}\n"))
+            }),
+        )
+        .fallback(|| async { retry_later("starting\n".into()) });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let clone = |l: &TcpListener| -> io::Result<TcpListener> {
+        use std::os::fd::AsFd as _;
+        let std = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
+        std.set_nonblocking(true)?;
+        TcpListener::from_std(std)
+    };
+    let mut served = Vec::new();
+    for (listener, app) in [(http, bits), (admin, admin_app)] {
+        if let Some(l) = listener {
+            served.push(tokio::spawn(serve_capped(
+                app,
+                clone(l)?,
+                UNREADY_CONNECTIONS,
+                header_timeout,
+                stopped(),
+            )));
+        }
+    }
+    ready.await;
+    let _ = stop_tx.send(true);
+    for s in served {
+        if let Ok(Err(e)) = s.await {
+            tracing::warn!(error = %e, "the start-up listener failed");
+        }
+    }
+    Ok(())
+}

@@ -29,7 +29,7 @@ use crate::engine::Engine;
 use crate::error::BitsError;
 use crate::tls::TlsState;
 
-pub use listener::serve;
+pub use listener::{serve, serve_unready};
 
 /// The client's address, available to handlers as a request extension.
 #[derive(Clone, Copy, Debug)]

@@ -389,3 +389,143 @@ fn three_nodes_share_sessions_on_seaweedfs() {
     eprintln!("farm: 20 files, {fragments_sent} fragments over 3 nodes ({stalled_retries} retried while a stalled copy was held), node 1 SIGKILLed mid-way; upload-reply across nodes");
     drop(nodes);
 }
+
+/// Issue 30: a node started before its object store (as compose files and boot orders often
+/// have it) does not exit: `/healthz` answers 200, `/readyz` 503 with the reason, a BITS request
+/// the transient 503 Ack; once the store answers (here: a forwarder to a SeaweedFS appears on
+/// the port the node was configured with) the node becomes ready and completes an upload.
+#[test]
+fn a_node_started_before_its_store_waits_for_it() {
+    use std::io::BufRead as _;
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Command, Stdio};
+    // Where the store will be: a free port nobody listens on yet.
+    let store_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bitsd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nspool_dir = \"{spool}\"\n\
+             admin = {{ listen = \"127.0.0.1:0\" }}\n\
+             [storage]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:{store_port}\"\n\
+             bucket = \"late\"\nprefix = \"spool\"\naccess_key = \"any\"\nsecret_key = \"any\"\n\
+             allow_http = true\nmax_retries = 0\n\
+             [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = true\n",
+            spool = dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("bitsd.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut node = Kill(
+        Command::new(env!("CARGO_BIN_EXE_bitsd"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("BITSD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = node.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let log_text = || std::fs::read_to_string(dir.path().join("bitsd.log")).unwrap_or_default();
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no listener lines; log:\n{}", log_text()));
+        if let Some(a) = line.strip_prefix("bitsd listening on ") {
+            addr = Some(a.trim().parse::<std::net::SocketAddr>().unwrap());
+        } else if let Some(a) = line.strip_prefix("bitsd admin listening on ") {
+            admin = Some(a.trim().parse::<std::net::SocketAddr>().unwrap());
+        }
+    }
+    let (addr, admin) = (addr.unwrap(), admin.unwrap());
+    // Waiting for the store: alive, not ready, BITS clients told to come back.
+    std::thread::sleep(Duration::from_millis(500));
+    let health = Conn::new(admin).send("GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 200, "{}", log_text());
+    let ready = Conn::new(admin).send("GET", "/readyz", &[], b"");
+    assert_eq!(ready.status, 503);
+    assert!(
+        String::from_utf8_lossy(&ready.body).contains("storage not reachable yet"),
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    let r = Conn::new(addr).create("/upload/late.bin");
+    r.assert_ack(503, Some(("0x801901F7", "0x5")));
+    assert!(node.0.try_wait().unwrap().is_none(), "{}", log_text());
+
+    // The store comes up, on the port the node was told.
+    let weed = seaweed::SeaweedFs::start("late");
+    let target: std::net::SocketAddr = weed.endpoint.trim_start_matches("http://").parse().unwrap();
+    let forwarder = TcpListener::bind(("127.0.0.1", store_port)).expect("the store's port");
+    std::thread::spawn(move || {
+        for client in forwarder.incoming().map_while(Result::ok) {
+            let Ok(server) = TcpStream::connect(target) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line == "bitsd ready" => break,
+            _ if std::time::Instant::now() > deadline => {
+                panic!(
+                    "not ready 60 s after the store came up; log:\n{}",
+                    log_text()
+                )
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        Conn::new(admin).send("GET", "/readyz", &[], b"").status,
+        200
+    );
+    let data = pattern(300_000, 41);
+    let mut c = Conn::new(addr);
+    let r = c.create("/upload/late.bin");
+    r.assert_ack(200, None);
+    let sid = r.session();
+    c.fragment("/upload/late.bin", &sid, 0, &data, data.len() as u64)
+        .assert_ack(200, None);
+    c.close("/upload/late.bin", &sid).assert_ack(200, None);
+    let got = c.send("GET", "/upload/late.bin", &[], b"");
+    assert_eq!(got.status, 200);
+    assert!(got.body == data, "the published file differs");
+    let log = log_text();
+    assert!(log.contains("the store does not answer"), "{log}");
+    assert!(log.contains("the store answers: starting"), "{log}");
+}
