@@ -362,8 +362,21 @@ async fn healthz() -> Response {
     respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
 }
 
+/// How long `/readyz` waits for the storage probe: a store that does not answer is as unready
+/// as one that fails, and a probe must not hang the health checker.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    match admin.engine.probe_storage().await {
+    let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, admin.engine.probe_storage());
+    let Ok(probed) = probe.await else {
+        tracing::warn!(timeout = ?READY_PROBE_TIMEOUT, "readiness probe did not finish");
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            format!("storage not ready: no answer within {READY_PROBE_TIMEOUT:?}\n"),
+        );
+    };
+    match probed {
         Ok(()) => respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
         Err(e) => {
             tracing::warn!(error = %e, "readiness probe failed");

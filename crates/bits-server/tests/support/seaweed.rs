@@ -119,6 +119,19 @@ impl SeaweedFs {
             .collect()
     }
 
+    /// Stops (`SIGSTOP`) or continues (`SIGCONT`) weed: a store that accepts connections and
+    /// never answers, as a hung one does.
+    #[allow(dead_code)]
+    pub fn set_paused(&self, paused: bool) {
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -15,13 +15,60 @@ fn bitsd() -> Command {
     cmd
 }
 
+/// `bitsd check-config --config PATH`, its stderr without the warning about this machine's
+/// open-file limit (it depends on where the tests run; `fd_limit_that_cannot_hold_max_connections_is_warned_about`
+/// checks it under a limit it sets).
 fn check(path: &Path) -> Output {
-    bitsd()
+    let mut out = bitsd()
         .arg("check-config")
         .arg("--config")
         .arg(path)
         .output()
-        .expect("running bitsd check-config")
+        .expect("running bitsd check-config");
+    out.stderr = text(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("does not fit the open-file limit"))
+        .flat_map(|l| [l, "\n"])
+        .collect::<String>()
+        .into_bytes();
+    out
+}
+
+/// Issue 30: check-config warns when the hard open-file limit (what `serve` raises to) cannot
+/// hold `max_connections` connections with a file each, and says what `serve` would do.
+#[test]
+fn fd_limit_that_cannot_hold_max_connections_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bitsd.toml");
+    std::fs::write(&path, "max_connections = 1000\n").unwrap();
+    let out = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_bitsd"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("prlimit");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("max_connections = 1000 does not fit the open-file limit here (256 descriptors): bitsd would serve at most 112 connections at once"),
+        "{stderr}"
+    );
+    std::fs::write(&path, "max_connections = 100\n").unwrap();
+    let out = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_bitsd"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("prlimit");
+    assert!(
+        !text(&out.stderr).contains("open-file limit"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn text(bytes: &[u8]) -> String {

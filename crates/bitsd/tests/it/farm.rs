@@ -529,3 +529,43 @@ fn a_node_started_before_its_store_waits_for_it() {
     assert!(log.contains("the store does not answer"), "{log}");
     assert!(log.contains("the store answers: starting"), "{log}");
 }
+
+/// Issue 30: a store that stops answering (weed stopped with SIGSTOP: connections are accepted,
+/// nothing comes back) makes `/readyz` answer 503 within its 10 s probe timeout instead of
+/// hanging the health checker; it is ready again once the store answers.
+#[test]
+fn readiness_gives_up_on_a_store_that_does_not_answer() {
+    let weed = seaweed::SeaweedFs::start("hung");
+    let s = Server::start_with(
+        &format!(
+            "admin = {{ listen = \"127.0.0.1:0\" }}\n\
+             [storage]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"hung\"\nprefix = \"spool\"\n\
+             access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
+             [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\n",
+            weed.endpoint
+        ),
+        false,
+    );
+    let admin = s.admin_addr.expect("admin");
+    assert_eq!(
+        Conn::new(admin).send("GET", "/readyz", &[], b"").status,
+        200
+    );
+    weed.set_paused(true);
+    let started = std::time::Instant::now();
+    let r = Conn::new(admin).send("GET", "/readyz", &[], b"");
+    let waited = started.elapsed();
+    weed.set_paused(false);
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("no answer within"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while Conn::new(admin).send("GET", "/readyz", &[], b"").status != 200 {
+        assert!(std::time::Instant::now() < deadline, "not ready again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
