@@ -1,6 +1,6 @@
 //! bitsd's integration tests, one binary: each module talks HTTP to a real `bitsd` process on
-//! loopback (`common`), S3 ones to their own SeaweedFS. Only tests that change this process's
-//! environment for the child they start (`json_logs`, `farm_bugs`) are binaries of their own.
+//! loopback (`common`), S3 ones to their own SeaweedFS. A server's environment is set for its
+//! process only (`Server::start_full`), never for this one, so every test lives in this binary.
 //! Engine behaviour that needs no process runs in-process in `crates/bits-server/tests/engine`.
 
 #[path = "apps/axum_app.rs"]
@@ -26,6 +26,7 @@ mod crash_recovery;
 mod disk_full;
 mod downloads;
 mod farm;
+mod farm_bugs;
 mod farm_consistency;
 mod farm_downloads;
 mod farm_memory;
@@ -34,6 +35,7 @@ mod hooks;
 mod hostile_input;
 mod identity;
 mod interop;
+mod json_logs;
 mod kerberos;
 mod large_download;
 mod large_upload;

@@ -48,6 +48,20 @@ impl Server {
 
     /// Like `start_with`, running `setup` on the fresh temp dir before the server starts.
     pub fn start_prepared(extra: &str, default_vdir: bool, setup: impl FnOnce(&Path)) -> Server {
+        Self::start_full(extra, default_vdir, &[], &[], setup)
+    }
+
+    /// Like `start_prepared`, with `env` set for the bitsd process and bitsd run by `wrapper`
+    /// (a command and its arguments before bitsd's own, e.g. `["prlimit", "--nofile=64:64",
+    /// "--"]`); both are kept across restarts. The environment goes to the child only, never
+    /// to this process (which other tests' servers would inherit).
+    pub fn start_full(
+        extra: &str,
+        default_vdir: bool,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+        setup: impl FnOnce(&Path),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         setup(dir.path());
         let extra = if default_vdir {
@@ -68,33 +82,24 @@ impl Server {
             dir,
             extra_config: extra,
             child: None,
-            env: Vec::new(),
-            wrapper: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
         };
         s.launch();
         s
     }
 
-    /// Like `start`, with bitsd run by `wrapper` (a command and its arguments before bitsd's
-    /// own, e.g. `["prlimit", "--nofile=64:64", "--"]`).
+    /// Like `start`, with bitsd run by `wrapper` (see [`Server::start_full`]).
     pub fn start_wrapped(extra: &str, wrapper: &[&str]) -> Server {
-        let mut s = Server::start(extra);
-        s.kill();
-        s.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
-        s.launch();
-        s
+        Self::start_full(extra, true, &[], wrapper, |_| {})
     }
 
     /// Like `start`, with `env` set for the bitsd process (kept across restarts).
     pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Server {
-        let mut s = Server::start(extra);
-        s.kill();
-        s.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        s.launch();
-        s
+        Self::start_full(extra, true, env, &[], |_| {})
     }
 
     pub fn root(&self) -> PathBuf {
@@ -206,6 +211,12 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Drops the extra environment given at start (a fault point): the next restart runs
+    /// without it.
+    pub fn clear_env(&mut self) {
+        self.env.clear();
     }
 
     /// The server's peak resident memory so far (VmHWM), in KiB.

@@ -1,15 +1,13 @@
-//! `--log-format json` (here through `BITSD_LOG_FORMAT`): one JSON object per log line, and
-//! every request line names its session and the client identity. Its own test binary, because
-//! it sets an environment variable the started server inherits.
+//! `--log-format json` (here through `BITSD_LOG_FORMAT`, set for the server process only): one
+//! JSON object per log line, and every request line names its session and the client identity.
 
-#[path = "it/common/mod.rs"]
-mod common;
-use common::*;
+use crate::common::*;
+
+const JSON: &[(&str, &str)] = &[("BITSD_LOG_FORMAT", "json")];
 
 #[test]
 fn json_request_lines_carry_session_and_identity() {
-    std::env::set_var("BITSD_LOG_FORMAT", "json");
-    let server = Server::start("");
+    let server = Server::start_env("", JSON);
     let mut conn = server.conn();
     let data = pattern(10_000, 3);
     let sid = upload(&mut conn, "/upload/logged.bin", &data, 4_000);
@@ -61,13 +59,12 @@ fn json_request_lines_carry_session_and_identity() {
 /// terminal showing the log may obey (security review, finding 5).
 #[test]
 fn json_lines_escape_client_chosen_control_characters() {
-    std::env::set_var("BITSD_LOG_FORMAT", "json");
     let hostile = "mallory\n{\"level\":\"INFO\"}\r\x1b[31mred\x07\x7f\u{9b}2J\u{85}";
     let config = vdir_config(
         "",
         "auth = \"ntlm\"\nusers_file = \"{root}/users\"\nntlm_domain = \"BITS\"",
     );
-    let server = Server::start_prepared(&config, false, |dir| {
+    let server = Server::start_full(&config, false, JSON, &[], |dir| {
         add_ntlm_user(&dir.join("users"), "alice", "s3cret!");
     });
     let r = ntlm_sign_in(

@@ -2,43 +2,31 @@
 //! behind across file systems, `upload_completed` on notification vdirs, a crash between the
 //! S3 commit and the record, and object keys that are the names the clients uploaded.
 
-#[path = "it/common/mod.rs"]
-mod common;
-use common::*;
-
-#[path = "../../bits-server/tests/support/seaweed.rs"]
-mod seaweed;
-#[path = "../../bits-server/tests/support/seaweed_client.rs"]
-mod seaweed_client;
-
-#[path = "it/apps/axum_app.rs"]
-mod app;
+use crate::common::*;
+use crate::{app, seaweed};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-/// Held while a server is started: one test sets `BITSD_TEST_CRASH_AFTER` for its own server
-/// only, and the variable is inherited by whatever process starts meanwhile.
-static ENV: Mutex<()> = Mutex::new(());
-
 fn start(config: &str) -> Server {
-    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
     Server::start_with(config, false)
 }
 
-/// Starts a server that SIGKILLs itself right after its first `commit` (test-only fault point).
+/// Starts a server that SIGKILLs itself right after its first `commit` (test-only fault point,
+/// set for that process only).
 fn start_crashing_after_commit(config: &str) -> Server {
-    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
-    std::env::set_var("BITSD_TEST_CRASH_AFTER", "commit");
-    let s = std::panic::catch_unwind(|| Server::start_with(config, false));
-    std::env::remove_var("BITSD_TEST_CRASH_AFTER");
-    s.unwrap_or_else(|e| std::panic::resume_unwind(e))
+    Server::start_full(
+        config,
+        false,
+        &[("BITSD_TEST_CRASH_AFTER", "commit")],
+        &[],
+        |_| {},
+    )
 }
 
 /// A directory on another file system than the temp dir (where the spool is), if any.
@@ -243,6 +231,7 @@ fn s3_crash_between_commit_and_record_is_finished_by_the_retransmit() {
         "commit ran before the crash"
     );
 
+    s.clear_env();
     s.restart();
     let r = Conn::new(s.addr).send("BITS_POST", url, &headers, &data[half..]);
     r.assert_ack(200, None);
