@@ -54,6 +54,11 @@ struct Admin {
     engine: Arc<Engine>,
     token: Option<String>,
     failures: Mutex<FailureLog>,
+    /// The latest readiness answer and when its probe started. Probes run one at a time and
+    /// a request reuses a probe that started after it arrived, so a flood of `/readyz` runs
+    /// one probe (a flushed file write) after another, never one per request, and no answer is
+    /// older than the request.
+    last_probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 /// Wrong tokens seen since the last line logged about them.
@@ -98,6 +103,7 @@ pub fn admin_router(engine: Arc<Engine>) -> Router {
         engine,
         token,
         failures: Mutex::default(),
+        last_probe: tokio::sync::Mutex::new(None),
     });
     let protected = Router::new()
         .route("/readyz", get(readyz))
@@ -367,25 +373,41 @@ async fn healthz() -> Response {
 const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, admin.engine.probe_storage());
-    let Ok(probed) = probe.await else {
-        tracing::warn!(timeout = ?READY_PROBE_TIMEOUT, "readiness probe did not finish");
-        return respond(
+    let asked = Instant::now();
+    // Held across the probe: requests arriving meanwhile wait and share the next answer.
+    let mut last = admin.last_probe.lock().await;
+    let fresh = last
+        .as_ref()
+        .filter(|(started, _)| *started >= asked)
+        .map(|(_, r)| r.clone());
+    let result = match fresh {
+        Some(r) => r,
+        None => {
+            let started = Instant::now();
+            let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, admin.engine.probe_storage());
+            let r = match probe.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "readiness probe failed");
+                    Err(e.to_string())
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?READY_PROBE_TIMEOUT, "readiness probe did not finish");
+                    Err(format!("no answer within {READY_PROBE_TIMEOUT:?}"))
+                }
+            };
+            *last = Some((started, r.clone()));
+            r
+        }
+    };
+    drop(last);
+    match result {
+        Ok(()) => respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
+        Err(e) => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
-            format!("storage not ready: no answer within {READY_PROBE_TIMEOUT:?}\n"),
-        );
-    };
-    match probed {
-        Ok(()) => respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness probe failed");
-            respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
-                format!("storage not ready: {e}\n"),
-            )
-        }
+            format!("storage not ready: {e}\n"),
+        ),
     }
 }
 
