@@ -426,17 +426,11 @@ async fn open_when_reachable(
         }
     };
     tracing::error!(error = %failed, "the store does not answer: retrying (meanwhile /readyz answers 503 and BITS requests the transient 503)");
-    let why = Arc::new(std::sync::Mutex::new(failed.to_string()));
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<()>();
-    let unready = bits_server::http::serve_unready(
-        http,
-        admin,
-        why.clone(),
-        config.header_read_timeout,
-        async move {
+    let unready =
+        bits_server::http::serve_unready(http, admin, config.header_read_timeout, async move {
             let _ = opened_rx.await;
-        },
-    );
+        });
     let retry = async {
         let mut delay = FIRST_RETRY;
         let opened = loop {
@@ -445,9 +439,6 @@ async fn open_when_reachable(
                 Ok(opened) => break opened,
                 Err(e) => {
                     tracing::warn!(error = %e, next_try_in = ?(delay * 2).min(LAST_RETRY), "the store still does not answer");
-                    if let Ok(mut w) = why.lock() {
-                        *w = e.to_string();
-                    }
                     delay = (delay * 2).min(LAST_RETRY);
                 }
             }

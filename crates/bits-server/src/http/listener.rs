@@ -250,14 +250,13 @@ async fn drive<I>(
 
 /// What a node answers while its store cannot be reached at start-up (a farm node booted
 /// before its object store): BITS requests the transient 503 Ack, which clients retry; other
-/// requests a plain 503; the admin listener `/healthz` 200 and `/readyz` 503 with the reason
-/// in `why`. Every answer closes its connection, so that clients reconnect to the real server
+/// requests a plain 503; the admin listener `/healthz` 200 and `/readyz` 503 (the reason is
+/// in the log only: no admin token is checked here, and the error names the store). Every answer closes its connection, so that clients reconnect to the real server
 /// once it runs. Serves until `ready` resolves; the listeners are the caller's (clones of
 /// their sockets are served here), so the real server takes them over without a gap.
 pub async fn serve_unready(
     http: Option<&TcpListener>,
     admin: Option<&TcpListener>,
-    why: Arc<std::sync::Mutex<String>>,
     header_timeout: Duration,
     ready: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -291,7 +290,6 @@ pub async fn serve_unready(
             retry_later("the server is starting: its storage cannot be reached yet\n".into())
         }
     });
-    let reason = why.clone();
     let admin_app = axum::Router::new()
         .route(
             "/healthz",
@@ -304,10 +302,7 @@ pub async fn serve_unready(
         )
         .route(
             "/readyz",
-            get(move || async move {
-                let why = reason.lock().map(|w| w.clone()).unwrap_or_default();
-                retry_later(format!("storage not reachable yet: {why}\n"))
-            }),
+            get(|| async { retry_later("storage not reachable yet (the log says why)\n".into()) }),
         )
         .fallback(|| async { retry_later("starting\n".into()) });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
