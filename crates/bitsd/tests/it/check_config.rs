@@ -40,30 +40,25 @@ fn check(path: &Path) -> Output {
 fn fd_limit_that_cannot_hold_max_connections_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bitsd.toml");
-    std::fs::write(&path, "max_connections = 1000\n").unwrap();
-    let out = Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_bitsd"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("prlimit");
+    let check_under_256 = |config: &str| {
+        std::fs::write(&path, config).unwrap();
+        Command::new("prlimit")
+            .arg("--nofile=256:256")
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_bitsd"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("prlimit")
+    };
+    let out = check_under_256("max_connections = 1000\n");
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("max_connections = 1000 does not fit the open-file limit here (256 descriptors): bitsd would serve at most 112 connections at once"),
         "{stderr}"
     );
-    std::fs::write(&path, "max_connections = 100\n").unwrap();
-    let out = Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_bitsd"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("prlimit");
+    let out = check_under_256("max_connections = 100\n");
     assert!(
         !text(&out.stderr).contains("open-file limit"),
         "{}",

@@ -9,6 +9,27 @@ use std::process::Command;
 const DISK_FULL: (&str, &str) = ("0x80070070", "0x5");
 const FRAG: usize = 256 << 10;
 
+/// A tmpfs of `size` mounted at `dir` (created) for as long as the guard lives; `None` where
+/// mounting is not allowed (not root).
+fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|st| st.success());
+    mounted.then(|| Mount(dir.to_path_buf()))
+}
+
+/// Unmounts (lazily: a server may still hold files there) when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// Uploads `data` in fragments until the first error Ack, which it returns with the offset.
 fn upload_until_error(
     c: &mut Conn,
@@ -64,25 +85,9 @@ fn spool_quota_gives_disk_full_and_resumes_after_raise() {
 /// A real ENOSPC: the spool is a 4 MiB tmpfs. Skipped (with a note) where mounting is not allowed.
 #[test]
 fn enospc_on_a_small_tmpfs_gives_disk_full_and_resumes_after_space_is_freed() {
-    struct Mount(PathBuf);
-    impl Drop for Mount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     let mut mount = None;
     let s = Server::start_prepared("", true, |dir: &Path| {
-        let spool = dir.join("spool");
-        std::fs::create_dir_all(&spool).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-            .arg(&spool)
-            .status()
-            .map(|st| st.success())
-            .unwrap_or(false);
-        if ok {
-            mount = Some(Mount(spool));
-        }
+        mount = mount_tmpfs(&dir.join("spool"), "4m");
     });
     let Some(_mount) = mount else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
@@ -130,12 +135,6 @@ fn enospc_on_a_small_tmpfs_gives_disk_full_and_resumes_after_space_is_freed() {
 /// not allowed.
 #[test]
 fn readiness_follows_a_full_and_a_read_only_spool() {
-    struct Mount(PathBuf);
-    impl Drop for Mount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     let mut mount = None;
     let s = Server::start_prepared(
         "admin = { listen = \"127.0.0.1:0\" }\nmin_free_space = 65536",
@@ -143,17 +142,7 @@ fn readiness_follows_a_full_and_a_read_only_spool() {
         |dir: &Path| {
             // The data directory only: the session database beside it stays writable, so the
             // file system can be remounted read-only while bitsd runs.
-            let data = dir.join("spool/data");
-            std::fs::create_dir_all(&data).unwrap();
-            let ok = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-                .arg(&data)
-                .status()
-                .map(|st| st.success())
-                .unwrap_or(false);
-            if ok {
-                mount = Some(Mount(data));
-            }
+            mount = mount_tmpfs(&dir.join("spool/data"), "4m");
         },
     );
     let Some(_mount) = mount else {
