@@ -8,6 +8,7 @@ pub mod config;
 pub mod digest;
 pub mod engine;
 pub mod error;
+pub mod event;
 pub mod hooks;
 pub mod http;
 pub mod memory;
