@@ -14,6 +14,7 @@ pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod prefix;
 pub mod principal;
 pub mod store;
 pub mod target;

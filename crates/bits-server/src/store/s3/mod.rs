@@ -67,14 +67,13 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-mod config;
 mod index;
 mod multipart;
 mod parts;
 mod read;
 mod streamed;
 
-pub use config::S3Config;
+pub use crate::config::s3::S3Config;
 use multipart::{pieces, Cached, Stop};
 use parts::{cover, cover_from, parse_part_name, Part, Segment};
 
@@ -1232,8 +1231,8 @@ impl DataStore for S3Store {
 
 #[cfg(test)]
 mod tests {
-    use super::config::{default_region, default_request_timeout, default_retry_timeout};
     use super::*;
+    use crate::config::s3::{default_region, default_request_timeout, default_retry_timeout};
 
     #[test]
     fn published_keys_are_the_raw_names() {
