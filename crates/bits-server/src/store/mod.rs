@@ -412,12 +412,21 @@ pub trait PublishedFile: Send + Sync {
     async fn read(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError>;
 }
 
+/// Default of `max_buffered_body_bytes`, for a store built without the config (both backends
+/// start from it).
+pub const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
+
+/// Prefix of the temporary copy made next to a destination when the spool is on another
+/// file system; such files are never served. Here rather than in `fs.rs`, which makes them,
+/// because [`is_internal_name`] holds the rule for every backend.
+pub(crate) const PARTIAL_PREFIX: &str = ".bits-partial-";
+
 /// Whether `rel_path` names (or lies below) one of the server's temporary copies next to a
 /// destination: these are never served, on any backend.
 pub fn is_internal_name(rel_path: &str) -> bool {
     rel_path
         .split('/')
-        .any(|seg| seg.starts_with(fs::PARTIAL_PREFIX))
+        .any(|seg| seg.starts_with(PARTIAL_PREFIX))
 }
 
 /// An owned byte stream read from storage.

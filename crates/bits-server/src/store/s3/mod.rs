@@ -78,7 +78,7 @@ use multipart::{pieces, Cached, Stop};
 use parts::{cover, cover_from, parse_part_name, Part, Segment};
 
 use super::budget::{BodyBudget, Reservation};
-use super::fs::DEFAULT_BODY_BUDGET;
+use super::DEFAULT_BODY_BUDGET;
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
     Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
