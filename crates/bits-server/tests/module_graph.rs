@@ -4,13 +4,15 @@
 //! when a file of A (A's own file or any of its submodules' files) names `crate::B…` (or reaches
 //! B through `super::`, or through a re-export at the crate root). Submodules count as their
 //! parent, so a parent and its own submodules may use each other freely: that is the one
-//! allowed exception. Test-only code (`#[cfg(test)]` items and the files of `#[cfg(test)] mod`)
+//! allowed exception. The same holds one level down: inside `store`, `s3` (with its own
+//! submodules) and `fs` are nodes, and `s3` naming `super::fs::…` is an arrow between them. Test-only code (`#[cfg(test)]` items and the files of `#[cfg(test)] mod`)
 //! is left out: a test may build its fixtures from any module without that becoming an arrow of
 //! the shipped code. Comments and string literals are skipped, so a doc link is not an arrow.
 //!
 //! See the graph: `cargo test -p bits-server --test module_graph -- --nocapture`.
-//! The test fails on any cycle between top-level modules and names the files and lines that
-//! make each arrow of the cycle, so the fix starts from the right line.
+//! The test fails on any cycle, between top-level modules or between the submodules of one
+//! parent, and names the files and lines that make each arrow of the cycle, so the fix starts
+//! from the right line. A name a parent re-exports from one child to another is not seen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -171,8 +173,8 @@ fn lex(src: &str) -> Vec<(Tok, usize)> {
 /// What one file says about the graph.
 #[derive(Default)]
 struct FileUses {
-    /// Paths it names, resolved to absolute module paths (first segment = top-level module or
-    /// a crate-root item), with the line.
+    /// Paths it names from the crate root (`crate::a::b`, or `super::…` resolved), with the
+    /// line.
     uses: Vec<(Vec<String>, usize)>,
     /// Submodules declared `#[cfg(test)] mod name;` (their files are test-only).
     test_mods: Vec<Vec<String>>,
@@ -191,33 +193,69 @@ fn punct(t: Option<&(Tok, usize)>, c: char) -> bool {
     matches!(t, Some((Tok::Punct(p), _)) if *p == c)
 }
 
-/// The first segment of each path a use tree starting at `toks[i]` names: `a` for `a::b`,
-/// `a` and `b` for `{a::x, b}`.
-fn tree_heads(toks: &[(Tok, usize)], i: usize) -> Vec<(String, usize)> {
-    match toks.get(i) {
-        Some((Tok::Ident(s), line)) => vec![(s.clone(), *line)],
-        Some((Tok::Punct('{'), _)) => {
-            let mut heads = Vec::new();
-            let (mut depth, mut j, mut at_start) = (0usize, i + 1, true);
-            while let Some((t, line)) = toks.get(j) {
-                match t {
-                    Tok::Punct('{') => depth += 1,
-                    Tok::Punct('}') if depth == 0 => break,
-                    Tok::Punct('}') => depth -= 1,
-                    Tok::Punct(',') if depth == 0 => {
-                        at_start = true;
-                        j += 1;
-                        continue;
-                    }
-                    Tok::Ident(s) if at_start && depth == 0 => heads.push((s.clone(), *line)),
-                    _ => {}
-                }
-                at_start = false;
-                j += 1;
-            }
-            heads
+/// Every path a use tree starting at `toks[i]` names, below `prefix`: `a::b` for `a::b`,
+/// `a::x` and `b` for `{a::x, b}`, `a` for `a::{self}` or `a::*`. In an expression
+/// (`a::f(..)`, `a::T::<U>`) the path ends where the `::` chain does.
+fn tree_paths(toks: &[(Tok, usize)], i: usize, prefix: &[String]) -> Vec<(Vec<String>, usize)> {
+    let mut out = Vec::new();
+    walk_tree(toks, i, prefix, &mut out);
+    out
+}
+
+/// Adds the paths of the tree at `toks[i]` to `out`; returns the index after the tree.
+fn walk_tree(
+    toks: &[(Tok, usize)],
+    i: usize,
+    prefix: &[String],
+    out: &mut Vec<(Vec<String>, usize)>,
+) -> usize {
+    let line = toks.get(i).map_or(0, |t| t.1);
+    match toks.get(i).map(|t| &t.0) {
+        Some(Tok::Ident(s)) if s == "self" => {
+            out.push((prefix.to_vec(), line));
+            i + 1
         }
-        _ => Vec::new(),
+        Some(Tok::Ident(s)) => {
+            let mut p = prefix.to_vec();
+            p.push(s.clone());
+            let more = toks.get(i + 1).map(|t| &t.0) == Some(&Tok::Path)
+                && matches!(
+                    toks.get(i + 2).map(|t| &t.0),
+                    Some(Tok::Ident(_)) | Some(Tok::Punct('{'))
+                );
+            if more {
+                walk_tree(toks, i + 2, &p, out)
+            } else {
+                out.push((p, line));
+                i + 1
+            }
+        }
+        Some(Tok::Punct('*')) => {
+            out.push((prefix.to_vec(), line));
+            i + 1
+        }
+        Some(Tok::Punct('{')) => {
+            let mut j = i + 1;
+            loop {
+                match toks.get(j).map(|t| &t.0) {
+                    None => return j,
+                    Some(Tok::Punct('}')) => return j + 1,
+                    Some(Tok::Punct(',')) => j += 1,
+                    Some(Tok::Ident(_)) | Some(Tok::Punct('*')) | Some(Tok::Punct('{')) => {
+                        j = walk_tree(toks, j, prefix, out);
+                        // Past a rename (`as x`) to the next `,` or the closing `}`.
+                        while let Some(t) = toks.get(j).map(|t| &t.0) {
+                            if matches!(t, Tok::Punct(',') | Tok::Punct('}')) {
+                                break;
+                            }
+                            j += 1;
+                        }
+                    }
+                    Some(_) => j += 1,
+                }
+            }
+        }
+        _ => i,
     }
 }
 
@@ -337,9 +375,7 @@ fn scan(module: &[String], src: &str) -> FileUses {
                 if (kw == "crate" || kw == "$crate")
                     && toks.get(i + 1).map(|t| &t.0) == Some(&Tok::Path) =>
             {
-                for (head, line) in tree_heads(&toks, i + 2) {
-                    out.uses.push((vec![head], line));
-                }
+                out.uses.extend(tree_paths(&toks, i + 2, &[]));
                 i += 2;
             }
             Tok::Ident(kw)
@@ -355,11 +391,7 @@ fn scan(module: &[String], src: &str) -> FileUses {
                 }
                 let here = cur();
                 let base = &here[..here.len().saturating_sub(ups)];
-                for (head, line) in tree_heads(&toks, j) {
-                    let mut p = base.to_vec();
-                    p.push(head);
-                    out.uses.push((p, line));
-                }
+                out.uses.extend(tree_paths(&toks, j, base));
                 i = j;
             }
             Tok::Ident(kw)
@@ -381,8 +413,8 @@ fn scan(module: &[String], src: &str) -> FileUses {
                             }
                         }
                         if punct(toks.get(j), '{') {
-                            for (n, _) in tree_heads(&toks, j) {
-                                out.reexports.push((n, m.to_string()));
+                            for (n, _) in tree_paths(&toks, j, &[]) {
+                                out.reexports.push((n[0].clone(), m.to_string()));
                             }
                         }
                     }
@@ -428,7 +460,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Arrow A → B with the places (file:line) that make it.
 type Graph = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
-fn build_graph(src: &Path) -> (BTreeSet<String>, Graph) {
+/// The arrows between the children of each parent module (`[]` is the crate root, whose
+/// children are the top-level modules), and the children of each parent.
+struct Graphs {
+    arrows: BTreeMap<Vec<String>, Graph>,
+    children: BTreeMap<Vec<String>, BTreeSet<String>>,
+}
+
+fn build_graphs(src: &Path) -> Graphs {
     let mut files = Vec::new();
     rust_files(src, &mut files);
     let scanned: Vec<(PathBuf, Vec<String>, FileUses)> = files
@@ -444,43 +483,61 @@ fn build_graph(src: &Path) -> (BTreeSet<String>, Graph) {
         .iter()
         .flat_map(|(_, _, u)| u.test_mods.clone())
         .collect();
-    let tops: BTreeSet<String> = scanned
+    let is_test = |m: &[String]| test_only.iter().any(|t| m.starts_with(t));
+    let modules: BTreeSet<Vec<String>> = scanned
         .iter()
-        .filter_map(|(_, m, _)| m.first().cloned())
+        .map(|(_, m, _)| m.clone())
+        .filter(|m| !is_test(m))
         .collect();
+    let mut children: BTreeMap<Vec<String>, BTreeSet<String>> = BTreeMap::new();
+    for m in modules.iter().filter(|m| !m.is_empty()) {
+        children
+            .entry(m[..m.len() - 1].to_vec())
+            .or_default()
+            .insert(m[m.len() - 1].clone());
+    }
     let reexports: BTreeMap<String, String> = scanned
         .iter()
         .filter(|(_, m, _)| m.is_empty())
         .flat_map(|(_, _, u)| u.reexports.clone())
         .collect();
-    let mut graph = Graph::new();
-    for (file, m, u) in &scanned {
-        let Some(from) = m.first() else { continue };
-        if test_only.iter().any(|t| m.starts_with(t)) {
+    let mut arrows: BTreeMap<Vec<String>, Graph> = BTreeMap::new();
+    for (file, from, u) in &scanned {
+        if from.is_empty() || is_test(from) {
             continue;
         }
         for (path, line) in &u.uses {
-            let Some(head) = path.first() else { continue };
-            let to = if tops.contains(head) {
-                head.clone()
-            } else if let Some(m) = reexports.get(head) {
-                m.clone()
-            } else {
+            // The module a path names: its longest prefix that is a module, through the crate
+            // root's re-exports (`crate::Engine` is `engine`).
+            let mut path = path.clone();
+            if let Some(m) = path.first().and_then(|h| reexports.get(h)) {
+                path[0] = m.clone();
+            }
+            let Some(to) = (1..=path.len())
+                .rev()
+                .map(|n| path[..n].to_vec())
+                .find(|p| modules.contains(p))
+            else {
                 // A crate-root item (`open_engine`) or a name this reader cannot place.
                 continue;
             };
-            if &to != from {
-                let at = format!("{}:{line}", file.strip_prefix(src).unwrap().display());
-                graph
-                    .entry(from.clone())
-                    .or_default()
-                    .entry(to)
-                    .or_default()
-                    .push(at);
+            // A module and its ancestors or descendants: the allowed exception.
+            if to.starts_with(from) || from.starts_with(&to) {
+                continue;
             }
+            let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            let at = format!("{}:{line}", file.strip_prefix(src).unwrap().display());
+            arrows
+                .entry(from[..common].to_vec())
+                .or_default()
+                .entry(from[common].clone())
+                .or_default()
+                .entry(to[common].clone())
+                .or_default()
+                .push(at);
         }
     }
-    (tops, graph)
+    Graphs { arrows, children }
 }
 
 /// Strongly connected components with more than one module (Tarjan).
@@ -548,9 +605,9 @@ fn cycles(tops: &BTreeSet<String>, graph: &Graph) -> Vec<Vec<String>> {
     s.out
 }
 
-/// The graph, bottom first: each module after everything it uses where the arrows allow.
-fn render(tops: &BTreeSet<String>, graph: &Graph) -> String {
-    let mut out = String::from("bits-server module graph (A -> what A uses):\n");
+/// The graph of one parent's children, bottom first: each module after everything it uses where the arrows allow.
+fn render(parent: &str, tops: &BTreeSet<String>, graph: &Graph) -> String {
+    let mut out = format!("{parent}: module graph (A -> what A uses):\n");
     let mut placed: Vec<&String> = Vec::new();
     let mut left: Vec<&String> = tops.iter().collect();
     while !left.is_empty() {
@@ -570,38 +627,50 @@ fn render(tops: &BTreeSet<String>, graph: &Graph) -> String {
             .get(m)
             .map(|e| e.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        let _ = writeln!(out, "  {m:<10} -> {}", deps.join(", "));
+        let _ = writeln!(out, "  {m:<12} -> {}", deps.join(", "));
     }
     out
 }
 
 #[test]
-fn top_level_modules_form_no_cycle() {
+fn module_graph_has_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let (tops, graph) = build_graph(&src);
-    println!("{}", render(&tops, &graph));
-    let found = cycles(&tops, &graph);
-    if found.is_empty() {
-        println!("no cycle between top-level modules");
-        return;
-    }
-    let mut report = String::from("cycles between top-level modules of bits-server:\n");
-    for comp in &found {
-        let _ = writeln!(report, "- {}", comp.join(", "));
-        let mut pairs = Vec::new();
-        for a in comp {
-            for (b, places) in graph.get(a).into_iter().flatten() {
-                if comp.contains(b) {
-                    let _ = writeln!(report, "    {a} -> {b}: {}", places.join(" "));
-                    if a < b && graph.get(b).is_some_and(|e| e.contains_key(a)) {
-                        pairs.push(format!("{a} <-> {b}"));
+    let graphs = build_graphs(&src);
+    let mut report = String::new();
+    for (parent, children) in &graphs.children {
+        let empty = Graph::new();
+        let graph = graphs.arrows.get(parent).unwrap_or(&empty);
+        if parent.is_empty() {
+            println!("{}", render("bits-server", children, graph));
+        } else if !graph.is_empty() {
+            println!("{}", render(&parent.join("::"), children, graph));
+        }
+        for comp in cycles(children, graph) {
+            let name = if parent.is_empty() {
+                "top-level modules".to_string()
+            } else {
+                format!("the submodules of {}", parent.join("::"))
+            };
+            let _ = writeln!(report, "cycle between {name}: {}", comp.join(", "));
+            let mut pairs = Vec::new();
+            for a in &comp {
+                for (b, places) in graph.get(a).into_iter().flatten() {
+                    if comp.contains(b) {
+                        let _ = writeln!(report, "    {a} -> {b}: {}", places.join(" "));
+                        if a < b && graph.get(b).is_some_and(|e| e.contains_key(a)) {
+                            pairs.push(format!("{a} <-> {b}"));
+                        }
                     }
                 }
             }
+            if !pairs.is_empty() {
+                let _ = writeln!(report, "  two-module cycles: {}", pairs.join(", "));
+            }
         }
-        if !pairs.is_empty() {
-            let _ = writeln!(report, "  two-module cycles: {}", pairs.join(", "));
-        }
+    }
+    if report.is_empty() {
+        println!("no cycle between modules (a parent and its own submodules excepted)");
+        return;
     }
     println!("{report}");
     panic!("{report}");
@@ -618,13 +687,22 @@ fn cycles_are_found_and_a_parent_with_its_submodules_is_not_one() {
         cycles(&tops, &g),
         [["a", "b", "c"].map(String::from).to_vec()]
     );
-    // `crate::store::fs` from `store/s3/mod.rs` is `store` using itself: no arrow.
     let u = scan(
         &["store".into(), "s3".into()],
-        "use super::fs::X; use crate::store::Y;",
+        "use super::fs::X; use crate::store::{self, s3::{a, b as c}, *}; crate::m::f::<T>(x);",
     );
-    let heads: Vec<String> = u.uses.iter().map(|(p, _)| p[0].clone()).collect();
-    assert_eq!(heads, ["store", "store"]);
+    let paths: Vec<String> = u.uses.iter().map(|(p, _)| p.join("::")).collect();
+    assert_eq!(
+        paths,
+        [
+            "store::fs::X",
+            "store",
+            "store::s3::a",
+            "store::s3::b",
+            "store",
+            "m::f"
+        ]
+    );
 }
 
 #[test]
@@ -645,8 +723,11 @@ fn the_reader_sees_paths_and_skips_comments_literals_and_tests() {
         mod inner { use super::super::o; }
     "##;
     let u = scan(&["top".to_string()], src);
-    let heads: Vec<String> = u.uses.iter().map(|(p, _)| p.join("::")).collect();
-    assert_eq!(heads, ["b", "c", "d", "g", "k", "l", "o"]);
+    let paths: Vec<String> = u.uses.iter().map(|(p, _)| p.join("::")).collect();
+    assert_eq!(
+        paths,
+        ["b::X", "c", "d::e", "d::f", "g", "k::T", "l::m", "o"]
+    );
     assert_eq!(
         u.test_mods,
         [vec!["top".to_string(), "testing".to_string()]]
