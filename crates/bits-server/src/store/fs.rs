@@ -38,7 +38,8 @@ use super::sessions_db::SessionsDb;
 use super::vectored;
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, Held, PublishedFile,
-    Representation, SessionRecord, StoreError, WriteOutcome, DEFAULT_BODY_BUDGET, PARTIAL_PREFIX,
+    Representation, SessionRecord, StorageInfo, StoreError, WriteOutcome, DEFAULT_BODY_BUDGET,
+    PARTIAL_PREFIX,
 };
 
 /// Bytes gathered from the network before one positioned write; two such batches are in flight
@@ -58,6 +59,8 @@ pub fn open_local(spool: &Path, fsync: bool) -> Result<(Arc<SessionsDb>, FsStore
 
 #[derive(Clone)]
 pub struct FsStore {
+    /// The spool directory as configured (for operators: [`StorageInfo`]).
+    spool: PathBuf,
     data: PathBuf,
     fsync: bool,
     budget: Arc<BodyBudget>,
@@ -95,6 +98,7 @@ impl FsStore {
             File::open(&data)?.sync_all()?;
         }
         Ok(FsStore {
+            spool: spool.to_path_buf(),
             data,
             fsync,
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
@@ -714,6 +718,14 @@ fn probe_blocking(dir: &Path, fsync: bool, min_free: Option<u64>) -> Result<(), 
 
 #[async_trait]
 impl DataStore for FsStore {
+    fn info(&self) -> StorageInfo {
+        StorageInfo {
+            backend: "fs",
+            location: self.spool.display().to_string(),
+            local_dir: Some(self.spool.clone()),
+        }
+    }
+
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
         let dest = dest.clone();
         quick(move || inspect_blocking(&dest))

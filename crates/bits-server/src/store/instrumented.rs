@@ -14,7 +14,7 @@ use bits_proto::SessionId;
 
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, Held, PublishedFile,
-    Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
+    Representation, SessionRecord, SessionStore, StorageInfo, StoreError, WriteOutcome,
 };
 use crate::metrics::Metrics;
 
@@ -48,6 +48,10 @@ impl Instrumented {
 
 #[async_trait]
 impl SessionStore for Instrumented {
+    fn shared(&self) -> bool {
+        self.sessions.shared()
+    }
+
     async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         self.timed("create", self.sessions.create(rec)).await
     }
@@ -107,6 +111,10 @@ impl SessionStore for Instrumented {
 
 #[async_trait]
 impl DataStore for Instrumented {
+    fn info(&self) -> StorageInfo {
+        self.data.info()
+    }
+
     async fn probe(&self) -> Result<(), StoreError> {
         self.timed("probe", self.data.probe()).await
     }
