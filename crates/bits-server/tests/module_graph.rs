@@ -537,6 +537,14 @@ fn build_graphs(src: &Path) -> Graphs {
                 .push(at);
         }
     }
+    // A grouped import names one line once per item: each place once.
+    for places in arrows
+        .values_mut()
+        .flat_map(|g| g.values_mut())
+        .flat_map(|e| e.values_mut())
+    {
+        places.dedup();
+    }
     Graphs { arrows, children }
 }
 
