@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+// The tables other modules build themselves from, kept here so that the config imports none
+// of them (the module graph test, tests/module_graph.rs, holds the arrows one way).
+pub mod hooks;
+pub mod s3;
+pub mod tls;
+
 /// Default of `min_free_space`.
 pub const DEFAULT_MIN_FREE_SPACE: u64 = 64 << 20;
 
@@ -103,7 +109,7 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "zero_is_none")]
     pub max_sessions_per_identity: Option<u64>,
     /// The HTTPS listener; absent: plain HTTP only.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<tls::TlsConfig>,
     /// Serve plain HTTP on `listen` (turn off to offer HTTPS only).
     pub http_enabled: bool,
     /// Open connections at most; beyond it new connections wait in the listen backlog. At
@@ -208,7 +214,7 @@ pub enum StorageConfig {
     #[default]
     Fs,
     /// Sessions under the bucket's `prefix`, uploads under each vdir's `root` used as a key prefix.
-    S3(crate::store::s3::S3Config),
+    S3(s3::S3Config),
 }
 
 /// The `[admin]` table: a second HTTP listener for operators (`/metrics`, `/healthz`,
@@ -522,7 +528,7 @@ pub struct VdirConfig {
     #[serde(with = "humantime_serde")]
     pub notification_timeout: Duration,
     /// Event hooks (webhook and/or command) for this vdir's sessions: `[vdir.hooks]`.
-    pub hooks: crate::hooks::HooksConfig,
+    pub hooks: hooks::HooksConfig,
     /// Open sessions this vdir may hold at most (all identities); absent or 0: no per-vdir
     /// limit.
     #[serde(deserialize_with = "zero_is_none")]
@@ -675,7 +681,7 @@ impl Default for VdirConfig {
             notification_type: NotificationType::None,
             notification_url: None,
             notification_timeout: Duration::from_secs(300),
-            hooks: crate::hooks::HooksConfig::default(),
+            hooks: hooks::HooksConfig::default(),
             max_open_sessions: None,
             max_sessions_per_identity: None,
             notification_base: None,
@@ -696,7 +702,7 @@ pub enum ConfigError {
     #[error("vdir[{0}].max_fragment_size (prefix {1:?}): must be at least 1")]
     ZeroFragmentSize(usize, String),
     #[error("vdir[{0}].{1}")]
-    BadHooks(usize, crate::hooks::HookConfigError),
+    BadHooks(usize, hooks::HookConfigError),
     #[error("spool_dir {spool:?} and vdir[{index}].root {root:?} must not contain one another")]
     SpoolOverlapsRoot {
         index: usize,
@@ -829,7 +835,7 @@ impl ServerConfig {
             }
             if self.vdirs[..i]
                 .iter()
-                .any(|o| crate::target::same_prefix(&o.prefix, p))
+                .any(|o| crate::prefix::same_prefix(&o.prefix, p))
             {
                 return Err(ConfigError::DuplicatePrefix(i, p.clone()));
             }

@@ -15,7 +15,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::engine::SessionEvent;
+use crate::event::SessionEvent;
 
 /// Buckets of `bitsd_request_duration_seconds`: a Fragment of tens of MiB from a slow client
 /// takes minutes.

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::auth::AuthMode;
+use crate::config::AuthMode;
 
 /// How a principal was authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

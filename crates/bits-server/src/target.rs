@@ -3,6 +3,7 @@
 use percent_encoding::percent_decode_str;
 
 use crate::config::VdirConfig;
+use crate::prefix::{prefix_segments, same_segment};
 
 /// Where a request points: which vdir, and the file below its root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,25 +112,6 @@ impl CanonicalPath {
     pub fn segments(&self) -> &[String] {
         &self.segments
     }
-}
-
-/// The segments of a vdir prefix (`/a/b/` → `["a", "b"]`; `/` → none).
-pub fn prefix_segments(prefix: &str) -> impl Iterator<Item = &str> {
-    prefix.split('/').filter(|s| !s.is_empty())
-}
-
-/// Whether two vdir prefixes name the same place (segment by segment, as routing compares
-/// them): such a pair would make routing ambiguous.
-pub fn same_prefix(a: &str, b: &str) -> bool {
-    let (a, b): (Vec<&str>, Vec<&str>) =
-        (prefix_segments(a).collect(), prefix_segments(b).collect());
-    a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| same_segment(x, y))
-}
-
-/// Whether two segments are the same name for routing: compared case-insensitively, as IIS
-/// does (Unicode simple upper-casing, so `ı` and `i` both match `I`).
-fn same_segment(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b) || a.to_uppercase() == b.to_uppercase()
 }
 
 /// Whether `path` lies under the vdir `prefix`, compared segment by segment.
@@ -375,14 +357,6 @@ mod tests {
         assert_eq!(resolve("/x.bin", &v).map(|t| t.vdir), Ok(2));
         // The vdir itself without its slash names no file (not a file `nested` under `/`).
         assert_eq!(resolve("/nested", &v), Err(TargetError::NoVdir));
-    }
-
-    #[test]
-    fn prefixes_equal_under_routing_are_the_same_prefix() {
-        assert!(same_prefix("/Upload/", "/upload/"));
-        assert!(same_prefix("/stra\u{df}e/", "/STRASSE/"));
-        assert!(same_prefix("/a//b/", "/a/b/"));
-        assert!(!same_prefix("/a/", "/a/b/"));
     }
 
     #[test]

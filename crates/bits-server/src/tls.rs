@@ -9,23 +9,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig as RustlsConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::{Deserialize, Serialize};
 
-/// The `[tls]` table.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Address of the HTTPS listener.
-    pub listen: std::net::SocketAddr,
-    /// PEM certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// PEM CA certificates for client certificates. When set, every TLS client must present a
-    /// certificate issued by one of them: a BITS job that supplies none would fail anyway when
-    /// a server merely asks for one (spec §14).
-    pub client_ca: Option<PathBuf>,
-}
+// Defined with the rest of the config, which must not import the listener's TLS code.
+pub use crate::config::tls::TlsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

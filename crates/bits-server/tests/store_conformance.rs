@@ -546,9 +546,31 @@ macro_rules! run_cases {
     }};
 }
 
+/// What a backend says of itself: whether other nodes share its records (the engine then
+/// reconciles its registry with the store), and what operators are shown of it.
+async fn capabilities(b: &Backend) {
+    let info = b.data.info();
+    match b.kind {
+        Kind::Fs => {
+            assert!(!b.sessions.shared(), "one node's spool is its own");
+            assert_eq!(info.backend, "fs");
+            let dir = info.local_dir.expect("the spool is a local directory");
+            assert_eq!(dir.display().to_string(), info.location);
+        }
+        Kind::S3 => {
+            assert!(b.sessions.shared(), "a farm's bucket is shared");
+            assert_eq!(info.backend, "s3");
+            assert!(info.location.starts_with("s3://"), "{}", info.location);
+            assert!(info.location.ends_with("/spool/"), "{}", info.location);
+            assert_eq!(info.local_dir, None);
+        }
+    }
+}
+
 async fn conformance(b: &Backend) -> Vec<&'static str> {
     run_cases!(
         b,
+        capabilities,
         create_twice_fails,
         save_load_round_trip,
         list_sessions,

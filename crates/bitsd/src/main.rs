@@ -330,8 +330,9 @@ async fn run(config: Arc<ServerConfig>) -> anyhow::Result<()> {
     );
     let metrics = engine.metrics();
     metrics.set_session_limit(config.max_open_sessions);
-    if matches!(config.storage, bits_server::config::StorageConfig::Fs) {
-        metrics.watch_spool(config.spool_dir.clone());
+    // The spool's free space, where the store keeps its data on a local file system.
+    if let Some(dir) = engine.storage_info().local_dir {
+        metrics.watch_spool(dir);
     }
     if config.admin.listen.is_some() {
         tokio::spawn(watch_storage(engine.clone()));

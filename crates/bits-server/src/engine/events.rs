@@ -7,19 +7,9 @@ use bits_proto::SessionId;
 
 use super::locks::SessionLocks;
 use crate::config::ServerConfig;
+use crate::event::SessionEvent;
 use crate::hooks::{EventKind, HookEvent, Hooks, Owed, OwedSettled};
 use crate::store::{SessionRecord, SessionState, SessionStore};
-
-/// What happened to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEvent {
-    Created,
-    /// All bytes held and published at the destination.
-    Completed,
-    Closed,
-    Cancelled,
-    Expired,
-}
 
 impl super::Engine {
     /// Called after the change is durable; never fails and never waits on observers.

@@ -176,8 +176,9 @@ impl Engine {
 
     /// Whether other nodes may change the store behind this node's back (a farm on object
     /// storage): then the registry is only a cache of the store and is reconciled with it.
+    /// The store says so ([`SessionStore::shared`]), not the config's backend name.
     pub(super) fn shared_store(&self) -> bool {
-        matches!(self.config.storage, crate::config::StorageConfig::S3(_))
+        self.sessions.shared()
     }
 
     /// How often the registry is reconciled with the store; `None` where it is not shared (one

@@ -23,7 +23,8 @@ use crate::store::{
 };
 use crate::target::UploadTarget;
 
-pub use events::SessionEvent;
+// Defined below the engine so that metrics can count events without importing the engine.
+pub use crate::event::SessionEvent;
 pub use lifecycle::{RecoveryReport, SweepReport};
 use locks::{SessionGuard, SessionLocks};
 pub use operator::AdminCancel;

@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 
 use super::{Engine, SessionEvent, SweepReport};
 use crate::error::BitsError;
-use crate::store::{SessionRecord, SessionState};
+use crate::store::{SessionRecord, SessionState, StorageInfo};
 
 /// Records a listing reads at once.
 const LISTING_READS: usize = 32;
@@ -132,6 +132,11 @@ impl Engine {
     }
 
     /// Whether storage answers at all (a cheap call), for readiness checks.
+    /// What operators are shown of the storage (backend, location, local directory).
+    pub fn storage_info(&self) -> StorageInfo {
+        self.data.info()
+    }
+
     pub async fn probe_storage(&self) -> Result<(), BitsError> {
         self.sessions.probe().await?;
         Ok(self.data.probe().await?)

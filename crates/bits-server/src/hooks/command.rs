@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::config::HooksConfig;
 use super::event::EventKind;
+use crate::config::hooks::HooksConfig;
 
 /// How much of a failing command's standard error is kept for the log.
 const STDERR_LOG_LIMIT: usize = 2048;

@@ -5,50 +5,12 @@
 //! Plain data with no dependency on the queue or the transports, so that the storage layer can
 //! persist a [`PendingEvent`] without depending on the hook runtime.
 
-use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// The upload events a hook can be told about.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A client created an upload session (Create-Session succeeded).
-    SessionCreated,
-    /// An upload was completed and published at its destination.
-    UploadCompleted,
-    /// The client cancelled the session.
-    SessionCancelled,
-    /// The session timed out and was deleted by the cleanup sweep.
-    SessionExpired,
-}
-
-impl EventKind {
-    /// Every kind, the default of `hooks.events`.
-    pub const ALL: [EventKind; 4] = [
-        EventKind::SessionCreated,
-        EventKind::UploadCompleted,
-        EventKind::SessionCancelled,
-        EventKind::SessionExpired,
-    ];
-
-    /// The name used in the config, the JSON and the `X-Bitsd-Event` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::SessionCreated => "session_created",
-            EventKind::UploadCompleted => "upload_completed",
-            EventKind::SessionCancelled => "session_cancelled",
-            EventKind::SessionExpired => "session_expired",
-        }
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// Defined with the `[vdir.hooks]` table, whose `events` list names them.
+pub use crate::config::hooks::EventKind;
 
 /// One event, as sent (JSON) to every target.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -45,20 +45,21 @@
 //! by their caller until their settle callback has run, so a restart emits them again under
 //! the same id; a deferred one is emitted again by the redo, or by the next start.
 //!
-//! Where each concern lives: [`config`] (the `[vdir.hooks]` table and the secret file),
+//! Where each concern lives: [`crate::config::hooks`] (the `[vdir.hooks]` table, the event
+//! kinds and the secret file; plain config data below this module),
 //! [`event`] (the event model, and the [`PendingEvent`] the session record keeps), `queue.rs`
 //! (the lanes, workers, retries and counters), `webhook.rs` and `command.rs` (one attempt
 //! each).
 
 mod command;
-pub mod config;
 pub mod event;
 mod queue;
 #[cfg(test)]
 mod testing;
 mod webhook;
 
-pub use config::{HookConfigError, HooksConfig};
+// The table is config data, defined below the hook runtime so that the config imports no hooks.
+pub use crate::config::hooks::{HookConfigError, HooksConfig};
 pub use event::{EventKind, HookEvent, PendingEvent};
 pub use queue::{
     HookStats, Hooks, Owed, OwedRedo, OwedSettled, DEFAULT_QUEUE_CAPACITY, OWED_LANE_CAPACITY,

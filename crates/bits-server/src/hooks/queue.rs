@@ -15,9 +15,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::command;
-use super::config::HooksConfig;
 use super::event::{EventKind, HookEvent};
 use super::webhook::WebhookClient;
+use crate::config::hooks::HooksConfig;
 
 /// Attempts (HTTP requests or command runs) in progress at once, across all events.
 const MAX_CONCURRENT_ATTEMPTS: usize = 16;

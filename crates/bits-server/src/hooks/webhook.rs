@@ -7,8 +7,8 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::config::{secret_from_file_bytes, HooksConfig};
 use super::event::EventKind;
+use crate::config::hooks::{secret_from_file_bytes, HooksConfig};
 
 /// `sha256=<hex HMAC-SHA256(key, body)>`.
 fn signature(key: &[u8], body: &[u8]) -> Result<String, String> {

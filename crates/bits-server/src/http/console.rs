@@ -17,7 +17,6 @@ use http::header::{
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use crate::config::StorageConfig;
 use crate::engine::Engine;
 
 const PAGE: &str = include_str!("console/index.html");
@@ -67,27 +66,17 @@ pub async fn activity_json(engine: &Engine) -> Value {
     let config = engine.config();
     let snapshot = engine.activity().snapshot(engine.clock_ms());
     let ready = engine.probe_storage().await;
-    let storage = match &config.storage {
-        StorageConfig::Fs => {
-            let (free, total) = space(&config.spool_dir).unzip();
-            json!({
-                "backend": "fs",
-                "location": config.spool_dir.display().to_string(),
-                "ready": ready.is_ok(),
-                "error": ready.as_ref().err().map(|e| e.to_string()),
-                "free_bytes": free,
-                "total_bytes": total,
-            })
-        }
-        StorageConfig::S3(s3) => json!({
-            "backend": "s3",
-            "location": format!("s3://{}/{}", s3.bucket, s3.prefix),
-            "ready": ready.is_ok(),
-            "error": ready.as_ref().err().map(|e| e.to_string()),
-            "free_bytes": null,
-            "total_bytes": null,
-        }),
-    };
+    // The store says what it is and where; free space only where it has a local directory.
+    let info = engine.storage_info();
+    let (free, total) = info.local_dir.as_deref().and_then(space).unzip();
+    let storage = json!({
+        "backend": info.backend,
+        "location": info.location,
+        "ready": ready.is_ok(),
+        "error": ready.as_ref().err().map(|e| e.to_string()),
+        "free_bytes": free,
+        "total_bytes": total,
+    });
     let vdirs: Vec<Value> = config
         .vdirs
         .iter()

@@ -38,16 +38,14 @@ use super::sessions_db::SessionsDb;
 use super::vectored;
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, Held, PublishedFile,
-    Representation, SessionRecord, StoreError, WriteOutcome,
+    Representation, SessionRecord, StorageInfo, StoreError, WriteOutcome, DEFAULT_BODY_BUDGET,
+    PARTIAL_PREFIX,
 };
 
 /// Bytes gathered from the network before one positioned write; two such batches are in flight
 /// at most (one being filled, one being written), which bounds memory per request. Across
 /// requests, [`BodyBudget`] bounds it.
 const WRITE_CHUNK: usize = 1 << 20;
-
-/// Default of `max_buffered_body_bytes`.
-pub const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
 
 /// Opens the spool at `spool` for the file system backend: its session database and its data
 /// store, converting a spool of the earlier one-directory-per-session layout first.
@@ -61,6 +59,8 @@ pub fn open_local(spool: &Path, fsync: bool) -> Result<(Arc<SessionsDb>, FsStore
 
 #[derive(Clone)]
 pub struct FsStore {
+    /// The spool directory as configured (for operators: [`StorageInfo`]).
+    spool: PathBuf,
     data: PathBuf,
     fsync: bool,
     budget: Arc<BodyBudget>,
@@ -98,6 +98,7 @@ impl FsStore {
             File::open(&data)?.sync_all()?;
         }
         Ok(FsStore {
+            spool: spool.to_path_buf(),
             data,
             fsync,
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
@@ -254,10 +255,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| StoreError::Io(io::Error::other(e)))?
 }
-
-/// Prefix of the temporary copy made next to a destination when the spool is on another
-/// file system; such files are never served.
-pub(crate) const PARTIAL_PREFIX: &str = ".bits-partial-";
 
 /// Whether the kernel lacks `openat2` (Linux < 5.6, or a seccomp filter that hides it); then
 /// [`open_beneath`] walks component by component.
@@ -721,6 +718,14 @@ fn probe_blocking(dir: &Path, fsync: bool, min_free: Option<u64>) -> Result<(), 
 
 #[async_trait]
 impl DataStore for FsStore {
+    fn info(&self) -> StorageInfo {
+        StorageInfo {
+            backend: "fs",
+            location: self.spool.display().to_string(),
+            local_dir: Some(self.spool.clone()),
+        }
+    }
+
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
         let dest = dest.clone();
         quick(move || inspect_blocking(&dest))

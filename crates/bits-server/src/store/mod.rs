@@ -205,6 +205,15 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn save_ended(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         self.save(rec).await
     }
+    /// Whether other nodes may change these records behind this node's back (a farm on shared
+    /// object storage). Then the engine treats its registry of open sessions as a cache: it
+    /// reconciles it with the store (`registry_refresh_interval`), checks a refusal against the
+    /// store before giving it, and rereads a record before a fragment is acknowledged.
+    ///
+    /// Required, with no default: a shared backend that took a default of `false` would
+    /// compile and silently turn farm reconciliation off, and a default of `true` would make
+    /// every single-node store pay for reads it never needs. Each backend answers it.
+    fn shared(&self) -> bool;
     /// Forgets the record entirely.
     async fn remove(&self, id: SessionId) -> Result<(), StoreError>;
     /// Forgets an ended record (a tombstone). It may skip making the removal durable: a
@@ -247,8 +256,23 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
+/// What operators are shown of a store (the console's storage panel, the spool metrics), so
+/// that nothing above the store matches on the backend's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageInfo {
+    /// The backend's name in the config (`fs`, `s3`).
+    pub backend: &'static str,
+    /// Where the data lives, for people (the spool directory, `s3://bucket/prefix`).
+    pub location: String,
+    /// The local directory whose file system's free space is shown and watched; `None` where
+    /// the data is not on a local file system.
+    pub local_dir: Option<std::path::PathBuf>,
+}
+
 #[async_trait]
 pub trait DataStore: Send + Sync + 'static {
+    /// What operators are shown of this store. Required: every backend can say what it is.
+    fn info(&self) -> StorageInfo;
     /// A cheap check that the store answers (for the admin listener's `/readyz`), where the
     /// data lives apart from the records.
     async fn probe(&self) -> Result<(), StoreError> {
@@ -412,12 +436,21 @@ pub trait PublishedFile: Send + Sync {
     async fn read(&self, range: std::ops::Range<u64>) -> Result<ByteStream, StoreError>;
 }
 
+/// Default of `max_buffered_body_bytes`, for a store built without the config (both backends
+/// start from it).
+pub const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
+
+/// Prefix of the temporary copy made next to a destination when the spool is on another
+/// file system; such files are never served. Here rather than in `fs.rs`, which makes them,
+/// because [`is_internal_name`] holds the rule for every backend.
+pub(crate) const PARTIAL_PREFIX: &str = ".bits-partial-";
+
 /// Whether `rel_path` names (or lies below) one of the server's temporary copies next to a
 /// destination: these are never served, on any backend.
 pub fn is_internal_name(rel_path: &str) -> bool {
     rel_path
         .split('/')
-        .any(|seg| seg.starts_with(fs::PARTIAL_PREFIX))
+        .any(|seg| seg.starts_with(PARTIAL_PREFIX))
 }
 
 /// An owned byte stream read from storage.

@@ -544,6 +544,11 @@ fn apply(txn: &WriteTransaction, change: &Change) -> Result<Result<(), StoreErro
 
 #[async_trait]
 impl SessionStore for SessionsDb {
+    /// One node's own database: no other process writes it.
+    fn shared(&self) -> bool {
+        false
+    }
+
     async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let bytes = Self::encode(rec)?;
         self.submit(Change::Create(key(rec.id), bytes, IndexKeys::of(rec)))

@@ -67,22 +67,21 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-mod config;
 mod index;
 mod multipart;
 mod parts;
 mod read;
 mod streamed;
 
-pub use config::S3Config;
+pub use crate::config::s3::S3Config;
 use multipart::{pieces, Cached, Stop};
 use parts::{cover, cover_from, parse_part_name, Part, Segment};
 
 use super::budget::{BodyBudget, Reservation};
-use super::fs::DEFAULT_BODY_BUDGET;
+use super::DEFAULT_BODY_BUDGET;
 use super::{
     BodyStream, ByteStream, DataStore, Destination, DestinationState, PublishedFile,
-    Representation, SessionRecord, SessionStore, StoreError, WriteOutcome,
+    Representation, SessionRecord, SessionStore, StorageInfo, StoreError, WriteOutcome,
 };
 
 /// The largest buffer one body fills before storing it: the S3 minimum size of a multipart
@@ -117,6 +116,8 @@ pub struct S3Store {
     bucket: String,
     /// The key prefix, as a path.
     root: Path,
+    /// `s3://bucket/prefix` as configured, for operators ([`StorageInfo`]).
+    location: String,
     /// The ETag of each open session's record as this store last wrote or read it, for
     /// conditional saves.
     etags: Mutex<Etags>,
@@ -353,6 +354,7 @@ impl S3Store {
             .map_err(|e| StoreError::Io(io::Error::other(e)))?;
         Ok(S3Store {
             store: Arc::new(store),
+            location: format!("s3://{}/{}", cfg.bucket, cfg.prefix),
             bucket: cfg.bucket,
             root: Path::from(cfg.prefix.as_str()),
             etags: Mutex::new(Etags::default()),
@@ -784,6 +786,11 @@ impl S3Store {
 
 #[async_trait]
 impl SessionStore for S3Store {
+    /// The bucket is the farm's: every node writes the same records.
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn create(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let opts = PutOptions::from(PutMode::Create);
         let stale = self.mark_before_save(rec).await?;
@@ -896,6 +903,14 @@ impl SessionStore for S3Store {
 
 #[async_trait]
 impl DataStore for S3Store {
+    fn info(&self) -> StorageInfo {
+        StorageInfo {
+            backend: "s3",
+            location: self.location.clone(),
+            local_dir: None,
+        }
+    }
+
     /// Object stores have no directories: a destination is a file or absent.
     async fn inspect(&self, dest: &Destination) -> Result<DestinationState, StoreError> {
         match self.store.head(&Self::dest_key(dest)?).await {
@@ -1232,8 +1247,8 @@ impl DataStore for S3Store {
 
 #[cfg(test)]
 mod tests {
-    use super::config::{default_region, default_request_timeout, default_retry_timeout};
     use super::*;
+    use crate::config::s3::{default_region, default_request_timeout, default_retry_timeout};
 
     #[test]
     fn published_keys_are_the_raw_names() {

@@ -1,5 +1,6 @@
-//! The per-vdir `[vdir.hooks]` table ([`HooksConfig`]), its validation, and the webhook
-//! secret file.
+//! The per-vdir `[vdir.hooks]` table ([`HooksConfig`]), the event kinds it names
+//! ([`EventKind`]), its validation, and the webhook secret file. Plain data below the hook
+//! runtime (`hooks/`), which builds itself from it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,45 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::event::EventKind;
+/// The upload events a hook can be told about.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A client created an upload session (Create-Session succeeded).
+    SessionCreated,
+    /// An upload was completed and published at its destination.
+    UploadCompleted,
+    /// The client cancelled the session.
+    SessionCancelled,
+    /// The session timed out and was deleted by the cleanup sweep.
+    SessionExpired,
+}
+
+impl EventKind {
+    /// Every kind, the default of `hooks.events`.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::SessionCreated,
+        EventKind::UploadCompleted,
+        EventKind::SessionCancelled,
+        EventKind::SessionExpired,
+    ];
+
+    /// The name used in the config, the JSON and the `X-Bitsd-Event` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SessionCreated => "session_created",
+            EventKind::UploadCompleted => "upload_completed",
+            EventKind::SessionCancelled => "session_cancelled",
+            EventKind::SessionExpired => "session_expired",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The per-vdir `[vdir.hooks]` table. Hooks are off unless `webhook_url` or `command` is set.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -188,7 +227,7 @@ fn check_webhook_url(url: &str) -> Result<(), HookConfigError> {
 }
 
 /// The key in a secret file: its bytes less one trailing `\n` or `\r\n`.
-pub(super) fn secret_from_file_bytes(mut bytes: Vec<u8>) -> Vec<u8> {
+pub(crate) fn secret_from_file_bytes(mut bytes: Vec<u8>) -> Vec<u8> {
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {

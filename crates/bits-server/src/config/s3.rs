@@ -1,4 +1,5 @@
-//! The `[storage] backend = "s3"` table.
+//! The `[storage] backend = "s3"` table (plain data; the S3 store in `store/s3/` builds itself
+//! from it).
 
 use std::fmt;
 use std::time::Duration;
@@ -37,19 +38,19 @@ pub struct S3Config {
     pub max_retries: usize,
 }
 
-pub(super) fn default_region() -> String {
+pub(crate) fn default_region() -> String {
     "us-east-1".into()
 }
 
-pub(super) fn default_request_timeout() -> Duration {
+pub(crate) fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-pub(super) fn default_retry_timeout() -> Duration {
+pub(crate) fn default_retry_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
-pub(super) fn default_max_retries() -> usize {
+pub(crate) fn default_max_retries() -> usize {
     5
 }
 
