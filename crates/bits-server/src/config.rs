@@ -217,6 +217,19 @@ pub enum StorageConfig {
     S3(s3::S3Config),
 }
 
+impl StorageConfig {
+    /// Whether the store is a service reached over the network (that may start after this
+    /// node and is waited for at start-up), as opposed to a local directory (whose errors are
+    /// the operator's to fix, and stop the start). Exhaustive on purpose: a new backend must
+    /// answer it.
+    pub fn is_network_service(&self) -> bool {
+        match self {
+            StorageConfig::Fs => false,
+            StorageConfig::S3(_) => true,
+        }
+    }
+}
+
 /// The `[admin]` table: a second HTTP listener for operators (`/metrics`, `/healthz`,
 /// `/readyz`, `/admin/...`, `/console`). It can list every session (paths, owners, client
 /// addresses) and cancel any of them, so keep it on loopback or a management network.

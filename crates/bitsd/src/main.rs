@@ -420,7 +420,7 @@ async fn open_when_reachable(
     const LAST_RETRY: Duration = Duration::from_secs(30);
     let failed = match bits_server::open_engine(config.clone()).await {
         Ok(opened) => return Ok(opened),
-        Err(e) if matches!(config.storage, bits_server::config::StorageConfig::S3(_)) => e,
+        Err(e) if config.storage.is_network_service() => e,
         Err(e) => {
             return Err(anyhow::Error::new(e)
                 .context(format!("opening spool {}", config.spool_dir.display())))

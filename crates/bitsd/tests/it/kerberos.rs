@@ -705,10 +705,10 @@ fn finding11_channel_bindings_stop_a_tls_relay() {
             "/tests/it/apps/gss_tls_client.py"
         ))
         .args(["localhost", &port.to_string(), &path, mode]);
-        // A client that ends without printing a status never got an answer (a loaded CI
-        // machine once reset the relay's connection before the first request); that is a
-        // failure of the harness, not an answer from bitsd, so it is tried again and its
-        // error kept for the message if it never answers.
+        // A client that ends without printing a status never got an answer: a failure of the
+        // harness, not an answer from bitsd (the relay once read and wrote one SSL socket from
+        // two threads and stalled under load; it uses one thread per connection now, and the
+        // client a 20 s timeout). It is tried again, its error kept for the message.
         let mut errors = String::new();
         for _ in 0..3 {
             let out = cmd.output().expect("python3 with gssapi");

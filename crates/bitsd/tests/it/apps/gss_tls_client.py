@@ -19,7 +19,7 @@ mode = sys.argv[4] if len(sys.argv) > 4 else "bindings"
 tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 tls.check_hostname = False
 tls.verify_mode = ssl.CERT_NONE
-conn = http.client.HTTPSConnection("127.0.0.1", port, context=tls)
+conn = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=20)
 conn.connect()
 cert = conn.sock.getpeercert(binary_form=True)
 bindings = None
