@@ -45,6 +45,7 @@ impl super::Engine {
         }
         let mut hook = HookEvent::new(
             kind,
+            self.now_ms(),
             rec.id.to_string(),
             rec.vdir.clone(),
             rec.destination.path.clone(),
@@ -94,14 +95,14 @@ impl Owing {
         if !vdir.hooks.wants(EventKind::UploadCompleted) {
             return Owed::NotWanted;
         }
-        let hook = HookEvent::new(
+        let hook = HookEvent::owed(
             EventKind::UploadCompleted,
+            pending,
             rec.id.to_string(),
             rec.vdir.clone(),
             rec.destination.path.clone(),
             rec.owner.as_ref().map(|p| p.name().to_string()),
-        )
-        .as_pending(pending);
+        );
         let settled = self.clear_pending_hook(rec.id, pending.id.clone());
         hooks.emit_owed(
             &Arc::new(vdir.hooks.clone()),

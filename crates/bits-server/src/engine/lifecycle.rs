@@ -2,7 +2,7 @@
 //! and (on a store shared by a farm) reconciling this node's registry with the store.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bits_proto::SessionId;
 
@@ -36,7 +36,8 @@ struct Refreshing<'a>(&'a Engine, bool);
 
 impl Drop for Refreshing<'_> {
     fn drop(&mut self) {
-        self.0.registry().end_refresh(self.1, Instant::now());
+        let now = self.0.clock.mono();
+        self.0.registry().end_refresh(self.1, now);
     }
 }
 
@@ -198,7 +199,7 @@ impl Engine {
         &self,
         gap: Duration,
     ) -> Result<Option<RefreshReport>, BitsError> {
-        if !self.registry().begin_refresh(gap, Instant::now()) {
+        if !self.registry().begin_refresh(gap, self.clock.mono()) {
             return Ok(None);
         }
         let forced = !gap.is_zero();

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bits_proto::SessionId;
 
@@ -44,7 +44,8 @@ pub struct Registry {
     ended_elsewhere: HashSet<SessionId>,
     /// When the last refresh forced by a refusal ended without dropping anything, and whether
     /// a refresh is running (one at a time).
-    last_fruitless_refresh: Option<Instant>,
+    /// On the engine's monotonic clock (`Clock::mono`).
+    last_fruitless_refresh: Option<Duration>,
     refreshing: bool,
     /// While the registry is built from the store in the background: the sessions requests
     /// touched meanwhile. Their entries are current; what the build read of them may not be.
@@ -184,7 +185,7 @@ impl Registry {
     /// Claims the right to run a refresh: none is running, and no refresh forced by a refusal
     /// dropped nothing within `gap` (one that freed something may be followed at once: the
     /// view was stale). Released by [`Registry::end_refresh`].
-    pub fn begin_refresh(&mut self, gap: Duration, now: Instant) -> bool {
+    pub fn begin_refresh(&mut self, gap: Duration, now: Duration) -> bool {
         if self.refreshing || self.last_fruitless_refresh.is_some_and(|t| now < t + gap) {
             return false;
         }
@@ -193,7 +194,7 @@ impl Registry {
     }
 
     /// `fruitless`: a refresh forced by a refusal dropped nothing (the refusal stood).
-    pub fn end_refresh(&mut self, fruitless: bool, now: Instant) {
+    pub fn end_refresh(&mut self, fruitless: bool, now: Duration) {
         self.refreshing = false;
         if fruitless {
             self.last_fruitless_refresh = Some(now);
@@ -436,7 +437,7 @@ mod tests {
     fn one_refresh_at_a_time_and_fruitless_ones_spaced() {
         let mut r = Registry::default();
         let gap = Duration::from_secs(1);
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(100);
         assert!(r.begin_refresh(gap, t0));
         assert!(!r.begin_refresh(gap, t0), "one at a time");
         r.end_refresh(false, t0);

@@ -169,7 +169,7 @@ impl Engine {
         rec.state = SessionState::Committed;
         // The completion event is owed from here on: recorded in the same durable save.
         if vdir.hooks.wants(crate::hooks::EventKind::UploadCompleted) {
-            rec.pending_hook = Some(crate::hooks::PendingEvent::now());
+            rec.pending_hook = Some(crate::hooks::PendingEvent::at(self.now_ms()));
         }
         self.sessions.save(rec).await?;
         if publish {

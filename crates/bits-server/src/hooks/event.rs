@@ -43,25 +43,43 @@ pub struct PendingEvent {
 }
 
 impl PendingEvent {
-    pub fn now() -> PendingEvent {
+    /// A fresh id, at `now_ms` (milliseconds since the Unix epoch, from the engine's clock).
+    pub fn at(now_ms: u64) -> PendingEvent {
         PendingEvent {
             id: uuid::Uuid::new_v4().to_string(),
-            time: rfc3339(SystemTime::now()),
+            time: rfc3339_ms(now_ms),
         }
     }
 }
 
 impl HookEvent {
-    /// This event under the id and time of `pending` (a redelivery after a restart).
-    pub fn as_pending(mut self, pending: &PendingEvent) -> Self {
-        self.id.clone_from(&pending.id);
-        self.time.clone_from(&pending.time);
-        self
+    /// The event `pending` names (a redelivery after a restart): its id and time.
+    pub fn owed(
+        event: EventKind,
+        pending: &PendingEvent,
+        session: String,
+        vdir: String,
+        destination: String,
+        identity: Option<String>,
+    ) -> Self {
+        HookEvent {
+            id: pending.id.clone(),
+            event,
+            time: pending.time.clone(),
+            session,
+            vdir,
+            destination,
+            identity,
+            size: None,
+            sha256: None,
+        }
     }
 
-    /// An event happening now, with a fresh id.
+    /// An event happening at `now_ms` (milliseconds since the Unix epoch, from the engine's
+    /// clock), with a fresh id.
     pub fn new(
         event: EventKind,
+        now_ms: u64,
         session: String,
         vdir: String,
         destination: String,
@@ -70,7 +88,7 @@ impl HookEvent {
         HookEvent {
             id: uuid::Uuid::new_v4().to_string(),
             event,
-            time: rfc3339(SystemTime::now()),
+            time: rfc3339_ms(now_ms),
             session,
             vdir,
             destination,
@@ -86,6 +104,11 @@ impl HookEvent {
         self.sha256 = Some(sha256.to_ascii_lowercase());
         self
     }
+}
+
+/// `ms` since the Unix epoch as [`rfc3339`] prints it.
+fn rfc3339_ms(ms: u64) -> String {
+    rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
 /// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (times before 1970 print as 1970).

@@ -84,6 +84,7 @@ pub(super) fn command(argv: &[&str]) -> HooksConfig {
 pub(super) fn event(kind: EventKind) -> HookEvent {
     HookEvent::new(
         kind,
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
         "{7B1D3C5E-0000-4000-8000-000000000001}".into(),
         "/upload/".into(),
         "dir/file.bin".into(),
