@@ -177,7 +177,7 @@ impl Engine {
     /// Whether other nodes may change the store behind this node's back (a farm on object
     /// storage): then the registry is only a cache of the store and is reconciled with it.
     pub(super) fn shared_store(&self) -> bool {
-        matches!(self.config.storage, crate::config::StorageConfig::S3(_))
+        self.config.storage.is_shared()
     }
 
     /// How often the registry is reconciled with the store; `None` where it is not shared (one

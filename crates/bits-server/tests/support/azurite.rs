@@ -98,7 +98,10 @@ impl Azurite {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = me.child.try_wait() {
-                return Err(format!("azurite exited early ({status}):\n{}", me.log_tail()));
+                return Err(format!(
+                    "azurite exited early ({status}):\n{}",
+                    me.log_tail()
+                ));
             }
             let last = match me.create_container(container) {
                 Ok(201) | Ok(409) => break,
@@ -152,8 +155,7 @@ impl Azurite {
     }
 
     pub fn log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("azurite.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.path().join("azurite.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }

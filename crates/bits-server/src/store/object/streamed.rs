@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use object_store::signer::Method;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{next_chunk, End};
@@ -47,53 +46,28 @@ impl SentPart {
     }
 }
 
-/// Where a part goes and how long its answer may take once its bytes are sent.
-pub(super) struct PartTarget<'a> {
-    pub http: &'a reqwest_s3::Client,
-    pub store: &'a object_store::aws::AmazonS3,
-    pub key: &'a object_store::path::Path,
-    pub upload_id: &'a str,
-    pub number: usize,
-    pub answer_timeout: Duration,
-}
-
 /// Sends the next `len` bytes of `body` (after `carry`) as part `number` of the upload, the
 /// bytes going out as they arrive; a chunk reaching past the part leaves its rest in `carry`.
 /// Budget for the queue is reserved once the body sends something, so a client stalled before
 /// its first byte holds none. On a body failure or early end nothing is stored.
 pub(super) async fn send_part(
-    target: PartTarget<'_>,
+    target: super::flavor::PartRequest,
+    answer_timeout: Duration,
     len: u64,
     body: &mut BodyStream<'_>,
     carry: &mut Option<Bytes>,
     budget: &std::sync::Arc<BodyBudget>,
     patience: Duration,
 ) -> Result<SentPart, StoreError> {
-    use object_store::signer::{SignedUrlOptions, Signer};
     let mut pending = match carry.take() {
         Some(c) => c,
         None => next_chunk(body).await.map_err(ended)?,
     };
     let grant = budget.reserve(WINDOW, WINDOW, patience).await;
-    let opts = SignedUrlOptions::default().with_query([
-        ("partNumber", target.number.to_string()),
-        ("uploadId", target.upload_id.to_string()),
-    ]);
-    // Valid long enough for the slowest body the frontend lets through one part.
-    let url = target
-        .store
-        .signed_url_opts(
-            Method::PUT,
-            target.key,
-            Duration::from_secs(7 * 24 * 3600),
-            &opts,
-        )
-        .await
-        .map_err(super::os_err)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(QUEUED);
+    let known_id = target.content_id;
     let request = target
-        .http
-        .put(url.as_str())
+        .request
         .header(reqwest_s3::header::CONTENT_LENGTH, len)
         .body(reqwest_s3::Body::wrap_stream(stream::unfold(
             rx,
@@ -117,7 +91,9 @@ pub(super) async fn send_part(
                 "UploadPart answered {status}: {snippet}"
             ))));
         }
-        etag.ok_or_else(|| StoreError::Io(io::Error::other("UploadPart answered without an ETag")))
+        known_id
+            .or(etag)
+            .ok_or_else(|| StoreError::Io(io::Error::other("UploadPart answered without an ETag")))
     }));
     let mut left = len;
     loop {
@@ -154,7 +130,7 @@ pub(super) async fn send_part(
     Ok(SentPart {
         answer,
         _grant: grant,
-        timeout: target.answer_timeout,
+        timeout: answer_timeout,
     })
 }
 
