@@ -1,10 +1,12 @@
 //! bitsd's integration tests, one binary: each module talks HTTP to a real `bitsd` process on
-//! loopback (`common`), S3 ones to their own SeaweedFS. Only tests that change this process's
+//! loopback (`common`), S3 ones to their own SeaweedFS, Azure ones to their own Azurite. Only tests that change this process's
 //! environment for the child they start (`json_logs`, `farm_bugs`) are binaries of their own.
 //! Engine behaviour that needs no process runs in-process in `crates/bits-server/tests/engine`.
 
 #[path = "apps/axum_app.rs"]
 mod app;
+#[path = "../../../bits-server/tests/support/azurite.rs"]
+mod azurite;
 mod common;
 #[path = "../../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
@@ -12,6 +14,7 @@ mod seaweed;
 mod seaweed_client;
 
 mod admin;
+mod azure;
 mod boundaries;
 mod capture_replay;
 mod check_config;
