@@ -30,11 +30,11 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder}
 use object_store::multipart::PartId;
 use object_store::path::Path;
 use object_store::signer::{Method, Signer};
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
+use object_store::{BackoffConfig, ClientOptions, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use super::config::{default_max_retries, default_request_timeout, default_retry_timeout};
-use super::flavor::{xml_text, Flavor, PartRequest};
+use super::flavor::{xml_text, Built, Flavor, PartRequest};
 use super::os_err;
 use super::s3::presigned_client;
 use crate::store::StoreError;
@@ -195,9 +195,7 @@ pub(super) const AZURE_SESSION_TAG: &str = "bits_session";
 
 impl AzureFlavor {
     /// Builds the client (no request is made).
-    pub(super) fn build(
-        cfg: &AzureConfig,
-    ) -> Result<(Arc<dyn ObjectStore>, Arc<dyn Flavor>), StoreError> {
+    pub(super) fn build(cfg: &AzureConfig) -> Result<Built, StoreError> {
         let invalid = |e: String| StoreError::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
         cfg.check().map_err(invalid)?;
         crate::tls::install_crypto_provider();

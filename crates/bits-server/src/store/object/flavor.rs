@@ -21,6 +21,12 @@ use object_store::PutPayload;
 
 use crate::store::StoreError;
 
+/// A backend's client for everything object_store does, and its flavour for the rest.
+pub(super) type Built = (
+    std::sync::Arc<dyn object_store::ObjectStore>,
+    std::sync::Arc<dyn Flavor>,
+);
+
 /// A part request ready to send but for its body and `Content-Length`.
 pub(super) struct PartRequest {
     pub request: reqwest_s3::RequestBuilder,

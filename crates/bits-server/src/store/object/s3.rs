@@ -13,11 +13,11 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{HeaderName, HeaderValue, Method, SignedUrlOptions, Signer};
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, PutMultipartOptions,
-    PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, PutMultipartOptions, PutPayload,
+    RetryConfig,
 };
 
-use super::flavor::{xml_text, Flavor, PartRequest};
+use super::flavor::{xml_text, Built, Flavor, PartRequest};
 use super::{os_err, S3Config, MIN_PART, SESSION_TAG};
 use crate::store::StoreError;
 
@@ -46,9 +46,7 @@ pub(super) fn presigned_client(
 
 impl S3Flavor {
     /// Builds the client (no request is made).
-    pub(super) fn build(
-        cfg: &S3Config,
-    ) -> Result<(Arc<dyn ObjectStore>, Arc<dyn Flavor>), StoreError> {
+    pub(super) fn build(cfg: &S3Config) -> Result<Built, StoreError> {
         crate::tls::install_crypto_provider();
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
