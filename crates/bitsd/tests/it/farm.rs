@@ -1,8 +1,9 @@
 //! A farm: three bitsd nodes on one SeaweedFS bucket, and the same on one Azurite container.
 //! Fragments go to nodes chosen at random, some are retried on a second node while the first
-//! still holds a stalled copy, one node is SIGKILLed mid-way; every file must land byte-identical and no fragment object may remain
-//! after Close-Session. Then an upload-reply session spread over the surviving nodes, and every
-//! file read back from each surviving node by GET, by Range and by HEAD.
+//! still holds a stalled copy, one node is SIGKILLed mid-way; every file must land
+//! byte-identical and no fragment object may remain after Close-Session. Then an upload-reply
+//! session spread over the surviving nodes, and every file read back from each surviving node
+//! by GET, by Range and by HEAD.
 
 use crate::common::*;
 use sha2::{Digest, Sha256};
