@@ -230,6 +230,18 @@ impl StorageConfig {
         self.object_prefix().is_some()
     }
 
+    /// Where the sessions live, for the console: the spool directory's config key, or the
+    /// object store's URL with the session prefix.
+    pub fn location(&self) -> String {
+        match self {
+            StorageConfig::Fs => "spool_dir".into(),
+            StorageConfig::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+            StorageConfig::Azure(a) => {
+                format!("azure://{}/{}/{}", a.account, a.container, a.prefix)
+            }
+        }
+    }
+
     /// The backend's name in `[storage] backend`.
     pub fn backend_name(&self) -> &'static str {
         match self {

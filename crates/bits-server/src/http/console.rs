@@ -79,17 +79,10 @@ pub async fn activity_json(engine: &Engine) -> Value {
                 "total_bytes": total,
             })
         }
-        StorageConfig::Azure(azure) => json!({
-            "backend": "azure",
-            "location": format!("azure://{}/{}/{}", azure.account, azure.container, azure.prefix),
-            "ready": ready.is_ok(),
-            "error": ready.as_ref().err().map(|e| e.to_string()),
-            "free_bytes": null,
-            "total_bytes": null,
-        }),
-        StorageConfig::S3(s3) => json!({
-            "backend": "s3",
-            "location": format!("s3://{}/{}", s3.bucket, s3.prefix),
+        // Object storage: no free space to report.
+        other => json!({
+            "backend": other.backend_name(),
+            "location": other.location(),
             "ready": ready.is_ok(),
             "error": ready.as_ref().err().map(|e| e.to_string()),
             "free_bytes": null,
