@@ -1,10 +1,11 @@
-//! Multipart parts sent while their bytes arrive: a presigned UploadPart whose request body is
-//! fed from the fragment body through a small bounded channel. A part is stored while it is
+//! Parts sent while their bytes arrive: a presigned UploadPart (S3) or Put Block (Azure) whose
+//! request body is fed from the fragment body through a small bounded channel. A part is stored while it is
 //! received rather than after, so ingest runs at the slower of the client and the bucket
 //! instead of their sum, and a fragment holds a window of memory, not a whole part.
 //!
 //! The request carries the part's exact `Content-Length`: a body that ends early or fails
-//! makes the request end short (or fail), and S3 stores no part for an incomplete request.
+//! makes the request end short (or fail), and neither S3 nor Azure stores a part (block) for an
+//! incomplete request.
 
 use std::io;
 use std::time::Duration;
@@ -88,7 +89,7 @@ pub(super) async fn send_part(
             let text = response.text().await.unwrap_or_default();
             let snippet: String = text.chars().take(300).collect();
             return Err(StoreError::Io(io::Error::other(format!(
-                "UploadPart answered {status}: {snippet}"
+                "the part request (UploadPart, Put Block) answered {status}: {snippet}"
             ))));
         }
         known_id
@@ -138,7 +139,9 @@ pub(super) async fn send_part(
 async fn early_answer(answer: AbortOnDropHandle<Result<String, StoreError>>) -> StoreError {
     match answer.await {
         Ok(Err(e)) => e,
-        Ok(Ok(_)) => StoreError::Io(io::Error::other("UploadPart answered before its body")),
+        Ok(Ok(_)) => StoreError::Io(io::Error::other(
+            "the part request answered before its body",
+        )),
         Err(e) => StoreError::Io(io::Error::other(e)),
     }
 }
