@@ -154,6 +154,33 @@ impl Azurite {
             .ok_or_else(|| std::io::Error::other(format!("bad answer: {text}")))
     }
 
+    /// A service SAS token for the whole container (read, add, create, write, delete, list;
+    /// expires in 2099), for testing `sas_token`.
+    #[allow(dead_code)]
+    pub fn container_sas(&self) -> String {
+        let (version, perms, expiry) = ("2023-11-03", "racwdl", "2099-01-01T00:00:00Z");
+        let to_sign = format!(
+            "{perms}\n\n{expiry}\n/blob/{ACCOUNT}/{}\n\n\n\n{version}\nc\n\n\n\n\n\n\n",
+            self.container
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(KEY)
+            .expect("account key");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("hmac key");
+        mac.update(to_sign.as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let sig: String = sig
+            .chars()
+            .map(|c| match c {
+                '+' => "%2B".to_string(),
+                '/' => "%2F".to_string(),
+                '=' => "%3D".to_string(),
+                c => c.to_string(),
+            })
+            .collect();
+        format!("sv={version}&sp={perms}&se={expiry}&sr=c&sig={sig}")
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("azurite.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
