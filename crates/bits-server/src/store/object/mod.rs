@@ -1,6 +1,11 @@
-//! Object-storage backend (S3 API, checked against SeaweedFS): records and upload data are
-//! objects below a key prefix; an upload is published by completing a multipart upload at the
-//! destination key.
+//! The object-storage backend, shared by S3 (`backend = "s3"`, checked against SeaweedFS) and
+//! Azure Blob Storage (`backend = "azure"`, checked against Azurite): records and upload data
+//! are objects below a key prefix; an upload is published by completing a multipart upload at
+//! the destination key (on Azure: committing the destination blob's blocks). Everything here
+//! goes through object_store's `ObjectStore` and works the same on both; what differs (the
+//! multipart upload, streamed parts, the conditional completion, the smallest part: 5 MiB on
+//! S3, 1 byte on Azure) is behind [`flavor::Flavor`], in `s3.rs` and `azure.rs`. "Multipart
+//! upload" and "part" below mean blocks on Azure.
 //!
 //! ```text
 //! <prefix>/sessions/<uuid>/meta.json        the SessionRecord (create-only put, then If-Match updates)
@@ -17,7 +22,7 @@
 //! ```
 //!
 //! Objects cannot be appended to, so every fragment write is its own object (a standalone part),
-//! or, for a fragment of at least 5 MiB that starts exactly where the multipart parts end (on a
+//! or, for a fragment of at least the smallest part that starts exactly where the multipart parts end (on a
 //! vdir without notification: the engine calls [`DataStore::write_for_destination`]), one or more parts of the session's
 //! multipart upload, which is created at the destination key. `held` reconstructs the
 //! contiguous coverage from the marker and part names. BITS data for a range never changes, so
