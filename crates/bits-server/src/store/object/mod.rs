@@ -4,7 +4,7 @@
 //! the destination key (on Azure: committing the destination blob's blocks). Everything here
 //! goes through object_store's `ObjectStore` and works the same on both; what differs (the
 //! multipart upload, streamed parts, the conditional completion, the smallest part: 5 MiB on
-//! S3, 1 byte on Azure) is behind [`flavor::Flavor`], in `s3.rs` and `azure.rs`. "Multipart
+//! S3, 1 byte on Azure) is behind the `Flavor` trait (`flavor.rs`), in `s3.rs` and `azure.rs`. "Multipart
 //! upload" and "part" below mean blocks on Azure.
 //!
 //! ```text
