@@ -2,7 +2,8 @@
 //! test (`azurite.rs`; the tests skip, saying so, when `azurite-blob` is not installed): an
 //! upload through one node published and served with GET/HEAD/Range, and a farm of three
 //! nodes over one container with fragments through any node, racing retries and a node
-//! SIGKILLed mid-upload.
+//! SIGKILLed mid-upload; a node killed with a block half sent; a no-overwrite destination that
+//! appears meanwhile.
 
 use crate::azurite::{Azurite, ACCOUNT, KEY};
 use crate::common::*;
@@ -200,4 +201,114 @@ fn farm_of_three_nodes_with_one_killed() {
     assert_served(&survivors, path, &data);
     Conn::new(addrs[1]).close(path, &sid).assert_ack(200, None);
     assert_served(&survivors, path, &data);
+}
+
+fn put_blob(azurite: &Azurite, key: &str, body: Vec<u8>) {
+    use object_store::{ObjectStoreExt, PutPayload};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(KEY)
+        .with_container_name(&azurite.container)
+        .with_endpoint(azurite.endpoint.clone())
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            client
+                .put(&ObjectPath::parse(key).unwrap(), PutPayload::from(body))
+                .await
+                .unwrap();
+        });
+}
+
+/// A node SIGKILLed with most of a fragment's block sent: Azure keeps no block of an
+/// incomplete request, and the client's retry on the other node stores it under the same id.
+#[test]
+fn node_killed_mid_block_the_other_node_finishes() {
+    let Some(azurite) = Azurite::start("bits-kill") else {
+        return;
+    };
+    let config = node_config(&azurite);
+    let mut victim = Server::start_with(&config, false);
+    let survivor = Server::start_with(&config, false);
+    let frag = 6 * MIB;
+    let data = pattern(3 * frag, 43);
+    let total = data.len() as u64;
+    let path = "/upload/killed.bin";
+    let created = Conn::new(victim.addr).create(path);
+    created.assert_ack(200, None);
+    let sid = created.session();
+    Conn::new(victim.addr)
+        .fragment(path, &sid, 0, &data[..frag], total)
+        .assert_ack(200, None);
+    let mut c = Conn::new(victim.addr);
+    let range = format!("bytes {}-{}/{}", frag, 2 * frag - 1, total);
+    let cl = frag.to_string();
+    let headers = [
+        ("BITS-Packet-Type", "Fragment"),
+        ("BITS-Session-Id", sid.as_str()),
+        ("Content-Range", range.as_str()),
+        ("Content-Length", cl.as_str()),
+    ];
+    c.write_raw(&request_bytes("BITS_POST", path, &headers, b""));
+    c.write_raw(&data[frag..frag + 5 * MIB + MIB / 2]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    victim.kill();
+    let mut acked = frag as u64;
+    while acked < total {
+        let end = (acked as usize + frag).min(data.len());
+        let r =
+            Conn::new(survivor.addr).fragment(path, &sid, acked, &data[acked as usize..end], total);
+        r.assert_ack(200, None);
+        acked = r.received().unwrap();
+    }
+    assert_served(&[&survivor], path, &data);
+    Conn::new(survivor.addr)
+        .close(path, &sid)
+        .assert_ack(200, None);
+}
+
+/// On a vdir without overwrites, a blob published at the name by someone else while the
+/// session is open makes the completing fragment a conflict on every node (`Put Block List`
+/// with `If-None-Match: *`), and the other blob stays as it is.
+#[test]
+fn no_overwrite_destination_appearing_meanwhile_is_a_conflict() {
+    let Some(azurite) = Azurite::start("bits-conflict") else {
+        return;
+    };
+    let config = node_config(&azurite);
+    let nodes = [
+        Server::start_with(&config, false),
+        Server::start_with(&config, false),
+    ];
+    let frag = 2 * MIB;
+    let data = pattern(2 * frag + 1000, 45);
+    let total = data.len() as u64;
+    let path = "/upload/taken.bin";
+    let created = Conn::new(nodes[0].addr).create(path);
+    created.assert_ack(200, None);
+    let sid = created.session();
+    Conn::new(nodes[0].addr)
+        .fragment(path, &sid, 0, &data[..frag], total)
+        .assert_ack(200, None);
+    Conn::new(nodes[1].addr)
+        .fragment(path, &sid, frag as u64, &data[frag..2 * frag], total)
+        .assert_ack(200, None);
+    let theirs = b"somebody else's file".to_vec();
+    put_blob(&azurite, "uploads/taken.bin", theirs.clone());
+    for node in &nodes {
+        let r =
+            Conn::new(node.addr).fragment(path, &sid, 2 * frag as u64, &data[2 * frag..], total);
+        assert_eq!(r.status, 409, "through {}: {:?}", node.addr, r.headers);
+        let got = get(node, path, &[]);
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, theirs);
+    }
+    Conn::new(nodes[1].addr).cancel(path, &sid);
+    assert_eq!(get(&nodes[0], path, &[]).body, theirs);
 }
