@@ -28,6 +28,21 @@ if ! command -v weed >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# The Azure storage tests run the Azure backend against Azurite (`azurite-blob`, npm package
+# `azurite`), installed below ~/.cache/bitsd/azurite (or $AZURITE_DIR) where the tests look for it.
+AZURITE_DIR="${AZURITE_DIR:-$HOME/.cache/bitsd/azurite}"
+export AZURITE_DIR
+if ! command -v azurite-blob >/dev/null 2>&1 && ! [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "installing Azurite (azurite-blob) for the Azure storage tests in $AZURITE_DIR" >&2
+    mkdir -p "$AZURITE_DIR"
+    (cd "$AZURITE_DIR" && npm install --no-audit --no-fund --silent azurite@3.37.0 >/dev/null)
+  fi
+  if ! [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+    echo "could not install Azurite: run 'npm install azurite@3.37.0' in $AZURITE_DIR (needs Node.js and npm)" >&2
+    exit 1
+  fi
+fi
 # The Kerberos tests run an MIT KDC on loopback, curl --negotiate and MIT's GSSAPI from Python
 # (python3-gssapi, for the system python3; gss-ntlmssp for NTLM inside SPNEGO) against bitsd.
 if { ! command -v krb5kdc >/dev/null 2>&1 && ! [ -x /usr/sbin/krb5kdc ]; } \

@@ -9,17 +9,22 @@
 //!
 //! `cargo run --release -p bench -- publish` uploads 2 GiB in 8 MiB fragments through one node
 //! on SeaweedFS: the publishing (final) Ack against the median Fragment Ack, and ingest
-//! against a raw S3 PUT of the same bytes.
+//! against a raw S3 PUT of the same bytes. `publish-azure` is its twin on Azurite (512 MiB by
+//! default): the final Ack (one `Put Block List`) against the median Fragment Ack, and the
+//! node's peak memory.
 //!
 //! `small`, `idle`, `download` and `cpu` measure many small uploads, memory of idle sessions,
 //! GET throughput against `cat`, and instructions per MiB ingested; `all` runs everything.
 
+#[path = "../../crates/bits-server/tests/support/azurite.rs"]
+mod azurite;
 mod cpu;
 mod download;
 mod farm;
 mod idle;
 mod plot;
 mod publish;
+mod publish_azure;
 mod report;
 #[path = "../../crates/bits-server/tests/support/seaweed.rs"]
 mod seaweed;
@@ -90,6 +95,19 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         fragment_mib: u64,
         /// Runs (upload and raw PUT each); medians are reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+    /// `publish` on Azure Blob Storage (Azurite): median Fragment Ack, the final (publishing)
+    /// Ack, ingest against sequential Put Blocks, and the node's peak memory.
+    PublishAzure {
+        /// Upload size in MiB.
+        #[arg(long, default_value_t = 512)]
+        mib: u64,
+        /// Fragment size in MiB.
+        #[arg(long, default_value_t = 8)]
+        fragment_mib: u64,
+        /// Runs; medians are reported.
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
@@ -187,6 +205,11 @@ fn main() -> Result<()> {
             fragment_mib,
             runs,
         } => print(publish::publish(mib, fragment_mib, runs)),
+        Cmd::PublishAzure {
+            mib,
+            fragment_mib,
+            runs,
+        } => print(publish_azure::publish_azure(mib, fragment_mib, runs)),
         Cmd::Small {
             uploads,
             clients,

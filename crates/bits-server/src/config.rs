@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 // The tables other modules build themselves from, kept here so that the config imports none
 // of them (the module graph test, tests/module_graph.rs, holds the arrows one way).
+pub mod azure;
 pub mod hooks;
 pub mod s3;
 pub mod tls;
@@ -215,6 +216,9 @@ pub enum StorageConfig {
     Fs,
     /// Sessions under the bucket's `prefix`, uploads under each vdir's `root` used as a key prefix.
     S3(s3::S3Config),
+    /// Azure Blob Storage: sessions under the container's `prefix`, uploads under each vdir's
+    /// `root` used as a blob name prefix.
+    Azure(azure::AzureConfig),
 }
 
 impl StorageConfig {
@@ -225,7 +229,43 @@ impl StorageConfig {
     pub fn is_network_service(&self) -> bool {
         match self {
             StorageConfig::Fs => false,
-            StorageConfig::S3(_) => true,
+            StorageConfig::S3(_) | StorageConfig::Azure(_) => true,
+        }
+    }
+
+    /// The session prefix of an object-storage backend (S3 or Azure, whose roots are key
+    /// prefixes compared as names); `None` for the file system.
+    pub fn object_prefix(&self) -> Option<&str> {
+        match self {
+            StorageConfig::Fs => None,
+            StorageConfig::S3(s3) => Some(&s3.prefix),
+            StorageConfig::Azure(azure) => Some(&azure.prefix),
+        }
+    }
+
+    /// Whether several nodes may share the store (a farm): every object-storage backend.
+    pub fn is_shared(&self) -> bool {
+        self.object_prefix().is_some()
+    }
+
+    /// Where the sessions live, for the console: the spool directory's config key, or the
+    /// object store's URL with the session prefix.
+    pub fn location(&self) -> String {
+        match self {
+            StorageConfig::Fs => "spool_dir".into(),
+            StorageConfig::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+            StorageConfig::Azure(a) => {
+                format!("azure://{}/{}/{}", a.account, a.container, a.prefix)
+            }
+        }
+    }
+
+    /// The backend's name in `[storage] backend`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            StorageConfig::Fs => "fs",
+            StorageConfig::S3(_) => "s3",
+            StorageConfig::Azure(_) => "azure",
         }
     }
 }
@@ -736,8 +776,10 @@ pub enum ConfigError {
     BadNotificationUrl(usize, String),
     #[error("vdir[{0}].host_id (prefix {1:?}): must be a host name or IP literal of at most 300 characters")]
     BadHostId(usize, String),
-    #[error("vdir[{0}] (prefix {1:?}): notification_type = \"by_reference\" is not supported with [storage] backend = \"s3\": it hands the server application local file paths (BITS-Request-DataFile-Name, BITS-Response-DataFile-Name), and object storage has none; use notification_type = \"by_value\"")]
-    UnsupportedOnS3(usize, String),
+    #[error("vdir[{0}] (prefix {1:?}): notification_type = \"by_reference\" is not supported with [storage] backend = \"{2}\": it hands the server application local file paths (BITS-Request-DataFile-Name, BITS-Response-DataFile-Name), and object storage has none; use notification_type = \"by_value\"")]
+    UnsupportedOnS3(usize, String, &'static str),
+    #[error("[storage] backend = \"azure\": {0}")]
+    BadAzure(String),
     #[error("public_url {0:?}: must look like http://host[:port] or https://host[:port], without a path")]
     BadPublicUrl(String),
     #[error("vdir[{a}].root {root_a:?} and vdir[{b}].root {root_b:?} overlap, but the vdirs differ in who may use them (auth, users_file, ntlm_domain, keytab, service_principal, kerberos_realms, require_tls or download_enabled): files would cross between them")]
@@ -758,9 +800,9 @@ pub enum ConfigError {
     #[error("vdir[{0}].notification_base (prefix {1:?}): must look like http://host[:port], without a path")]
     BadNotificationBase(usize, String),
     #[error(
-        "vdir[{0}].root {1:?}: `..` is not a segment of an object key ([storage] backend = \"s3\")"
+        "vdir[{0}].root {1:?}: `..` is not a segment of an object key ([storage] backend = \"{2}\")"
     )]
-    DotDotInS3Root(usize, PathBuf),
+    DotDotInS3Root(usize, PathBuf, &'static str),
     #[error("max_tombstones must be at least 1")]
     ZeroTombstones,
     #[error("{0} = 0: must be at least 1 ({1}: it cannot be switched off; 0 means \"no limit\" only for limits that can)")]
@@ -809,6 +851,9 @@ impl ServerConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let StorageConfig::Azure(azure) = &self.storage {
+            azure.check().map_err(ConfigError::BadAzure)?;
+        }
         if self.cleanup_interval < Duration::from_secs(1) {
             return Err(ConfigError::CleanupInterval);
         }
@@ -884,10 +929,12 @@ impl ServerConfig {
                     return Err(ConfigError::BadHostId(i, p.clone()));
                 }
             }
-            if matches!(self.storage, StorageConfig::S3(_))
-                && v.notification_type == NotificationType::ByReference
-            {
-                return Err(ConfigError::UnsupportedOnS3(i, p.clone()));
+            if self.storage.is_shared() && v.notification_type == NotificationType::ByReference {
+                return Err(ConfigError::UnsupportedOnS3(
+                    i,
+                    p.clone(),
+                    self.storage.backend_name(),
+                ));
             }
             if v.max_fragment_size == 0 {
                 return Err(ConfigError::ZeroFragmentSize(i, p.clone()));
@@ -903,10 +950,14 @@ impl ServerConfig {
             v.hooks
                 .validate()
                 .map_err(|e| ConfigError::BadHooks(i, e))?;
-            if matches!(self.storage, StorageConfig::S3(_))
+            if self.storage.is_shared()
                 && v.root.to_string_lossy().split('/').any(|seg| seg == "..")
             {
-                return Err(ConfigError::DotDotInS3Root(i, v.root.clone()));
+                return Err(ConfigError::DotDotInS3Root(
+                    i,
+                    v.root.clone(),
+                    self.storage.backend_name(),
+                ));
             }
             let root = self.location(&v.root_base());
             if let (Some(capture), StorageConfig::Fs) = (&self.capture_dir, &self.storage) {
@@ -921,12 +972,12 @@ impl ServerConfig {
             // A per-user base may contain the spool (`X/{user}` beside `X/spool`): then only
             // the user named like the spool is refused, by `storage_root`.
             let per_user = v.is_per_user();
-            if let StorageConfig::S3(s3) = &self.storage {
-                if overlaps_s3_sessions(&v.root_base(), &s3.prefix, per_user) {
+            if let Some(prefix) = self.storage.object_prefix() {
+                if overlaps_s3_sessions(&v.root_base(), prefix, per_user) {
                     return Err(ConfigError::RootOverlapsS3Sessions {
                         index: i,
                         root: v.root.to_string_lossy().into_owned(),
-                        prefix: s3.prefix.clone(),
+                        prefix: prefix.to_string(),
                     });
                 }
             } else if root.starts_with(&spool) || (!per_user && spool.starts_with(&root)) {
@@ -1020,9 +1071,9 @@ impl ServerConfig {
         }
         let overlaps = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
         let normal = self.location(&root);
-        let crosses_storage = match &self.storage {
-            StorageConfig::S3(s3) => overlaps_s3_sessions(&root, &s3.prefix, false),
-            StorageConfig::Fs => overlaps(&normal, &normalize(&self.spool_dir)),
+        let crosses_storage = match self.storage.object_prefix() {
+            Some(prefix) => overlaps_s3_sessions(&root, prefix, false),
+            None => overlaps(&normal, &normalize(&self.spool_dir)),
         };
         let crosses_vdir = self.vdirs.iter().enumerate().any(|(j, o)| {
             if j == index || o.access_policy() == vdir.access_policy() {
@@ -1083,9 +1134,9 @@ impl ServerConfig {
     /// `uploads`, `./uploads/` and `uploads//` are all the key prefix `uploads/`), whatever
     /// the working directory.
     fn location(&self, p: &Path) -> PathBuf {
-        match self.storage {
-            StorageConfig::Fs => normalize(p),
-            StorageConfig::S3(_) => key_location(p),
+        match self.storage.object_prefix() {
+            None => normalize(p),
+            Some(_) => key_location(p),
         }
     }
 }
@@ -1474,7 +1525,7 @@ mod tests {
     #[test]
     fn s3_roots_are_compared_as_keys_whatever_the_working_directory() {
         use crate::config::AuthMode::{Anonymous, Basic};
-        let s3: crate::store::s3::S3Config =
+        let s3: crate::store::object::S3Config =
             toml::from_str("bucket = \"b\"\naccess_key = \"a\"\nsecret_key = \"s\"").unwrap();
         let mut private = vdir("/private/", "uploads-private", Basic);
         private.download_enabled = true;

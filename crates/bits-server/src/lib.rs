@@ -51,12 +51,21 @@ pub async fn open_engine(
             }
             config::StorageConfig::S3(s3) => {
                 let s3 = Arc::new(
-                    store::s3::S3Store::new(s3.clone())
+                    store::object::ObjectBackend::s3(s3.clone())
                         .map_err(std::io::Error::other)?
                         .with_body_budget(config.max_buffered_body_bytes, config.body_idle_timeout),
                 );
                 s3.prepare_index().await.map_err(std::io::Error::other)?;
                 (s3.clone(), s3)
+            }
+            config::StorageConfig::Azure(azure) => {
+                let azure = Arc::new(
+                    store::object::ObjectBackend::azure(azure.clone())
+                        .map_err(std::io::Error::other)?
+                        .with_body_budget(config.max_buffered_body_bytes, config.body_idle_timeout),
+                );
+                azure.prepare_index().await.map_err(std::io::Error::other)?;
+                (azure.clone(), azure)
             }
         };
     // Every storage call is timed into the engine's metrics.

@@ -6,7 +6,7 @@ mod budget;
 pub mod dirsync;
 pub mod fs;
 pub mod instrumented;
-pub mod s3;
+pub mod object;
 pub mod sessions_db;
 mod vectored;
 

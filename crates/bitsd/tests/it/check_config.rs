@@ -240,6 +240,29 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         &["storage", "missing field `bucket`"],
     ),
     (
+        "azure backend with two credential sources",
+        "[storage]\nbackend = \"azure\"\naccount = \"a\"\ncontainer = \"bits\"\naccess_key = \"a2V5\"\n\
+         use_azure_identity = true\n",
+        &["azure", "exactly one of access_key, sas_token and use_azure_identity"],
+    ),
+    (
+        "azure backend with an invalid container name",
+        "[storage]\nbackend = \"azure\"\naccount = \"a\"\ncontainer = \"Bits_1\"\nsas_token = \"sv=1&sig=x\"\n",
+        &["azure", "container \"Bits_1\""],
+    ),
+    (
+        "azure backend with by-reference notification (needs local files)",
+        "[storage]\nbackend = \"azure\"\naccount = \"a\"\ncontainer = \"bits\"\nuse_azure_identity = true\n\
+         [[vdir]]\nnotification_type = \"by_reference\"\nnotification_url = \"http://127.0.0.1:1/\"\n",
+        &["vdir[0]", "by_reference", "backend = \"azure\""],
+    ),
+    (
+        "azure root inside the session blobs",
+        "[storage]\nbackend = \"azure\"\naccount = \"a\"\ncontainer = \"bits\"\nprefix = \"spool\"\n\
+         use_azure_identity = true\n[[vdir]]\nroot = \"./spool//sessions/x\"\n",
+        &["vdir[0].root", "overlaps the session objects"],
+    ),
+    (
         "unknown storage backend",
         "[storage]\nbackend = \"nfs\"\n",
         &["storage.backend", "nfs"],
@@ -324,6 +347,7 @@ fn plain_examples_pass() {
     for name in [
         "single-node.toml",
         "farm.toml",
+        "farm-azure.toml",
         "from-iis.toml",
         "../debian/bitsd.toml",
     ] {

@@ -1,8 +1,9 @@
-//! A farm: three bitsd nodes on one SeaweedFS bucket. Fragments go to nodes chosen at random,
-//! some are retried on a second node while the first still holds a stalled copy, one node is
-//! SIGKILLed mid-way; every file must land byte-identical and no fragment object may remain
-//! after Close-Session. Then an upload-reply session spread over the surviving nodes, and every
-//! file read back from each surviving node by GET, by Range and by HEAD.
+//! A farm: three bitsd nodes on one SeaweedFS bucket, and the same on one Azurite container.
+//! Fragments go to nodes chosen at random, some are retried on a second node while the first
+//! still holds a stalled copy, one node is SIGKILLed mid-way; every file must land
+//! byte-identical and no fragment object may remain after Close-Session. Then an upload-reply
+//! session spread over the surviving nodes, and every file read back from each surviving node
+//! by GET, by Range and by HEAD.
 
 use crate::common::*;
 use sha2::{Digest, Sha256};
@@ -29,11 +30,10 @@ impl Rng {
     }
 }
 
-fn node_config(endpoint: &str, bucket: &str, notify_url: &str, events: &Path) -> String {
+fn node_config(storage: &str, notify_url: &str, events: &Path) -> String {
     format!(
         "session_lock_timeout = \"2s\"\nbody_idle_timeout = \"2s\"\n\
-         [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nprefix = \"spool\"\n\
-         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
+         {storage}\
          [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = true\n\
          [vdir.hooks]\ncommand = [\"sh\", \"-c\", \"cat >> {events}\"]\nevents = [\"upload_completed\"]\n\
          [[vdir]]\nprefix = \"/reply/\"\nroot = \"replies\"\ndownload_enabled = false\n\
@@ -56,16 +56,44 @@ fn try_bits(
 #[test]
 fn three_nodes_share_sessions_on_seaweedfs() {
     let weed = seaweed::SeaweedFs::start("bits-farm");
+    let storage = format!(
+        "[storage]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\nprefix = \"spool\"\n\
+         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n",
+        weed.endpoint, weed.bucket
+    );
+    three_nodes_share_sessions(&storage, Box::new(weed.client()));
+}
+
+/// The same farm, the same assertions, on Azure Blob Storage (Azurite).
+#[test]
+fn three_nodes_share_sessions_on_azurite() {
+    use crate::azurite::{Azurite, ACCOUNT, KEY};
+    let Some(azurite) = Azurite::start("bits-farm") else {
+        return;
+    };
+    let storage = format!(
+        "[storage]\nbackend = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{}\"\n\
+         prefix = \"spool\"\naccess_key = \"{KEY}\"\nendpoint = \"{}\"\nallow_http = true\n",
+        azurite.container, azurite.endpoint
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(KEY)
+        .with_container_name(&azurite.container)
+        .with_endpoint(azurite.endpoint.clone())
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    three_nodes_share_sessions(&storage, Box::new(client));
+}
+
+fn three_nodes_share_sessions(storage: &str, store: Box<dyn ObjectStore>) {
     let application = app::App::start(app::Behaviour::default());
     // Every node appends its upload_completed events (JSON lines) to one file.
     let events_dir = tempfile::tempdir().unwrap();
     let events_file = events_dir.path().join("events.jsonl");
-    let config = node_config(
-        &weed.endpoint,
-        &weed.bucket,
-        &application.url("/notify"),
-        &events_file,
-    );
+    let config = node_config(storage, &application.url("/notify"), &events_file);
     let mut nodes: Vec<Server> = (0..3).map(|_| Server::start_with(&config, false)).collect();
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     let mut alive = vec![true; 3];
@@ -310,7 +338,6 @@ fn three_nodes_share_sessions_on_seaweedfs() {
     }
 
     // Every file is in the bucket, byte for byte; no fragment objects are left.
-    let store = weed.client();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,4 +1,4 @@
-//! Published files served from object storage: SeaweedFS + two bitsd nodes with
+//! Published files served from object storage: SeaweedFS (and Azurite) + two bitsd nodes with
 //! `download_enabled = true`. Files uploaded through either node are answered by both with the
 //! same GET/HEAD/Range/If-Range/ETag/multipart/304/416 behaviour as on the file system, and
 //! names the server keeps for itself are never served.
@@ -8,12 +8,11 @@ use crate::common::*;
 use crate::seaweed;
 
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-fn node_config(endpoint: &str, bucket: &str) -> String {
+fn node_config(storage: &str) -> String {
     format!(
-        "[storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nprefix = \"spool\"\n\
-         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
+        "{storage}\
          [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = true\n\
          max_fragment_size = 16777216\n"
     )
@@ -189,9 +188,42 @@ fn check_file(node: std::net::SocketAddr, path: &str, data: &[u8]) -> String {
 
 #[test]
 fn published_files_are_served_from_object_storage_by_every_node() {
-    let started = std::time::Instant::now();
     let weed = seaweed::SeaweedFs::start("bits-downloads");
-    let config = node_config(&weed.endpoint, &weed.bucket);
+    let storage = format!(
+        "[storage]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\nprefix = \"spool\"\n\
+         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n",
+        weed.endpoint, weed.bucket
+    );
+    served_by_every_node(&storage, Box::new(weed.client()));
+}
+
+/// The same downloads, the same assertions, from Azure Blob Storage (Azurite).
+#[test]
+fn published_files_are_served_from_azure_by_every_node() {
+    use crate::azurite::{Azurite, ACCOUNT, KEY};
+    let Some(azurite) = Azurite::start("bits-downloads") else {
+        return;
+    };
+    let storage = format!(
+        "[storage]\nbackend = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{}\"\n\
+         prefix = \"spool\"\naccess_key = \"{KEY}\"\nendpoint = \"{}\"\nallow_http = true\n",
+        azurite.container, azurite.endpoint
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(KEY)
+        .with_container_name(&azurite.container)
+        .with_endpoint(azurite.endpoint.clone())
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    served_by_every_node(&storage, Box::new(client));
+}
+
+fn served_by_every_node(storage: &str, store: Box<dyn ObjectStore>) {
+    let started = std::time::Instant::now();
+    let config = node_config(storage);
     let nodes: Vec<Server> = (0..2).map(|_| Server::start_with(&config, false)).collect();
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
 
@@ -224,7 +256,6 @@ fn published_files_are_served_from_object_storage_by_every_node() {
 
     // Names the server keeps for itself, planted in the bucket where a download could reach
     // them, and what is not a file.
-    let store = weed.client();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

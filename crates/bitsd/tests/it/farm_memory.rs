@@ -1,4 +1,4 @@
-//! Memory of an S3 node under many concurrent fragments: every fragment body buffered for the
+//! Memory of an S3 node (and of an Azure one, on Azurite) under many concurrent fragments: every fragment body buffered for the
 //! object store draws from the server-wide body budget (`max_buffered_body_bytes`), so 100
 //! concurrent 5 MB fragments, each its own session, keep the node's peak RSS bounded, and
 //! every upload still lands byte-identical.
@@ -17,11 +17,32 @@ const PEAK_LIMIT_KIB: u64 = 256 << 10;
 #[test]
 fn hundred_concurrent_s3_fragments_stay_within_the_body_budget() {
     let weed = seaweed::SeaweedFs::start("bits-memory");
-    let config = format!(
+    let storage = format!(
         "[storage]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\nprefix = \"spool\"\n\
-         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n\
-         [[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = true\n",
+         access_key = \"any\"\nsecret_key = \"any\"\nallow_http = true\n",
         weed.endpoint, weed.bucket
+    );
+    hundred_concurrent_fragments(&storage, "S3");
+}
+
+/// The same on Azure: each fragment streamed into a block of its destination blob.
+#[test]
+fn hundred_concurrent_azure_fragments_stay_within_the_body_budget() {
+    use crate::azurite::{Azurite, ACCOUNT, KEY};
+    let Some(azurite) = Azurite::start("bits-memory") else {
+        return;
+    };
+    let storage = format!(
+        "[storage]\nbackend = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{}\"\n\
+         prefix = \"spool\"\naccess_key = \"{KEY}\"\nendpoint = \"{}\"\nallow_http = true\n",
+        azurite.container, azurite.endpoint
+    );
+    hundred_concurrent_fragments(&storage, "Azure");
+}
+
+fn hundred_concurrent_fragments(storage: &str, backend: &str) {
+    let config = format!(
+        "{storage}[[vdir]]\nprefix = \"/upload/\"\nroot = \"uploads\"\ndownload_enabled = true\n"
     );
     let server = Server::start_with(&config, false);
     let addr = server.addr;
@@ -59,7 +80,7 @@ fn hundred_concurrent_s3_fragments_stay_within_the_body_budget() {
     let elapsed = started.elapsed();
     let peak = server.peak_rss_kib();
     eprintln!(
-        "farm_memory: {SESSIONS} concurrent {LEN}-byte fragments on S3 in {:.1} s: \
+        "farm_memory: {SESSIONS} concurrent {LEN}-byte fragments on {backend} in {:.1} s: \
          peak RSS {} MiB before, {} MiB after (limit {} MiB)",
         elapsed.as_secs_f64(),
         before >> 10,

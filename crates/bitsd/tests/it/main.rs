@@ -1,10 +1,13 @@
 //! bitsd's integration tests, one binary: each module talks HTTP to a real `bitsd` process on
-//! loopback (`common`), S3 ones to their own SeaweedFS. A server's environment is set for its
-//! process only (`Server::start_full`), never for this one, so every test lives in this binary.
+//! loopback (`common`), S3 ones to their own SeaweedFS, Azure ones to their own Azurite. A
+//! server's environment is set for its process only (`Server::start_full`), never for this
+//! one, so every test lives in this binary.
 //! Engine behaviour that needs no process runs in-process in `crates/bits-server/tests/engine`.
 
 #[path = "apps/axum_app.rs"]
 mod app;
+#[path = "../../../bits-server/tests/support/azurite.rs"]
+mod azurite;
 mod common;
 #[path = "../../../bits-server/tests/support/seaweed.rs"]
 mod seaweed;
@@ -12,6 +15,7 @@ mod seaweed;
 mod seaweed_client;
 
 mod admin;
+mod azure;
 mod boundaries;
 mod capture_replay;
 mod check_config;

@@ -1,6 +1,11 @@
-//! Object-storage backend (S3 API, checked against SeaweedFS): records and upload data are
-//! objects below a key prefix; an upload is published by completing a multipart upload at the
-//! destination key.
+//! The object-storage backend, shared by S3 (`backend = "s3"`, checked against SeaweedFS) and
+//! Azure Blob Storage (`backend = "azure"`, checked against Azurite): records and upload data
+//! are objects below a key prefix; an upload is published by completing a multipart upload at
+//! the destination key (on Azure: committing the destination blob's blocks). Everything here
+//! goes through object_store's `ObjectStore` and works the same on both; what differs (the
+//! multipart upload, streamed parts, the conditional completion, the smallest part: 5 MiB on
+//! S3, 1 byte on Azure) is behind the `Flavor` trait (`flavor.rs`), in `s3.rs` and `azure.rs`. "Multipart
+//! upload" and "part" below mean blocks on Azure.
 //!
 //! ```text
 //! <prefix>/sessions/<uuid>/meta.json        the SessionRecord (create-only put, then If-Match updates)
@@ -17,7 +22,7 @@
 //! ```
 //!
 //! Objects cannot be appended to, so every fragment write is its own object (a standalone part),
-//! or, for a fragment of at least 5 MiB that starts exactly where the multipart parts end (on a
+//! or, for a fragment of at least the smallest part that starts exactly where the multipart parts end (on a
 //! vdir without notification: the engine calls [`DataStore::write_for_destination`]), one or more parts of the session's
 //! multipart upload, which is created at the destination key. `held` reconstructs the
 //! contiguous coverage from the marker and part names. BITS data for a range never changes, so
@@ -56,24 +61,26 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, BoxStream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder, S3CopyIfNotExists};
-use object_store::multipart::{MultipartStore, PartId};
+use object_store::multipart::PartId;
 use object_store::path::Path;
-use object_store::signer::{HeaderName, HeaderValue, Method, SignedUrlOptions, Signer};
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload,
-    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
-    UpdateVersion,
+    Attribute, Attributes, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, UpdateVersion,
 };
 use serde::{Deserialize, Serialize};
 
+pub mod azure;
+mod flavor;
 mod index;
 mod multipart;
 mod parts;
 mod read;
+mod s3;
 mod streamed;
 
+pub use crate::config::azure::AzureConfig;
 pub use crate::config::s3::S3Config;
+use flavor::Flavor;
 use multipart::{pieces, Cached, Stop};
 use parts::{cover, cover_from, parse_part_name, Part, Segment};
 
@@ -111,13 +118,15 @@ const PACK_PART: u64 = 8 << 20;
 /// session's next save is a plain overwrite, as after a restart.
 const MAX_ETAGS: usize = 65_536;
 
-pub struct S3Store {
-    store: Arc<AmazonS3>,
-    bucket: String,
+pub struct ObjectBackend {
+    store: Arc<dyn ObjectStore>,
+    /// What S3 and Azure do differently: multipart uploads (blocks on Azure), streamed parts,
+    /// the conditional completion.
+    flavor: Arc<dyn Flavor>,
+    /// `s3://bucket` or `azure://account/container`, for logs.
+    location: String,
     /// The key prefix, as a path.
     root: Path,
-    /// `s3://bucket/prefix` as configured, for operators ([`StorageInfo`]).
-    location: String,
     /// The ETag of each open session's record as this store last wrote or read it, for
     /// conditional saves.
     etags: Mutex<Etags>,
@@ -125,12 +134,6 @@ pub struct S3Store {
     budget: Arc<BodyBudget>,
     /// How long a write waits for budget before going on beyond it (`body_idle_timeout`).
     budget_patience: Duration,
-    /// For the requests object_store cannot send, presigned by it and sent as is:
-    /// CompleteMultipartUpload with `If-None-Match: *`, and UploadPart with a streamed body.
-    /// It has no overall timeout (a streamed part lasts as long as its fragment body); each
-    /// request bounds its own wait for an answer by `request_timeout`.
-    http: reqwest_s3::Client,
-    request_timeout: Duration,
     /// The multipart upload of sessions this node wrote to lately, and where its chain of
     /// parts ended then: saves listing `mp/` and reading `mp/upload` on every fragment.
     uploads: Mutex<HashMap<SessionId, Cached>>,
@@ -177,10 +180,10 @@ impl Etags {
     }
 }
 
-impl fmt::Debug for S3Store {
+impl fmt::Debug for ObjectBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Store")
-            .field("bucket", &self.bucket)
+        f.debug_struct("ObjectBackend")
+            .field("location", &self.location)
             .field("prefix", &self.root.as_ref())
             .finish_non_exhaustive()
     }
@@ -276,7 +279,7 @@ async fn settle(
 }
 
 /// Deletes every object below `prefix`.
-async fn delete_below(store: &AmazonS3, prefix: &Path) -> Result<(), StoreError> {
+async fn delete_below(store: &dyn ObjectStore, prefix: &Path) -> Result<(), StoreError> {
     let paths: Vec<Path> = store
         .list(Some(prefix))
         .map_ok(|m| m.location)
@@ -313,64 +316,52 @@ impl Stream for SyncStream {
     }
 }
 
-impl S3Store {
-    /// Builds the client (no request is made).
-    pub fn new(cfg: S3Config) -> Result<S3Store, StoreError> {
-        crate::tls::install_crypto_provider();
-        let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(&cfg.bucket)
-            .with_region(&cfg.region)
-            .with_access_key_id(&cfg.access_key)
-            .with_secret_access_key(&cfg.secret_key)
-            .with_virtual_hosted_style_request(false)
-            .with_copy_if_not_exists(S3CopyIfNotExists::Header(
-                "If-None-Match".into(),
-                "*".into(),
-            ))
-            // The whole client options: `allow_http` is one of them, set here.
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(cfg.allow_http)
-                    .with_timeout(cfg.request_timeout)
-                    .with_connect_timeout(cfg.request_timeout.min(Duration::from_secs(5))),
-            )
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: cfg.max_retries,
-                retry_timeout: cfg.retry_timeout,
-            });
-        if let Some(endpoint) = cfg.endpoint.as_deref().filter(|e| !e.is_empty()) {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let store = builder
-            .build()
-            .map_err(|e| StoreError::Io(io::Error::new(ErrorKind::InvalidInput, e)))?;
-        let http = reqwest_s3::Client::builder()
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest_s3::redirect::Policy::none())
-            .retry(reqwest_s3::retry::never())
-            .no_proxy()
-            .build()
-            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
-        Ok(S3Store {
-            store: Arc::new(store),
-            location: format!("s3://{}/{}", cfg.bucket, cfg.prefix),
-            bucket: cfg.bucket,
-            root: Path::from(cfg.prefix.as_str()),
+impl ObjectBackend {
+    /// The S3 backend; builds the client (no request is made).
+    pub fn s3(cfg: S3Config) -> Result<ObjectBackend, StoreError> {
+        let (store, flavor) = s3::S3Flavor::build(&cfg)?;
+        Ok(Self::with_flavor(
+            store,
+            flavor,
+            format!("s3://{}", cfg.bucket),
+            &cfg.prefix,
+        ))
+    }
+
+    /// The Azure Blob Storage backend; builds the client (no request is made).
+    pub fn azure(cfg: AzureConfig) -> Result<ObjectBackend, StoreError> {
+        let (store, flavor) = azure::AzureFlavor::build(&cfg)?;
+        Ok(Self::with_flavor(
+            store,
+            flavor,
+            format!("azure://{}/{}", cfg.account, cfg.container),
+            &cfg.prefix,
+        ))
+    }
+
+    fn with_flavor(
+        store: Arc<dyn ObjectStore>,
+        flavor: Arc<dyn Flavor>,
+        location: String,
+        prefix: &str,
+    ) -> ObjectBackend {
+        ObjectBackend {
+            store,
+            flavor,
+            location,
+            root: Path::from(prefix),
             etags: Mutex::new(Etags::default()),
             budget: BodyBudget::new(DEFAULT_BODY_BUDGET),
             budget_patience: DEFAULT_BUDGET_PATIENCE,
-            http,
-            request_timeout: cfg.request_timeout,
             uploads: Mutex::new(HashMap::new()),
             known: Mutex::default(),
-        })
+        }
     }
 
     /// Bounds the body bytes all writes of this store buffer in memory together
     /// (`max_buffered_body_bytes`); a write waits up to `patience` (`body_idle_timeout`) for
     /// its share before going on with a minimal piece beyond the bound.
-    pub fn with_body_budget(mut self, bytes: u64, patience: Duration) -> S3Store {
+    pub fn with_body_budget(mut self, bytes: u64, patience: Duration) -> ObjectBackend {
         self.budget = BodyBudget::new(bytes);
         self.budget_patience = patience;
         self
@@ -525,7 +516,7 @@ impl S3Store {
             Ok(r) => {
                 let ours = r
                     .attributes
-                    .get(&Attribute::Metadata(SESSION_TAG.into()))
+                    .get(&Attribute::Metadata(self.flavor.session_tag().into()))
                     .is_some_and(|v| v.as_ref() == id.as_uuid().hyphenated().to_string());
                 Ok(Some(ours))
             }
@@ -764,7 +755,7 @@ impl S3Store {
         }
         let mut attributes = Attributes::new();
         attributes.insert(
-            Attribute::Metadata(SESSION_TAG.into()),
+            Attribute::Metadata(self.flavor.session_tag().into()),
             id.as_uuid().hyphenated().to_string().into(),
         );
         let opts = PutOptions {
@@ -785,8 +776,8 @@ impl S3Store {
 }
 
 #[async_trait]
-impl SessionStore for S3Store {
-    /// The bucket is the farm's: every node writes the same records.
+impl SessionStore for ObjectBackend {
+    /// The bucket (container) is the farm's: every node writes the same records.
     fn shared(&self) -> bool {
         true
     }
@@ -902,11 +893,11 @@ impl SessionStore for S3Store {
 }
 
 #[async_trait]
-impl DataStore for S3Store {
+impl DataStore for ObjectBackend {
     fn info(&self) -> StorageInfo {
         StorageInfo {
-            backend: "s3",
-            location: self.location.clone(),
+            backend: self.flavor.backend(),
+            location: format!("{}/{}", self.location, self.root),
             local_dir: None,
         }
     }
@@ -1083,7 +1074,7 @@ impl DataStore for S3Store {
             if let Some((o, l)) = self.claim(id, number, end, len).await? {
                 // An earlier attempt (or a dead node's fragment) claimed this number: its
                 // range is as good if it is a valid part here.
-                if o != end || l == 0 || l > left || (l < MIN_PART && l != left) {
+                if o != end || l == 0 || l > left || (l < self.flavor.min_part() && l != left) {
                     return Err(StoreError::Io(io::Error::other(format!(
                         "multipart part {number} is claimed for bytes {o}+{l}"
                     ))));
@@ -1099,16 +1090,10 @@ impl DataStore for S3Store {
             end += len;
             number += 1;
         }
-        let completed = if overwrite {
-            self.store
-                .complete_multipart(&target, &info.upload_id, ids)
-                .await
-                .map(|_| ())
-                .map_err(os_err)
-        } else {
-            self.complete_if_absent(&target, &info.upload_id, &ids)
-                .await
-        };
+        let completed = self
+            .flavor
+            .complete(&target, &info.upload_id, id, &ids, overwrite)
+            .await;
         if let Err(e) = completed {
             // A racing or earlier completion of this very upload fails the repeat (the upload
             // is gone, or the object now exists): the session tag tells it was ours.
@@ -1263,11 +1248,11 @@ mod tests {
             ("uploads", "d/été 日本.bin", "uploads/d/été 日本.bin"),
         ] {
             let d = dest(root, path);
-            assert_eq!(S3Store::dest_key(&d).unwrap().as_ref(), key);
+            assert_eq!(ObjectBackend::dest_key(&d).unwrap().as_ref(), key);
         }
         // Over S3's limit only with the root prefix counted.
         let name = "n".repeat(MAX_KEY_BYTES - "uploads/".len());
-        let store = S3Store::new(S3Config {
+        let store = ObjectBackend::s3(S3Config {
             endpoint: Some("http://127.0.0.1:9".into()),
             bucket: "b".into(),
             prefix: String::new(),
@@ -1312,7 +1297,7 @@ mod tests {
 
     #[test]
     fn downloads_never_reach_session_objects_or_temporary_names() {
-        let store = S3Store::new(S3Config {
+        let store = ObjectBackend::s3(S3Config {
             endpoint: Some("http://127.0.0.1:9".into()),
             bucket: "b".into(),
             prefix: "spool".into(),

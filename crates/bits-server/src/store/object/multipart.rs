@@ -82,7 +82,7 @@ impl MpState {
     }
 }
 
-/// Why [`S3Store::stream_parts`] stopped before the end of its fragment.
+/// Why [`ObjectBackend::stream_parts`] stopped before the end of its fragment.
 pub(super) enum Stop {
     /// The next part number is claimed for other bytes: the rest of the fragment becomes
     /// standalone parts.
@@ -115,7 +115,7 @@ pub(super) fn pieces(len: u64) -> Vec<u64> {
     out
 }
 
-impl S3Store {
+impl ObjectBackend {
     /// The session's multipart state as listed below `mp/`.
     pub(super) async fn mp_state(&self, id: SessionId) -> Result<MpState, StoreError> {
         let objects: Vec<_> = self
@@ -165,20 +165,7 @@ impl S3Store {
         if let Some(info) = self.upload_info(id).await? {
             return Ok(info);
         }
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::Metadata(SESSION_TAG.into()),
-            id.as_uuid().hyphenated().to_string().into(),
-        );
-        let opts = PutMultipartOptions {
-            attributes,
-            ..PutMultipartOptions::default()
-        };
-        let upload_id = self
-            .store
-            .create_multipart_opts(key, opts)
-            .await
-            .map_err(os_err)?;
+        let upload_id = self.flavor.create_upload(key, id).await?;
         let info = UploadInfo {
             key: key.to_string(),
             upload_id,
@@ -195,13 +182,13 @@ impl S3Store {
         match put {
             Ok(_) => Ok(info),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                if let Err(e) = self.store.abort_multipart(key, &info.upload_id).await {
+                if let Err(e) = self.flavor.abort(key, &info.upload_id).await {
                     tracing::warn!(session = %id, error = %e, "could not abort a multipart upload that lost a race");
                 }
                 self.upload_info(id).await?.ok_or(StoreError::DataMissing)
             }
             Err(e) => {
-                let _ = self.store.abort_multipart(key, &info.upload_id).await;
+                let _ = self.flavor.abort(key, &info.upload_id).await;
                 Err(os_err(e))
             }
         }
@@ -258,19 +245,21 @@ impl S3Store {
         grant: Option<Reservation>,
     ) -> BoxFuture<'static, Result<Marker, StoreError>> {
         let store = self.store.clone();
+        let flavor = self.flavor.clone();
         let mp_dir = self.mp_dir(id);
         async move {
             let len = data.content_length() as u64;
-            let part = store.put_part(&key, &upload_id, number - 1, data).await;
+            let part = flavor
+                .put_part(&key, &upload_id, id, number, offset, data)
+                .await;
             drop(grant);
-            let part = part.map_err(os_err)?;
             let marker = Marker {
                 number,
                 offset,
                 len,
-                etag: part.content_id,
+                etag: part?,
             };
-            write_marker(&store, &mp_dir, marker).await
+            write_marker(store.as_ref(), &mp_dir, marker).await
         }
         .boxed()
     }
@@ -312,7 +301,7 @@ impl S3Store {
         len: u64,
         key: &Path,
     ) -> Result<Option<(UploadInfo, usize)>, StoreError> {
-        if len < MIN_PART {
+        if len < self.flavor.min_part() {
             return Ok(None);
         }
         let count = pieces(len).len();
@@ -396,16 +385,20 @@ impl S3Store {
                     break;
                 }
             }
-            let target = streamed::PartTarget {
-                http: &self.http,
-                store: &self.store,
-                key,
-                upload_id: &info.upload_id,
-                number,
-                answer_timeout: self.request_timeout,
+            let target = match self
+                .flavor
+                .part_request(key, &info.upload_id, id, number, at, piece)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    stop = Some(Stop::Failed(e));
+                    break;
+                }
             };
             match streamed::send_part(
                 target,
+                self.flavor.answer_timeout(),
                 piece,
                 body,
                 carry,
@@ -451,7 +444,7 @@ impl S3Store {
                 len,
                 etag: sent.etag().await?,
             };
-            write_marker(&store, &mp_dir, marker).await
+            write_marker(store.as_ref(), &mp_dir, marker).await
         }
         .boxed()
     }
@@ -551,65 +544,6 @@ impl S3Store {
         Ok(())
     }
 
-    /// CompleteMultipartUpload with `If-None-Match: *`, which object_store only sends for its
-    /// own copies: presigned by it (so credentials and signing stay its business) and sent here.
-    pub(super) async fn complete_if_absent(
-        &self,
-        key: &Path,
-        upload_id: &str,
-        parts: &[PartId],
-    ) -> Result<(), StoreError> {
-        let opts = SignedUrlOptions::default()
-            .with_query([("uploadId", upload_id)])
-            .with_signed_header(
-                HeaderName::from_static("if-none-match"),
-                HeaderValue::from_static("*"),
-            );
-        let url = self
-            .store
-            .signed_url_opts(Method::POST, key, Duration::from_secs(300), &opts)
-            .await
-            .map_err(os_err)?;
-        let mut xml = String::from("<CompleteMultipartUpload>");
-        for (i, p) in parts.iter().enumerate() {
-            let etag = p
-                .content_id
-                .replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;");
-            xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
-                i + 1
-            ));
-        }
-        xml.push_str("</CompleteMultipartUpload>");
-        let resp = self
-            .http
-            .post(url.as_str())
-            .timeout(self.request_timeout)
-            .header("if-none-match", "*")
-            .body(xml)
-            .send()
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
-        let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
-        // S3 may report a failed completion in a 200 body.
-        if status.as_u16() == 412 || text.contains("<Code>PreconditionFailed</Code>") {
-            return Err(StoreError::DestinationExists);
-        }
-        if !status.is_success() || text.contains("<Error>") {
-            let snippet: String = text.chars().take(300).collect();
-            return Err(StoreError::Io(io::Error::other(format!(
-                "CompleteMultipartUpload answered {status}: {snippet}"
-            ))));
-        }
-        Ok(())
-    }
-
     /// Aborts the session's multipart upload, if it has one.
     pub(super) async fn abort_upload(&self, id: SessionId) -> Result<(), StoreError> {
         let Some(info) = self.upload_info(id).await? else {
@@ -617,22 +551,22 @@ impl S3Store {
         };
         let key = Path::parse(&info.key)
             .map_err(|e| StoreError::Io(io::Error::new(ErrorKind::InvalidInput, e)))?;
-        match self.store.abort_multipart(&key, &info.upload_id).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(os_err(e)),
-        }
+        self.flavor.abort(&key, &info.upload_id).await
     }
 }
 
 /// Records that part `marker.number` is stored: the marker object, written only after the
 /// part's answer, is what makes its bytes count as held.
 async fn write_marker(
-    store: &AmazonS3,
+    store: &dyn ObjectStore,
     mp_dir: &Path,
     marker: Marker,
 ) -> Result<Marker, StoreError> {
     store
-        .put(&S3Store::below(mp_dir, &marker.name()), PutPayload::new())
+        .put(
+            &ObjectBackend::below(mp_dir, &marker.name()),
+            PutPayload::new(),
+        )
         .await
         .map_err(os_err)?;
     Ok(marker)

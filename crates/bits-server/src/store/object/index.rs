@@ -23,7 +23,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::{os_err, S3Store};
+use super::{os_err, ObjectBackend};
 use crate::store::{SessionRecord, SessionStore, StoreError};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -78,7 +78,7 @@ fn hour_name(hour: u64) -> String {
     format!("{hour:012}")
 }
 
-impl S3Store {
+impl ObjectBackend {
     fn index(&self) -> Path {
         Self::below(&self.root, "index")
     }

@@ -8,11 +8,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
-use super::{os_err, S3Store, SyncStream};
+use super::{os_err, ObjectBackend, SyncStream};
 use crate::store::{ByteStream, Destination, PublishedFile, Representation, StoreError};
 
 /// Bytes of a published object fetched per GET: each GET must finish within
@@ -20,7 +19,7 @@ use crate::store::{ByteStream, Destination, PublishedFile, Representation, Store
 /// whole large file is never one request.
 const READ_WINDOW: u64 = 8 << 20;
 
-impl S3Store {
+impl ObjectBackend {
     /// One HEAD of `<dest.root>/<dest.path>`; reads are ranged GETs pinned to what it saw.
     pub(super) async fn open_published_object(
         &self,
@@ -69,7 +68,7 @@ fn object_representation(meta: &object_store::ObjectMeta) -> Representation {
 
 /// A published object as one HEAD found it.
 struct PublishedObject {
-    store: Arc<AmazonS3>,
+    store: Arc<dyn ObjectStore>,
     key: Path,
     rep: Representation,
     /// Sent as `If-Match` (and the version, on a versioned bucket) with every ranged GET, so
@@ -95,7 +94,7 @@ impl PublishedObject {
 }
 
 async fn get_window(
-    store: Arc<AmazonS3>,
+    store: Arc<dyn ObjectStore>,
     key: Path,
     e_tag: Option<String>,
     version: Option<String>,

@@ -1,17 +1,17 @@
-//! Multipart parts sent while their bytes arrive: a presigned UploadPart whose request body is
-//! fed from the fragment body through a small bounded channel. A part is stored while it is
+//! Parts sent while their bytes arrive: a presigned UploadPart (S3) or Put Block (Azure) whose
+//! request body is fed from the fragment body through a small bounded channel. A part is stored while it is
 //! received rather than after, so ingest runs at the slower of the client and the bucket
 //! instead of their sum, and a fragment holds a window of memory, not a whole part.
 //!
 //! The request carries the part's exact `Content-Length`: a body that ends early or fails
-//! makes the request end short (or fail), and S3 stores no part for an incomplete request.
+//! makes the request end short (or fail), and neither S3 nor Azure stores a part (block) for an
+//! incomplete request.
 
 use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use object_store::signer::Method;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{next_chunk, End};
@@ -47,53 +47,28 @@ impl SentPart {
     }
 }
 
-/// Where a part goes and how long its answer may take once its bytes are sent.
-pub(super) struct PartTarget<'a> {
-    pub http: &'a reqwest_s3::Client,
-    pub store: &'a object_store::aws::AmazonS3,
-    pub key: &'a object_store::path::Path,
-    pub upload_id: &'a str,
-    pub number: usize,
-    pub answer_timeout: Duration,
-}
-
 /// Sends the next `len` bytes of `body` (after `carry`) as part `number` of the upload, the
 /// bytes going out as they arrive; a chunk reaching past the part leaves its rest in `carry`.
 /// Budget for the queue is reserved once the body sends something, so a client stalled before
 /// its first byte holds none. On a body failure or early end nothing is stored.
 pub(super) async fn send_part(
-    target: PartTarget<'_>,
+    target: super::flavor::PartRequest,
+    answer_timeout: Duration,
     len: u64,
     body: &mut BodyStream<'_>,
     carry: &mut Option<Bytes>,
     budget: &std::sync::Arc<BodyBudget>,
     patience: Duration,
 ) -> Result<SentPart, StoreError> {
-    use object_store::signer::{SignedUrlOptions, Signer};
     let mut pending = match carry.take() {
         Some(c) => c,
         None => next_chunk(body).await.map_err(ended)?,
     };
     let grant = budget.reserve(WINDOW, WINDOW, patience).await;
-    let opts = SignedUrlOptions::default().with_query([
-        ("partNumber", target.number.to_string()),
-        ("uploadId", target.upload_id.to_string()),
-    ]);
-    // Valid long enough for the slowest body the frontend lets through one part.
-    let url = target
-        .store
-        .signed_url_opts(
-            Method::PUT,
-            target.key,
-            Duration::from_secs(7 * 24 * 3600),
-            &opts,
-        )
-        .await
-        .map_err(super::os_err)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(QUEUED);
+    let known_id = target.content_id;
     let request = target
-        .http
-        .put(url.as_str())
+        .request
         .header(reqwest_s3::header::CONTENT_LENGTH, len)
         .body(reqwest_s3::Body::wrap_stream(stream::unfold(
             rx,
@@ -114,10 +89,12 @@ pub(super) async fn send_part(
             let text = response.text().await.unwrap_or_default();
             let snippet: String = text.chars().take(300).collect();
             return Err(StoreError::Io(io::Error::other(format!(
-                "UploadPart answered {status}: {snippet}"
+                "the part request (UploadPart, Put Block) answered {status}: {snippet}"
             ))));
         }
-        etag.ok_or_else(|| StoreError::Io(io::Error::other("UploadPart answered without an ETag")))
+        known_id
+            .or(etag)
+            .ok_or_else(|| StoreError::Io(io::Error::other("UploadPart answered without an ETag")))
     }));
     let mut left = len;
     loop {
@@ -154,7 +131,7 @@ pub(super) async fn send_part(
     Ok(SentPart {
         answer,
         _grant: grant,
-        timeout: target.answer_timeout,
+        timeout: answer_timeout,
     })
 }
 
@@ -162,7 +139,9 @@ pub(super) async fn send_part(
 async fn early_answer(answer: AbortOnDropHandle<Result<String, StoreError>>) -> StoreError {
     match answer.await {
         Ok(Err(e)) => e,
-        Ok(Ok(_)) => StoreError::Io(io::Error::other("UploadPart answered before its body")),
+        Ok(Ok(_)) => StoreError::Io(io::Error::other(
+            "the part request answered before its body",
+        )),
         Err(e) => StoreError::Io(io::Error::other(e)),
     }
 }
