@@ -298,6 +298,10 @@ pub struct AdminConfig {
     /// The console at `/console` offers a Cancel button per session (behind a confirmation).
     /// `false` (default): the console is read-only; the admin API can still cancel.
     pub console_cancel: bool,
+    /// How long `/readyz` (and the `bitsd_storage_ready` probe) waits for storage before it
+    /// counts as not ready (absent: 10 s): a hung store or disk must not hang health checks.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Option<Duration>,
 }
 
 /// The shortest `[admin] token` accepted off loopback: 16 random characters are beyond

@@ -475,16 +475,21 @@ async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// whoever asks), and logs each change of readiness once.
 async fn watch_storage(engine: Arc<bits_server::engine::Engine>) {
     let every = bits_server::metrics::STORAGE_PROBE_INTERVAL;
+    let limit = engine
+        .config()
+        .admin
+        .probe_timeout
+        .unwrap_or(bits_server::http::admin::DEFAULT_PROBE_TIMEOUT);
     let mut was_ready = true;
     loop {
         // A hung backend is as unready as a failing one.
-        let probe = tokio::time::timeout(every, engine.probe_storage()).await;
+        let probe = tokio::time::timeout(limit, engine.probe_storage()).await;
         let ready = matches!(probe, Ok(Ok(())));
         engine.metrics().set_storage_ready(ready);
         match (was_ready, probe) {
             (true, Ok(Err(e))) => tracing::error!(error = %e, "storage not ready"),
             (true, Err(_)) => {
-                tracing::error!(timeout = ?every, "storage not ready: the probe did not finish")
+                tracing::error!(timeout = ?limit, "storage not ready: the probe did not finish")
             }
             (false, Ok(Ok(()))) => tracing::info!("storage ready again"),
             _ => {}

@@ -368,9 +368,10 @@ async fn healthz() -> Response {
     respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
 }
 
-/// How long `/readyz` waits for the storage probe: a store that does not answer is as unready
-/// as one that fails, and a probe must not hang the health checker.
-const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long `/readyz` waits for the storage probe when `[admin] probe_timeout` is absent: a
+/// store that does not answer is as unready as one that fails, and a probe must not hang the
+/// health checker.
+pub const DEFAULT_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let asked = Instant::now();
@@ -384,7 +385,13 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         Some(r) => r,
         None => {
             let started = Instant::now();
-            let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, admin.engine.probe_storage());
+            let limit = admin
+                .engine
+                .config()
+                .admin
+                .probe_timeout
+                .unwrap_or(DEFAULT_PROBE_TIMEOUT);
+            let probe = tokio::time::timeout(limit, admin.engine.probe_storage());
             let r = match probe.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => {
@@ -392,8 +399,8 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
                     Err(e.to_string())
                 }
                 Err(_) => {
-                    tracing::warn!(timeout = ?READY_PROBE_TIMEOUT, "readiness probe did not finish");
-                    Err(format!("no answer within {READY_PROBE_TIMEOUT:?}"))
+                    tracing::warn!(timeout = ?limit, "readiness probe did not finish");
+                    Err(format!("no answer within {limit:?}"))
                 }
             };
             *last = Some((started, r.clone()));
