@@ -27,14 +27,7 @@ struct Run {
 }
 
 fn client(azurite: &Azurite) -> Result<object_store::azure::MicrosoftAzure> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&azurite.container)
-        .with_endpoint(azurite.endpoint.clone())
-        .with_allow_http(true)
-        .build()?)
+    Ok(azurite.client())
 }
 
 /// Peak resident memory of a process, in KiB.

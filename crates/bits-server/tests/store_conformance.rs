@@ -716,7 +716,7 @@ async fn s3_backend() {
 /// its requests, bitsd appends it to the Put Block and Put Block List it sends itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_backend_with_a_sas_token() {
-    use support::azurite::{Azurite, ACCOUNT, KEY};
+    use support::azurite::{Azurite, ACCOUNT};
     let Some(azurite) = Azurite::start("bits-sas") else {
         return;
     };
@@ -734,14 +734,7 @@ async fn azure_backend_with_a_sas_token() {
         max_retries: 3,
     };
     let store = Arc::new(ObjectBackend::azure(config).expect("azure store"));
-    let client = object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&azurite.container)
-        .with_endpoint(azurite.endpoint.clone())
-        .with_allow_http(true)
-        .build()
-        .expect("azure client");
+    let client = azurite.client();
     let b = Backend {
         kind: Kind::Object,
         sessions: store.clone(),
@@ -780,14 +773,7 @@ async fn azure_backend() {
     };
     let store = Arc::new(ObjectBackend::azure(config.clone()).expect("azure store"));
     let other = ObjectBackend::azure(config).expect("second azure store");
-    let client = object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&azurite.container)
-        .with_endpoint(azurite.endpoint.clone())
-        .with_allow_http(true)
-        .build()
-        .expect("azure client");
+    let client = azurite.client();
     let b = Backend {
         kind: Kind::Object,
         sessions: store.clone(),

@@ -181,6 +181,31 @@ impl Azurite {
         format!("sv={version}&sp={perms}&se={expiry}&sr=c&sig={sig}")
     }
 
+    /// A plain object_store client on the container (the account key), to look at what the
+    /// server stored.
+    #[allow(dead_code)]
+    pub fn client(&self) -> object_store::azure::MicrosoftAzure {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(ACCOUNT)
+            .with_access_key(KEY)
+            .with_container_name(&self.container)
+            .with_endpoint(self.endpoint.clone())
+            .with_allow_http(true)
+            .build()
+            .expect("an object_store client for Azurite")
+    }
+
+    /// bitsd's `[storage]` table for this container, sessions under `spool`.
+    #[allow(dead_code)]
+    pub fn storage_toml(&self) -> String {
+        format!(
+            "[storage]\nbackend = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{}\"\n\
+             prefix = \"spool\"\naccess_key = \"{KEY}\"\nendpoint = \"{}\"\nallow_http = true\n",
+            self.container, self.endpoint
+        )
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("azurite.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -29,15 +29,7 @@ fn node_config(azurite: &Azurite) -> String {
 
 /// Every blob name in the container below `prefix`.
 fn blobs(azurite: &Azurite, prefix: &str) -> Vec<String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&azurite.container)
-        .with_endpoint(azurite.endpoint.clone())
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let client = azurite.client();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -205,15 +197,7 @@ fn farm_of_three_nodes_with_one_killed() {
 
 fn put_blob(azurite: &Azurite, key: &str, body: Vec<u8>) {
     use object_store::{ObjectStoreExt, PutPayload};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&azurite.container)
-        .with_endpoint(azurite.endpoint.clone())
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let client = azurite.client();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

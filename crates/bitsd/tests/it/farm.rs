@@ -67,24 +67,12 @@ fn three_nodes_share_sessions_on_seaweedfs() {
 /// The same farm, the same assertions, on Azure Blob Storage (Azurite).
 #[test]
 fn three_nodes_share_sessions_on_azurite() {
-    use crate::azurite::{Azurite, ACCOUNT, KEY};
+    use crate::azurite::Azurite;
     let Some(azurite) = Azurite::start("bits-farm") else {
         return;
     };
-    let storage = format!(
-        "[storage]\nbackend = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{}\"\n\
-         prefix = \"spool\"\naccess_key = \"{KEY}\"\nendpoint = \"{}\"\nallow_http = true\n",
-        azurite.container, azurite.endpoint
-    );
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&azurite.container)
-        .with_endpoint(azurite.endpoint.clone())
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let storage = azurite.storage_toml();
+    let client = azurite.client();
     three_nodes_share_sessions(&storage, Box::new(client));
 }
 

@@ -52,19 +52,7 @@ impl Backing {
     fn client(&self) -> Box<dyn ObjectStore> {
         match self {
             Backing::Weed(weed) => Box::new(weed.client()),
-            Backing::Azure(a) => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                Box::new(
-                    object_store::azure::MicrosoftAzureBuilder::new()
-                        .with_account(crate::azurite::ACCOUNT)
-                        .with_access_key(crate::azurite::KEY)
-                        .with_container_name(&a.container)
-                        .with_endpoint(a.endpoint.clone())
-                        .with_allow_http(true)
-                        .build()
-                        .unwrap(),
-                )
-            }
+            Backing::Azure(a) => Box::new(a.client()),
         }
     }
 

@@ -200,24 +200,12 @@ fn published_files_are_served_from_object_storage_by_every_node() {
 /// The same downloads, the same assertions, from Azure Blob Storage (Azurite).
 #[test]
 fn published_files_are_served_from_azure_by_every_node() {
-    use crate::azurite::{Azurite, ACCOUNT, KEY};
+    use crate::azurite::Azurite;
     let Some(azurite) = Azurite::start("bits-downloads") else {
         return;
     };
-    let storage = format!(
-        "[storage]\nbackend = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{}\"\n\
-         prefix = \"spool\"\naccess_key = \"{KEY}\"\nendpoint = \"{}\"\nallow_http = true\n",
-        azurite.container, azurite.endpoint
-    );
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&azurite.container)
-        .with_endpoint(azurite.endpoint.clone())
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let storage = azurite.storage_toml();
+    let client = azurite.client();
     served_by_every_node(&storage, Box::new(client));
 }
 
